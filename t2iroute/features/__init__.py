@@ -1,0 +1,14 @@
+"""Prompt featurizers: sentence embeddings, lexical complexity, (LLM complexity: a later slot).
+
+Featurizers compose by config: ``features=[embedding,lexical]`` builds one
+:class:`ComposedFeaturizer` whose columns are the concatenation, in order.
+"""
+
+from t2iroute.features.base import (
+    FEATURIZERS,
+    ComposedFeaturizer,
+    Featurizer,
+    build_featurizer,
+)
+
+__all__ = ["FEATURIZERS", "ComposedFeaturizer", "Featurizer", "build_featurizer"]

@@ -1,0 +1,121 @@
+"""Featurizer protocol, registry and composition."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from t2iroute.errors import ConfigError
+
+#: name -> "module:Class". Lazy: nothing heavy is imported until a featurizer is built.
+FEATURIZERS: dict[str, str] = {
+    "embedding": "t2iroute.features.embedding:SentenceEmbeddingFeaturizer",
+    "lexical": "t2iroute.features.lexical:LexicalFeaturizer",
+}
+
+
+@runtime_checkable
+class Featurizer(Protocol):
+    """Turns prompts into a float matrix with stable column names.
+
+    ``spec()`` returns a JSON-able dict from which :func:`build_featurizer` rebuilds an equal
+    featurizer (this is what a router artifact stores: never the object itself).
+    """
+
+    name: str
+
+    @property
+    def feature_names_(self) -> list[str]: ...
+
+    def transform(self, prompts: Sequence[str]) -> np.ndarray: ...
+
+    def spec(self) -> dict[str, Any]: ...
+
+
+def _load(target: str):
+    mod, _, cls = target.partition(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+def build_one(name: str, params: Mapping[str, Any] | None = None) -> Featurizer:
+    params = dict(params or {})
+    params.pop("_target_", None)
+    kind = params.pop("kind", name)
+    if kind not in FEATURIZERS:
+        raise ConfigError(f"unknown featurizer '{kind}'; known: {sorted(FEATURIZERS)}")
+    cls = _load(FEATURIZERS[kind])
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ConfigError(f"featurizer '{kind}': bad parameters {sorted(params)}: {e}") from e
+
+
+def build_featurizer(spec: Mapping[str, Any] | Sequence[Any]) -> "ComposedFeaturizer":
+    """Build from a mapping ``{name: params}`` (Hydra's features node) or a list of specs."""
+    if isinstance(spec, Mapping):
+        if "featurizers" in spec:  # a ComposedFeaturizer.spec()
+            return build_featurizer(spec["featurizers"])
+        items = [(k, v) for k, v in spec.items()]
+    else:
+        items = []
+        for s in spec:
+            if isinstance(s, str):
+                items.append((s, {}))
+            else:
+                s = dict(s)
+                items.append((s.get("kind", s.get("name")), s))
+    if not items:
+        raise ConfigError("no featurizer configured (features=[embedding,lexical] for example)")
+    parts = []
+    for name, params in items:
+        params = dict(params or {})
+        params.pop("name", None)
+        parts.append(build_one(name, params))
+    return ComposedFeaturizer(parts)
+
+
+class ComposedFeaturizer:
+    """Concatenation of featurizers; columns are prefixed with each part's name."""
+
+    name = "composed"
+
+    def __init__(self, parts: Sequence[Featurizer]):
+        self.parts = list(parts)
+        self.last_timings_: dict[str, float] = {}
+
+    @property
+    def feature_names_(self) -> list[str]:
+        return [f"{p.name}:{n}" for p in self.parts for n in p.feature_names_]
+
+    @property
+    def blocks_(self) -> dict[str, slice]:
+        """Column slice of each part, by part name."""
+        out, start = {}, 0
+        for p in self.parts:
+            n = len(p.feature_names_)
+            out[p.name] = slice(start, start + n)
+            start += n
+        return out
+
+    def transform(self, prompts: Sequence[str]) -> np.ndarray:
+        import time
+
+        prompts = list(prompts)
+        mats, timings = [], {}
+        for p in self.parts:
+            t0 = time.perf_counter()
+            m = np.asarray(p.transform(prompts), dtype=np.float32)
+            timings[p.name] = time.perf_counter() - t0
+            if m.shape != (len(prompts), len(p.feature_names_)):
+                raise RuntimeError(
+                    f"featurizer {p.name} returned shape {m.shape}, "
+                    f"expected {(len(prompts), len(p.feature_names_))}"
+                )
+            mats.append(m)
+        self.last_timings_ = timings
+        return np.hstack(mats) if mats else np.zeros((len(prompts), 0), np.float32)
+
+    def spec(self) -> dict[str, Any]:
+        return {"featurizers": [{"kind": p.name, **p.spec()} for p in self.parts]}

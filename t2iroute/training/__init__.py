@@ -1,0 +1,1 @@
+"""Offline side: quality tables, predictors, training and evaluation."""

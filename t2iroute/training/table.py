@@ -1,0 +1,275 @@
+"""Quality tables: load, validate, pivot, split.
+
+A quality table is tidy: one row per (prompt, backend, metric) with columns
+``prompt_id, prompt, backend, metric, score, cost_s, source`` (own sweeps add ``seed``,
+``steps_run``, ``nfe``, ``latency_s``, ``image_path``; rows of several seeds are averaged
+when pivoting). Everything downstream is blind to where a table came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from t2iroute.errors import TableError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("prompt_id", "prompt", "backend", "metric", "score", "cost_s", "source")
+OPTIONAL_COLUMNS = ("seed", "steps_run", "nfe", "latency_s", "image_path")
+
+#: Metric names a table may carry. Higher is better for every one of them.
+KNOWN_METRICS = frozenset(
+    {
+        "clip",  # CLIPScore (100 * cos), any CLIP model
+        "nima",  # aesthetic predictor
+        "aesthetic",
+        "mos_quality",  # human mean opinion scores
+        "mos_align",
+        "human_avg",
+        "clipscore_vitb32",
+        "tifa_blip2-flant5xl",
+        "tifa_mplug-large",
+        "image_reward",
+        "pickscore",
+        "hpsv2",
+    }
+)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV, CSV.gz or parquet table and validate it. Errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise TableError(f"quality table {path}: no such file")
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet") or name.endswith(".pq"):
+            df = pd.read_parquet(path)
+        elif name.endswith(".csv") or name.endswith(".csv.gz"):
+            df = pd.read_csv(path, keep_default_na=True)
+        else:
+            raise TableError(
+                f"quality table {path}: unknown format (use .csv, .csv.gz or .parquet)"
+            )
+    except TableError:
+        raise
+    except Exception as e:  # pandas/pyarrow raise many types for garbled files
+        raise TableError(f"quality table {path}: cannot be read ({type(e).__name__}: {e})") from e
+    return validate_table(df, name=str(path))
+
+
+def validate_table(
+    df: pd.DataFrame, *, name: str = "quality table", extra_metrics: frozenset[str] = frozenset()
+) -> pd.DataFrame:
+    """Check the schema and return a cleaned copy (typed columns). Raises TableError."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise TableError(
+            f"{name}: missing column(s) {missing}; a quality table needs {list(REQUIRED_COLUMNS)}"
+        )
+    if len(df) == 0:
+        raise TableError(f"{name}: the table is empty")
+    df = df.copy()
+    for col in ("prompt_id", "prompt", "backend", "metric", "source"):
+        if df[col].isna().any():
+            rows = df.index[df[col].isna()][:5].tolist()
+            raise TableError(f"{name}: column '{col}' has empty values (rows {rows})")
+        df[col] = df[col].astype(str)
+    score = pd.to_numeric(df["score"], errors="coerce")
+    bad = score.isna() | ~np.isfinite(score.to_numpy(dtype=float, na_value=np.nan))
+    if bad.any():
+        rows = df.index[bad][:5].tolist()
+        examples = df.loc[bad, "score"].head(3).tolist()
+        raise TableError(
+            f"{name}: column 'score' has {int(bad.sum())} non-numeric or NaN value(s) "
+            f"(rows {rows}, e.g. {examples})"
+        )
+    df["score"] = score.astype(float)
+    cost = pd.to_numeric(df["cost_s"], errors="coerce")
+    nonblank_bad = cost.isna() & df["cost_s"].notna() & (df["cost_s"].astype(str).str.strip() != "")
+    if nonblank_bad.any():
+        rows = df.index[nonblank_bad][:5].tolist()
+        raise TableError(f"{name}: column 'cost_s' has non-numeric value(s) (rows {rows})")
+    if (cost < 0).any():
+        raise TableError(f"{name}: column 'cost_s' has negative values")
+    df["cost_s"] = cost.astype(float)
+    metrics = set(df["metric"].unique())
+    unknown = sorted(metrics - KNOWN_METRICS - set(extra_metrics))
+    if unknown:
+        raise TableError(
+            f"{name}: unknown metric name(s) {unknown}; known: {sorted(KNOWN_METRICS)} "
+            "(pass extra_metrics to accept others)"
+        )
+    key = ["prompt_id", "backend", "metric"] + (["seed"] if "seed" in df.columns else [])
+    dup = df.duplicated(key, keep=False)
+    if dup.any():
+        ex = df.loc[dup, key].head(3).to_dict("records")
+        raise TableError(
+            f"{name}: {int(dup.sum())} duplicate ({', '.join(key)}) rows, e.g. {ex}"
+        )
+    texts = df.groupby("prompt_id")["prompt"].nunique()
+    if (texts > 1).any():
+        ex = texts[texts > 1].index[:3].tolist()
+        raise TableError(f"{name}: prompt_id(s) {ex} map to more than one prompt text")
+    return df
+
+
+@dataclass
+class QualityMatrix:
+    """One metric of a table as a prompts x backends matrix (complete rows only)."""
+
+    metric: str
+    prompt_ids: np.ndarray  # (n,)
+    prompts: np.ndarray  # (n,) str
+    sources: np.ndarray  # (n,) str
+    backends: list[str]
+    scores: np.ndarray  # (n, k)
+    costs: np.ndarray  # (k,) cost per call of each backend
+    cost_origin: dict[str, str] = field(default_factory=dict)  # backend -> "table median" | "config"
+    n_dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def subset(self, idx: np.ndarray) -> "QualityMatrix":
+        return QualityMatrix(
+            self.metric,
+            self.prompt_ids[idx],
+            self.prompts[idx],
+            self.sources[idx],
+            list(self.backends),
+            self.scores[idx],
+            self.costs.copy(),
+            dict(self.cost_origin),
+        )
+
+    def data_hash(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.metric.encode())
+        h.update("\x00".join(self.backends).encode())
+        h.update("\x00".join(map(str, self.prompt_ids)).encode())
+        h.update(np.ascontiguousarray(self.scores, dtype=np.float64).tobytes())
+        h.update(np.ascontiguousarray(self.costs, dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
+
+
+def pivot(
+    df: pd.DataFrame,
+    metric: str,
+    *,
+    costs: Mapping[str, float] | None = None,
+    backends: list[str] | None = None,
+    name: str = "quality table",
+) -> QualityMatrix:
+    """Pivot one metric to prompts x backends.
+
+    Prompts missing any backend are dropped (the count is logged and kept in ``n_dropped``).
+    A backend's cost is the median ``cost_s`` of its rows; ``costs`` (from config) fills
+    backends whose rows carry no cost and overrides the table where given.
+    """
+    metrics = sorted(df["metric"].unique())
+    if metric not in metrics:
+        raise TableError(f"{name}: metric '{metric}' not in the table; it has {metrics}")
+    d = df[df["metric"] == metric]
+    if backends is not None:
+        unknown = sorted(set(backends) - set(d["backend"].unique()))
+        if unknown:
+            raise TableError(
+                f"{name}: backend(s) {unknown} have no '{metric}' rows; "
+                f"the table has {sorted(d['backend'].unique())}"
+            )
+        d = d[d["backend"].isin(backends)]
+    # several seeds per (prompt, backend) are averaged
+    wide = d.pivot_table(index="prompt_id", columns="backend", values="score", aggfunc="mean")
+    order = backends if backends is not None else sorted(wide.columns)
+    wide = wide[order]
+    complete = wide.notna().all(axis=1)
+    n_dropped = int((~complete).sum())
+    if n_dropped:
+        log.info("%s: dropped %d of %d prompts missing a backend for metric %s",
+                 name, n_dropped, len(wide), metric)
+    wide = wide[complete]
+    if len(wide) == 0:
+        raise TableError(f"{name}: no prompt has a '{metric}' score for every backend")
+    meta = d.drop_duplicates("prompt_id").set_index("prompt_id").loc[wide.index]
+
+    cost_origin: dict[str, str] = {}
+    cost_values = []
+    costs = dict(costs or {})
+    for b in order:
+        c_tab = d.loc[d["backend"] == b, "cost_s"].dropna()
+        if b in costs and costs[b] is not None:
+            cost_values.append(float(costs[b]))
+            cost_origin[b] = "config"
+        elif len(c_tab):
+            cost_values.append(float(c_tab.median()))
+            cost_origin[b] = "table median"
+        else:
+            raise TableError(
+                f"{name}: backend '{b}' has no cost_s in the table and none in config "
+                "(set data.costs.<backend>=<seconds>)"
+            )
+    log.info("backend costs: %s", {b: f"{c:.4g} ({cost_origin[b]})" for b, c in zip(order, cost_values)})
+    return QualityMatrix(
+        metric=metric,
+        prompt_ids=wide.index.to_numpy(dtype=str),
+        prompts=meta["prompt"].to_numpy(dtype=str),
+        sources=meta["source"].to_numpy(dtype=str),
+        backends=list(order),
+        scores=wide.to_numpy(dtype=float),
+        costs=np.asarray(cost_values, dtype=float),
+        cost_origin=cost_origin,
+        n_dropped=n_dropped,
+    )
+
+
+def _norm_text(s: str) -> str:
+    return " ".join(str(s).lower().split())
+
+
+def split_prompts(
+    prompts: np.ndarray,
+    sources: np.ndarray,
+    *,
+    fractions: tuple[float, ...] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Seeded split of row indices, stratified by source, grouped by prompt text.
+
+    Rows whose normalized text is identical form one group and always land in the same part,
+    so no prompt text straddles parts. Returns one index array per fraction.
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions {fractions} must be >= 0 and sum to 1")
+    prompts = np.asarray(prompts)
+    sources = np.asarray(sources)
+    rng = np.random.default_rng(seed)
+    keys = np.array([_norm_text(p) for p in prompts])
+    parts: list[list[int]] = [[] for _ in fractions]
+    # a group's stratum is the source of its first row
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    by_source: dict[str, list[str]] = {}
+    for k, rows in groups.items():
+        by_source.setdefault(str(sources[rows[0]]), []).append(k)
+    cum = np.cumsum(fractions)
+    for src in sorted(by_source):
+        ks = sorted(by_source[src])
+        order = rng.permutation(len(ks))
+        n = len(ks)
+        bounds = np.round(cum * n).astype(int)
+        start = 0
+        for p, end in enumerate(bounds):
+            for j in order[start:end]:
+                parts[p].extend(groups[ks[j]])
+            start = end
+    return [np.sort(np.asarray(p, dtype=int)) for p in parts]

@@ -1,0 +1,249 @@
+"""Training a router and benchmarking it against single backends and the oracle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from t2iroute.features import build_featurizer
+from t2iroute.router.core import Router, calibrate_lambda
+from t2iroute.training.evaluate import summarize
+from t2iroute.training.predictors import build_predictor
+from t2iroute.training.table import QualityMatrix, pivot, read_table, split_prompts
+
+log = logging.getLogger(__name__)
+
+
+def load_matrix(data_cfg: Mapping[str, Any], metric: str) -> QualityMatrix:
+    table = read_table(data_cfg["path"])
+    return pivot(
+        table,
+        metric,
+        costs=dict(data_cfg.get("costs") or {}),
+        backends=list(data_cfg["backends"]) if data_cfg.get("backends") else None,
+        name=str(data_cfg["path"]),
+    )
+
+
+def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None):
+    pred = build_predictor(_plain(predictor_cfg))
+    if featurizer is not None and hasattr(pred, "bind_blocks"):
+        pred.bind_blocks(featurizer.blocks_)
+    return pred.fit(X, Y)
+
+
+def _plain(cfg):
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:
+        pass
+    return cfg
+
+
+def _split(M: QualityMatrix, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    fr = tuple(cfg["split"]["fractions"])
+    tr, va, te = split_prompts(M.prompts, M.sources, fractions=fr, seed=int(cfg["seed"]))
+    if min(len(tr), len(te)) == 0:
+        raise ValueError(f"split {fr} of {len(M)} prompts leaves an empty train or test part")
+    return tr, va, te
+
+
+def _source_breakdown(q_hat, M: QualityMatrix, te, min_prompts: int = 20) -> dict:
+    out = {}
+    for src in sorted(set(M.sources[te])):
+        m = M.sources[te] == src
+        if m.sum() < min_prompts:
+            out[src] = {"n_test": int(m.sum()), "skipped": f"fewer than {min_prompts} test prompts"}
+            continue
+        s = summarize(q_hat[m], M.scores[te][m], M.costs, M.backends)
+        s.pop("curves")
+        out[src] = s
+    return out
+
+
+def measure_throughput(router: Router, prompts: list[str], n_batch: int = 1000, n_single: int = 200) -> dict:
+    """Routing speed with a cold embedding cache (a fresh featurizer without cache)."""
+    featurizer = build_featurizer(router.featurizer.spec())
+    for p in featurizer.parts:
+        if hasattr(p, "cache"):
+            p.cache = False
+    r = Router(featurizer, router.predictor, router.backend_names, router.costs, lam=router.lam)
+    batch = [prompts[i % len(prompts)] + ("" if i < len(prompts) else f" ({i // len(prompts)})")
+             for i in range(n_batch)]
+    t0 = time.perf_counter()
+    r.route(batch[:2])  # loads the embedding model; not part of the figures
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r.route(batch)
+    batch_s = time.perf_counter() - t0
+    singles = []
+    for p in batch[:n_single]:
+        t0 = time.perf_counter()
+        r.route(p)
+        singles.append(time.perf_counter() - t0)
+    singles = np.array(singles) * 1000
+    return {
+        "route_throughput_prompts_per_s": n_batch / batch_s,
+        "route_batch_s": batch_s,
+        "route_batch_n": n_batch,
+        "route_single_ms_p50": float(np.percentile(singles, 50)),
+        "route_single_ms_p95": float(np.percentile(singles, 95)),
+        "model_load_s": load_s,
+        "cache": "cold (embedding cache off)",
+    }
+
+
+def run_bench(cfg) -> dict:
+    """Train on train(+val), evaluate on test, write summary.json and curves.png."""
+    t_start = time.perf_counter()
+    out_dir = Path(cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metric = str(cfg["metric"])
+    M = load_matrix(cfg["data"], metric)
+    tr, va, te = _split(M, cfg)
+    featurizer = build_featurizer(_plain(cfg["features"]))
+    t0 = time.perf_counter()
+    X = featurizer.transform(list(M.prompts))
+    feat_s = time.perf_counter() - t0
+    log.info("features %s for %d prompts in %.1fs", X.shape, len(M), feat_s)
+
+    # 1. lambda calibration check: fit on train, calibrate on validation, measure on test
+    calibration = []
+    if cfg.get("calibration", {}).get("budgets") and len(va) > 0:
+        pred_tr = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer)
+        q_va, q_te = pred_tr.predict(X[va]), pred_tr.predict(X[te])
+        rows = np.arange(len(te))
+        c_lo, c_hi = float(M.costs.min()), float(M.costs[np.argmax(M.scores[tr].mean(0))])
+        for frac in cfg["calibration"]["budgets"]:
+            target = c_lo + float(frac) * (c_hi - c_lo)
+            lam = calibrate_lambda(q_va, M.costs, target_mean_cost=target)
+            choice = (q_te - lam * M.costs).argmax(1)
+            calibration.append({
+                "target_mean_cost": target,
+                "lambda": lam,
+                "val_mean_cost": float(M.costs[(q_va - lam * M.costs).argmax(1)].mean()),
+                "test_mean_cost": float(M.costs[choice].mean()),
+                "test_quality": float(M.scores[te][rows, choice].mean()),
+            })
+
+    # 2. headline: fit on train + validation, evaluate on test
+    fit_idx = np.concatenate([tr, va])
+    t0 = time.perf_counter()
+    predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer)
+    fit_s = time.perf_counter() - t0
+    q_hat = predictor.predict(X[te])
+    summary: dict[str, Any] = {
+        "metric": metric,
+        "data": str(cfg["data"].get("name", cfg["data"]["path"])),
+        "data_path": str(cfg["data"]["path"]),
+        "data_hash": M.data_hash(),
+        "seed": int(cfg["seed"]),
+        "n_train": int(len(fit_idx)),
+        "n_test": int(len(te)),
+        "n_dropped_incomplete": int(M.n_dropped),
+        "cost_origin": M.cost_origin,
+        "predictor": _plain(cfg["predictor"]),
+        "features": [p.name for p in featurizer.parts],
+    }
+    summary.update(summarize(q_hat, M.scores[te], M.costs, M.backends))
+    summary["by_source"] = _source_breakdown(q_hat, M, te)
+    summary["calibration"] = calibration
+    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric)
+    if cfg.get("throughput", {}).get("enabled", True):
+        tp = cfg.get("throughput", {})
+        summary.update(measure_throughput(router, list(M.prompts[te]),
+                                          int(tp.get("n_batch", 1000)), int(tp.get("n_single", 200))))
+    summary["timings_s"] = {"features_all": feat_s, "fit": fit_s, "total": time.perf_counter() - t_start}
+    curves = summary.pop("curves")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "curves.json").write_text(json.dumps(curves))
+    plot_curves(summary, curves, out_dir / "curves.png")
+    summary["curves"] = curves
+    return summary
+
+
+def run_train(cfg) -> Router:
+    """Fit on train, calibrate lambda on validation, report test metrics, save the artifact."""
+    out_dir = Path(cfg["out_dir"])
+    metric = str(cfg["metric"])
+    M = load_matrix(cfg["data"], metric)
+    tr, va, te = _split(M, cfg)
+    featurizer = build_featurizer(_plain(cfg["features"]))
+    X = featurizer.transform(list(M.prompts))
+    predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer)
+    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric)
+    r_cfg = cfg.get("router", {}) or {}
+    cal_idx = va if len(va) else tr
+    if r_cfg.get("lam") is not None:
+        router.lam = float(r_cfg["lam"])
+    elif r_cfg.get("budget") is not None or r_cfg.get("quality_floor") is not None:
+        router.lam = calibrate_lambda(
+            predictor.predict(X[cal_idx]), M.costs,
+            target_mean_cost=r_cfg.get("budget"), quality_floor=r_cfg.get("quality_floor"),
+            scores=M.scores[cal_idx],
+        )
+    q_te = predictor.predict(X[te])
+    s = summarize(q_te, M.scores[te], M.costs, M.backends)
+    choice = (q_te - router.lam * M.costs).argmax(1)
+    metrics = {
+        "test": {k: s[k] for k in ("best_single", "oracle", "router")},
+        "at_lambda": {
+            "lambda": router.lam,
+            "test_mean_cost": float(M.costs[choice].mean()),
+            "test_quality": float(M.scores[te][np.arange(len(te)), choice].mean()),
+        },
+        "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
+    }
+    data = {"path": str(cfg["data"]["path"]), "hash": M.data_hash(), "metric": metric,
+            "seed": int(cfg["seed"]), "cost_origin": M.cost_origin}
+    path = out_dir / "router"
+    router.save(path, metrics=metrics, data=data)
+    log.info("router saved to %s (lambda=%.4g)", path, router.lam)
+    return router
+
+
+def plot_curves(summary: dict, curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from t2iroute.training.evaluate import upper_hull
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    rc = curves["router"]
+    order = np.argsort(rc["cost"])
+    ax.plot(np.array(rc["cost"])[order], np.array(rc["quality"])[order], ".", ms=3, color="C0", alpha=0.5)
+    hc, hq = upper_hull(np.array(rc["cost"]), np.array(rc["quality"]))
+    ax.plot(hc, hq, "-", color="C0", label="router (over lambda)")
+    oc, oq = upper_hull(np.array(curves["oracle"]["cost"]), np.array(curves["oracle"]["quality"]))
+    ax.plot(oc, oq, "--", color="C2", label="oracle (over lambda)")
+    bc = np.array([v["cost"] for v in summary["backends"].values()])
+    bq = np.array([v["quality"] for v in summary["backends"].values()])
+    mc, mq = upper_hull(bc, bq)
+    ax.plot(mc, mq, ":", color="gray", label="random mix of backends")
+    ax.scatter(bc, bq, color="C3", zorder=5, label="single backends")
+    for name, v in summary["backends"].items():
+        ax.annotate(name, (v["cost"], v["quality"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    r = summary["router"]
+    title = f"{summary.get('data', '')} / {summary['metric']}: router"
+    if r.get("cost_saved_pct") is not None:
+        title += f" saves {r['cost_saved_pct']:.1f}% at equal quality"
+    if r.get("quality_gain_at_equal_cost") is not None:
+        title += f", {r['quality_gain_at_equal_cost']:+.3f} at equal cost"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("mean cost per prompt")
+    ax.set_ylabel(f"mean {summary['metric']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
