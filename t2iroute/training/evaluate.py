@@ -89,8 +89,10 @@ def upper_hull(cost: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.nd
 def cost_to_reach(cost, quality, target: float) -> float | None:
     """Lowest cost on the upper hull (linearly interpolated) whose quality reaches target."""
     c, q = upper_hull(cost, quality)
-    if len(q) == 0 or q[-1] < target:
+    tol = 1e-9 * max(1.0, abs(target))  # means of the same numbers summed in another order
+    if len(q) == 0 or q[-1] < target - tol:
         return None
+    target = min(target, q[-1])
     i = int(np.searchsorted(q, target))  # q is increasing on the frontier
     if i == 0:
         return float(c[0])

@@ -1,0 +1,39 @@
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ["cat", "dog", "red car", "two birds", "a castle", "blue sky", "three apples", "city at night",
+         "portrait of a woman", "robot", "forest", "a bowl of soup", "a sign saying 'hello'"]
+
+
+def make_table(n_prompts=120, backends=("fast", "slow", "mid"), costs=(0.1, 1.0, 0.5), seed=0,
+               sources=("A", "B")):
+    """A synthetic quality table where 'slow' is better on prompts with 'two'/'three'/'sign'."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_prompts):
+        w = WORDS[i % len(WORDS)]
+        prompt = f"{w} number {i}"
+        hard = any(t in prompt for t in ("two", "three", "sign", "portrait"))
+        for b, c in zip(backends, costs):
+            base = 30 + rng.normal(0, 0.3)
+            bonus = {"fast": 0.0, "mid": 0.5, "slow": 2.0 if hard else 0.2}.get(b, 0.0)
+            rows.append(dict(prompt_id=f"p{i}", prompt=prompt, backend=b, metric="clip",
+                             score=base + bonus, cost_s=c * (1 + rng.normal(0, 0.01)),
+                             source=sources[i % len(sources)]))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def table():
+    return make_table()
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("T2IROUTE_CACHE", str(tmp_path / "cache"))

@@ -1,0 +1,103 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from t2iroute.errors import TableError
+from t2iroute.training.table import pivot, read_table, split_prompts, validate_table
+
+
+def test_read_csv_gz_and_parquet_roundtrip(table, tmp_path):
+    table.to_csv(tmp_path / "t.csv.gz", index=False)
+    table.to_parquet(tmp_path / "t.parquet")
+    a = read_table(tmp_path / "t.csv.gz")
+    b = read_table(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_dtype=False)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.drop(columns=["score"]), "missing column"),
+        (lambda d: d.iloc[:0], "empty"),
+        (lambda d: d.assign(score=d.score.astype(object).where(d.index != 3, "abc")), "non-numeric or NaN"),
+        (lambda d: d.assign(score=d.score.where(d.index != 5, np.nan)), "non-numeric or NaN"),
+        (lambda d: pd.concat([d, d.iloc[:2]]), "duplicate"),
+        (lambda d: d.assign(metric="clipp"), "unknown metric"),
+        (lambda d: d.assign(cost_s=-1.0), "negative"),
+    ],
+)
+def test_validation_errors_name_the_problem(table, mutate, message):
+    with pytest.raises(TableError, match=message):
+        validate_table(mutate(table), name="mytable.csv")
+    with pytest.raises(TableError, match="mytable.csv"):
+        validate_table(mutate(table), name="mytable.csv")
+
+
+def test_missing_and_garbled_files(tmp_path):
+    with pytest.raises(TableError, match="no such file"):
+        read_table(tmp_path / "nope.csv")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(TableError, match="cannot be read"):
+        read_table(bad)
+    with pytest.raises(TableError, match="unknown format"):
+        (tmp_path / "x.xlsx").write_text("x")
+        read_table(tmp_path / "x.xlsx")
+
+
+def test_pivot_drops_incomplete_and_uses_median_cost(table, caplog):
+    t = table[~((table.prompt_id == "p3") & (table.backend == "slow"))]
+    with caplog.at_level("INFO"):
+        M = pivot(t, "clip")
+    assert M.n_dropped == 1 and "p3" not in set(M.prompt_ids)
+    assert "dropped 1 of 120" in caplog.text
+    assert M.scores.shape == (119, 3)
+    assert M.backends == ["fast", "mid", "slow"]
+    med = t[t.backend == "slow"].cost_s.median()
+    assert M.costs[M.backends.index("slow")] == pytest.approx(med)
+    assert M.cost_origin["slow"] == "table median"
+
+
+def test_pivot_costs_from_config_when_table_has_none(table):
+    t = table.assign(cost_s=np.nan)
+    with pytest.raises(TableError, match="no cost_s"):
+        pivot(t, "clip")
+    M = pivot(t, "clip", costs={"fast": 1, "mid": 2, "slow": 3})
+    assert list(M.costs) == [1, 2, 3] and set(M.cost_origin.values()) == {"config"}
+
+
+def test_pivot_unknown_metric_or_backend(table):
+    with pytest.raises(TableError, match="metric 'nima' not in the table"):
+        pivot(table, "nima")
+    with pytest.raises(TableError, match="backend\\(s\\) \\['zzz'\\]"):
+        pivot(table, "clip", backends=["fast", "zzz"])
+
+
+def test_pivot_averages_seeds():
+    rows = [dict(prompt_id="a", prompt="x", backend=b, metric="clip", score=s, cost_s=1.0, source="S", seed=k)
+            for b in ("b1", "b2") for k, s in enumerate((1.0, 3.0))]
+    M = pivot(validate_table(pd.DataFrame(rows)), "clip")
+    assert M.scores.tolist() == [[2.0, 2.0]]
+
+
+def test_splits_are_seeded_stratified_and_leak_free():
+    prompts = np.array([f"prompt {i % 150}" for i in range(300)] + ["Prompt  7 ", "PROMPT 7"])
+    sources = np.array(["A"] * 200 + ["B"] * 100 + ["A", "B"])
+    parts = split_prompts(prompts, sources, fractions=(0.7, 0.1, 0.2), seed=3)
+    again = split_prompts(prompts, sources, fractions=(0.7, 0.1, 0.2), seed=3)
+    other = split_prompts(prompts, sources, fractions=(0.7, 0.1, 0.2), seed=4)
+    assert all((a == b).all() for a, b in zip(parts, again))
+    assert not all(len(a) == len(b) and (a == b).all() for a, b in zip(parts, other))
+    allidx = np.concatenate(parts)
+    assert sorted(allidx) == list(range(len(prompts)))
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    texts = [{norm(p) for p in prompts[ix]} for ix in parts]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    # stratified: each source appears in test in roughly its share
+    test_src = sources[parts[2]]
+    assert 0.5 < (test_src == "A").mean() < 0.85
+
+
+def test_split_rejects_bad_fractions():
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_prompts(np.array(["a"]), np.array(["s"]), fractions=(0.5, 0.2))
