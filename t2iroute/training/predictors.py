@@ -281,10 +281,103 @@ class LGBMPredictor(QualityPredictor):
         ]
 
 
+class StackPredictor(QualityPredictor):
+    """Stacking: out-of-fold predictions of base predictors become features of a final model.
+
+    ``base`` is a list of predictor specs (e.g. kNN on the embedding block at several k); each
+    is fitted on K-1 folds to predict the held-out fold, so the final model (``final``, LightGBM
+    by default) learns how far to trust each base predictor from honest, out-of-sample inputs.
+    With ``passthrough`` the final model also sees the original features. At predict time the
+    bases are refitted on all training rows.
+    """
+
+    kind = "stack"
+
+    def __init__(self, base: list | None = None, final: dict | None = None, n_folds: int = 5,
+                 passthrough: bool = True, relative: bool = True, seed: int = 0):
+        self.base = base
+        self.final = final
+        self.n_folds = n_folds
+        self.passthrough = passthrough
+        self.relative = relative
+        self.seed = seed
+
+    def _bases(self) -> list[QualityPredictor]:
+        specs = self.base if self.base is not None else [{"kind": "knn", "n_neighbors": 100}]
+        return [build_predictor(dict(sp)) for sp in specs]
+
+    def _final(self) -> QualityPredictor:
+        spec = dict(self.final or {"kind": "lgbm"})
+        spec.setdefault("relative", False)  # targets are already relative here
+        return build_predictor(spec)
+
+    def _stack_features(self, X, base_preds):
+        parts = ([X] if self.passthrough else []) + base_preds
+        return np.hstack(parts)
+
+    def _fit_core(self, X, Y):
+        from sklearn.model_selection import KFold
+
+        n = len(X)
+        folds = max(2, min(int(self.n_folds), n))
+        kf = KFold(folds, shuffle=True, random_state=int(self.seed))
+        oof = []
+        self.bases_ = []
+        for proto in self._bases():
+            pred = np.zeros_like(Y)
+            for a, b in kf.split(X):
+                pred[b] = clone(proto).fit(X[a], Y[a]).predict(X[b]).reshape(len(b), -1)
+            oof.append(pred)
+            self.bases_.append(clone(proto).fit(X, Y))
+        self.final_ = self._final().fit(self._stack_features(X, oof), Y)
+
+    def _predict_core(self, X):
+        preds = [b.predict(X).reshape(len(X), -1) for b in self.bases_]
+        return np.asarray(self.final_.predict(self._stack_features(X, preds))).reshape(len(X), -1)
+
+    def _core_state(self):
+        meta, arrays, texts = {"bases": []}, {}, {}
+        for i, b in enumerate(self.bases_ + [self.final_]):
+            m, a, t = b.get_state()
+            key = f"final" if i == len(self.bases_) else f"base{i}"
+            if key == "final":
+                meta["final"] = m
+            else:
+                meta["bases"].append(m)
+            arrays.update({f"{key}/{k}": v for k, v in a.items()})
+            texts.update({f"{key}/{k}": v for k, v in t.items()})
+        return meta, arrays, texts
+
+    def _set_core_state(self, meta, arrays, texts):
+        self.bases_ = [
+            QualityPredictor.from_state(m, _sub(arrays, f"base{i}/"), _sub(texts, f"base{i}/"))
+            for i, m in enumerate(meta["bases"])
+        ]
+        self.final_ = QualityPredictor.from_state(meta["final"], _sub(arrays, "final/"), _sub(texts, "final/"))
+
+
+def resolve_blocks(spec, blocks: dict[str, slice]):
+    """Replace ``block: <featurizer name>`` in a predictor spec (recursively) by ``feature_slice``."""
+    if isinstance(spec, dict):
+        spec = {k: resolve_blocks(v, blocks) for k, v in spec.items()}
+        if "block" in spec:
+            name = spec.pop("block")
+            if name is not None:
+                if name not in blocks:
+                    raise ConfigError(f"predictor block '{name}' is not a configured featurizer ({sorted(blocks)})")
+                sl = blocks[name]
+                spec["feature_slice"] = [sl.start, sl.stop]
+        return spec
+    if isinstance(spec, list):
+        return [resolve_blocks(v, blocks) for v in spec]
+    return spec
+
+
 PREDICTORS: dict[str, type[QualityPredictor]] = {
     "ridge": RidgePredictor,
     "knn": KNNPredictor,
     "lgbm": LGBMPredictor,
+    "stack": StackPredictor,
 }
 
 
@@ -302,6 +395,6 @@ def build_predictor(spec: dict | None) -> QualityPredictor:
 
 
 __all__ = [
-    "QualityPredictor", "RidgePredictor", "KNNPredictor", "LGBMPredictor", "PREDICTORS",
-    "build_predictor", "clone",
+    "QualityPredictor", "RidgePredictor", "KNNPredictor", "LGBMPredictor", "StackPredictor",
+    "PREDICTORS", "build_predictor", "resolve_blocks",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 from t2iroute.features import build_featurizer
 from t2iroute.router.core import Router, calibrate_lambda
 from t2iroute.training.evaluate import summarize
-from t2iroute.training.predictors import build_predictor
+from t2iroute.training.predictors import build_predictor, resolve_blocks
 from t2iroute.training.table import QualityMatrix, pivot, read_table, split_prompts
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ def load_matrix(data_cfg: Mapping[str, Any], metric: str) -> QualityMatrix:
 
 
 def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None):
-    pred = build_predictor(_plain(predictor_cfg))
-    if featurizer is not None and hasattr(pred, "bind_blocks"):
-        pred.bind_blocks(featurizer.blocks_)
-    return pred.fit(X, Y)
+    spec = _plain(predictor_cfg)
+    if featurizer is not None:
+        spec = resolve_blocks(spec, featurizer.blocks_)
+    return build_predictor(spec).fit(X, Y)
 
 
 def _plain(cfg):
