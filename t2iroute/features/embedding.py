@@ -46,6 +46,25 @@ def resolve_model(model: str) -> str:
     return model
 
 
+def _quantize_int8(st) -> None:
+    """Dynamic int8 quantization of the transformer's Linear layers (CPU inference only).
+
+    About 2.5x faster on 2 CPU cores; the vectors move a little (mean cosine ~0.94 to fp32), so
+    a router must be trained and served with the same setting (it is part of the spec and of the
+    cache key).
+    """
+    import warnings
+
+    import torch
+
+    mod = st[0]
+    attr = "model" if "model" in mod._modules else "auto_model"  # sentence-transformers >= 6 / < 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.ao.quantization.quantize_dynamic(
+            getattr(mod, attr), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
 class EmbeddingCache:
     """Append-only shards of (sha1(text) -> vector) under one folder per model key.
 
@@ -126,6 +145,7 @@ class SentenceEmbeddingFeaturizer:
         cache: bool = True,
         cache_dir: str | None = None,
         dim: int | None = None,
+        quantize: str | None = None,
     ):
         self.model = model
         self.max_seq_length = max_seq_length
@@ -135,6 +155,9 @@ class SentenceEmbeddingFeaturizer:
         self.cache = bool(cache)
         self.cache_dir = cache_dir
         self._dim = dim
+        if quantize not in (None, "int8"):
+            raise ValueError(f"embedding quantize must be null or 'int8', got {quantize!r}")
+        self.quantize = quantize
         self._st = None
         self._cache: EmbeddingCache | None = None
         self._load_lock = threading.Lock()
@@ -154,6 +177,8 @@ class SentenceEmbeddingFeaturizer:
                     ) from e
                 if self.max_seq_length:
                     st.max_seq_length = int(self.max_seq_length)
+                if self.quantize == "int8":
+                    _quantize_int8(st)
                 get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
                 dim = get_dim()
                 if self._dim is not None and dim != self._dim:
@@ -185,6 +210,8 @@ class SentenceEmbeddingFeaturizer:
             except Exception:
                 pass
         tag += f"|msl={self.max_seq_length}|norm={self.normalize}"
+        if self.quantize:
+            tag += f"|q={self.quantize}"
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model)[-40:]
         return f"{slug}-{hashlib.sha1(tag.encode()).hexdigest()[:12]}"
 
@@ -238,5 +265,6 @@ class SentenceEmbeddingFeaturizer:
             "model": self.model,
             "max_seq_length": self.max_seq_length,
             "normalize": self.normalize,
+            "quantize": self.quantize,
             "dim": self.dim,
         }

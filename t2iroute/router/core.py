@@ -116,6 +116,18 @@ def calibrate_lambda(
     return float(hi if target_mean_cost is not None else lo)
 
 
+_BLAS_LIMITER = None
+
+
+def _one_blas_thread():
+    global _BLAS_LIMITER
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS_LIMITER is None:
+        _BLAS_LIMITER = ThreadpoolController()
+    return _BLAS_LIMITER.limit(limits=1, user_api="blas")
+
+
 class Router:
     """Routes prompts to the backend maximizing predicted quality - lambda * cost.
 
@@ -144,7 +156,14 @@ class Router:
         t0 = time.perf_counter()
         X = self.featurizer.transform(prompts)
         t1 = time.perf_counter()
-        Q = np.asarray(self.predictor.predict(X)).reshape(len(prompts), -1)
+        if len(prompts) < 64:
+            # Small products gain nothing from BLAS threads, and OpenBLAS threads left spinning
+            # after them slow the next embedding call by 2x on a 2-core machine.
+            with _one_blas_thread():
+                Q = self.predictor.predict(X, texts=list(prompts))
+        else:
+            Q = self.predictor.predict(X, texts=list(prompts))
+        Q = np.asarray(Q).reshape(len(prompts), -1)
         t2 = time.perf_counter()
         timings = {f"features.{k}": v for k, v in getattr(self.featurizer, "last_timings_", {}).items()}
         timings.update({"features": t1 - t0, "predict": t2 - t1})

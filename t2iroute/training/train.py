@@ -30,11 +30,11 @@ def load_matrix(data_cfg: Mapping[str, Any], metric: str) -> QualityMatrix:
     )
 
 
-def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None):
+def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None, texts=None):
     spec = _plain(predictor_cfg)
     if featurizer is not None:
         spec = resolve_blocks(spec, featurizer.blocks_)
-    return build_predictor(spec).fit(X, Y)
+    return build_predictor(spec).fit(X, Y, texts=None if texts is None else list(texts))
 
 
 def _plain(cfg):
@@ -118,8 +118,9 @@ def run_bench(cfg) -> dict:
     # 1. lambda calibration check: fit on train, calibrate on validation, measure on test
     calibration = []
     if cfg.get("calibration", {}).get("budgets") and len(va) > 0:
-        pred_tr = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer)
-        q_va, q_te = pred_tr.predict(X[va]), pred_tr.predict(X[te])
+        pred_tr = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr])
+        q_va = pred_tr.predict(X[va], texts=list(M.prompts[va]))
+        q_te = pred_tr.predict(X[te], texts=list(M.prompts[te]))
         rows = np.arange(len(te))
         c_lo, c_hi = float(M.costs.min()), float(M.costs[np.argmax(M.scores[tr].mean(0))])
         for frac in cfg["calibration"]["budgets"]:
@@ -137,9 +138,9 @@ def run_bench(cfg) -> dict:
     # 2. headline: fit on train + validation, evaluate on test
     fit_idx = np.concatenate([tr, va])
     t0 = time.perf_counter()
-    predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer)
+    predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer, M.prompts[fit_idx])
     fit_s = time.perf_counter() - t0
-    q_hat = predictor.predict(X[te])
+    q_hat = predictor.predict(X[te], texts=list(M.prompts[te]))
     summary: dict[str, Any] = {
         "metric": metric,
         "data": str(cfg["data"].get("name", cfg["data"]["path"])),
@@ -178,7 +179,7 @@ def run_train(cfg) -> Router:
     tr, va, te = _split(M, cfg)
     featurizer = build_featurizer(_plain(cfg["features"]))
     X = featurizer.transform(list(M.prompts))
-    predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer)
+    predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr])
     router = Router(featurizer, predictor, M.backends, M.costs, metric=metric)
     r_cfg = cfg.get("router", {}) or {}
     cal_idx = va if len(va) else tr
@@ -186,11 +187,11 @@ def run_train(cfg) -> Router:
         router.lam = float(r_cfg["lam"])
     elif r_cfg.get("budget") is not None or r_cfg.get("quality_floor") is not None:
         router.lam = calibrate_lambda(
-            predictor.predict(X[cal_idx]), M.costs,
+            predictor.predict(X[cal_idx], texts=list(M.prompts[cal_idx])), M.costs,
             target_mean_cost=r_cfg.get("budget"), quality_floor=r_cfg.get("quality_floor"),
             scores=M.scores[cal_idx],
         )
-    q_te = predictor.predict(X[te])
+    q_te = predictor.predict(X[te], texts=list(M.prompts[te]))
     s = summarize(q_te, M.scores[te], M.costs, M.backends)
     choice = (q_te - router.lam * M.costs).argmax(1)
     metrics = {
