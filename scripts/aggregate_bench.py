@@ -45,7 +45,9 @@ def main() -> None:
         print(f"== {data} / {metric}: {len(runs)} runs (seeds {row['seeds']})")
         for k, v in row.items():
             if isinstance(v, dict):
-                print(f"  {k:42s} mean {v['mean']:9.3f}  min {v['min']:9.3f}  max {v['max']:9.3f}")
+                undef = v.get("n_undefined", 0)
+                note = f"  (undefined in {undef} runs: never reached the best single backend)" if undef else ""
+                print(f"  {k:42s} mean {v['mean']:9.3f}  min {v['min']:9.3f}  max {v['max']:9.3f}{note}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -68,3 +68,16 @@ def test_unknown_embedding_model_fails_clearly(tmp_path):
     f = SentenceEmbeddingFeaturizer(model=str(tmp_path / "no-such-model"), cache=False)
     with pytest.raises(RuntimeError, match="cannot load sentence-transformers model"):
         f.transform(["a cat"])
+
+
+def test_int8_embeddings_are_close_and_keyed_apart(tmp_path):
+    fp = SentenceEmbeddingFeaturizer(cache_dir=str(tmp_path))
+    q8 = SentenceEmbeddingFeaturizer(cache_dir=str(tmp_path), quantize="int8")
+    prompts = ["a red car", "a crowded park at dusk with three red kites"]
+    a, b = fp.transform(prompts), q8.transform(prompts)
+    cos = (a * b).sum(1)
+    assert (cos > 0.8).all() and (cos < 0.99999).all()  # close, but really quantized
+    assert fp.cache_key() != q8.cache_key()
+    assert q8.spec()["quantize"] == "int8"
+    with pytest.raises(ValueError, match="quantize"):
+        SentenceEmbeddingFeaturizer(quantize="fp4")

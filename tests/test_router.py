@@ -116,7 +116,7 @@ def test_damaged_artifacts_fail_clearly(router, tmp_path):
     booster = next((path / "predictor").glob("booster_*.txt"))
     text = booster.read_text()
     booster.write_text(text.replace("tree", "treX", 1))
-    with pytest.raises(ArtifactError, match="booster_0.txt is damaged"):
+    with pytest.raises(ArtifactError, match="booster_0_0.txt is damaged"):
         Router.load(path)
     booster.unlink()
     with pytest.raises(ArtifactError, match="is missing"):

@@ -101,3 +101,25 @@ def test_splits_are_seeded_stratified_and_leak_free():
 def test_split_rejects_bad_fractions():
     with pytest.raises(ValueError, match="sum to 1"):
         split_prompts(np.array(["a"]), np.array(["s"]), fractions=(0.5, 0.2))
+
+
+SHARED = __import__("t2iroute.paths", fromlist=["shared"]).shared
+
+
+@pytest.mark.parametrize("name, n_prompts, n_backends", [
+    ("cems10k", 10_000, 4), ("agiqa3k", 287, 10), ("tifa160", 160, 5)])
+def test_real_tables_load(name, n_prompts, n_backends):
+    from pathlib import Path
+
+    from t2iroute.paths import bundled
+
+    path = Path(SHARED(f"quality/{name}.csv.gz"))
+    if name != "cems10k":
+        path = Path(bundled(f"quality/{name}.csv.gz"))  # bundled with the package
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared/data is not beside this checkout)")
+    t = read_table(path)
+    metric = {"cems10k": "clip", "agiqa3k": "mos_quality", "tifa160": "human_avg"}[name]
+    costs = None if name == "cems10k" else {b: 1.0 for b in t.backend.unique()}
+    M = pivot(t, metric, costs=costs)
+    assert M.scores.shape == (n_prompts, n_backends)

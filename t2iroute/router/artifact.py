@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -62,9 +63,10 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
     if path.exists() and not overwrite:
         raise ArtifactError(f"artifact {path} exists (overwrite=False)")
     meta, arrays, texts = router.predictor.get_state()
-    for name in texts:
-        if "/" in name.replace("mean_model/", "", 1) or name.startswith("."):
-            raise ArtifactError(f"bad state file name {name!r}")
+    for name in list(texts) + list(arrays):
+        # nested state keys use "/", stored as "__" in file and array names
+        if "__" in name or not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", name) or name.startswith("."):
+            raise ArtifactError(f"bad state name {name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
