@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: venv
-	$(VENV)/bin/t2iroute bench data=agiqa3k out_dir=outputs/demo/agiqa3k
-	$(VENV)/bin/t2iroute train data=agiqa3k router.budget=2.0 out_dir=outputs/demo/agiqa3k-train
+	$(VENV)/bin/t2iroute bench data=agiqa3k predictor=knn out_dir=outputs/demo/agiqa3k
+	$(VENV)/bin/t2iroute train data=agiqa3k predictor=knn router.budget=2.0 out_dir=outputs/demo/agiqa3k-train
 
 test: venv
 	$(PY) -m pytest -q
