@@ -16,6 +16,7 @@ import sys
 COMMANDS = {
     "bench": "run a benchmark: router vs single backends vs oracle on a held-out split",
     "train": "train a router and save it as an artifact folder",
+    "sweep": "generate prompts x backends x seeds, score, append rows to OUT/quality.parquet",
 }
 
 log = logging.getLogger("t2iroute")
@@ -67,7 +68,30 @@ def _train(cfg) -> None:
                       "lambda": router.lam, "metrics": router.manifest.get("metrics", {})}, indent=2))
 
 
-_TASKS = {"bench": _bench, "train": _train}
+def _sweep(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from t2iroute.backends import build_backends
+    from t2iroute.scoring import build_scorer
+    from t2iroute.training.prompts import read_prompts
+    from t2iroute.training.sweep import run_sweep
+
+    specs = OmegaConf.to_container(cfg.backends, resolve=True) if cfg.get("backends") else {}
+    if not specs:
+        raise ValueError("no backends selected (backends=[tiny_10,tiny_20] for example)")
+    backends = build_backends(specs)
+    scorer = build_scorer(OmegaConf.to_container(cfg.scorer, resolve=True))
+    prompts = read_prompts(cfg.prompts, limit=cfg.get("limit"))
+    seeds = [int(s) for s in cfg.seeds]
+    res = run_sweep(backends, prompts, seeds, scorer, cfg.out_dir, shard=int(cfg.shard),
+                    num_shards=int(cfg.num_shards), chunk_size=int(cfg.chunk_size),
+                    keep_images=bool(cfg.keep_images))
+    print(json.dumps({"out": str(res.out_dir / "quality.parquet"), "items": res.n_items,
+                      "skipped_finished": res.n_skipped_done, "generated": res.n_generated,
+                      "failed": res.n_failed}))
+
+
+_TASKS = {"bench": _bench, "train": _train, "sweep": _sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,7 @@ class _Shared:
     def __init__(self, pipe):
         self.pipe = pipe
         self.lock = threading.Lock()
+        self.base_scheduler_cls = type(pipe.scheduler)
         self.base_scheduler_config = dict(pipe.scheduler.config)
         self.adapters: set[str] = set()
 
@@ -151,7 +152,7 @@ class DiffusersBackend:
         shared = self._shared
         pipe = shared.pipe
         sched = make_scheduler(self.scheduler, shared.base_scheduler_config) if self.scheduler else \
-            type(pipe.scheduler).from_config(shared.base_scheduler_config)
+            shared.base_scheduler_cls.from_config(shared.base_scheduler_config)
         pipe.scheduler = sched
         if self.lora:
             if self.name not in shared.adapters:

@@ -50,7 +50,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise TableError(f"quality table {path}: no such file")
     name = path.name.lower()
     try:
-        if name.endswith(".parquet") or name.endswith(".pq"):
+        if path.is_dir():  # a sweep's parquet dataset folder (part files)
+            parts = sorted(path.glob("part-*.parquet")) or sorted(path.glob("*.parquet"))
+            if not parts:
+                raise TableError(f"quality table {path}: folder holds no parquet files")
+            df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        elif name.endswith(".parquet") or name.endswith(".pq"):
             df = pd.read_parquet(path)
         elif name.endswith(".csv") or name.endswith(".csv.gz"):
             df = pd.read_csv(path, keep_default_na=True)

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from t2iroute.backends import build_backend, build_backends
+from t2iroute.backends.diffusers_backend import _PIPELINES, loaded_pipelines
+from t2iroute.backends.stopping import StopConfig
+from t2iroute.errors import ConfigError
+
+SMALL = {"model": "tiny", "height": 32, "width": 32}
+
+
+def _count_unet(backend):
+    calls = []
+    h = backend.pipe.unet.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    return calls, h
+
+
+def test_steps_and_nfe_are_exact():
+    b = build_backend("t", {**SMALL, "steps": 7, "guidance_scale": 5.0})
+    calls, h = _count_unet(b)
+    try:
+        g = b.generate(["a red car"], seeds=[0])[0]
+    finally:
+        h.remove()
+    assert g.steps_run == 7 == len(calls) and not g.stopped_early
+    assert g.nfe == 14 and calls == [2] * 7  # the guidance pair is one batch of 2
+    nog = build_backend("u", {**SMALL, "steps": 5, "guidance_scale": 1.0}).generate(["x"], seeds=[0])[0]
+    assert nog.nfe == 5
+
+
+def test_deterministic_per_seed():
+    b = build_backend("t", {**SMALL, "steps": 5})
+    a1, a2 = b.generate(["a cat", "a cat"], seeds=[3, 3])
+    c = b.generate(["a cat"], seeds=[4])[0]
+    assert np.array_equal(np.asarray(a1.image), np.asarray(a2.image))
+    assert not np.array_equal(np.asarray(a1.image), np.asarray(c.image))
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "lcm", "pndm"])
+def test_stop_decodes_x0_of_the_stopping_step(scheduler):
+    b = build_backend("t", {**SMALL, "steps": 20, "scheduler": scheduler,
+                            "early_stop": {"threshold": 10.0, "patience": 1, "window": 1, "min_fraction": 0.25}})
+    pipe = b.pipe
+    seen = {}
+    orig = pipe.vae.decode
+
+    def decode(z, *a, **k):
+        seen["z"] = z.clone()
+        return orig(z, *a, **k)
+
+    pipe.vae.decode = decode
+    captured = {}
+    from t2iroute.backends import stopping
+
+    orig_call = stopping.ConvergenceStopper.__call__
+
+    def spy(self, pipe_, i, t, kw):
+        out = orig_call(self, pipe_, i, t, kw)
+        if self.stop_step is not None and "x0" not in captured:
+            captured["x0"] = self.decoded_x0.clone()
+            captured["xt"] = kw["latents"].clone()
+        return out
+
+    stopping.ConvergenceStopper.__call__ = spy
+    try:
+        g = b.generate(["a cat"], seeds=[0])[0]
+    finally:
+        stopping.ConvergenceStopper.__call__ = orig_call
+        del pipe.vae.decode
+    assert g.stopped_early and g.steps_run == 5  # ceil(0.25 * 20)
+    z = seen["z"] * pipe.vae.config.scaling_factor
+    assert torch_allclose(z, captured["x0"])
+    assert not torch_allclose(captured["xt"], captured["x0"])  # x_t was really different
+
+
+def torch_allclose(a, b):
+    import torch
+
+    return bool(torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4))
+
+
+def test_threshold_zero_never_stops():
+    b = build_backend("t", {**SMALL, "steps": 12, "early_stop": {"threshold": 0.0, "min_fraction": 0.0}})
+    g = b.generate(["a cat"], seeds=[0])[0]
+    assert g.steps_run == 12 and not g.stopped_early
+
+
+def test_step_budgets_share_one_pipeline(tmp_path):
+    from t2iroute.backends.tiny import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tmp_path / "tiny-sd")
+    before = loaded_pipelines()
+    bs = build_backends({f"sd_{n}": {"model": str(folder), "steps": n, "height": 32, "width": 32}
+                         for n in (2, 3, 4)})
+    gens = {n: b.generate(["a cat"], seeds=[0])[0] for n, b in bs.items()}  # loads via from_pretrained
+    assert loaded_pipelines() == before + 1
+    assert len({id(b.pipe) for b in bs.values()}) == 1
+    assert [g.steps_run for g in gens.values()] == [2, 3, 4]
+    _PIPELINES.pop((str(folder), "float32", "cpu", None))
+
+
+def test_bad_backend_configs():
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        build_backend("x", {**SMALL, "steps": 0})
+    with pytest.raises(ConfigError, match="unknown scheduler 'foo'"):
+        build_backend("x", {**SMALL, "scheduler": "foo"})
+    with pytest.raises(ConfigError, match="multiples of 8"):
+        build_backend("x", {**SMALL, "height": 30})
+    with pytest.raises(ConfigError, match=r"unknown backend\(s\) \['nope'\]; known: \['a'\]"):
+        build_backends({"a": SMALL}, ["nope"])
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        StopConfig(threshold=-1)
+    with pytest.raises(RuntimeError, match="cannot load diffusers pipeline"):
+        build_backend("x", {"model": "/nonexistent/model"}).generate(["a"], seeds=[0])
