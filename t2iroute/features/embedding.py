@@ -166,6 +166,9 @@ class SentenceEmbeddingFeaturizer:
     def _model(self):
         with self._load_lock:
             if self._st is None:
+                from t2iroute._compat import ensure_torchvision
+
+                ensure_torchvision()
                 from sentence_transformers import SentenceTransformer
 
                 path = resolve_model(self.model)
