@@ -7,6 +7,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from t2iroute._compat import ensure_torchvision  # noqa: E402
+
+ensure_torchvision()  # tests import diffusers and open_clip directly
+
 WORDS = ["cat", "dog", "red car", "two birds", "a castle", "blue sky", "three apples", "city at night",
          "portrait of a woman", "robot", "forest", "a bowl of soup", "a sign saying 'hello'"]
 

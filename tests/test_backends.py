@@ -112,3 +112,41 @@ def test_bad_backend_configs():
         StopConfig(threshold=-1)
     with pytest.raises(RuntimeError, match="cannot load diffusers pipeline"):
         build_backend("x", {"model": "/nonexistent/model"}).generate(["a"], seeds=[0])
+
+
+def test_lora_backend_shares_weights_and_switches_adapter(tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from t2iroute.backends.tiny import tiny_pipeline
+
+    donor = tiny_pipeline(0)
+    donor.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for n, p in donor.unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # a fresh LoRA is a no-op (B = 0); make it change the output
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(donor.unet))
+    spec = {"model": "tiny:7", "height": 32, "width": 32, "steps": 3}
+    bs = build_backends({"base": spec, "lora": {**spec, "lora": str(tmp_path / "lora")}})
+    base1 = np.asarray(bs["base"].generate(["a cat"], seeds=[0])[0].image, dtype=float)
+    with_lora = np.asarray(bs["lora"].generate(["a cat"], seeds=[0])[0].image, dtype=float)
+    base2 = np.asarray(bs["base"].generate(["a cat"], seeds=[0])[0].image, dtype=float)
+    assert bs["base"].pipe is bs["lora"].pipe  # one copy of the base weights
+    assert np.abs(with_lora - base1).mean() > 1.0  # the adapter is active for its backend
+    np.testing.assert_array_equal(base1, base2)  # and off again for the plain one
+
+
+def test_scheduler_without_x0_is_refused():
+    from t2iroute.backends.stopping import X0Capture
+
+    class NoX0:
+        config = {}
+
+        def step(self, model_output, timestep, sample):
+            return (sample,)
+
+    with pytest.raises(ValueError, match="exposes no x0 estimate"):
+        X0Capture(NoX0())

@@ -40,6 +40,9 @@ def _clip_vocab_and_merges():
 
 
 def tiny_components(seed: int = 0, scheduler: str = "ddim"):
+    from t2iroute._compat import ensure_torchvision
+
+    ensure_torchvision()
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
