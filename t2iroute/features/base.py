@@ -13,6 +13,7 @@ from t2iroute.errors import ConfigError
 FEATURIZERS: dict[str, str] = {
     "embedding": "t2iroute.features.embedding:SentenceEmbeddingFeaturizer",
     "lexical": "t2iroute.features.lexical:LexicalFeaturizer",
+    "llm": "t2iroute.features.llm:LLMComplexityFeaturizer",
 }
 
 

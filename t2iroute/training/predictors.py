@@ -501,7 +501,13 @@ class StackPredictor(QualityPredictor):
         return out
 
     def _stack_input(self, X, base_feats):
-        parts = ([_slice(X, self.passthrough_slice)] if self.passthrough_slice is not None else [])
+        sl = self.passthrough_slice
+        if sl is None:
+            parts = []
+        elif len(sl) and isinstance(sl[0], (list, tuple)):  # several blocks
+            parts = [_slice(X, s) for s in sl]
+        else:
+            parts = [_slice(X, sl)]
         return np.hstack(parts + base_feats)
 
     def _fit_core(self, X, Y, texts=None):
@@ -554,12 +560,20 @@ def resolve_blocks(spec, blocks: dict[str, slice]):
         for key in [k for k in spec if k == "block" or k.endswith("_block")]:
             name = spec.pop(key)
             target = "feature_slice" if key == "block" else key[: -len("_block")] + "_slice"
-            if name is not None:
-                if name not in blocks:
-                    raise ConfigError(
-                        f"predictor {key} '{name}' is not a configured featurizer ({sorted(blocks)})")
-                sl = blocks[name]
-                spec[target] = [sl.start, sl.stop]
+            if name is None:
+                continue
+            names = [name] if isinstance(name, str) else list(name)
+            if key == "passthrough_block":  # optional extras: pass through those configured
+                names = [n for n in names if n in blocks]
+                if not names:
+                    continue
+                name = names if len(names) > 1 or not isinstance(name, str) else name
+            missing = [n for n in names if n not in blocks]
+            if missing:
+                raise ConfigError(
+                    f"predictor {key} '{missing[0]}' is not a configured featurizer ({sorted(blocks)})")
+            sls = [[blocks[n].start, blocks[n].stop] for n in names]
+            spec[target] = sls[0] if isinstance(name, str) else sls
         return spec
     if isinstance(spec, list):
         return [resolve_blocks(v, blocks) for v in spec]
