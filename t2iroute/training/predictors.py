@@ -325,9 +325,13 @@ class LGBMPredictor(QualityPredictor):
         if self.early_stopping_rounds and len(X) >= 50:
             rng = np.random.default_rng(100 + int(self.seed) + bag)
             val = rng.random(len(X)) < float(self.validation_fraction)
-            m = lgb.LGBMRegressor(**p).fit(
-                X[~val], y[~val], eval_set=[(X[val], y[val])],
-                callbacks=[lgb.early_stopping(int(self.early_stopping_rounds), verbose=False)])
+            import warnings
+
+            with warnings.catch_warnings():  # lightgbm >= 4.7 renames eval_set; older ones lack the new names
+                warnings.filterwarnings("ignore", message=".*eval_set.*")
+                m = lgb.LGBMRegressor(**p).fit(
+                    X[~val], y[~val], eval_set=[(X[val], y[val])],
+                    callbacks=[lgb.early_stopping(int(self.early_stopping_rounds), verbose=False)])
             p["n_estimators"] = int(max(m.best_iteration_ or p["n_estimators"], 20) * 1.1)
         return lgb.LGBMRegressor(**p).fit(X, y).booster_
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from t2iroute.features import build_featurizer
 from t2iroute.router.core import Router, calibrate_lambda
-from t2iroute.training.evaluate import summarize
+from t2iroute.training.evaluate import route_scores, summarize
 from t2iroute.training.predictors import build_predictor, resolve_blocks
 from t2iroute.training.table import QualityMatrix, pivot, read_table, split_prompts
 
@@ -126,11 +126,11 @@ def run_bench(cfg) -> dict:
         for frac in cfg["calibration"]["budgets"]:
             target = c_lo + float(frac) * (c_hi - c_lo)
             lam = calibrate_lambda(q_va, M.costs, target_mean_cost=target)
-            choice = (q_te - lam * M.costs).argmax(1)
+            choice = route_scores(q_te, M.costs, lam)
             calibration.append({
                 "target_mean_cost": target,
                 "lambda": lam,
-                "val_mean_cost": float(M.costs[(q_va - lam * M.costs).argmax(1)].mean()),
+                "val_mean_cost": float(M.costs[route_scores(q_va, M.costs, lam)].mean()),
                 "test_mean_cost": float(M.costs[choice].mean()),
                 "test_quality": float(M.scores[te][rows, choice].mean()),
             })
@@ -193,7 +193,7 @@ def run_train(cfg) -> Router:
         )
     q_te = predictor.predict(X[te], texts=list(M.prompts[te]))
     s = summarize(q_te, M.scores[te], M.costs, M.backends)
-    choice = (q_te - router.lam * M.costs).argmax(1)
+    choice = route_scores(q_te, M.costs, router.lam)
     metrics = {
         "test": {k: s[k] for k in ("best_single", "oracle", "router")},
         "at_lambda": {
