@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-slow bench-cems clean
+.PHONY: venv demo test bench-cems clean
 
 venv: $(VENV)/.installed
 
@@ -25,9 +25,6 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
-
-test-slow: venv
-	$(PY) -m pytest -q -m slow
 
 # The issue's benchmark: CEMS 10k (needs ../shared/data), seeds 0-4, clip and nima.
 bench-cems: venv
