@@ -10,11 +10,11 @@ Public API (imports nothing heavy until used)::
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Router", "RouteDecision", "load_router", "__version__"]
+__all__ = ["Router", "RouteDecision", "GenerateResult", "load_router", "__version__"]
 
 
 def __getattr__(name):
-    if name in ("Router", "RouteDecision"):
+    if name in ("Router", "RouteDecision", "GenerateResult"):
         from t2iroute.router import core
 
         return getattr(core, name)

@@ -1,9 +1,11 @@
-"""Command line: ``t2iroute <command> [hydra overrides]``.
+"""Command line: ``t2iroute <command> [prompts] [hydra overrides]``.
 
-Commands: ``bench`` (train on train+val, evaluate on test, write summary.json + curves.png) and
-``train`` (fit, calibrate lambda, save a router artifact). Each command is a Hydra app whose
-config is ``conf/<command>.yaml`` inside the package; add your own config folder with
-``hydra.searchpath=[file:///path/to/conf]``.
+Commands: ``bench`` (train on train+val, evaluate on test, write summary.json + curves.png),
+``train`` (fit, calibrate lambda, save a router artifact), ``sweep`` (generate and score),
+``route`` and ``generate`` (use an artifact), ``app`` (the Streamlit app). Every command but
+``app`` is a Hydra app whose config is ``conf/<command>.yaml`` inside the package; add your own
+config folder with ``hydra.searchpath=[file:///path/to/conf]``. Errors in the input exit with
+status 2 and one line on stderr; stdout carries only the command's JSON result.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 
 COMMANDS = {
     "bench": "run a benchmark: router vs single backends vs oracle on a held-out split",
     "train": "train a router and save it as an artifact folder",
     "sweep": "generate prompts x backends x seeds, score, append rows to OUT/quality.parquet",
+    "route": 'route prompts with a router artifact: t2iroute route "a red car" artifact=DIR',
+    "generate": 'route and generate one image: t2iroute generate "a red car" artifact=DIR out=img.png',
+    "app": "the Streamlit app: t2iroute app [artifact=DIR] [bench=DIR] [port=8501]",
 }
 
 log = logging.getLogger("t2iroute")
@@ -34,7 +40,7 @@ def _register_resolvers() -> None:
 
 def _usage() -> str:
     lines = ["usage: t2iroute <command> [key=value ...]", "", "commands:"]
-    lines += [f"  {k:8s} {v}" for k, v in COMMANDS.items()]
+    lines += [f"  {k:9s} {v}" for k, v in COMMANDS.items()]
     lines += ["", "e.g. t2iroute bench data=cems10k metric=clip seed=0 out_dir=outputs/cems",
               "     t2iroute bench --cfg job   (print the composed config)"]
     return "\n".join(lines)
@@ -91,7 +97,145 @@ def _sweep(cfg) -> None:
                       "failed": res.n_failed}))
 
 
-_TASKS = {"bench": _bench, "train": _train, "sweep": _sweep}
+def _cli_router(cfg):
+    from omegaconf import OmegaConf
+
+    from t2iroute.errors import ConfigError
+    from t2iroute.router.core import Router
+
+    if not cfg.get("artifact"):
+        raise ConfigError("artifact=DIR is required (a router folder written by t2iroute train)")
+    specs = OmegaConf.to_container(cfg.backends, resolve=True) if cfg.get("backends") else None
+    return Router.load(str(cfg.artifact), backends=specs)
+
+
+def _cli_prompts(cfg, prompts: list[str]) -> list[str]:
+    from t2iroute.errors import ConfigError
+
+    items = list(prompts)
+    src = cfg.get("prompts_file")
+    if src == "-":
+        items += [ln.strip() for ln in sys.stdin.read().splitlines() if ln.strip()]
+    elif src:
+        from t2iroute.training.prompts import read_prompts
+
+        items += read_prompts(str(src)).prompt.tolist()
+    if not items:
+        raise ConfigError('no prompt given: t2iroute route "a red car" artifact=DIR (or prompts_file=FILE)')
+    return items
+
+
+def _route(cfg, prompts: list[str]) -> None:
+    router = _cli_router(cfg)
+    items = _cli_prompts(cfg, prompts)
+    one = len(items) == 1 and not cfg.get("prompts_file")
+    res = router.route(items[0] if one else items, lam=cfg.get("lam"), budget=cfg.get("budget"))
+    print(json.dumps(res.to_dict() if one else [d.to_dict() for d in res], indent=2))
+
+
+def _image_format(out: str) -> str:
+    from PIL import Image
+
+    from t2iroute.errors import ConfigError
+
+    ext = os.path.splitext(out)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ConfigError(f"out={out}: unknown image type '{ext}' (use .png, .jpg or .webp)")
+    return fmt
+
+
+def _generate(cfg, prompts: list[str]) -> None:
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from t2iroute.errors import ConfigError
+
+    out = str(cfg.out)
+    fmt = _image_format(out)
+    if len(prompts) != 1 or cfg.get("prompts_file"):
+        raise ConfigError(f"generate takes exactly one prompt, got {len(prompts)}")
+    router = _cli_router(cfg)
+    scorer = None
+    if cfg.get("scorer"):
+        from t2iroute.scoring import build_scorer
+
+        scorer = build_scorer(OmegaConf.to_container(cfg.scorer, resolve=True))
+    res = router.generate(prompts[0], seed=int(cfg.seed), lam=cfg.get("lam"), budget=cfg.get("budget"),
+                          backend=cfg.get("backend"), fallback=bool(cfg.fallback))
+    result = res.to_dict()
+    if scorer is not None:
+        result["score"] = {scorer.metric: scorer.score([res.image], [prompts[0]])[0]}
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".t2iroute-", suffix=os.path.splitext(out)[1], dir=folder)
+    os.close(fd)
+    try:
+        res.image.save(tmp, format=fmt)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600
+        os.replace(tmp, out)  # a reader never sees half an image; an older file survives a failure
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    result["out"] = out
+    print(json.dumps(result, indent=2))
+
+
+_TASKS = {"bench": _bench, "train": _train, "sweep": _sweep, "route": _route, "generate": _generate}
+_TAKES_PROMPTS = ("route", "generate")
+# a Hydra override: key=value, +key=value, ~key; anything else is a prompt
+_OVERRIDE = re.compile(r"^(~|\+{1,2})?[A-Za-z_][\w.@/-]*(=|$)")
+_HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
+                           "-cn", "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+
+
+def _split_prompts(argv: list[str]) -> tuple[list[str], list[str]]:
+    prompts, rest, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-") and a not in ("-",):
+            rest.append(a)
+            if a in _HYDRA_FLAGS_WITH_VALUE and i + 1 < len(argv):
+                rest.append(argv[i + 1])
+                i += 1
+        elif _OVERRIDE.match(a) and ("=" in a or a.startswith("~")):
+            rest.append(a)
+        else:
+            prompts.append(a)
+        i += 1
+    return prompts, rest
+
+
+def _app(argv: list[str]) -> int:
+    """Serve the Streamlit app (``streamlit run``) on 127.0.0.1 by default."""
+    import importlib.util
+
+    opts = {"artifact": None, "bench": None, "port": "8501", "address": "127.0.0.1"}
+    for a in argv:
+        k, eq, v = a.partition("=")
+        if not eq or k not in opts:
+            print(f"t2iroute app: error: unknown argument '{a}' (use {', '.join(k + '=...' for k in opts)})",
+                  file=sys.stderr)
+            return 2
+        opts[k] = v
+    if importlib.util.find_spec("streamlit") is None:
+        print("t2iroute app: error: streamlit is not installed (pip install 't2iroute[app]')", file=sys.stderr)
+        return 2
+    from t2iroute.app import APP_FILE
+
+    env = dict(os.environ)
+    for k in ("artifact", "bench"):
+        if opts[k]:
+            env[f"T2IROUTE_APP_{k.upper()}"] = os.path.abspath(opts[k])
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.headless", "true",
+           "--server.address", opts["address"], "--server.port", str(opts["port"]),
+           "--browser.gatherUsageStats", "false"]
+    print(f"t2iroute app: http://{opts['address']}:{opts['port']}", file=sys.stderr)
+    os.execve(sys.executable, cmd, env)
+    return 0  # not reached
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,9 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     cmd = argv.pop(0)
+    if cmd == "app":
+        return _app(argv)
     if cmd not in _TASKS:
         print(f"t2iroute: unknown command '{cmd}'\n\n{_usage()}", file=sys.stderr)
         return 2
+    prompts: list[str] = []
+    if cmd in _TAKES_PROMPTS:
+        prompts, argv = _split_prompts(argv)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # stderr: warnings and errors only
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _register_resolvers()
     import hydra
@@ -112,11 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     status = {"rc": 0}
 
     def task(cfg) -> None:
+        if cmd in _TAKES_PROMPTS:
+            logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                                format="%(levelname)s %(name)s: %(message)s")
         try:
-            _TASKS[cmd](cfg)
-        except (T2IRouteError, ValueError, FileNotFoundError) as e:
-            log.error("%s", e)
-            print(f"t2iroute {cmd}: error: {e}", file=sys.stderr)
+            if cmd in _TAKES_PROMPTS:
+                _TASKS[cmd](cfg, prompts)
+            else:
+                _TASKS[cmd](cfg)
+        except (T2IRouteError, ValueError, TypeError, OSError) as e:
+            if os.environ.get("T2IROUTE_DEBUG"):
+                raise
+            if cmd not in _TAKES_PROMPTS:
+                log.error("%s", e)  # into the run's log file too
+            msg = " ".join(str(e).split())  # one line
+            print(f"t2iroute {cmd}: error: {type(e).__name__}: {msg}", file=sys.stderr)
             status["rc"] = 2
 
     from t2iroute.paths import CONF_DIR

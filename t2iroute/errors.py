@@ -15,3 +15,7 @@ class ArtifactError(T2IRouteError):
 
 class ConfigError(T2IRouteError, ValueError):
     """A configuration value is invalid."""
+
+
+class GenerationError(T2IRouteError):
+    """Every backend tried for a prompt failed (the message lists each failure)."""

@@ -41,3 +41,38 @@ def table():
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("T2IROUTE_CACHE", str(tmp_path / "cache"))
+
+
+TINY = dict(type="diffusers", model="tiny", scheduler="ddim", guidance_scale=5.0, height=64, width=64)
+TINY_SPECS = {"fast": {**TINY, "steps": 2}, "mid": {**TINY, "steps": 4},
+              "slow": {**TINY, "steps": 8, "early_stop": {"threshold": 0.5, "window": 1, "patience": 1,
+                                                          "min_fraction": 0.25}}}
+
+
+def make_tiny_router(*, specs=TINY_SPECS, lam=0.0):
+    """A router over the synthetic table (lexical features, ridge) whose backends are tiny
+    in-process pipelines at 2, 4 and 8 steps: everything offline, fast."""
+    from t2iroute import Router
+    from t2iroute.features import build_featurizer
+    from t2iroute.training.predictors import RidgePredictor
+    from t2iroute.training.table import pivot
+
+    M = pivot(make_table(), "clip")
+    f = build_featurizer({"lexical": {}})
+    pred = RidgePredictor().fit(f.transform(list(M.prompts)), M.scores)
+    return Router(f, pred, M.backends, M.costs, lam=lam, metric="clip", backend_specs=specs)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("artifact") / "router"
+    make_tiny_router().save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def routeonly_artifact(tmp_path_factory):
+    """An artifact that stores no backend configs: it routes but cannot generate."""
+    path = tmp_path_factory.mktemp("artifact") / "router"
+    make_tiny_router(specs=None).save(path)
+    return path

@@ -1,5 +1,5 @@
 """Runtime routing: Router, RouteDecision, lambda calibration, artifacts."""
 
-from t2iroute.router.core import RouteDecision, Router, calibrate_lambda
+from t2iroute.router.core import GenerateResult, RouteDecision, Router, calibrate_lambda
 
-__all__ = ["RouteDecision", "Router", "calibrate_lambda"]
+__all__ = ["GenerateResult", "RouteDecision", "Router", "calibrate_lambda"]

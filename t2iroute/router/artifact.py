@@ -3,7 +3,7 @@
 Layout::
 
     manifest.json          format + version, package versions, data hash, metrics, featurizer spec,
-                           backends and costs, lambda, predictor meta, sha256 of every file
+                           backends (cost, and the config that builds each one), lambda, predictor meta, sha256 of every file
     predictor/arrays.npz   numpy arrays (loaded with allow_pickle=False)
     predictor/*.txt        LightGBM models in LightGBM's own text format
 
@@ -85,7 +85,8 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
             "packages": package_versions(),
             "metric": router.metric,
             "lambda": router.lam,
-            "backends": [{"name": b, "cost": float(c)} for b, c in zip(router.backend_names, router.costs)],
+            "backends": [{"name": b, "cost": float(c), "spec": router.backend_specs.get(b)}
+                         for b, c in zip(router.backend_names, router.costs)],
             "featurizer": router.featurizer.spec(),
             "n_features": len(router.featurizer.feature_names_),
             "predictor": meta,
@@ -142,7 +143,13 @@ def read_manifest(path) -> dict:
 
 
 def load_router(path, *, backends: Mapping[str, Any] | None = None):
-    """Load and verify an artifact. Raises ArtifactError saying what is wrong."""
+    """Load and verify an artifact. Raises ArtifactError saying what is wrong.
+
+    Backends come from the configs stored in the artifact (built lazily: no model loads until
+    the first image); ``backends`` (name -> Backend object or config mapping) overrides or
+    extends them, e.g. with a baseline the router does not route to.
+    """
+    from t2iroute.backends import build_backend
     from t2iroute.features import build_featurizer
     from t2iroute.router.core import Router
     from t2iroute.training.predictors import QualityPredictor
@@ -189,11 +196,16 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None):
         was = manifest.get("packages", {}).get(pkg)
         if was and now.get(pkg) and was.split(".")[0] != now[pkg].split(".")[0]:
             log.warning("router artifact %s was written with %s %s, this is %s", path, pkg, was, now[pkg])
-    if backends is not None:
-        missing = sorted(set(names) - set(backends))
-        if missing:
-            raise ArtifactError(
-                f"router artifact {path}: backends {missing} are not configured (have {sorted(backends)})"
-            )
+    specs = {b["name"]: b.get("spec") for b in manifest["backends"]}
+    built = {}
+    for name, spec in specs.items():
+        if spec and not (backends and name in backends):
+            try:
+                built[name] = build_backend(name, spec)
+            except Exception as e:
+                raise ArtifactError(f"router artifact {path}: backend '{name}' config unusable ({e})") from e
+    for name, b in (backends or {}).items():
+        built[name] = build_backend(name, b) if isinstance(b, Mapping) else b
     return Router(featurizer, predictor, names, costs, lam=float(manifest["lambda"]),
-                  metric=manifest.get("metric", "quality"), manifest=manifest, backends=backends)
+                  metric=manifest.get("metric", "quality"), manifest=manifest, backends=built,
+                  backend_specs={n: s for n, s in specs.items() if s})

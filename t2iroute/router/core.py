@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from t2iroute.errors import ConfigError
+from t2iroute.errors import ConfigError, GenerationError
 from t2iroute.training.evaluate import route_scores
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,58 @@ class RouteDecision:
             "utility": self.utility,
             "timings_s": self.timings_s,
         }
+
+
+@dataclass
+class GenerateResult:
+    """One image made by :meth:`Router.generate`, with the decision and what it cost.
+
+    ``backend`` is the backend that made the image: the routed choice, unless it was forced
+    (``backend=``) or the choice failed and a fallback made it (``fallbacks`` lists each backend
+    tried before, with its error).
+    """
+
+    image: Any  # PIL.Image.Image
+    decision: RouteDecision
+    backend: str
+    seed: int
+    latency_s: float
+    steps_run: int
+    steps_budget: int
+    stopped_early: bool
+    nfe: int
+    fallbacks: list[dict] = field(default_factory=list)
+    route_s: float = 0.0
+    generation: Any = None  # the backend's Generation record
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(self.fallbacks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the image, JSON-ready."""
+        return {
+            "backend": self.backend,
+            "routed_backend": self.decision.backend,
+            "seed": self.seed,
+            "latency_s": self.latency_s,
+            "route_s": self.route_s,
+            "steps_run": self.steps_run,
+            "steps_budget": self.steps_budget,
+            "stopped_early": self.stopped_early,
+            "nfe": self.nfe,
+            "fallbacks": self.fallbacks,
+            "decision": self.decision.to_dict(),
+        }
+
+
+def _free_accelerator_memory() -> None:
+    """After a failure (often out of memory) give cached GPU memory back before the next backend."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _check_prompts(prompts: Any) -> tuple[list[str], bool]:
@@ -131,14 +184,21 @@ def _one_blas_thread():
 class Router:
     """Routes prompts to the backend maximizing predicted quality - lambda * cost.
 
-    Build one with :func:`t2iroute.training.train.fit_router` or load one with
-    :meth:`Router.load`. ``backends`` (name -> object with ``generate``) is only needed by
-    :meth:`generate`.
+    Build one with :func:`t2iroute.training.train.run_train` or load one with
+    :meth:`Router.load`. ``backends`` (name -> :class:`~t2iroute.backends.base.Backend`) is only
+    needed by :meth:`generate`; it may hold more backends than the router routes to (baselines).
+    ``backend_specs`` (name -> backend config) is saved with the artifact so that a loaded
+    router can generate without being told its backends again.
+
+    Thread safe: routing runs under a lock (featurizers and BLAS limits are process state);
+    generation holds only the lock of the pipeline it runs on, so different models run in
+    parallel.
     """
 
     def __init__(self, featurizer, predictor, backend_names: Sequence[str], costs: Sequence[float],
                  *, lam: float = 0.0, metric: str = "quality", manifest: dict | None = None,
-                 backends: Mapping[str, Any] | None = None):
+                 backends: Mapping[str, Any] | None = None,
+                 backend_specs: Mapping[str, Mapping | None] | None = None):
         self.featurizer = featurizer
         self.predictor = predictor
         self.backend_names = list(backend_names)
@@ -149,23 +209,30 @@ class Router:
         self.metric = metric
         self.manifest = manifest or {}
         self.backends = dict(backends or {})
+        self.backend_specs = {b: (dict(v) if v else None) for b, v in (backend_specs or {}).items()}
+        unknown = sorted(set(self.backend_specs) - set(self.backend_names))
+        if unknown:
+            raise ConfigError(f"backend configs for {unknown}, which the router does not route to")
+        self._lock = threading.RLock()
 
     # -- prediction ---------------------------------------------------------------------
     def predict(self, prompts: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
         """(n, k) predicted quality and the time spent in each stage."""
-        t0 = time.perf_counter()
-        X = self.featurizer.transform(prompts)
-        t1 = time.perf_counter()
-        if len(prompts) < 64:
-            # Small products gain nothing from BLAS threads, and OpenBLAS threads left spinning
-            # after them slow the next embedding call by 2x on a 2-core machine.
-            with _one_blas_thread():
+        with self._lock:
+            t0 = time.perf_counter()
+            X = self.featurizer.transform(prompts)
+            t1 = time.perf_counter()
+            stage_times = dict(getattr(self.featurizer, "last_timings_", {}))
+            if len(prompts) < 64:
+                # Small products gain nothing from BLAS threads, and OpenBLAS threads left spinning
+                # after them slow the next embedding call by 2x on a 2-core machine.
+                with _one_blas_thread():
+                    Q = self.predictor.predict(X, texts=list(prompts))
+            else:
                 Q = self.predictor.predict(X, texts=list(prompts))
-        else:
-            Q = self.predictor.predict(X, texts=list(prompts))
-        Q = np.asarray(Q).reshape(len(prompts), -1)
-        t2 = time.perf_counter()
-        timings = {f"features.{k}": v for k, v in getattr(self.featurizer, "last_timings_", {}).items()}
+            Q = np.asarray(Q).reshape(len(prompts), -1)
+            t2 = time.perf_counter()
+        timings = {f"features.{k}": v for k, v in stage_times.items()}
         timings.update({"features": t1 - t0, "predict": t2 - t1})
         return Q, timings
 
@@ -209,20 +276,65 @@ class Router:
         """Set (and return) lambda so that routing these prompts meets the budget."""
         items, _ = _check_prompts(prompts)
         Q, _ = self.predict(items)
-        self.lam = calibrate_lambda(Q, self.costs, target_mean_cost=target_mean_cost,
-                                    quality_floor=quality_floor)
-        return self.lam
+        lam = calibrate_lambda(Q, self.costs, target_mean_cost=target_mean_cost,
+                               quality_floor=quality_floor)
+        with self._lock:
+            self.lam = lam
+        return lam
 
-    def generate(self, prompt: str, *, seed: int = 0, lam: float | None = None, **opts):
-        """Route, then run the chosen backend. Needs ``backends`` objects."""
-        decision = self.route(prompt, lam=lam)
-        if decision.backend not in self.backends:
-            raise ConfigError(
-                f"backend '{decision.backend}' is not configured in this Router "
-                f"(have {sorted(self.backends)}); pass backends= to Router.load"
-            )
-        gen = self.backends[decision.backend].generate([prompt], seeds=[seed], **opts)[0]
-        return gen, decision
+    def generate(self, prompt: str, *, seed: int = 0, lam: float | None = None,
+                 budget: float | None = None, backend: str | None = None, fallback: bool = True,
+                 **opts) -> GenerateResult:
+        """Route ``prompt`` and run the chosen backend: a :class:`GenerateResult`.
+
+        If the chosen backend raises (out of memory, a model that will not load...), the next
+        best backend by predicted utility runs instead, and so on; ``result.fallbacks`` records
+        each failure. ``backend=`` skips routing's choice and runs that backend (a baseline); it
+        may name any backend in ``self.backends``. ``opts`` go to the backend's ``generate``.
+        """
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+        t0 = time.perf_counter()
+        decision = self.route(prompt, lam=lam, budget=budget)
+        route_s = time.perf_counter() - t0
+        if backend is not None:
+            if backend not in self.backends:
+                raise ConfigError(f"backend '{backend}' is not configured (have {sorted(self.backends)})")
+            order = [backend]
+        else:
+            rest = [b for b in sorted(self.backend_names, key=lambda b: (-decision.utility[b], decision.cost[b]))
+                    if b != decision.backend]
+            order = [decision.backend] + (rest if fallback else [])
+            if decision.backend not in self.backends:
+                missing = [b for b in self.backend_names if b not in self.backends]
+                raise ConfigError(
+                    f"backend '{decision.backend}' is not configured (unconfigured: {missing}); the "
+                    "artifact stores no backend config for it: pass backends= to Router.load, or "
+                    "train with backends=[...] so the artifact carries them"
+                )
+        failures: list[dict] = []
+        for name in order:
+            be = self.backends.get(name)
+            if be is None:
+                failures.append({"backend": name, "error": "not configured"})
+                continue
+            try:
+                gen = be.generate([prompt], seeds=[int(seed)], **opts)[0]
+            except Exception as e:  # noqa: BLE001 -- any backend failure falls through to the next
+                log.warning("backend %s failed on %r: %s: %s", name, prompt[:80], type(e).__name__, e)
+                failures.append({"backend": name, "error": f"{type(e).__name__}: {e}"})
+                _free_accelerator_memory()
+                if len(order) == 1:
+                    raise GenerationError(f"backend '{name}' failed: {type(e).__name__}: {e}") from e
+                continue
+            return GenerateResult(
+                image=gen.image, decision=decision, backend=name, seed=int(seed),
+                latency_s=float(gen.latency_s), steps_run=int(gen.steps_run),
+                steps_budget=int(gen.steps_budget), stopped_early=bool(gen.stopped_early),
+                nfe=int(gen.nfe), fallbacks=failures, route_s=route_s, generation=gen)
+        raise GenerationError(
+            "every backend failed for this prompt: "
+            + "; ".join(f"{f['backend']}: {f['error']}" for f in failures))
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path, **extra) -> None:

@@ -11,6 +11,7 @@ None for random weights (tests).
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,8 +29,13 @@ class CLIPScorer:
         self.w = float(w)
         self.model_config = model_config  # register a custom architecture (tests: a tiny one)
         self._model = None
+        self._lock = threading.RLock()  # one load; torch modules are not re-entrant across threads
 
     def _load(self):
+        with self._lock:
+            return self._load_locked()
+
+    def _load_locked(self):
         if self._model is None:
             from t2iroute._compat import ensure_torchvision
 

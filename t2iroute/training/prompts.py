@@ -26,12 +26,20 @@ def read_prompts(spec: str | Path, *, limit: int | None = None) -> pd.DataFrame:
     stem = spec if spec in BUNDLED else path.stem
     name = path.name.lower()
     label = None
+    if name.endswith((".txt", ".jsonl")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"prompt file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if name.endswith(".txt"):
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = text.splitlines()
         prompts = [ln.strip() for ln in lines if ln.strip()]
         ids = None
     elif name.endswith((".tsv", ".csv")):
-        df = pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",")
+        try:
+            df = pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",")
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise ValueError(f"prompt file {path}: unreadable ({type(e).__name__}: {e})") from None
         col = next((c for c in _PROMPT_COLUMNS if c in df.columns), None)
         if col is None:
             raise ValueError(f"prompt file {path}: no prompt column (one of {_PROMPT_COLUMNS}); has {list(df.columns)}")
@@ -45,7 +53,7 @@ def read_prompts(spec: str | Path, *, limit: int | None = None) -> pd.DataFrame:
                 break
     elif name.endswith(".jsonl"):
         prompts, ids, label = [], [], []
-        for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, ln in enumerate(text.splitlines(), 1):
             if not ln.strip():
                 continue
             try:

@@ -171,16 +171,42 @@ def run_bench(cfg) -> dict:
     return summary
 
 
+def backend_specs_for(table_backends, specs: Mapping[str, Any]) -> dict[str, dict]:
+    """The backend configs (``backends=[...]``) an artifact carries, checked against the table.
+
+    A config whose name is not a backend of the table is an error (a typo would otherwise
+    leave a backend that cannot generate); table backends without a config are routed to but
+    must be given at load time to generate.
+    """
+    from t2iroute.backends import build_backend
+    from t2iroute.errors import ConfigError
+
+    if not specs:
+        return {}
+    unknown = sorted(set(specs) - set(table_backends))
+    if unknown:
+        raise ConfigError(f"backends={sorted(specs)}: {unknown} are not backends of the table "
+                          f"(it has {list(table_backends)})")
+    for name, spec in specs.items():
+        build_backend(name, spec)  # validate now, not when the artifact is first used
+    missing = [b for b in table_backends if b not in specs]
+    if missing:
+        log.warning("no backend config for %s: the router routes to them, generate() needs them "
+                    "passed to Router.load", missing)
+    return {b: dict(specs[b]) for b in table_backends if b in specs}
+
+
 def run_train(cfg) -> Router:
     """Fit on train, calibrate lambda on validation, report test metrics, save the artifact."""
     out_dir = Path(cfg["out_dir"])
     metric = str(cfg["metric"])
     M = load_matrix(cfg["data"], metric)
+    specs = backend_specs_for(M.backends, _plain(cfg.get("backends")) or {})
     tr, va, te = _split(M, cfg)
     featurizer = build_featurizer(_plain(cfg["features"]))
     X = featurizer.transform(list(M.prompts))
     predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr])
-    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric)
+    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric, backend_specs=specs)
     r_cfg = cfg.get("router", {}) or {}
     cal_idx = va if len(va) else tr
     if r_cfg.get("lam") is not None:

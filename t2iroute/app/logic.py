@@ -1,0 +1,186 @@
+"""What the app computes, without Streamlit: prompt parsing, tables for charts, bench folders.
+
+Kept apart from the page scripts so that it is tested directly and the pages stay thin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from t2iroute.errors import ConfigError
+
+DEFAULT_ARTIFACT = "outputs/demo/tiny/router"  # written by `make demo`
+DEFAULT_BENCH = "outputs/demo/agiqa3k"
+DEFAULT_PROMPT = "a crowded park at dusk with three red kites"
+#: errors the app shows in an error box (anything else is a bug and shows a traceback)
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, LookupError)
+
+
+def default_artifact() -> str:
+    return os.environ.get("T2IROUTE_APP_ARTIFACT") or DEFAULT_ARTIFACT
+
+
+def default_bench() -> str:
+    return os.environ.get("T2IROUTE_APP_BENCH") or DEFAULT_BENCH
+
+
+def describe(e: BaseException) -> str:
+    """One line for an error box: the type and the message."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def parse_prompts(text: Any) -> list[str]:
+    """One prompt per non-empty line. Raises naming what is wrong (the router checks length)."""
+    if not isinstance(text, str):
+        raise TypeError(f"prompts must be text, got {type(text).__name__}")
+    prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not prompts:
+        raise ValueError("no prompt: enter one prompt per line")
+    return prompts
+
+
+def artifact_key(path: str) -> tuple[str, float]:
+    """Cache key of a loaded router: the folder and its manifest's mtime (a retrained artifact reloads)."""
+    p = Path(path).expanduser()
+    try:
+        mtime = (p / "manifest.json").stat().st_mtime
+    except OSError:
+        mtime = -1.0
+    return str(p.resolve()), mtime
+
+
+def load_router(path: str):
+    from t2iroute.router.core import Router
+
+    if not str(path).strip():
+        raise ConfigError("no router artifact given: enter the folder written by `t2iroute train`")
+    return Router.load(Path(str(path).strip()).expanduser())
+
+
+def backend_table(decision) -> pd.DataFrame:
+    """Every backend's predicted quality, cost and utility for one decision (chosen first)."""
+    df = pd.DataFrame({
+        "backend": list(decision.predicted_quality),
+        "predicted_quality": list(decision.predicted_quality.values()),
+        "cost": [decision.cost[b] for b in decision.predicted_quality],
+        "utility": [decision.utility[b] for b in decision.predicted_quality],
+    })
+    df["chosen"] = df.backend == decision.backend
+    return df
+
+
+def decisions_table(decisions: Sequence) -> pd.DataFrame:
+    return pd.DataFrame({
+        "prompt": [d.prompt for d in decisions],
+        "backend": [d.backend for d in decisions],
+        "predicted_quality": [d.predicted_quality[d.backend] for d in decisions],
+        "cost": [d.cost[d.backend] for d in decisions],
+    })
+
+
+def backend_counts(decisions: Sequence, backend_names: Sequence[str]) -> pd.DataFrame:
+    counts = pd.Series([d.backend for d in decisions]).value_counts()
+    return pd.DataFrame({"backend": list(backend_names),
+                         "prompts": [int(counts.get(b, 0)) for b in backend_names]})
+
+
+def default_baseline(router) -> str | None:
+    """The most expensive configured backend: what you would run without a router."""
+    names = [b for b in router.backend_names if b in router.backends]
+    extra = [b for b in router.backends if b not in router.backend_names]
+    if not names and not extra:
+        return None
+    cost = dict(zip(router.backend_names, router.costs))
+    return max(names, key=lambda b: cost[b]) if names else extra[0]
+
+
+def scorer_names() -> list[str]:
+    from t2iroute.paths import CONF_DIR
+
+    return sorted(p.stem for p in (Path(CONF_DIR) / "scorer").glob("*.yaml"))
+
+
+def default_scorer(router) -> str | None:
+    """``clip_tiny`` for routers over tiny random-weight backends (offline); otherwise none:
+    the real CLIP needs its weights on disk, so it is opt-in."""
+    specs = [s for s in router.backend_specs.values() if s]
+    if specs and all(str(s.get("model", "")).startswith("tiny") for s in specs):
+        return "clip_tiny"
+    return None
+
+
+def build_named_scorer(name: str):
+    from omegaconf import OmegaConf
+
+    from t2iroute.paths import CONF_DIR
+    from t2iroute.scoring import build_scorer
+
+    path = Path(CONF_DIR) / "scorer" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown scorer '{name}'; known: {scorer_names()}")
+    return build_scorer(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
+def read_bench(folder: str) -> tuple[dict, dict]:
+    """summary.json and curves.json of a ``t2iroute bench`` output folder."""
+    d = Path(str(folder).strip()).expanduser()
+    if not str(folder).strip():
+        raise ConfigError("no benchmark folder given")
+    if not d.is_dir():
+        raise FileNotFoundError(f"benchmark folder {d}: no such folder (run t2iroute bench ... out_dir={d})")
+    out = []
+    for name in ("summary.json", "curves.json"):
+        f = d / name
+        if not f.is_file():
+            raise FileNotFoundError(f"benchmark folder {d}: {name} is missing (not a t2iroute bench folder?)")
+        try:
+            out.append(json.loads(f.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"benchmark folder {d}: {name} is damaged ({e})") from e
+    summary, curves = out
+    for key in ("backends", "router", "best_single"):
+        if key not in summary:
+            raise ValueError(f"benchmark folder {d}: summary.json lacks '{key}'")
+    for key in ("router", "oracle"):
+        if key not in curves or not {"cost", "quality"} <= set(curves[key]):
+            raise ValueError(f"benchmark folder {d}: curves.json lacks the '{key}' curve")
+    return summary, curves
+
+
+def bench_frames(summary: dict, curves: dict) -> dict[str, pd.DataFrame]:
+    """Long tables for the benchmark chart: hulls of router and oracle, raw router points,
+    single backends (the points a router must beat)."""
+    from t2iroute.training.evaluate import upper_hull
+
+    def hull(name, label):
+        c, q = upper_hull(np.asarray(curves[name]["cost"], float), np.asarray(curves[name]["quality"], float))
+        return pd.DataFrame({"cost": c, "quality": q, "series": label})
+
+    rc = curves["router"]
+    points = pd.DataFrame({"cost": rc["cost"], "quality": rc["quality"], "series": "router (each lambda)"})
+    if "lambda" in rc:
+        points["lambda"] = rc["lambda"]
+    singles = pd.DataFrame([{"backend": b, "cost": v["cost"], "quality": v["quality"]}
+                            for b, v in summary["backends"].items()])
+    return {"lines": pd.concat([hull("router", "router"), hull("oracle", "oracle")], ignore_index=True),
+            "points": points, "backends": singles}
+
+
+def bench_headline(summary: dict) -> dict[str, Any]:
+    r = summary["router"]
+    return {
+        "data": summary.get("data"), "metric": summary.get("metric"), "seed": summary.get("seed"),
+        "n_test": summary.get("n_test"),
+        "best single backend": summary["best_single"]["name"],
+        "cost saved at equal quality (%)": r.get("cost_saved_pct"),
+        "quality gain at equal cost": r.get("quality_gain_at_equal_cost"),
+        "AIQ router": r.get("aiq"),
+        "AIQ oracle": summary.get("oracle", {}).get("aiq"),
+        "AIQ random mix": summary.get("random_mix", {}).get("aiq"),
+    }

@@ -1,0 +1,154 @@
+"""Page 1: route prompts, see every backend's prediction, generate baseline vs routed."""
+
+import altair as alt
+import streamlit as st
+
+from t2iroute.app import logic
+
+
+@st.cache_resource(show_spinner="Loading the router...", max_entries=4)
+def _router(key: tuple[str, float]):
+    return logic.load_router(key[0])
+
+
+@st.cache_resource(show_spinner="Loading the scorer...", max_entries=2)
+def _scorer(name: str):
+    return logic.build_named_scorer(name)
+
+
+def _bars(df, field: str, title: str):
+    return (
+        alt.Chart(df, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X(f"{field}:Q", title=title),
+            y=alt.Y("backend:N", sort=None, title=None),
+            color=alt.Color("chosen:N", scale=alt.Scale(domain=[True, False], range=["#e4572e", "#8aa1b1"]),
+                            legend=alt.Legend(title="chosen")),
+            tooltip=["backend", alt.Tooltip("predicted_quality:Q", format=".4g"),
+                     alt.Tooltip("cost:Q", format=".4g"), alt.Tooltip("utility:Q", format=".4g")],
+        )
+    )
+
+
+st.title("Route and generate")
+
+with st.sidebar:
+    st.header("Router")
+    artifact = st.text_input("Router artifact folder", value=logic.default_artifact(), key="artifact")
+    mode = st.radio("Budget", ["lambda", "target mean cost"], key="budget_mode", horizontal=True,
+                    help="lambda trades predicted quality for cost: argmax quality - lambda * cost. "
+                         "A target mean cost calibrates lambda on the prompts entered.")
+
+try:
+    router = _router(logic.artifact_key(artifact))
+except logic.USER_ERRORS as e:
+    st.error(f"Cannot load the router: {logic.describe(e)}")
+    st.info("`make demo` writes a demo router to outputs/demo/tiny/router (tiny offline backends).")
+    st.stop()
+
+with st.sidebar:
+    lam = budget = None
+    if mode == "lambda":
+        lam = st.number_input("lambda", min_value=0.0, value=float(router.lam), step=0.01, format="%.4f",
+                              key="lam")
+    else:
+        costs = sorted(float(c) for c in router.costs)
+        budget = st.number_input("target mean cost per prompt", min_value=0.0, value=float(costs[len(costs) // 2]),
+                                 step=float(costs[-1] - costs[0]) / 20 or 0.01, format="%.4f", key="budget")
+    st.caption(f"{len(router.backend_names)} backends · metric `{router.metric}` · "
+               f"trained lambda {router.lam:.4g}")
+
+text = st.text_area("Prompt, or many prompts one per line", value=logic.DEFAULT_PROMPT, height=110, key="prompts")
+st.button("Route", key="route", type="primary")  # any rerun routes the text as it is now
+
+try:
+    prompts = logic.parse_prompts(text)
+    decisions = router.route(prompts, lam=lam, budget=budget)
+except logic.USER_ERRORS as e:
+    st.error(f"Cannot route: {logic.describe(e)}")
+    st.stop()
+
+used_lam = decisions[0].lam
+if len(decisions) == 1:
+    d = decisions[0]
+    st.text(f"Decision for: {d.prompt}")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Routed to", d.backend)
+    c2.metric("Predicted quality", f"{d.predicted_quality[d.backend]:.4g}")
+    c3.metric("Cost", f"{d.cost[d.backend]:.4g}")
+    c4.metric("lambda", f"{used_lam:.4g}")
+else:
+    table = logic.decisions_table(decisions)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Prompts", len(decisions))
+    c2.metric("Mean cost", f"{table.cost.mean():.4g}")
+    c3.metric("lambda", f"{used_lam:.4g}")
+    counts = logic.backend_counts(decisions, router.backend_names)
+    st.altair_chart(alt.Chart(counts, title="Prompts per backend").mark_bar().encode(
+        x="prompts:Q", y=alt.Y("backend:N", sort=None, title=None), tooltip=["backend", "prompts"]), width="stretch")
+    st.dataframe(table, hide_index=True, key="decisions")
+
+pick = 0
+if len(decisions) > 1:
+    pick = st.selectbox("Prompt to inspect and generate", range(len(decisions)), key="pick",
+                        format_func=lambda i: f"{i + 1}: {decisions[i].prompt[:90]}")
+d = decisions[pick]
+bt = logic.backend_table(d)
+left, right = st.columns(2)
+left.altair_chart(_bars(bt, "predicted_quality", f"Predicted {router.metric}"), width="stretch")
+right.altair_chart(_bars(bt, "cost", "Cost"), width="stretch")
+with st.expander("Every backend's numbers"):
+    st.dataframe(bt, hide_index=True)
+    st.caption("Stage timings of this routing call (s per prompt): "
+               + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in d.timings_s.items()))
+
+st.subheader("Generate: baseline vs routed")
+configured = [b for b in router.backends]
+if not configured:
+    st.warning("This artifact stores no backend configs, so it can route but not generate. Train with "
+               "`backends=[...]` (e.g. `t2iroute train ... backends=[tiny_10,tiny_20]`) or load it in Python "
+               "with `Router.load(path, backends=...)`.")
+    st.stop()
+base_default = logic.default_baseline(router)
+scorers = ["none"] + logic.scorer_names()
+sc_default = logic.default_scorer(router) or "none"
+g1, g2, g3 = st.columns(3)
+baseline = g1.selectbox("Baseline backend", configured, index=configured.index(base_default), key="baseline")
+seed = int(g2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed"))
+scorer_name = g3.selectbox("Score with", scorers, index=scorers.index(sc_default), key="scorer",
+                           help="CLIP score of each image against its prompt (clip_tiny: offline random weights)")
+
+if st.button("Generate baseline and routed", key="generate", type="primary"):
+    try:
+        with st.spinner("Generating..."):
+            base = router.generate(d.prompt, seed=seed, lam=used_lam, backend=baseline)
+            routed = router.generate(d.prompt, seed=seed, lam=used_lam)
+            scores = {}
+            if scorer_name != "none":
+                sc = _scorer(scorer_name)
+                scores = dict(zip(("baseline", "routed"), sc.score([base.image, routed.image], [d.prompt] * 2)))
+        st.session_state["generated"] = {"key": (artifact, d.prompt, seed), "baseline": base, "routed": routed,
+                                         "scores": scores, "scorer": scorer_name}
+    except logic.USER_ERRORS as e:
+        st.session_state.pop("generated", None)
+        st.error(f"Cannot generate: {logic.describe(e)}")
+
+gen = st.session_state.get("generated")
+if gen and gen["key"] == (artifact, d.prompt, seed):
+    cols = st.columns(2)
+    for col, which in zip(cols, ("baseline", "routed")):
+        r = gen[which]
+        with col:
+            st.markdown(f"**{which.capitalize()}: `{r.backend}`**")
+            st.image(r.image, width="stretch")
+            st.markdown(
+                f"latency **{r.latency_s:.3f} s** · steps run **{r.steps_run}/{r.steps_budget}** · "
+                f"early stop **{'yes' if r.stopped_early else 'no'}**"
+                + (f" · {gen['scorer']} **{gen['scores'][which]:.2f}**" if gen["scores"] else ""))
+            if r.fallbacks:
+                st.warning("Fell back: " + "; ".join(f"{f['backend']}: {f['error']}" for f in r.fallbacks))
+    b, r = gen["baseline"], gen["routed"]
+    if r.latency_s > 0:
+        st.caption(f"Routed latency is {r.latency_s / b.latency_s:.2f}x the baseline's "
+                   f"({r.steps_run} vs {b.steps_run} denoising steps); routing itself took {r.route_s * 1e3:.1f} ms.")
