@@ -1,11 +1,13 @@
-# make demo  - install into .venv and benchmark a router on the bundled AGIQA-3K table (CPU, offline)
+# make demo  - install into .venv, benchmark + train a router on the bundled AGIQA-3K table, sweep tiny
+#              in-process backends, train the demo router over them and generate an image (CPU, offline)
 # make test  - install into .venv and run the fast test suite
+# make app   - serve the Streamlit app on 127.0.0.1:8501 with the demo router (after make demo)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test bench-cems clean
+.PHONY: venv demo app test bench-cems clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +24,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: venv
 	$(VENV)/bin/t2iroute bench data=agiqa3k predictor=knn out_dir=outputs/demo/agiqa3k
 	$(VENV)/bin/t2iroute train data=agiqa3k predictor=knn router.budget=2.0 out_dir=outputs/demo/agiqa3k-train
+	# the demo router: tiny random-weight SD pipelines at 10, 20 and 50 (early-stopped) steps, swept
+	# and scored offline (resumable), then trained; the artifact carries the backends' configs
+	$(VENV)/bin/t2iroute sweep 'backends=[tiny_10,tiny_20,tiny_50_es]' prompts=partiprompts limit=100 \
+	  'seeds=[0]' out_dir=outputs/demo/tiny-sweep
+	$(VENV)/bin/t2iroute train data=custom data.path=outputs/demo/tiny-sweep/quality.parquet metric=clip \
+	  predictor=knn 'backends=[tiny_10,tiny_20,tiny_50_es]' router.budget=0.2 out_dir=outputs/demo/tiny
+	$(VENV)/bin/t2iroute generate "a crowded park at dusk with three red kites" \
+	  artifact=outputs/demo/tiny/router out=outputs/demo/tiny/kites.png
+
+app: venv
+	$(VENV)/bin/t2iroute app artifact=outputs/demo/tiny/router bench=outputs/demo/agiqa3k
 
 test: venv
 	$(PY) -m pytest -q

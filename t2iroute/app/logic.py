@@ -13,13 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from t2iroute.errors import ConfigError
+from t2iroute.errors import ConfigError, T2IRouteError
 
 DEFAULT_ARTIFACT = "outputs/demo/tiny/router"  # written by `make demo`
 DEFAULT_BENCH = "outputs/demo/agiqa3k"
 DEFAULT_PROMPT = "a crowded park at dusk with three red kites"
 #: errors the app shows in an error box (anything else is a bug and shows a traceback)
-USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, LookupError)
+USER_ERRORS = (T2IRouteError, ValueError, TypeError, OSError, RuntimeError, LookupError)
 
 
 def default_artifact() -> str:
@@ -47,7 +47,9 @@ def parse_prompts(text: Any) -> list[str]:
 
 def artifact_key(path: str) -> tuple[str, float]:
     """Cache key of a loaded router: the folder and its manifest's mtime (a retrained artifact reloads)."""
-    p = Path(path).expanduser()
+    if not str(path).strip():
+        return "", -1.0
+    p = Path(str(path).strip()).expanduser()
     try:
         mtime = (p / "manifest.json").stat().st_mtime
     except OSError:

@@ -16,19 +16,29 @@ def _scorer(name: str):
     return logic.build_named_scorer(name)
 
 
-def _bars(df, field: str, title: str):
-    return (
-        alt.Chart(df, title=title)
-        .mark_bar()
-        .encode(
-            x=alt.X(f"{field}:Q", title=title),
-            y=alt.Y("backend:N", sort=None, title=None),
-            color=alt.Color("chosen:N", scale=alt.Scale(domain=[True, False], range=["#e4572e", "#8aa1b1"]),
-                            legend=alt.Legend(title="chosen")),
-            tooltip=["backend", alt.Tooltip("predicted_quality:Q", format=".4g"),
-                     alt.Tooltip("cost:Q", format=".4g"), alt.Tooltip("utility:Q", format=".4g")],
-        )
-    )
+def _bars(df, field: str, title: str, zero: bool = True):
+    """Horizontal bars per backend, the chosen one highlighted, values written at the bar ends.
+
+    ``zero=False`` starts the bars just below the smallest value: backends' predicted qualities
+    differ by little next to the metric's level, and from zero they would look all the same.
+    """
+    lo, hi = float(df[field].min()), float(df[field].max())
+    if zero:
+        base, domain = 0.0, [min(0.0, lo), hi * 1.15 if hi > 0 else 1.0]
+    else:
+        pad = (hi - lo) or abs(hi) * 0.05 or 1.0
+        base, domain = lo - pad, [lo - pad, hi + 0.4 * pad]
+    x = alt.X(f"{field}:Q", title=title, scale=alt.Scale(domain=domain, nice=False))
+    y = alt.Y("backend:N", sort=None, title=None)
+    bars = alt.Chart(df, title=title).mark_bar().encode(
+        x=x, x2=alt.datum(base), y=y,
+        color=alt.Color("chosen:N", scale=alt.Scale(domain=[True, False], range=["#e4572e", "#8aa1b1"]),
+                        legend=alt.Legend(title="chosen")),
+        tooltip=["backend", alt.Tooltip("predicted_quality:Q", format=".4g"),
+                 alt.Tooltip("cost:Q", format=".4g"), alt.Tooltip("utility:Q", format=".4g")])
+    labels = alt.Chart(df).mark_text(align="left", dx=3, fontSize=11).encode(
+        x=x, y=y, text=alt.Text(f"{field}:Q", format=".4g"))
+    return bars + labels
 
 
 st.title("Route and generate")
@@ -96,7 +106,8 @@ if len(decisions) > 1:
 d = decisions[pick]
 bt = logic.backend_table(d)
 left, right = st.columns(2)
-left.altair_chart(_bars(bt, "predicted_quality", f"Predicted {router.metric}"), width="stretch")
+# quality differences between backends are small next to the metric's level: no zero baseline
+left.altair_chart(_bars(bt, "predicted_quality", f"Predicted {router.metric}", zero=False), width="stretch")
 right.altair_chart(_bars(bt, "cost", "Cost"), width="stretch")
 with st.expander("Every backend's numbers"):
     st.dataframe(bt, hide_index=True)
@@ -141,7 +152,7 @@ if gen and gen["key"] == (artifact, d.prompt, seed):
         r = gen[which]
         with col:
             st.markdown(f"**{which.capitalize()}: `{r.backend}`**")
-            st.image(r.image, width="stretch")
+            st.image(r.image, width=min(512, max(256, r.image.width)))  # tiny 64 px images: 4x
             st.markdown(
                 f"latency **{r.latency_s:.3f} s** · steps run **{r.steps_run}/{r.steps_budget}** · "
                 f"early stop **{'yes' if r.stopped_early else 'no'}**"

@@ -34,7 +34,8 @@ def served_app(*, artifact: str | None = None, bench: str | None = None, port: i
         e["T2IROUTE_APP_BENCH"] = str(bench)
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port),
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+           "--client.toolbarMode", "minimal"]
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=e, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

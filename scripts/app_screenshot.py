@@ -1,0 +1,55 @@
+"""Screenshots of the app for the README, in Debian's headless chromium (no downloaded browser).
+
+    .venv/bin/python scripts/app_screenshot.py [--artifact outputs/demo/tiny/router]
+        [--bench outputs/demo/agiqa3k] [--out docs]
+
+Serves the app on 127.0.0.1, routes a few prompts, generates baseline vs routed for one, and
+saves docs/app-route.png and docs/app-bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+from t2iroute.app.serve import served_app
+
+PROMPTS = "a crowded park at dusk with three red kites\na white wall\na photo of a cat"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--artifact", default="outputs/demo/tiny/router")
+    ap.add_argument("--bench", default="outputs/demo/agiqa3k")
+    ap.add_argument("--out", default="docs")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with served_app(artifact=Path(a.artifact).resolve(), bench=Path(a.bench).resolve()) as url, \
+            sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=a.chromium, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1900})
+        page.goto(url)
+        expect(page.get_by_text("Routed to")).to_be_visible(timeout=120_000)
+        page.get_by_label("Prompt, or many prompts one per line").fill(PROMPTS)
+        page.get_by_role("button", name="Route", exact=True).click()
+        expect(page.get_by_text("Prompts per backend")).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Generate baseline and routed").click()
+        expect(page.get_by_test_id("stImage")).to_have_count(2, timeout=120_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(out / "app-route.png"), full_page=True)
+        page.get_by_role("link", name="Benchmark").click()
+        expect(page.get_by_text("Cost saved at equal quality")).to_be_visible(timeout=60_000)
+        page.set_viewport_size({"width": 1400, "height": 1100})
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "app-bench.png"), full_page=True)
+        browser.close()
+    print(f"wrote {out / 'app-route.png'} and {out / 'app-bench.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The Streamlit app, driven by streamlit.testing.v1.AppTest (no browser)."""
+
+import json
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from t2iroute.app import APP_FILE, BENCH_PAGE, ROUTE_PAGE, logic
+from t2iroute.cli import main
+from tests.conftest import make_table
+
+TIMEOUT = 120
+
+
+def _app(monkeypatch, artifact, bench=None) -> AppTest:
+    monkeypatch.setenv("T2IROUTE_APP_ARTIFACT", str(artifact))
+    if bench is not None:
+        monkeypatch.setenv("T2IROUTE_APP_BENCH", str(bench))
+    at = AppTest.from_file(str(APP_FILE), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _metrics(at) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def _errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def test_route_one_prompt_then_change_budget(monkeypatch, tiny_artifact):
+    at = _app(monkeypatch, tiny_artifact)
+    assert not _errors(at)
+    m = _metrics(at)
+    assert m["Routed to"] in {"fast", "mid", "slow"} and m["lambda"] == "0"
+    assert len(at.get("vega_lite_chart")) == 2  # predicted quality and cost of every backend
+    at.text_area(key="prompts").input("two birds on a wire").run()
+    assert at.text[0].value == "Decision for: two birds on a wire"
+    assert _metrics(at)["Routed to"] == "slow"  # the synthetic table: 'slow' wins on 'two ...' prompts
+    at.number_input(key="lam").set_value(1000.0).run()
+    assert _metrics(at)["Routed to"] == "fast"  # a huge lambda: the cheapest
+    at.radio(key="budget_mode").set_value("target mean cost").run()
+    at.number_input(key="budget").set_value(0.11).run()
+    assert _metrics(at)["Routed to"] == "fast" and not at.exception
+
+
+def test_many_prompts_table_and_counts(monkeypatch, tiny_artifact):
+    at = _app(monkeypatch, tiny_artifact)
+    at.text_area(key="prompts").input("a cat\ntwo birds on a wire\n\nthree apples on a table\n").run()
+    m = _metrics(at)
+    assert m["Prompts"] == "3"
+    table = at.dataframe[0].value
+    assert list(table.prompt) == ["a cat", "two birds on a wire", "three apples on a table"]
+    assert set(table.backend) <= {"fast", "mid", "slow"}
+    at.selectbox(key="pick").set_value(1).run()
+    assert not at.exception
+
+
+def test_generate_baseline_and_routed_side_by_side(monkeypatch, tiny_artifact):
+    at = _app(monkeypatch, tiny_artifact)
+    at.text_area(key="prompts").input("a cat").run()
+    assert at.selectbox(key="baseline").value == "slow"  # the most expensive backend
+    assert at.selectbox(key="scorer").value == "clip_tiny"  # tiny backends: the offline scorer
+    at.button(key="generate").click().run()
+    assert not at.exception and not _errors(at)
+    assert len(at.get("image")) == 2
+    text = " ".join(m.value for m in at.markdown)
+    assert "Baseline: `slow`" in text and f"Routed: `{_metrics(at)['Routed to']}`" in text
+    assert text.count("steps run") == 2 and text.count("early stop") == 2 and text.count("clip_tiny") == 2
+    assert "steps run **2/2**" in text or "steps run **4/4**" in text or "/8**" in text
+    # the results stay on screen across reruns and go when the prompt changes
+    at.number_input(key="seed").set_value(0).run()
+    assert len(at.get("image")) == 2
+    at.text_area(key="prompts").input("a dog").run()
+    assert len(at.get("image")) == 0
+
+
+@pytest.mark.parametrize("prompt, msg", [
+    ("", "no prompt"),
+    ("   \n  ", "no prompt"),
+    ("x" * 10_000, "10000 characters"),
+])
+def test_bad_prompt_shows_error_and_app_recovers(monkeypatch, tiny_artifact, prompt, msg):
+    at = _app(monkeypatch, tiny_artifact)
+    at.text_area(key="prompts").input(prompt).run()
+    assert not at.exception
+    assert any(msg in e for e in _errors(at)), _errors(at)
+    at.text_area(key="prompts").input("a cat").run()
+    assert not _errors(at) and _metrics(at)["Routed to"]
+
+
+def test_missing_and_damaged_artifact(monkeypatch, tiny_artifact, tmp_path):
+    at = _app(monkeypatch, tmp_path / "nowhere")
+    assert any("no such folder" in e for e in _errors(at)) and not at.exception
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_artifact, damaged)
+    (damaged / "manifest.json").write_text("{not json")
+    at.text_input(key="artifact").input(str(damaged)).run()
+    assert any("manifest.json is damaged" in e for e in _errors(at))
+    at.text_input(key="artifact").input("").run()
+    assert any("no router artifact given" in e for e in _errors(at))
+    at.text_input(key="artifact").input(str(tiny_artifact)).run()  # usable again
+    assert not _errors(at) and _metrics(at)["Routed to"]
+
+
+def test_artifact_without_backend_configs(monkeypatch, routeonly_artifact):
+    at = _app(monkeypatch, routeonly_artifact)
+    assert _metrics(at)["Routed to"] and not _errors(at)
+    assert any("can route but not generate" in w.value for w in at.warning)
+    assert len(at.button) == 1  # Route only: no Generate button
+
+
+def test_generate_failure_is_an_error_box(monkeypatch, tiny_artifact, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_artifact, broken)
+    m = json.loads((broken / "manifest.json").read_text())
+    for b in m["backends"]:
+        b["spec"]["model"] = str(tmp_path / "no-such-model")
+    (broken / "manifest.json").write_text(json.dumps(m))
+    at = _app(monkeypatch, broken)
+    at.button(key="generate").click().run()
+    assert not at.exception
+    errs = _errors(at)
+    assert errs and "Cannot generate" in errs[0] and "no-such-model" in errs[0]
+    at.text_area(key="prompts").input("a dog").run()
+    assert _metrics(at)["Routed to"]
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    make_table(n_prompts=200).to_parquet(tmp / "table.parquet")
+    rc = main(["bench", "data=custom", f"data.path={tmp / 'table.parquet'}", "features=[lexical]",
+               "predictor=ridge", "throughput.enabled=false", f"out_dir={tmp / 'out'}"])
+    assert rc == 0
+    return tmp / "out"
+
+
+def test_bench_page(monkeypatch, tiny_artifact, bench_dir, tmp_path):
+    at = _app(monkeypatch, tiny_artifact, bench=bench_dir)
+    at.switch_page(str(BENCH_PAGE)).run()
+    assert not at.exception and not _errors(at)
+    summary = json.loads((bench_dir / "summary.json").read_text())
+    m = _metrics(at)
+    assert m["Cost saved at equal quality"] == f"{summary['router']['cost_saved_pct']:.1f}%"
+    assert len(at.get("vega_lite_chart")) == 1
+    at.multiselect(key="series").set_value(["router (each lambda)"]).run()
+    at.checkbox(key="log_x").check().run()
+    assert not at.exception and len(at.get("vega_lite_chart")) == 1
+    at.text_input(key="bench_dir").input(str(tmp_path / "none")).run()
+    assert any("no such folder" in e for e in _errors(at))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "summary.json").write_text("{}")
+    at.text_input(key="bench_dir").input(str(tmp_path / "half")).run()
+    assert any("curves.json is missing" in e for e in _errors(at))
+    at.switch_page(str(ROUTE_PAGE)).run()
+    assert _metrics(at)["Routed to"]
+
+
+def test_logic_helpers():
+    with pytest.raises(TypeError, match="prompts must be text"):
+        logic.parse_prompts(b"bytes")
+    assert logic.parse_prompts(" a \n\n b ") == ["a", "b"]
+    assert "clip_tiny" in logic.scorer_names()
