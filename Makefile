@@ -29,7 +29,7 @@ demo: venv
 	$(VENV)/bin/t2iroute sweep 'backends=[tiny_10,tiny_20,tiny_50_es]' prompts=partiprompts limit=100 \
 	  'seeds=[0]' out_dir=outputs/demo/tiny-sweep
 	$(VENV)/bin/t2iroute train data=custom data.path=outputs/demo/tiny-sweep/quality.parquet metric=clip \
-	  predictor=knn 'backends=[tiny_10,tiny_20,tiny_50_es]' router.budget=0.2 out_dir=outputs/demo/tiny
+	  predictor=knn 'backends=[tiny_10,tiny_20,tiny_50_es]' out_dir=outputs/demo/tiny
 	$(VENV)/bin/t2iroute generate "a crowded park at dusk with three red kites" \
 	  artifact=outputs/demo/tiny/router out=outputs/demo/tiny/kites.png
 

@@ -232,7 +232,8 @@ def _app(argv: list[str]) -> int:
             env[f"T2IROUTE_APP_{k.upper()}"] = os.path.abspath(opts[k])
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.headless", "true",
            "--server.address", opts["address"], "--server.port", str(opts["port"]),
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           "--server.fileWatcherType", "none"]
     print(f"t2iroute app: http://{opts['address']}:{opts['port']}", file=sys.stderr)
     os.execve(sys.executable, cmd, env)
     return 0  # not reached

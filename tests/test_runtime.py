@@ -262,3 +262,9 @@ def test_cli_subprocess_error_is_one_line(routeonly_artifact, tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().count("\n") == 0 and "ConfigError: backend" in r.stderr and "not configured" in r.stderr
     assert not (tmp_path / "a.png").exists()
+
+
+def test_cli_app_rejects_unknown_arguments(capsys):
+    assert main(["app", "prot=8501"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown argument 'prot=8501'" in err

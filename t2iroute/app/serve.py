@@ -12,7 +12,6 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from t2iroute.app import APP_FILE
 
 
 def free_port() -> int:
@@ -25,17 +24,12 @@ def free_port() -> int:
 def served_app(*, artifact: str | None = None, bench: str | None = None, port: int | None = None,
                env: Mapping[str, str] | None = None, log_path: str | Path | None = None,
                timeout_s: float = 60.0) -> Iterator[str]:
-    """``streamlit run`` the app on 127.0.0.1; yields its URL once /_stcore/health answers."""
+    """``t2iroute app`` on 127.0.0.1 in a child process; yields its URL once /_stcore/health answers."""
     port = port or free_port()
     e = dict(os.environ if env is None else env)
-    if artifact:
-        e["T2IROUTE_APP_ARTIFACT"] = str(artifact)
-    if bench:
-        e["T2IROUTE_APP_BENCH"] = str(bench)
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.headless", "true",
-           "--server.address", "127.0.0.1", "--server.port", str(port),
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-           "--client.toolbarMode", "minimal"]
+    cmd = [sys.executable, "-m", "t2iroute.cli", "app", f"port={port}", "address=127.0.0.1"]
+    cmd += [f"artifact={artifact}"] if artifact else []
+    cmd += [f"bench={bench}"] if bench else []
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, env=e, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
