@@ -268,3 +268,15 @@ def test_cli_app_rejects_unknown_arguments(capsys):
     assert main(["app", "prot=8501"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown argument 'prot=8501'" in err
+
+
+def test_warmup_loads_the_embedding_model_even_when_cached():
+    from t2iroute.features import build_featurizer
+
+    f = build_featurizer({"embedding": {}})
+    f.transform(["a photo of a cat"])  # fills the disk cache
+    g = build_featurizer({"embedding": {}})
+    g.transform(["a photo of a cat"])  # a cache hit loads no model...
+    assert g.parts[0]._st is None
+    g.warmup()  # ...warmup does
+    assert g.parts[0]._st is not None

@@ -62,7 +62,9 @@ def load_router(path: str):
 
     if not str(path).strip():
         raise ConfigError("no router artifact given: enter the folder written by `t2iroute train`")
-    return Router.load(Path(str(path).strip()).expanduser())
+    router = Router.load(Path(str(path).strip()).expanduser())
+    router.warmup()  # load the embedding model now: the first decision's timings are then steady-state
+    return router
 
 
 def backend_table(decision) -> pd.DataFrame:

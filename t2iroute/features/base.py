@@ -120,3 +120,9 @@ class ComposedFeaturizer:
 
     def spec(self) -> dict[str, Any]:
         return {"featurizers": [{"kind": p.name, **p.spec()} for p in self.parts]}
+
+    def warmup(self) -> None:
+        """Load every part's models now (those with a ``warmup`` method) rather than on first use."""
+        for p in self.parts:
+            if hasattr(p, "warmup"):
+                p.warmup()

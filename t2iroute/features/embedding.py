@@ -226,6 +226,10 @@ class SentenceEmbeddingFeaturizer:
             self._cache = EmbeddingCache(root / self.cache_key())
         return self._cache
 
+    def warmup(self) -> None:
+        """Load the model and run one forward pass (the first is slow), bypassing the cache."""
+        self.encode(["warm up"])
+
     # -- transform -----------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         """Embed without the cache."""

@@ -236,6 +236,18 @@ class Router:
         timings.update({"features": t1 - t0, "predict": t2 - t1})
         return Q, timings
 
+    def warmup(self) -> float:
+        """Load the featurizer's models now (they load lazily on the first prompt); seconds taken.
+
+        After it, the stage timings of a decision are the steady-state cost of routing.
+        """
+        t0 = time.perf_counter()
+        with self._lock:
+            if hasattr(self.featurizer, "warmup"):
+                self.featurizer.warmup()
+        self.predict(["a photo of a cat"])
+        return time.perf_counter() - t0
+
     def route(self, prompts: str | Sequence[str], *, lam: float | None = None,
               budget: float | None = None) -> RouteDecision | list[RouteDecision]:
         """Route one prompt (-> RouteDecision) or a list (-> list).
