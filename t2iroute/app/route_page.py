@@ -115,7 +115,7 @@ with st.expander("Every backend's numbers"):
                + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in d.timings_s.items()))
 
 st.subheader("Generate: baseline vs routed")
-configured = [b for b in router.backends]
+configured = list(router.backends)
 if not configured:
     st.warning("This artifact stores no backend configs, so it can route but not generate. Train with "
                "`backends=[...]` (e.g. `t2iroute train ... backends=[tiny_10,tiny_20]`) or load it in Python "
