@@ -47,7 +47,7 @@ def main() -> None:
     from t2iroute import Router
     from t2iroute.backends.diffusers_backend import loaded_pipelines
     from t2iroute.features import build_featurizer
-    from t2iroute.training.predictors import RidgePredictor
+    from t2iroute.predictors import RidgePredictor
     from t2iroute.training.table import pivot
 
     tiny = dict(type="diffusers", model="tiny", scheduler="ddim", guidance_scale=5.0, device=a.device)

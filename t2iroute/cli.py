@@ -47,6 +47,21 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _save_config(cfg) -> None:
+    """OUT/config.yaml: the composed config of the run, interpolations resolved."""
+    from omegaconf import OmegaConf
+
+    out = cfg.get("out_dir")
+    if out:
+        os.makedirs(str(out), exist_ok=True)
+        try:
+            text = OmegaConf.to_yaml(cfg, resolve=True)
+        except Exception:  # noqa: BLE001 -- a missing value (???) fails later with its own message
+            text = OmegaConf.to_yaml(cfg)
+        with open(os.path.join(str(out), "config.yaml"), "w") as fh:
+            fh.write(text)
+
+
 def _bench(cfg) -> None:
     from t2iroute.training.train import run_bench
 
@@ -60,6 +75,8 @@ def _bench(cfg) -> None:
         "oracle_cost_saved_pct": s["oracle"]["cost_saved_pct"],
         "router": {k: r[k] for k in ("cost_saved_pct", "quality_gain_at_equal_cost",
                                      "cost_to_match_best_single", "aiq")},
+        "predictor": (s.get("predictor_selection") or {}).get("chosen", s["predictor"].get("type")),
+        "beats_best_single_cv": (s.get("predictor_selection") or {}).get("beats_best_single_cv"),
         "route_throughput_prompts_per_s": s.get("route_throughput_prompts_per_s"),
         "route_single_ms_p50": s.get("route_single_ms_p50"),
         "out_dir": str(cfg.out_dir),
@@ -71,8 +88,13 @@ def _train(cfg) -> None:
     from t2iroute.training.train import run_train
 
     router = run_train(cfg)
-    print(json.dumps({"artifact": os.path.join(str(cfg.out_dir), "router"),
-                      "lambda": router.lam, "metrics": router.manifest.get("metrics", {})}, indent=2))
+    metrics = dict(router.manifest.get("metrics", {}))
+    sel = metrics.pop("predictor_selection", None)
+    out = {"artifact": os.path.join(str(cfg.out_dir), "router"), "policy": router.policy.describe(),
+           "metrics": metrics}
+    if sel is not None:
+        out["predictor"] = {k: sel[k] for k in ("chosen", "shrink", "beats_best_single_cv")}
+    print(json.dumps(out, indent=2))
 
 
 def _sweep(cfg) -> None:
@@ -128,11 +150,31 @@ def _cli_prompts(cfg, prompts: list[str]) -> list[str]:
     return items
 
 
+def _policy_kwargs(cfg) -> dict:
+    """lam= | budget= | quality_floor= | max_cost= | policy={type: ...}: at most one."""
+    from omegaconf import OmegaConf
+
+    from t2iroute.errors import ConfigError
+
+    kw = {k: cfg.get(k) for k in ("lam", "budget", "quality_floor", "max_cost") if cfg.get(k) is not None}
+    for k, v in kw.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{k}={v}: a number is needed")
+    if cfg.get("policy") is not None:
+        pol = cfg.policy
+        kw["policy"] = OmegaConf.to_container(pol, resolve=True) if OmegaConf.is_config(pol) else pol
+        if not isinstance(kw["policy"], dict):
+            raise ConfigError(f"policy={pol}: give a mapping, e.g. 'policy={{type: lam, lam: 0.1}}'")
+    if len(kw) > 1:
+        raise ConfigError(f"give at most one of lam=, budget=, quality_floor=, max_cost=, policy= (got {sorted(kw)})")
+    return kw
+
+
 def _route(cfg, prompts: list[str]) -> None:
     router = _cli_router(cfg)
     items = _cli_prompts(cfg, prompts)
     one = len(items) == 1 and not cfg.get("prompts_file")
-    res = router.route(items[0] if one else items, lam=cfg.get("lam"), budget=cfg.get("budget"))
+    res = router.route(items[0] if one else items, **_policy_kwargs(cfg))
     print(json.dumps(res.to_dict() if one else [d.to_dict() for d in res], indent=2))
 
 
@@ -167,8 +209,8 @@ def _generate(cfg, prompts: list[str]) -> None:
         from t2iroute.scoring import build_scorer
 
         scorer = build_scorer(OmegaConf.to_container(cfg.scorer, resolve=True))
-    res = router.generate(prompts[0], seed=int(cfg.seed), lam=cfg.get("lam"), budget=cfg.get("budget"),
-                          backend=cfg.get("backend"), fallback=bool(cfg.fallback))
+    res = router.generate(prompts[0], seed=int(cfg.seed), backend=cfg.get("backend"),
+                          fallback=bool(cfg.fallback), **_policy_kwargs(cfg))
     result = res.to_dict()
     result["router_load_s"] = load_s  # artifact + featurizer models (the pipeline's load is in wall_s only)
     if scorer is not None:
@@ -278,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             if cmd in _TAKES_PROMPTS:
                 _TASKS[cmd](cfg, prompts)
             else:
+                _save_config(cfg)
                 _TASKS[cmd](cfg)
         except (T2IRouteError, ValueError, TypeError, OSError) as e:
             if os.environ.get("T2IROUTE_DEBUG"):

@@ -54,7 +54,7 @@ def make_tiny_router(*, specs=TINY_SPECS, lam=0.0):
     in-process pipelines at 2, 4 and 8 steps: everything offline, fast."""
     from t2iroute import Router
     from t2iroute.features import build_featurizer
-    from t2iroute.training.predictors import RidgePredictor
+    from t2iroute.predictors import RidgePredictor
     from t2iroute.training.table import pivot
 
     M = pivot(make_table(), "clip")

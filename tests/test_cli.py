@@ -20,7 +20,7 @@ def test_configs_compose():
     assert cfg.metric == "nima" and cfg.seed == 3
     assert cfg.data.path.endswith("quality/cems10k.csv.gz")
     assert list(cfg.features) == ["embedding", "lexical"]
-    assert cfg.predictor.kind
+    assert cfg.predictor.type
     cfg = _compose("bench", ["data=agiqa3k", "features=[lexical]", "predictor=ridge"])
     assert cfg.metric == "mos_quality" and list(cfg.features) == ["lexical"]
     assert cfg.data.costs["sd1.5_normal"] == 2.0
@@ -65,7 +65,7 @@ def test_train_writes_a_loadable_artifact(tmp_path, capsys):
 
     r = Router.load(out / "router")
     assert r.lam > 0 and r.manifest["data"]["metric"] == "clip"
-    assert r.manifest["metrics"]["at_lambda"]["test_mean_cost"] <= 0.6
+    assert r.manifest["metrics"]["at_default_policy"]["test_mean_cost"] <= 0.6
 
 
 @pytest.mark.parametrize("override, msg", [

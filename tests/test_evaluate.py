@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 
+from t2iroute.router.policy import route_scores
 from t2iroute.training.evaluate import (
     aiq,
     cost_to_reach,
     pareto_frontier,
     quality_at_cost,
-    route_scores,
+
     summarize,
     upper_hull,
 )

@@ -29,7 +29,7 @@ def test_compose_by_config_and_spec_roundtrip():
     assert f.feature_names_[0] == "lexical:n_words"
     again = build_featurizer(f.spec())
     assert again.feature_names_ == f.feature_names_
-    with pytest.raises(ConfigError, match="unknown featurizer 'llmx'"):
+    with pytest.raises(ConfigError, match="unknown featurizer type 'llmx'; did you mean 'llm'"):
         build_featurizer({"llmx": {}})
     with pytest.raises(ConfigError, match="no featurizer"):
         build_featurizer({})

@@ -87,7 +87,7 @@ def test_router_trained_with_llm_features_routes_when_llm_is_down(table, tmp_pat
     from t2iroute import Router
     from t2iroute.features import build_featurizer
     from t2iroute.features.llm_server import LlamaServerProcess
-    from t2iroute.training.predictors import KNNPredictor
+    from t2iroute.predictors import KNNPredictor
     from t2iroute.training.table import pivot
 
     server = LlamaServerProcess()

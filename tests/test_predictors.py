@@ -3,7 +3,7 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from t2iroute.errors import ConfigError
-from t2iroute.training.predictors import (
+from t2iroute.predictors import (
     KNNPredictor,
     LGBMPredictor,
     QualityPredictor,
@@ -56,11 +56,11 @@ def test_state_roundtrip_is_exact(pred):
 
 
 def test_build_predictor_errors():
-    with pytest.raises(ConfigError, match="unknown predictor 'xgb'"):
-        build_predictor({"kind": "xgb"})
+    with pytest.raises(ConfigError, match="unknown predictor type 'xgb'"):
+        build_predictor({"type": "xgb"})
     with pytest.raises(ConfigError, match="bad parameters"):
-        build_predictor({"kind": "ridge", "alpah": 1})
-    assert isinstance(build_predictor({"kind": "knn", "n_neighbors": 3}), KNNPredictor)
+        build_predictor({"type": "ridge", "alpah": 1})
+    assert isinstance(build_predictor({"type": "knn", "n_neighbors": 3}), KNNPredictor)
 
 
 def test_knn_neighbors_exclude_self():

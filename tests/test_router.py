@@ -6,8 +6,8 @@ import pytest
 from t2iroute import Router, load_router
 from t2iroute.errors import ArtifactError, ConfigError
 from t2iroute.features import build_featurizer
-from t2iroute.router.core import calibrate_lambda
-from t2iroute.training.predictors import LGBMPredictor, RidgePredictor
+from t2iroute.router.policy import calibrate_lambda
+from t2iroute.predictors import LGBMPredictor, RidgePredictor
 from t2iroute.training.table import pivot, split_prompts
 
 
@@ -47,7 +47,7 @@ def test_bad_prompts(router, bad, exc, msg):
 def test_bad_lambda(router):
     with pytest.raises(ValueError, match="lambda"):
         router.route("a cat", lam=-1)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="at most one policy"):
         router.route("a cat", lam=1, budget=0.5)
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from t2iroute import GenerateResult, Router
-from t2iroute.backends import Generation
+from t2iroute.backends import DiffusionInfo, Generation
 from t2iroute.backends.diffusers_backend import _PIPELINES
 from t2iroute.cli import _split_prompts, main
 from t2iroute.errors import ArtifactError, ConfigError, GenerationError
@@ -76,7 +76,7 @@ def test_damaged_backend_config_in_artifact(tiny_artifact, tmp_path):
     m = json.loads((path / "manifest.json").read_text())
     m["backends"][0]["spec"] = {"type": "nonsense"}
     (path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ArtifactError, match="backend 'fast' config unusable.*unknown type 'nonsense'"):
+    with pytest.raises(ArtifactError, match="backend 'fast' config unusable.*unknown backend type 'nonsense'"):
         Router.load(path)
 
 
@@ -96,7 +96,7 @@ class _Works:
     def generate(self, prompts, *, seeds, **opts):
         img = Image.new("RGB", (8, 8), (seeds[0] % 255, 0, 0))
         return [Generation(image=img, prompt=prompts[0], seed=seeds[0], backend=self.name, latency_s=0.01,
-                           nfe=4, steps_run=2, steps_budget=2, stopped_early=False)]
+                           diffusion=DiffusionInfo(steps_run=2, steps_budget=2, nfe=4, stopped_early=False))]
 
 
 def test_fallback_to_next_best_on_failure(tiny_artifact):

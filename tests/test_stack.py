@@ -8,7 +8,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from t2iroute import Router
 from t2iroute.features import build_featurizer
-from t2iroute.training.predictors import (
+from t2iroute.predictors import (
     KNNPredictor,
     QualityPredictor,
     StackPredictor,
@@ -17,13 +17,13 @@ from t2iroute.training.predictors import (
 )
 from t2iroute.training.table import pivot
 
-FAST_FINAL = [{"kind": "lgbm", "params": {"n_estimators": 30, "learning_rate": 0.3, "num_leaves": 4,
+FAST_FINAL = [{"type": "lgbm", "params": {"n_estimators": 30, "learning_rate": 0.3, "num_leaves": 4,
                                           "min_child_samples": 2}},
-              {"kind": "ridge", "alpha": 1.0}]
+              {"type": "ridge", "alpha": 1.0}]
 
 
-@parametrize_with_checks([StackPredictor(base=[{"kind": "knn", "n_neighbors": 3},
-                                               {"kind": "ridge", "alpha": 1.0}], final=FAST_FINAL)])
+@parametrize_with_checks([StackPredictor(base=[{"type": "knn", "n_neighbors": 3},
+                                               {"type": "ridge", "alpha": 1.0}], final=FAST_FINAL)])
 def test_stack_passes_sklearn_checks(estimator, check):
     check(estimator)
 
@@ -70,14 +70,14 @@ def test_knn_stack_kernels_shape():
 
 
 def test_resolve_blocks():
-    spec = {"kind": "stack", "passthrough_block": "lexical",
-            "base": [{"kind": "knn", "block": "embedding"}]}
+    spec = {"type": "stack", "passthrough_block": "lexical",
+            "base": [{"type": "knn", "block": "embedding"}]}
     out = resolve_blocks(spec, {"embedding": slice(0, 384), "lexical": slice(384, 408)})
     assert out["passthrough_slice"] == [384, 408] and out["base"][0]["feature_slice"] == [0, 384]
     from t2iroute.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'llm' is not a configured featurizer"):
-        resolve_blocks({"kind": "knn", "block": "llm"}, {"embedding": slice(0, 3)})
+        resolve_blocks({"type": "knn", "block": "llm"}, {"embedding": slice(0, 3)})
 
 
 def test_router_with_text_stack_roundtrips(table, tmp_path):
@@ -85,12 +85,12 @@ def test_router_with_text_stack_roundtrips(table, tmp_path):
     f = build_featurizer({"lexical": {}})
     X = f.transform(list(M.prompts))
     spec = resolve_blocks({
-        "kind": "stack", "passthrough_block": "lexical", "n_folds": 3,
-        "base": [{"kind": "knn", "relative": False, "n_neighbors": 10, "block": "lexical",
+        "type": "stack", "passthrough_block": "lexical", "n_folds": 3,
+        "base": [{"type": "knn", "relative": False, "n_neighbors": 10, "block": "lexical",
                   "stack_kernels": {"softmax": [[0.1, 10]], "distance": [1]}},
-                 {"kind": "tfidf_ridge", "relative": False, "alphas": [1.0]}],
+                 {"type": "tfidf_ridge", "relative": False, "alphas": [1.0]}],
         "final": FAST_FINAL}, f.blocks_)
-    pred = StackPredictor(**{k: v for k, v in spec.items() if k != "kind"}).fit(X, M.scores, texts=list(M.prompts))
+    pred = StackPredictor(**{k: v for k, v in spec.items() if k != "type"}).fit(X, M.scores, texts=list(M.prompts))
     r = Router(f, pred, M.backends, M.costs, metric="clip")
     r.save(tmp_path / "r")
     again = Router.load(tmp_path / "r")

@@ -16,7 +16,7 @@ from t2iroute.training.prompts import read_prompts
 from t2iroute.training.sweep import finished_keys, merge_tables, read_sweep, run_sweep
 from t2iroute.training.table import read_table
 
-TINY_CLIP = {"kind": "clip", "model": "tiny-clip", "pretrained": None, "model_config": {
+TINY_CLIP = {"type": "clip", "model": "tiny-clip", "pretrained": None, "model_config": {
     "embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}}
 TINY = {"model": "tiny", "height": 32, "width": 32}

@@ -22,7 +22,6 @@ def test_read_csv_gz_and_parquet_roundtrip(table, tmp_path):
         (lambda d: d.assign(score=d.score.astype(object).where(d.index != 3, "abc")), "non-numeric or NaN"),
         (lambda d: d.assign(score=d.score.where(d.index != 5, np.nan)), "non-numeric or NaN"),
         (lambda d: pd.concat([d, d.iloc[:2]]), "duplicate"),
-        (lambda d: d.assign(metric="clipp"), "unknown metric"),
         (lambda d: d.assign(cost_s=-1.0), "negative"),
     ],
 )

@@ -160,10 +160,12 @@ def read_bench(folder: str) -> tuple[dict, dict]:
 def bench_frames(summary: dict, curves: dict) -> dict[str, pd.DataFrame]:
     """Long tables for the benchmark chart: hulls of router and oracle, raw router points,
     single backends (the points a router must beat)."""
-    from t2iroute.training.evaluate import upper_hull
+    from t2iroute.training.evaluate import better_hull
+
+    hib = bool(summary.get("higher_is_better", True))
 
     def hull(name, label):
-        c, q = upper_hull(np.asarray(curves[name]["cost"], float), np.asarray(curves[name]["quality"], float))
+        c, q = better_hull(curves[name]["cost"], curves[name]["quality"], hib)
         return pd.DataFrame({"cost": c, "quality": q, "series": label})
 
     rc = curves["router"]

@@ -1,5 +1,5 @@
-"""Text-to-image backends: protocol, registry, diffusers backend, early stopping, tiny models."""
+"""Text-to-image backends: protocol, diffusers backend, early stopping, tiny models."""
 
-from t2iroute.backends.base import BACKEND_TYPES, Backend, Generation, build_backend, build_backends
+from t2iroute.backends.base import Backend, DiffusionInfo, Generation, build_backend, build_backends
 
-__all__ = ["BACKEND_TYPES", "Backend", "Generation", "build_backend", "build_backends"]
+__all__ = ["Backend", "DiffusionInfo", "Generation", "build_backend", "build_backends"]

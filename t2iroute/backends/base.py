@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -10,19 +9,53 @@ from t2iroute.errors import ConfigError
 
 
 @dataclass
+class DiffusionInfo:
+    """What an iterative diffusion backend did for one image (absent for other backends)."""
+
+    steps_run: int
+    steps_budget: int
+    nfe: int  # denoiser evaluations actually run for this image (a guidance pair counts 2)
+    stopped_early: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps_run": int(self.steps_run), "steps_budget": int(self.steps_budget),
+                "nfe": int(self.nfe), "stopped_early": bool(self.stopped_early)}
+
+
+@dataclass
 class Generation:
-    """One generated image and what it cost."""
+    """One generated image and what it cost: what every backend has.
+
+    ``diffusion`` carries the denoising details of diffusion backends (steps run, budget, NFE,
+    early stop); a remote API model or a GAN leaves it None. ``cost`` is the backend's cost for
+    this image in the table's unit (None: the latency is the cost).
+    """
 
     image: Any  # PIL.Image.Image
     prompt: str
     seed: int
     backend: str
     latency_s: float  # wall time of the call divided by the images it made
-    nfe: int  # UNet evaluations actually run for this image (a guidance pair counts 2)
-    steps_run: int
-    steps_budget: int
-    stopped_early: bool
+    cost: float | None = None
+    diffusion: DiffusionInfo | None = None
     config: dict = field(default_factory=dict)
+
+    # read-only shortcuts to the diffusion record (None for other backends)
+    @property
+    def steps_run(self) -> int | None:
+        return None if self.diffusion is None else self.diffusion.steps_run
+
+    @property
+    def steps_budget(self) -> int | None:
+        return None if self.diffusion is None else self.diffusion.steps_budget
+
+    @property
+    def nfe(self) -> int | None:
+        return None if self.diffusion is None else self.diffusion.nfe
+
+    @property
+    def stopped_early(self) -> bool | None:
+        return None if self.diffusion is None else self.diffusion.stopped_early
 
 
 @runtime_checkable
@@ -32,25 +65,16 @@ class Backend(Protocol):
     def generate(self, prompts: Sequence[str], *, seeds: Sequence[int], **opts) -> list[Generation]: ...
 
 
-#: backend type -> "module:Class"; imported only when built.
-BACKEND_TYPES: dict[str, str] = {
-    "diffusers": "t2iroute.backends.diffusers_backend:DiffusersBackend",
-}
-
-
 def build_backend(name: str, spec: Mapping[str, Any]) -> Backend:
+    """``{"type": "diffusers", ...}`` -> a backend named ``name`` (any registered type)."""
+    from t2iroute import registry
+
     spec = dict(spec)
-    spec.pop("_target_", None)
-    kind = spec.pop("type", "diffusers")
-    if kind not in BACKEND_TYPES:
-        raise ConfigError(f"backend '{name}': unknown type '{kind}'; known: {sorted(BACKEND_TYPES)}")
-    mod, _, cls = BACKEND_TYPES[kind].partition(":")
-    cls = getattr(importlib.import_module(mod), cls)
-    spec.setdefault("name", name)
+    spec.setdefault("type", "diffusers")
     try:
-        return cls(**spec)
-    except TypeError as e:
-        raise ConfigError(f"backend '{name}': bad parameters {sorted(spec)}: {e}") from e
+        return registry.build("backends", spec, name=name)
+    except ConfigError as e:
+        raise ConfigError(f"backend '{name}': {e}") from e
 
 
 def build_backends(specs: Mapping[str, Mapping[str, Any]], names: Sequence[str] | None = None) -> dict[str, Backend]:

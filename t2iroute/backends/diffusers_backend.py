@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from t2iroute.backends.base import Generation
+from t2iroute.backends.base import DiffusionInfo, Generation
 from t2iroute.backends.stopping import ConvergenceStopper, StopConfig, X0Capture
 from t2iroute.errors import ConfigError
 
@@ -203,7 +203,8 @@ class DiffusersBackend:
             for p, s, img in zip(ps, ss, images):
                 out.append(Generation(
                     image=img, prompt=p, seed=s, backend=self.name, latency_s=dt / len(ps),
-                    nfe=steps_run * (2 if cfg else 1), steps_run=steps_run, steps_budget=self.steps,
-                    stopped_early=bool(stopper is not None and stopper.stop_step is not None),
+                    diffusion=DiffusionInfo(
+                        steps_run=steps_run, steps_budget=self.steps, nfe=steps_run * (2 if cfg else 1),
+                        stopped_early=bool(stopper is not None and stopper.stop_step is not None)),
                     config=self.config()))
         return out

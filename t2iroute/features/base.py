@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from t2iroute.errors import ConfigError
-
-#: name -> "module:Class". Lazy: nothing heavy is imported until a featurizer is built.
-FEATURIZERS: dict[str, str] = {
-    "embedding": "t2iroute.features.embedding:SentenceEmbeddingFeaturizer",
-    "lexical": "t2iroute.features.lexical:LexicalFeaturizer",
-    "llm": "t2iroute.features.llm:LLMComplexityFeaturizer",
-}
-
 
 @runtime_checkable
 class Featurizer(Protocol):
@@ -35,22 +26,13 @@ class Featurizer(Protocol):
     def spec(self) -> dict[str, Any]: ...
 
 
-def _load(target: str):
-    mod, _, cls = target.partition(":")
-    return getattr(importlib.import_module(mod), cls)
-
-
 def build_one(name: str, params: Mapping[str, Any] | None = None) -> Featurizer:
+    """One featurizer: ``params`` may carry ``type`` (default: ``name``)."""
+    from t2iroute import registry
+
     params = dict(params or {})
-    params.pop("_target_", None)
-    kind = params.pop("kind", name)
-    if kind not in FEATURIZERS:
-        raise ConfigError(f"unknown featurizer '{kind}'; known: {sorted(FEATURIZERS)}")
-    cls = _load(FEATURIZERS[kind])
-    try:
-        return cls(**params)
-    except TypeError as e:
-        raise ConfigError(f"featurizer '{kind}': bad parameters {sorted(params)}: {e}") from e
+    params.setdefault("type", name)
+    return registry.build("featurizers", params)
 
 
 def build_featurizer(spec: Mapping[str, Any] | Sequence[Any]) -> "ComposedFeaturizer":
@@ -66,7 +48,9 @@ def build_featurizer(spec: Mapping[str, Any] | Sequence[Any]) -> "ComposedFeatur
                 items.append((s, {}))
             else:
                 s = dict(s)
-                items.append((s.get("kind", s.get("name")), s))
+                if "kind" in s and "type" not in s:
+                    raise ConfigError(f"featurizer spec {s}: the discriminator key is 'type', not 'kind'")
+                items.append((s.get("type", s.get("name")), s))
     if not items:
         raise ConfigError("no featurizer configured (features=[embedding,lexical] for example)")
     parts = []
@@ -119,7 +103,7 @@ class ComposedFeaturizer:
         return np.hstack(mats) if mats else np.zeros((len(prompts), 0), np.float32)
 
     def spec(self) -> dict[str, Any]:
-        return {"featurizers": [{"kind": p.name, **p.spec()} for p in self.parts]}
+        return {"featurizers": [{"type": p.name, **p.spec()} for p in self.parts]}
 
     def warmup(self) -> None:
         """Load every part's models now (those with a ``warmup`` method) rather than on first use."""

@@ -2,13 +2,18 @@
 
 Layout::
 
-    manifest.json          format + version, package versions, data hash, metrics, featurizer spec,
-                           backends (cost, and the config that builds each one), lambda, predictor meta, sha256 of every file
+    manifest.json          format + version, package versions, data hash, metrics, metric and its
+                           direction, featurizer spec, backends (cost, and the config that builds
+                           each one), the default routing policy, predictor meta, sha256 of every file
     predictor/arrays.npz   numpy arrays (loaded with allow_pickle=False)
     predictor/*.txt        LightGBM models in LightGBM's own text format
 
-Loading never runs code from the artifact: every object is rebuilt from a known class named in
-the manifest, so artifacts can be shared between users.
+Loading never runs code from the artifact: every object is rebuilt from a registered class named
+in the manifest, so artifacts can be shared between users.
+
+Format versions: 2 (this one) stores ``policy: {"type": ..., ...}`` and ``higher_is_better``, and
+uses ``type`` as the discriminator key everywhere. Version 1 (t2iroute 0.1 before the policy
+rework: ``lambda``, and ``kind`` keys) is still read: its lambda becomes a ``lam`` policy.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from t2iroute.errors import ArtifactError
 log = logging.getLogger(__name__)
 
 FORMAT = "t2iroute-router"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _PACKAGES = ("t2iroute", "numpy", "scikit-learn", "lightgbm", "sentence-transformers", "torch")
 
 
@@ -84,7 +90,8 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "packages": package_versions(),
             "metric": router.metric,
-            "lambda": router.lam,
+            "higher_is_better": bool(router.higher_is_better),
+            "policy": router.policy.spec(),
             "backends": [{"name": b, "cost": float(c), "spec": router.backend_specs.get(b)}
                          for b, c in zip(router.backend_names, router.costs)],
             "featurizer": router.featurizer.spec(),
@@ -131,15 +138,37 @@ def read_manifest(path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"router artifact {path}: manifest.json is not a {FORMAT} manifest")
     v = manifest.get("format_version")
-    if v != FORMAT_VERSION:
+    if v not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"router artifact {path}: format version {v} but this t2iroute reads version "
-            f"{FORMAT_VERSION}; retrain the router or install a matching t2iroute"
+            f"router artifact {path}: format version {v} but this t2iroute reads versions "
+            f"{list(READABLE_VERSIONS)}; retrain the router or install a matching t2iroute"
         )
-    for key in ("backends", "featurizer", "predictor", "files", "lambda", "n_features"):
+    if v == 1:
+        manifest = upgrade_v1(manifest)
+    for key in ("backends", "featurizer", "predictor", "files", "policy", "n_features"):
         if key not in manifest:
             raise ArtifactError(f"router artifact {path}: manifest.json lacks '{key}'")
     return manifest
+
+
+def _kind_to_type(x):
+    if isinstance(x, dict):
+        return {("type" if k == "kind" else k): _kind_to_type(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_kind_to_type(v) for v in x]
+    return x
+
+
+def upgrade_v1(manifest: dict) -> dict:
+    """A format-1 manifest in format 2's shape (in memory; the files are not rewritten)."""
+    m = dict(manifest)
+    if "lambda" in m:
+        m["policy"] = {"type": "lam", "lam": float(m.pop("lambda"))}
+    m["higher_is_better"] = True  # version 1 knew higher-is-better metrics only
+    m["featurizer"] = _kind_to_type(m.get("featurizer"))
+    m["predictor"] = _kind_to_type(m.get("predictor"))
+    m["upgraded_from_version"] = 1
+    return m
 
 
 def load_router(path, *, backends: Mapping[str, Any] | None = None):
@@ -151,8 +180,8 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None):
     """
     from t2iroute.backends import build_backend
     from t2iroute.features import build_featurizer
+    from t2iroute.predictors.base import QualityPredictor
     from t2iroute.router.core import Router
-    from t2iroute.training.predictors import QualityPredictor
 
     path = Path(path)
     manifest = read_manifest(path)
@@ -206,6 +235,11 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None):
                 raise ArtifactError(f"router artifact {path}: backend '{name}' config unusable ({e})") from e
     for name, b in (backends or {}).items():
         built[name] = build_backend(name, b) if isinstance(b, Mapping) else b
-    return Router(featurizer, predictor, names, costs, lam=float(manifest["lambda"]),
-                  metric=manifest.get("metric", "quality"), manifest=manifest, backends=built,
-                  backend_specs={n: s for n, s in specs.items() if s})
+    try:
+        router = Router(featurizer, predictor, names, costs, policy=manifest["policy"],
+                        metric=manifest.get("metric", "quality"),
+                        higher_is_better=bool(manifest.get("higher_is_better", True)), manifest=manifest,
+                        backends=built, backend_specs={n: s for n, s in specs.items() if s})
+    except (ValueError, TypeError) as e:
+        raise ArtifactError(f"router artifact {path}: default policy {manifest['policy']} unusable ({e})") from e
+    return router

@@ -1,4 +1,9 @@
-"""The runtime Router: featurize -> predict every backend's quality -> argmax q - lambda * c."""
+"""The runtime Router: featurize -> predict every backend's quality -> a policy picks one.
+
+The default policy is the cost-aware rule argmax q - lambda * c; per request any policy can be
+asked for (``lam=``, ``budget=``, ``quality_floor=``, ``max_cost=`` or ``policy=``). The router
+imports nothing from training: a loaded artifact routes with numpy and its featurizers.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from t2iroute.errors import ConfigError, GenerationError
-from t2iroute.training.evaluate import route_scores
+from t2iroute.router.policy import (
+    LambdaPolicy, Policy, build_policy, calibrate_lambda, policy_from_keywords,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,26 +27,39 @@ MAX_PROMPT_CHARS = 4000
 
 @dataclass
 class RouteDecision:
-    """Where one prompt goes, and why."""
+    """Where one prompt goes, and why.
+
+    ``predicted_quality`` is in the metric's own units and direction (``higher_is_better``);
+    ``policy`` is the policy that decided, with what it resolved (a calibrated lambda, say);
+    ``lam`` and ``utility`` (q - lambda * c, oriented) are set when a lambda rule decided.
+    """
 
     prompt: str
     backend: str
-    lam: float
+    lam: float | None
     predicted_quality: dict[str, float]
     cost: dict[str, float]
-    utility: dict[str, float]
+    utility: dict[str, float] | None
     timings_s: dict[str, float] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    higher_is_better: bool = True
+    ranking: list[str] = field(default_factory=list)  # every backend, most preferred first
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "prompt": self.prompt,
             "backend": self.backend,
-            "lambda": self.lam,
+            "policy": self.policy,
             "predicted_quality": self.predicted_quality,
+            "higher_is_better": self.higher_is_better,
             "cost": self.cost,
-            "utility": self.utility,
+            "ranking": self.ranking,
             "timings_s": self.timings_s,
         }
+        if self.lam is not None:
+            d["lambda"] = self.lam
+            d["utility"] = self.utility
+        return d
 
 
 @dataclass
@@ -48,7 +68,8 @@ class GenerateResult:
 
     ``backend`` is the backend that made the image: the routed choice, unless it was forced
     (``backend=``) or the choice failed and a fallback made it (``fallbacks`` lists each backend
-    tried before, with its error).
+    tried before, with its error). ``diffusion`` holds steps run, budget, NFE and early stop
+    for diffusion backends (None for others); ``steps_run`` etc. are shortcuts to it.
     """
 
     image: Any  # PIL.Image.Image
@@ -56,10 +77,7 @@ class GenerateResult:
     backend: str
     seed: int
     latency_s: float
-    steps_run: int
-    steps_budget: int
-    stopped_early: bool
-    nfe: int
+    diffusion: Any = None  # DiffusionInfo or None
     fallbacks: list[dict] = field(default_factory=list)
     route_s: float = 0.0
     generation: Any = None  # the backend's Generation record
@@ -68,21 +86,39 @@ class GenerateResult:
     def fell_back(self) -> bool:
         return bool(self.fallbacks)
 
+    @property
+    def steps_run(self) -> int | None:
+        return None if self.diffusion is None else self.diffusion.steps_run
+
+    @property
+    def steps_budget(self) -> int | None:
+        return None if self.diffusion is None else self.diffusion.steps_budget
+
+    @property
+    def nfe(self) -> int | None:
+        return None if self.diffusion is None else self.diffusion.nfe
+
+    @property
+    def stopped_early(self) -> bool | None:
+        return None if self.diffusion is None else self.diffusion.stopped_early
+
     def to_dict(self) -> dict[str, Any]:
-        """Everything but the image, JSON-ready."""
-        return {
+        """Everything but the image, JSON-ready (diffusion details only where present)."""
+        d = {
             "backend": self.backend,
             "routed_backend": self.decision.backend,
             "seed": self.seed,
             "latency_s": self.latency_s,
             "route_s": self.route_s,
-            "steps_run": self.steps_run,
-            "steps_budget": self.steps_budget,
-            "stopped_early": self.stopped_early,
-            "nfe": self.nfe,
-            "fallbacks": self.fallbacks,
-            "decision": self.decision.to_dict(),
         }
+        cost = getattr(self.generation, "cost", None)
+        if cost is not None:
+            d["cost"] = cost
+        if self.diffusion is not None:
+            d.update(self.diffusion.to_dict())
+        d["fallbacks"] = self.fallbacks
+        d["decision"] = self.decision.to_dict()
+        return d
 
 
 def _free_accelerator_memory() -> None:
@@ -115,60 +151,6 @@ def _check_prompts(prompts: Any) -> tuple[list[str], bool]:
     return items, single
 
 
-def calibrate_lambda(
-    q_hat: np.ndarray,
-    costs: np.ndarray,
-    *,
-    target_mean_cost: float | None = None,
-    quality_floor: float | None = None,
-    scores: np.ndarray | None = None,
-) -> float:
-    """Lambda for a budget, from predictions on calibration prompts.
-
-    ``target_mean_cost``: the smallest lambda whose routed mean cost is <= the target (the
-    cheapest quality-maximizing policy within budget). ``quality_floor``: the largest lambda
-    whose mean quality (true ``scores`` if given, else predicted) stays >= the floor.
-    Mean cost falls monotonically with lambda, so a bisection over log-lambda finds it.
-    """
-    if (target_mean_cost is None) == (quality_floor is None):
-        raise ValueError("give exactly one of target_mean_cost and quality_floor")
-    costs = np.asarray(costs, float)
-    rows = np.arange(len(q_hat))
-
-    def mean_cost(lam):
-        return costs[route_scores(q_hat, costs, lam)].mean()
-
-    def mean_quality(lam):
-        ref = q_hat if scores is None else scores
-        return ref[rows, route_scores(q_hat, costs, lam)].mean()
-
-    spread = float(np.ptp(q_hat, axis=1).max()) if q_hat.size else 1.0
-    gaps = np.diff(np.unique(costs))
-    lam_hi = max(spread / (gaps.min() if len(gaps) else 1.0), 1e-12) * 2.0  # cheapest always wins
-    if target_mean_cost is not None:
-        if target_mean_cost < costs.min():
-            raise ValueError(
-                f"target_mean_cost {target_mean_cost} is below the cheapest backend's cost {costs.min():.4g}"
-            )
-        ok = lambda lam: mean_cost(lam) <= target_mean_cost  # noqa: E731  false at 0, true at lam_hi
-    else:
-        if mean_quality(0.0) < quality_floor:
-            log.warning("quality floor %.4g is above what the router reaches (%.4g); lambda=0",
-                        quality_floor, mean_quality(0.0))
-            return 0.0
-        ok = lambda lam: mean_quality(lam) < quality_floor  # noqa: E731  false at 0
-    if ok(0.0):  # the budget is met at lambda 0
-        return 0.0
-    if not ok(lam_hi):  # the floor holds even when the cheapest backend always wins
-        return float(lam_hi)
-    lo, hi = 0.0, lam_hi  # invariant: not ok(lo), ok(hi)
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-    # budget: the smallest lambda within budget; floor: the largest lambda above the floor
-    return float(hi if target_mean_cost is not None else lo)
-
-
 _BLAS_LIMITER = None
 
 
@@ -182,13 +164,17 @@ def _one_blas_thread():
 
 
 class Router:
-    """Routes prompts to the backend maximizing predicted quality - lambda * cost.
+    """Routes prompts to backends by predicted quality and cost, under a routing policy.
 
     Build one with :func:`t2iroute.training.train.run_train` or load one with
-    :meth:`Router.load`. ``backends`` (name -> :class:`~t2iroute.backends.base.Backend`) is only
-    needed by :meth:`generate`; it may hold more backends than the router routes to (baselines).
-    ``backend_specs`` (name -> backend config) is saved with the artifact so that a loaded
-    router can generate without being told its backends again.
+    :meth:`Router.load`. ``policy`` is the default routing policy (a :class:`Policy` or a spec
+    such as ``{"type": "lam", "lam": 0.1}``; ``lam=`` is a shortcut for the lambda rule);
+    every call of :meth:`route` or :meth:`generate` may ask for another one.
+    ``higher_is_better`` says which way the metric points: the predictor predicts the metric as
+    it is, the router orients it before a policy decides. ``backends`` (name ->
+    :class:`~t2iroute.backends.base.Backend`) is only needed by :meth:`generate`; it may hold
+    more backends than the router routes to (baselines). ``backend_specs`` (name -> backend
+    config) is saved with the artifact so that a loaded router can generate on its own.
 
     Thread safe: routing runs under a lock (featurizers and BLAS limits are process state);
     generation holds only the lock of the pipeline it runs on, so different models run in
@@ -196,7 +182,8 @@ class Router:
     """
 
     def __init__(self, featurizer, predictor, backend_names: Sequence[str], costs: Sequence[float],
-                 *, lam: float = 0.0, metric: str = "quality", manifest: dict | None = None,
+                 *, lam: float | None = None, policy: Policy | Mapping | None = None,
+                 metric: str = "quality", higher_is_better: bool = True, manifest: dict | None = None,
                  backends: Mapping[str, Any] | None = None,
                  backend_specs: Mapping[str, Mapping | None] | None = None):
         self.featurizer = featurizer
@@ -205,8 +192,11 @@ class Router:
         self.costs = np.asarray(costs, dtype=float)
         if len(self.costs) != len(self.backend_names):
             raise ConfigError("one cost per backend is needed")
-        self.lam = float(lam)
+        if lam is not None and policy is not None:
+            raise ConfigError("give lam or policy, not both")
+        self.policy = self._resolve(build_policy(policy) if policy is not None else LambdaPolicy(lam or 0.0))
         self.metric = metric
+        self.higher_is_better = bool(higher_is_better)
         self.manifest = manifest or {}
         self.backends = dict(backends or {})
         self.backend_specs = {b: (dict(v) if v else None) for b, v in (backend_specs or {}).items()}
@@ -215,9 +205,28 @@ class Router:
             raise ConfigError(f"backend configs for {unknown}, which the router does not route to")
         self._lock = threading.RLock()
 
+    # -- policy -------------------------------------------------------------------------
+    def _resolve(self, policy: Policy) -> Policy:
+        if hasattr(policy, "with_backends"):  # policies that name backends (fixed)
+            policy = policy.with_backends(self.backend_names)
+        return policy
+
+    @property
+    def lam(self) -> float | None:
+        """The default policy's lambda (None when the default is not a lambda rule)."""
+        return self.policy.lambda_()
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        self.policy = LambdaPolicy(value)
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.higher_is_better else -1.0
+
     # -- prediction ---------------------------------------------------------------------
     def predict(self, prompts: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
-        """(n, k) predicted quality and the time spent in each stage."""
+        """(n, k) predicted quality (the metric's own direction) and the time of each stage."""
         with self._lock:
             t0 = time.perf_counter()
             X = self.featurizer.transform(prompts)
@@ -248,75 +257,93 @@ class Router:
         self.predict(["a photo of a cat"])
         return time.perf_counter() - t0
 
-    def route(self, prompts: str | Sequence[str], *, lam: float | None = None,
-              budget: float | None = None) -> RouteDecision | list[RouteDecision]:
+    def route(self, prompts: str | Sequence[str], *, lam: float | None = None, budget: float | None = None,
+              quality_floor: float | None = None, max_cost: float | None = None,
+              policy: Policy | Mapping | None = None) -> RouteDecision | list[RouteDecision]:
         """Route one prompt (-> RouteDecision) or a list (-> list).
 
-        ``lam`` overrides the router's lambda; ``budget`` (a target mean cost per prompt)
-        calibrates lambda on these prompts' own predictions.
+        At most one policy per call; none: the router's default (:attr:`policy`).
+
+        * ``lam``: argmax q - lam * c;
+        * ``budget``: a target mean cost per prompt, lambda calibrated on these prompts;
+        * ``quality_floor``: per prompt, the cheapest backend predicted to reach it (metric units);
+        * ``max_cost``: per prompt, the best predicted backend costing at most this;
+        * ``policy``: any policy, as an object or a spec (``{"type": ..., ...}``, plug-ins too).
         """
         items, single = _check_prompts(prompts)
-        if lam is not None and budget is not None:
-            raise ValueError("give lam or budget, not both")
+        chosen = policy_from_keywords(lam=lam, budget=budget, quality_floor=quality_floor,
+                                      max_cost=max_cost, policy=policy)
+        pol = self.policy if chosen is None else self._resolve(chosen)
         Q, timings = self.predict(items)
         t0 = time.perf_counter()
-        if budget is not None:
-            lam = calibrate_lambda(Q, self.costs, target_mean_cost=float(budget))
-        lam = self.lam if lam is None else float(lam)
-        if not np.isfinite(lam) or lam < 0:
-            raise ValueError(f"lambda must be a finite number >= 0, got {lam}")
-        choice = route_scores(Q, self.costs, lam)
+        Qo = self.sign * Q  # oriented: higher is better
+        oriented = pol.oriented(self.sign)
+        order = np.asarray(oriented.order(Qo, self.costs))
+        desc = oriented.describe()
+        lam_used = oriented.lambda_()
         timings["decide"] = time.perf_counter() - t0
         per = {k: v / len(items) for k, v in timings.items()}
         cost = {b: float(c) for b, c in zip(self.backend_names, self.costs)}
         out = []
         for i, p in enumerate(items):
             q = {b: float(v) for b, v in zip(self.backend_names, Q[i])}
+            util = None
+            if lam_used is not None:
+                util = {b: float(self.sign * q[b] - lam_used * cost[b]) for b in self.backend_names}
             out.append(RouteDecision(
                 prompt=p,
-                backend=self.backend_names[int(choice[i])],
-                lam=lam,
+                backend=self.backend_names[int(order[i, 0])],
+                lam=lam_used,
                 predicted_quality=q,
                 cost=cost,
-                utility={b: q[b] - lam * cost[b] for b in self.backend_names},
+                utility=util,
                 timings_s=per,
+                policy=dict(desc),
+                higher_is_better=self.higher_is_better,
+                ranking=[self.backend_names[int(j)] for j in order[i]],
             ))
         return out[0] if single else out
 
     def calibrate(self, prompts: Sequence[str], target_mean_cost: float | None = None, *,
-                  quality_floor: float | None = None) -> float:
-        """Set (and return) lambda so that routing these prompts meets the budget."""
+                  mean_quality_floor: float | None = None, quality_floor: float | None = None) -> float:
+        """Make the default policy the lambda rule whose lambda meets the budget on these prompts
+        (a target mean cost, or a floor on the mean predicted quality); returns lambda."""
         items, _ = _check_prompts(prompts)
+        if quality_floor is not None:  # the old name of mean_quality_floor
+            mean_quality_floor = quality_floor if mean_quality_floor is None else mean_quality_floor
         Q, _ = self.predict(items)
-        lam = calibrate_lambda(Q, self.costs, target_mean_cost=target_mean_cost,
-                               quality_floor=quality_floor)
+        floor = None if mean_quality_floor is None else self.sign * float(mean_quality_floor)
+        lam = calibrate_lambda(self.sign * Q, self.costs, target_mean_cost=target_mean_cost,
+                               mean_quality_floor=floor)
+        src = ({"budget": float(target_mean_cost)} if target_mean_cost is not None
+               else {"mean_quality_floor": float(mean_quality_floor)})
         with self._lock:
-            self.lam = lam
+            self.policy = LambdaPolicy(lam, calibrated_from={**src, "n_prompts": len(items)})
         return lam
 
     def generate(self, prompt: str, *, seed: int = 0, lam: float | None = None,
-                 budget: float | None = None, backend: str | None = None, fallback: bool = True,
-                 **opts) -> GenerateResult:
-        """Route ``prompt`` and run the chosen backend: a :class:`GenerateResult`.
+                 budget: float | None = None, quality_floor: float | None = None,
+                 max_cost: float | None = None, policy: Policy | Mapping | None = None,
+                 backend: str | None = None, fallback: bool = True, **opts) -> GenerateResult:
+        """Route ``prompt`` (policy keywords as in :meth:`route`) and run the chosen backend.
 
         If the chosen backend raises (out of memory, a model that will not load...), the next
-        best backend by predicted utility runs instead, and so on; ``result.fallbacks`` records
+        backend in the policy's ranking runs instead, and so on; ``result.fallbacks`` records
         each failure. ``backend=`` skips routing's choice and runs that backend (a baseline); it
         may name any backend in ``self.backends``. ``opts`` go to the backend's ``generate``.
         """
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
         t0 = time.perf_counter()
-        decision = self.route(prompt, lam=lam, budget=budget)
+        decision = self.route(prompt, lam=lam, budget=budget, quality_floor=quality_floor,
+                              max_cost=max_cost, policy=policy)
         route_s = time.perf_counter() - t0
         if backend is not None:
             if backend not in self.backends:
                 raise ConfigError(f"backend '{backend}' is not configured (have {sorted(self.backends)})")
             order = [backend]
         else:
-            rest = [b for b in sorted(self.backend_names, key=lambda b: (-decision.utility[b], decision.cost[b]))
-                    if b != decision.backend]
-            order = [decision.backend] + (rest if fallback else [])
+            order = decision.ranking if fallback else [decision.backend]
             if decision.backend not in self.backends:
                 missing = [b for b in self.backend_names if b not in self.backends]
                 raise ConfigError(
@@ -346,9 +373,8 @@ class Router:
                 continue
             return GenerateResult(
                 image=gen.image, decision=decision, backend=name, seed=int(seed),
-                latency_s=float(gen.latency_s), steps_run=int(gen.steps_run),
-                steps_budget=int(gen.steps_budget), stopped_early=bool(gen.stopped_early),
-                nfe=int(gen.nfe), fallbacks=failures, route_s=route_s, generation=gen)
+                latency_s=float(gen.latency_s), diffusion=getattr(gen, "diffusion", None),
+                fallbacks=failures, route_s=route_s, generation=gen)
         raise GenerationError(
             "every backend failed for this prompt: "
             + "; ".join(f"{f['backend']}: {f['error']}" for f in failures))

@@ -1,33 +1,28 @@
-"""Scorer protocol and registry: ``score(images, prompts) -> list[float]``, higher is better."""
+"""Scorer protocol: ``score(images, prompts) -> list[float]``.
+
+A scorer declares the quality-table metric it writes (``metric``) and whether higher is better
+(``higher_is_better``, default True); sweeps record both, and the router maximizes the score in
+its better direction. Scorers are registered in :mod:`t2iroute.registry` (group
+``t2iroute.scorers`` for plug-ins).
+"""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
-
-from t2iroute.errors import ConfigError
-
-SCORERS: dict[str, str] = {
-    "clip": "t2iroute.scoring.clip:CLIPScorer",
-}
 
 
 @runtime_checkable
 class Scorer(Protocol):
     metric: str  # the quality-table metric name it writes
+    higher_is_better: bool
 
     def score(self, images: Sequence[Any], prompts: Sequence[str]) -> list[float]: ...
 
 
 def build_scorer(spec: Mapping[str, Any] | None) -> Scorer | None:
+    """``{"type": "clip", ...}`` -> a scorer (None for an empty spec)."""
+    from t2iroute import registry
+
     if not spec:
         return None
-    spec = dict(spec)
-    kind = spec.pop("kind", "clip")
-    if kind not in SCORERS:
-        raise ConfigError(f"unknown scorer '{kind}'; known: {sorted(SCORERS)}")
-    mod, _, cls = SCORERS[kind].partition(":")
-    try:
-        return getattr(importlib.import_module(mod), cls)(**spec)
-    except TypeError as e:
-        raise ConfigError(f"scorer '{kind}': bad parameters {sorted(spec)}: {e}") from e
+    return registry.build("scorers", spec)

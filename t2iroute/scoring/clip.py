@@ -19,6 +19,7 @@ import numpy as np
 
 class CLIPScorer:
     metric = "clip"
+    higher_is_better = True
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = None, *, device: str = "cpu",
                  batch_size: int = 16, w: float = 100.0, model_config: dict | None = None):

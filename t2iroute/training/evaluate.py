@@ -13,19 +13,17 @@ between them). Headline figures:
 * ``quality_at_best_single_cost`` and ``quality_gain_at_equal_cost`` (minus best single quality);
 * ``aiq``: area under the non-decreasing upper convex hull of quality vs cost, divided by the cost
   range of the single backends (RouterBench's AIQ).
+
+Any metric direction: for a lower-is-better metric everything is computed on the negated scores
+(so "upper hull" means the better side) and reported in the metric's own direction; gains
+(``quality_gain_at_equal_cost``) are always positive when the router is better.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-
-def route_scores(q_hat: np.ndarray, costs: np.ndarray, lam: float) -> np.ndarray:
-    """argmax_k q_hat[i, k] - lam * c_k; ties go to the cheaper backend."""
-    util = q_hat - lam * costs[None, :]
-    # break ties towards cheaper backends deterministically
-    order = np.argsort(costs, kind="stable")
-    return order[np.argmax(util[:, order], axis=1)]
+from t2iroute.router.policy import route_scores
 
 
 def lambda_grid(q_hat: np.ndarray, costs: np.ndarray, n: int = 200) -> np.ndarray:
@@ -86,6 +84,13 @@ def upper_hull(cost: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.nd
     return hc, hq
 
 
+def better_hull(cost, quality, higher_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`upper_hull` on the better side, in the metric's own direction (plots)."""
+    sign = 1.0 if higher_is_better else -1.0
+    c, q = upper_hull(np.asarray(cost, float), sign * np.asarray(quality, float))
+    return c, sign * q
+
+
 def cost_to_reach(cost, quality, target: float) -> float | None:
     """Lowest cost on the upper hull (linearly interpolated) whose quality reaches target."""
     c, q = upper_hull(cost, quality)
@@ -134,8 +139,35 @@ def summarize(
     backends: list[str],
     *,
     lams: np.ndarray | None = None,
+    higher_is_better: bool = True,
 ) -> dict:
-    """All headline figures of one routed test set (see module docstring)."""
+    """All headline figures of one routed test set (see module docstring).
+
+    ``q_hat`` and ``scores`` are in the metric's own direction; the figures too, except gains.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    s = _summarize(sign * np.asarray(q_hat, float), sign * np.asarray(scores, float), costs, backends, lams=lams)
+    if sign > 0:
+        s["higher_is_better"] = True
+        return s
+    # back to the metric's own direction: qualities flip, gains stay "positive is better"
+    for v in s["backends"].values():
+        v["quality"] = -v["quality"]
+    s["best_single"]["quality"] = -s["best_single"]["quality"]
+    s["oracle"]["quality"] = -s["oracle"]["quality"]
+    for part in (s["oracle"], s["router"]):
+        for key in ("quality_at_best_single_cost", "aiq", "max_quality"):
+            if part.get(key) is not None:
+                part[key] = -part[key]
+    s["random_mix"]["aiq"] = -s["random_mix"]["aiq"]
+    for c in s["curves"].values():
+        c["quality"] = [-q for q in c["quality"]]
+    s["higher_is_better"] = False
+    return s
+
+
+def _summarize(q_hat, scores, costs, backends, *, lams=None) -> dict:
+    """:func:`summarize` on oriented quality (higher is better)."""
     scores = np.asarray(scores, float)
     costs = np.asarray(costs, float)
     n, k = scores.shape
@@ -159,7 +191,7 @@ def summarize(
             "cost_to_match_best_single": ctm,
             "cost_saved_pct": None if ctm is None else 100.0 * (1.0 - ctm / best_c),
             "aiq": aiq(cc, qq, c_min, c_max),
-            "max_quality": float(qq.max()),
+            "max_quality": float(qq.max()),  # the best quality on the curve (own direction in output)
         }
 
     rows = np.arange(n)

@@ -112,11 +112,14 @@ def run_sweep(backends: Mapping[str, object], prompts: pd.DataFrame, seeds: Sequ
                     d.mkdir(parents=True, exist_ok=True)
                     image_path = str(d / f"{it[1]}-s{it[4]}.png")
                     g.image.save(image_path)
+                d = g.diffusion.to_dict() if g.diffusion is not None else {}
                 rows.append({
                     "prompt_id": str(it[1]), "prompt": it[2], "backend": bname, "metric": scorer.metric,
-                    "score": float(sc), "cost_s": float(g.latency_s), "source": str(it[3]), "seed": it[4],
-                    "steps_run": int(g.steps_run), "nfe": int(g.nfe), "latency_s": float(g.latency_s),
-                    "stopped_early": bool(g.stopped_early), "image_path": image_path,
+                    "higher_is_better": bool(getattr(scorer, "higher_is_better", True)),
+                    "score": float(sc), "cost_s": float(g.latency_s if g.cost is None else g.cost),
+                    "source": str(it[3]), "seed": it[4], "latency_s": float(g.latency_s),
+                    "steps_run": d.get("steps_run"), "nfe": d.get("nfe"),
+                    "stopped_early": d.get("stopped_early"), "image_path": image_path,
                 })
             n_gen += len(its)
             bar.update(len(its))

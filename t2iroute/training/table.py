@@ -3,7 +3,10 @@
 A quality table is tidy: one row per (prompt, backend, metric) with columns
 ``prompt_id, prompt, backend, metric, score, cost_s, source`` (own sweeps add ``seed``,
 ``steps_run``, ``nfe``, ``latency_s``, ``image_path``; rows of several seeds are averaged
-when pivoting). Everything downstream is blind to where a table came from.
+when pivoting). Any metric name is accepted. Whether higher is better comes from the optional
+``higher_is_better`` column (sweeps write the scorer's), else from the data config
+(``data.higher_is_better``, default true). Everything downstream is blind to where a table
+came from.
 """
 
 from __future__ import annotations
@@ -22,26 +25,7 @@ from t2iroute.errors import TableError
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "backend", "metric", "score", "cost_s", "source")
-OPTIONAL_COLUMNS = ("seed", "steps_run", "nfe", "latency_s", "image_path")
-
-#: Metric names a table may carry. Higher is better for every one of them.
-KNOWN_METRICS = frozenset(
-    {
-        "clip",  # CLIPScore (100 * cos), any CLIP model
-        "nima",  # aesthetic predictor
-        "aesthetic",
-        "mos_quality",  # human mean opinion scores
-        "mos_align",
-        "human_avg",
-        "clipscore_vitb32",
-        "tifa_blip2-flant5xl",
-        "tifa_mplug-large",
-        "image_reward",
-        "pickscore",
-        "hpsv2",
-    }
-)
-
+OPTIONAL_COLUMNS = ("seed", "steps_run", "nfe", "latency_s", "image_path", "higher_is_better", "stopped_early")
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV, CSV.gz or parquet table and validate it. Errors name the file."""
@@ -70,9 +54,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return validate_table(df, name=str(path))
 
 
-def validate_table(
-    df: pd.DataFrame, *, name: str = "quality table", extra_metrics: frozenset[str] = frozenset()
-) -> pd.DataFrame:
+def validate_table(df: pd.DataFrame, *, name: str = "quality table") -> pd.DataFrame:
     """Check the schema and return a cleaned copy (typed columns). Raises TableError."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -105,13 +87,19 @@ def validate_table(
     if (cost < 0).any():
         raise TableError(f"{name}: column 'cost_s' has negative values")
     df["cost_s"] = cost.astype(float)
-    metrics = set(df["metric"].unique())
-    unknown = sorted(metrics - KNOWN_METRICS - set(extra_metrics))
-    if unknown:
-        raise TableError(
-            f"{name}: unknown metric name(s) {unknown}; known: {sorted(KNOWN_METRICS)} "
-            "(pass extra_metrics to accept others)"
-        )
+    if "higher_is_better" in df.columns:
+        hib = df["higher_is_better"]
+        ok = hib.isna() | hib.map(lambda v: isinstance(v, (bool, np.bool_)) or v in (0, 1, "true", "false",
+                                                                                       "True", "False"))
+        if not ok.all():
+            rows = df.index[~ok][:5].tolist()
+            raise TableError(f"{name}: column 'higher_is_better' must be true/false (rows {rows})")
+        df["higher_is_better"] = hib.map(
+            lambda v: None if pd.isna(v) else (v if isinstance(v, (bool, np.bool_)) else str(v).lower() in ("1", "true")))
+        per = df.dropna(subset=["higher_is_better"]).groupby("metric")["higher_is_better"].nunique()
+        if (per > 1).any():
+            raise TableError(f"{name}: metric(s) {per[per > 1].index.tolist()} are marked both higher- and "
+                             "lower-is-better in column 'higher_is_better'")
     key = ["prompt_id", "backend", "metric"] + (["seed"] if "seed" in df.columns else [])
     dup = df.duplicated(key, keep=False)
     if dup.any():
@@ -137,6 +125,7 @@ class QualityMatrix:
     backends: list[str]
     scores: np.ndarray  # (n, k)
     costs: np.ndarray  # (k,) cost per call of each backend
+    higher_is_better: bool = True  # the metric's direction (scores are stored as they are)
     cost_origin: dict[str, str] = field(default_factory=dict)  # backend -> "table median" | "config"
     n_dropped: int = 0
 
@@ -152,8 +141,18 @@ class QualityMatrix:
             list(self.backends),
             self.scores[idx],
             self.costs.copy(),
+            self.higher_is_better,
             dict(self.cost_origin),
         )
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.higher_is_better else -1.0
+
+    @property
+    def oriented(self) -> np.ndarray:
+        """Scores with higher always better (what predictors learn and routers maximize)."""
+        return self.sign * self.scores
 
     def data_hash(self) -> str:
         h = hashlib.sha256()
@@ -162,6 +161,8 @@ class QualityMatrix:
         h.update("\x00".join(map(str, self.prompt_ids)).encode())
         h.update(np.ascontiguousarray(self.scores, dtype=np.float64).tobytes())
         h.update(np.ascontiguousarray(self.costs, dtype=np.float64).tobytes())
+        if not self.higher_is_better:
+            h.update(b"lower-is-better")
         return h.hexdigest()[:16]
 
 
@@ -172,17 +173,27 @@ def pivot(
     costs: Mapping[str, float] | None = None,
     backends: list[str] | None = None,
     name: str = "quality table",
+    higher_is_better: bool | None = None,
 ) -> QualityMatrix:
     """Pivot one metric to prompts x backends.
 
     Prompts missing any backend are dropped (the count is logged and kept in ``n_dropped``).
     A backend's cost is the median ``cost_s`` of its rows; ``costs`` (from config) fills
-    backends whose rows carry no cost and overrides the table where given.
+    backends whose rows carry no cost and overrides the table where given. The metric's
+    direction: ``higher_is_better`` (from config) where given, else the table's
+    ``higher_is_better`` column, else True; config and table disagreeing is an error.
     """
     metrics = sorted(df["metric"].unique())
     if metric not in metrics:
         raise TableError(f"{name}: metric '{metric}' not in the table; it has {metrics}")
     d = df[df["metric"] == metric]
+    table_hib = None
+    if "higher_is_better" in d.columns and d["higher_is_better"].notna().any():
+        table_hib = bool(d["higher_is_better"].dropna().iloc[0])
+    if higher_is_better is not None and table_hib is not None and bool(higher_is_better) != table_hib:
+        raise TableError(f"{name}: metric '{metric}' is marked higher_is_better={table_hib} in the table "
+                         f"but the config says {bool(higher_is_better)}")
+    hib = bool(higher_is_better) if higher_is_better is not None else (True if table_hib is None else table_hib)
     if backends is not None:
         unknown = sorted(set(backends) - set(d["backend"].unique()))
         if unknown:
@@ -230,6 +241,7 @@ def pivot(
         backends=list(order),
         scores=wide.to_numpy(dtype=float),
         costs=np.asarray(cost_values, dtype=float),
+        higher_is_better=hib,
         cost_origin=cost_origin,
         n_dropped=n_dropped,
     )

@@ -10,10 +10,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from t2iroute.errors import ConfigError
 from t2iroute.features import build_featurizer
-from t2iroute.router.core import Router, calibrate_lambda
-from t2iroute.training.evaluate import route_scores, summarize
-from t2iroute.training.predictors import build_predictor, resolve_blocks
+from t2iroute.predictors import build_predictor, resolve_blocks
+from t2iroute.router.core import Router
+from t2iroute.router.policy import FixedPolicy, LambdaPolicy, build_policy, calibrate_lambda, route_scores
+from t2iroute.training.evaluate import summarize
 from t2iroute.training.table import QualityMatrix, pivot, read_table, split_prompts
 
 log = logging.getLogger(__name__)
@@ -27,14 +29,29 @@ def load_matrix(data_cfg: Mapping[str, Any], metric: str) -> QualityMatrix:
         costs=dict(data_cfg.get("costs") or {}),
         backends=list(data_cfg["backends"]) if data_cfg.get("backends") else None,
         name=str(data_cfg["path"]),
+        higher_is_better=data_cfg.get("higher_is_better"),
     )
 
 
-def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None, texts=None):
+def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None, texts=None, *,
+                  costs=None, higher_is_better: bool = True):
+    """Build and fit the configured predictor on the metric as it is (``Y``, own direction).
+
+    Predictors that judge candidates by routing (``auto``) also get the costs and the direction.
+    """
     spec = _plain(predictor_cfg)
     if featurizer is not None:
         spec = resolve_blocks(spec, featurizer.blocks_)
-    return build_predictor(spec).fit(X, Y, texts=None if texts is None else list(texts))
+    pred = build_predictor(spec)
+    texts = None if texts is None else list(texts)
+    if getattr(pred, "type_name", None) == "auto":
+        return pred.fit(X, Y, texts=texts, costs=costs, higher_is_better=higher_is_better)
+    return pred.fit(X, Y, texts=texts)
+
+
+def selection_of(predictor) -> dict | None:
+    """What ``predictor=auto`` chose and why (None for other predictors)."""
+    return getattr(predictor, "selection_", None)
 
 
 def _plain(cfg):
@@ -63,7 +80,7 @@ def _source_breakdown(q_hat, M: QualityMatrix, te, min_prompts: int = 20) -> dic
         if m.sum() < min_prompts:
             out[src] = {"n_test": int(m.sum()), "skipped": f"fewer than {min_prompts} test prompts"}
             continue
-        s = summarize(q_hat[m], M.scores[te][m], M.costs, M.backends)
+        s = summarize(q_hat[m], M.scores[te][m], M.costs, M.backends, higher_is_better=M.higher_is_better)
         s.pop("curves")
         out[src] = s
     return out
@@ -75,7 +92,8 @@ def measure_throughput(router: Router, prompts: list[str], n_batch: int = 1000, 
     for p in featurizer.parts:
         if hasattr(p, "cache"):
             p.cache = False
-    r = Router(featurizer, router.predictor, router.backend_names, router.costs, lam=router.lam)
+    r = Router(featurizer, router.predictor, router.backend_names, router.costs, policy=router.policy,
+               higher_is_better=router.higher_is_better)
     batch = [prompts[i % len(prompts)] + ("" if i < len(prompts) else f" ({i // len(prompts)})")
              for i in range(n_batch)]
     t0 = time.perf_counter()
@@ -117,12 +135,13 @@ def run_bench(cfg) -> dict:
 
     # 1. lambda calibration check: fit on train, calibrate on validation, measure on test
     calibration = []
+    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better)
     if cfg.get("calibration", {}).get("budgets") and len(va) > 0:
-        pred_tr = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr])
-        q_va = pred_tr.predict(X[va], texts=list(M.prompts[va]))
-        q_te = pred_tr.predict(X[te], texts=list(M.prompts[te]))
+        pred_tr = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr], **fitkw)
+        q_va = M.sign * pred_tr.predict(X[va], texts=list(M.prompts[va]))  # oriented
+        q_te = M.sign * pred_tr.predict(X[te], texts=list(M.prompts[te]))
         rows = np.arange(len(te))
-        c_lo, c_hi = float(M.costs.min()), float(M.costs[np.argmax(M.scores[tr].mean(0))])
+        c_lo, c_hi = float(M.costs.min()), float(M.costs[np.argmax(M.oriented[tr].mean(0))])
         for frac in cfg["calibration"]["budgets"]:
             target = c_lo + float(frac) * (c_hi - c_lo)
             lam = calibrate_lambda(q_va, M.costs, target_mean_cost=target)
@@ -138,11 +157,13 @@ def run_bench(cfg) -> dict:
     # 2. headline: fit on train + validation, evaluate on test
     fit_idx = np.concatenate([tr, va])
     t0 = time.perf_counter()
-    predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer, M.prompts[fit_idx])
+    predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer, M.prompts[fit_idx],
+                              **fitkw)
     fit_s = time.perf_counter() - t0
     q_hat = predictor.predict(X[te], texts=list(M.prompts[te]))
     summary: dict[str, Any] = {
         "metric": metric,
+        "higher_is_better": M.higher_is_better,
         "data": str(cfg["data"].get("name", cfg["data"]["path"])),
         "data_path": str(cfg["data"]["path"]),
         "data_hash": M.data_hash(),
@@ -154,10 +175,12 @@ def run_bench(cfg) -> dict:
         "predictor": _plain(cfg["predictor"]),
         "features": [p.name for p in featurizer.parts],
     }
-    summary.update(summarize(q_hat, M.scores[te], M.costs, M.backends))
+    summary.update(summarize(q_hat, M.scores[te], M.costs, M.backends, higher_is_better=M.higher_is_better))
+    if selection_of(predictor) is not None:
+        summary["predictor_selection"] = selection_of(predictor)
     summary["by_source"] = _source_breakdown(q_hat, M, te)
     summary["calibration"] = calibration
-    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric)
+    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric, higher_is_better=M.higher_is_better)
     if cfg.get("throughput", {}).get("enabled", True):
         tp = cfg.get("throughput", {})
         summary.update(measure_throughput(router, list(M.prompts[te]),
@@ -196,8 +219,53 @@ def backend_specs_for(table_backends, specs: Mapping[str, Any]) -> dict[str, dic
     return {b: dict(specs[b]) for b in table_backends if b in specs}
 
 
+_ROUTER_KEYS = ("lam", "budget", "mean_quality_floor", "quality_floor", "max_cost", "policy")
+
+
+def default_policy(r_cfg, predictor, M: QualityMatrix, q_cal: np.ndarray, cal_scores: np.ndarray):
+    """The artifact's default policy from ``router.*`` (at most one key), calibrated on
+    validation predictions ``q_cal`` (own direction) where it has a knob.
+
+    ``lam``: that lambda; ``budget``: a target mean cost, calibrated to a lambda;
+    ``mean_quality_floor``: the largest lambda whose mean validation quality stays above it;
+    ``quality_floor`` / ``max_cost``: those per-prompt policies; ``policy``: any policy spec.
+    None given: lambda 0 (the best predicted backend per prompt). If ``predictor=auto`` found no
+    candidate that beats the best single backend out of fold, the default routes to that backend.
+    """
+    given = {k: r_cfg.get(k) for k in _ROUTER_KEYS if r_cfg.get(k) is not None}
+    unknown = sorted(set(r_cfg) - set(_ROUTER_KEYS))
+    if unknown:
+        raise ConfigError(f"router.{unknown[0]}: unknown key; use one of {list(_ROUTER_KEYS)}")
+    if len(given) > 1:
+        raise ConfigError(f"router: give at most one of {list(_ROUTER_KEYS)}, got {sorted(given)}")
+    key, value = next(iter(given.items())) if given else ("lam", 0.0)
+    qo = M.sign * q_cal
+    if key == "budget":
+        lam = calibrate_lambda(qo, M.costs, target_mean_cost=float(value))
+        policy = LambdaPolicy(lam, calibrated_from={"budget": float(value), "n_prompts": len(q_cal)})
+    elif key == "mean_quality_floor":
+        lam = calibrate_lambda(qo, M.costs, mean_quality_floor=M.sign * float(value), scores=M.sign * cal_scores)
+        policy = LambdaPolicy(lam, calibrated_from={"mean_quality_floor": float(value), "n_prompts": len(q_cal)})
+    elif key == "policy":
+        policy = build_policy(_plain(value))
+    else:
+        policy = build_policy({"type": key, key: float(value)})
+    if getattr(predictor, "beats_best_single_cv_", True) is False:
+        best = M.backends[int(np.argmax(M.oriented.mean(axis=0)))]
+        best_cost = float(M.costs[M.backends.index(best)])
+        cap = {"budget": value, "max_cost": value}.get(key)
+        if cap is not None and best_cost > float(cap):
+            log.warning("no predictor beats the best single backend (%s) out of fold, but it costs %.4g, "
+                        "over router.%s=%s: keeping the %s policy", best, best_cost, key, value, key)
+        else:
+            log.warning("no predictor beats the best single backend out of fold: the router's default "
+                        "policy routes every prompt to %s", best)
+            policy = FixedPolicy(best)
+    return policy
+
+
 def run_train(cfg) -> Router:
-    """Fit on train, calibrate lambda on validation, report test metrics, save the artifact."""
+    """Fit on train, calibrate the default policy on validation, report test metrics, save."""
     out_dir = Path(cfg["out_dir"])
     metric = str(cfg["metric"])
     M = load_matrix(cfg["data"], metric)
@@ -205,35 +273,34 @@ def run_train(cfg) -> Router:
     tr, va, te = _split(M, cfg)
     featurizer = build_featurizer(_plain(cfg["features"]))
     X = featurizer.transform(list(M.prompts))
-    predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr])
-    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric, backend_specs=specs)
-    r_cfg = cfg.get("router", {}) or {}
+    predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr],
+                              costs=M.costs, higher_is_better=M.higher_is_better)
     cal_idx = va if len(va) else tr
-    if r_cfg.get("lam") is not None:
-        router.lam = float(r_cfg["lam"])
-    elif r_cfg.get("budget") is not None or r_cfg.get("quality_floor") is not None:
-        router.lam = calibrate_lambda(
-            predictor.predict(X[cal_idx], texts=list(M.prompts[cal_idx])), M.costs,
-            target_mean_cost=r_cfg.get("budget"), quality_floor=r_cfg.get("quality_floor"),
-            scores=M.scores[cal_idx],
-        )
+    q_cal = predictor.predict(X[cal_idx], texts=list(M.prompts[cal_idx]))
+    policy = default_policy(_plain(cfg.get("router", {})) or {}, predictor, M, q_cal, M.scores[cal_idx])
+    router = Router(featurizer, predictor, M.backends, M.costs, policy=policy, metric=metric,
+                    higher_is_better=M.higher_is_better, backend_specs=specs)
     q_te = predictor.predict(X[te], texts=list(M.prompts[te]))
-    s = summarize(q_te, M.scores[te], M.costs, M.backends)
-    choice = route_scores(q_te, M.costs, router.lam)
+    s = summarize(q_te, M.scores[te], M.costs, M.backends, higher_is_better=M.higher_is_better)
+    choice = router.policy.oriented(M.sign).choose(M.sign * q_te, M.costs)
     metrics = {
         "test": {k: s[k] for k in ("best_single", "oracle", "router")},
-        "at_lambda": {
-            "lambda": router.lam,
+        "at_default_policy": {
+            "policy": router.policy.describe(),
             "test_mean_cost": float(M.costs[choice].mean()),
             "test_quality": float(M.scores[te][np.arange(len(te)), choice].mean()),
         },
         "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
     }
+    sel = selection_of(predictor)
+    if sel is not None:
+        metrics["predictor_selection"] = sel
+        metrics["beats_best_single_cv"] = bool(sel["beats_best_single_cv"])
     data = {"path": str(cfg["data"]["path"]), "hash": M.data_hash(), "metric": metric,
-            "seed": int(cfg["seed"]), "cost_origin": M.cost_origin}
+            "higher_is_better": M.higher_is_better, "seed": int(cfg["seed"]), "cost_origin": M.cost_origin}
     path = out_dir / "router"
     router.save(path, metrics=metrics, data=data)
-    log.info("router saved to %s (lambda=%.4g)", path, router.lam)
+    log.info("router saved to %s (policy %s)", path, router.policy.describe())
     return router
 
 
@@ -243,19 +310,20 @@ def plot_curves(summary: dict, curves: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from t2iroute.training.evaluate import upper_hull
+    from t2iroute.training.evaluate import better_hull
 
+    hib = bool(summary.get("higher_is_better", True))
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     rc = curves["router"]
     order = np.argsort(rc["cost"])
     ax.plot(np.array(rc["cost"])[order], np.array(rc["quality"])[order], ".", ms=3, color="C0", alpha=0.5)
-    hc, hq = upper_hull(np.array(rc["cost"]), np.array(rc["quality"]))
+    hc, hq = better_hull(rc["cost"], rc["quality"], hib)
     ax.plot(hc, hq, "-", color="C0", label="router (over lambda)")
-    oc, oq = upper_hull(np.array(curves["oracle"]["cost"]), np.array(curves["oracle"]["quality"]))
+    oc, oq = better_hull(curves["oracle"]["cost"], curves["oracle"]["quality"], hib)
     ax.plot(oc, oq, "--", color="C2", label="oracle (over lambda)")
     bc = np.array([v["cost"] for v in summary["backends"].values()])
     bq = np.array([v["quality"] for v in summary["backends"].values()])
-    mc, mq = upper_hull(bc, bq)
+    mc, mq = better_hull(bc, bq, hib)
     ax.plot(mc, mq, ":", color="gray", label="random mix of backends")
     ax.scatter(bc, bq, color="C3", zorder=5, label="single backends")
     for name, v in summary["backends"].items():
@@ -268,7 +336,7 @@ def plot_curves(summary: dict, curves: dict, path: Path) -> None:
         title += f", {r['quality_gain_at_equal_cost']:+.3f} at equal cost"
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("mean cost per prompt")
-    ax.set_ylabel(f"mean {summary['metric']}")
+    ax.set_ylabel(f"mean {summary['metric']} ({'higher' if hib else 'lower'} is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

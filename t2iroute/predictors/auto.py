@@ -1,0 +1,282 @@
+"""A predictor that picks itself: cross-validation on the routing objective.
+
+``AutoPredictor`` fits every candidate (kNN of several sizes, ridge, LightGBM, the stack) on K-1
+folds of the training rows and predicts the held-out fold. The pooled out-of-fold predictions are
+scored the way a router is judged, not by regression error: sweep lambda, read the curve's upper
+convex hull, and take the cost saved at the best single backend's quality (then the quality
+gained at its cost). Each candidate is also tried *shrunk* towards the backends' mean quality
+(``q = m + alpha * (q_hat - m)``): alpha = 0 routes like the best single backend exactly, so a
+candidate must beat that out of fold to be chosen. If none does, ``beats_best_single_cv_`` is
+False and the trained router's default policy routes to the best single backend.
+
+Candidates too big for the table are skipped (``min_rows``), and so are candidates whose feature
+block is not configured. The scores of every candidate and the choice are kept in
+``selection_`` (written to the artifact's manifest and to ``summary.json``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from t2iroute.predictors.base import QualityPredictor, _sub, build_predictor
+
+log = logging.getLogger(__name__)
+
+#: the default candidates: (name, spec, minimum training rows)
+DEFAULT_CANDIDATES: list[dict[str, Any]] = [
+    {"name": "knn10", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 10, "block": "embedding"}},
+    {"name": "knn25", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 25, "block": "embedding"}},
+    {"name": "knn50", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 50, "block": "embedding"}},
+    {"name": "knn100", "min_rows": 400, "spec": {"type": "knn", "n_neighbors": 100, "block": "embedding"}},
+    {"name": "ridge", "min_rows": 0, "spec": {"type": "ridge", "alpha": 100.0, "block": "embedding"}},
+    {"name": "lgbm", "min_rows": 1000, "spec": {"type": "lgbm"}},
+    {"name": "stack", "min_rows": 2000, "config": "stack"},  # conf/predictor/stack.yaml
+]
+
+
+def candidate_spec(c: dict) -> dict:
+    """A candidate's predictor spec: ``spec``, or ``config: NAME`` for conf/predictor/NAME.yaml."""
+    if "spec" in c:
+        return copy.deepcopy(dict(c["spec"]))
+    if "config" in c:
+        import yaml
+
+        from t2iroute.paths import CONF_DIR
+
+        path = CONF_DIR / "predictor" / f"{c['config']}.yaml"
+        if not path.is_file():
+            raise ValueError(f"auto predictor: candidate config {c['config']!r} not found ({path})")
+        return dict(yaml.safe_load(path.read_text()))
+    raise ValueError(f"auto predictor: candidate {c} has neither 'spec' nor 'config'")
+
+
+def resolve_candidates(spec: dict, blocks: dict, resolve) -> dict:
+    """Resolve ``block`` keys in each candidate of an auto spec; a block that is not configured
+    makes that candidate use every feature column instead."""
+    from t2iroute.errors import ConfigError
+
+    out = []
+    for c in spec.get("candidates") or DEFAULT_CANDIDATES:
+        c = dict(c)
+        sp = candidate_spec(c)
+        try:
+            sp = resolve(sp, blocks)
+        except ConfigError:
+            sp = resolve(_drop_blocks(sp), blocks)
+        c.pop("config", None)
+        c["spec"] = sp
+        out.append(c)
+    return {**spec, "candidates": out}
+
+
+def _drop_blocks(x):
+    if isinstance(x, dict):
+        return {k: _drop_blocks(v) for k, v in x.items() if k != "block"}
+    if isinstance(x, list):
+        return [_drop_blocks(v) for v in x]
+    return x
+
+
+def routing_figures(q_hat: np.ndarray, scores: np.ndarray, costs: np.ndarray, n_lambdas: int = 100) -> dict:
+    """Cost saved at equal quality and quality gain at equal cost of routing ``q_hat`` over a
+    lambda grid, judged on ``scores`` (both oriented: higher is better)."""
+    from t2iroute.router.policy import route_scores
+
+    q_hat = np.asarray(q_hat, float)
+    scores = np.asarray(scores, float)
+    means = scores.mean(axis=0)
+    best = int(np.argmax(means))
+    best_q, best_c = float(means[best]), float(costs[best])
+    dq = float(np.ptp(q_hat, axis=1).max()) if q_hat.size else 1.0
+    uc = np.unique(costs)
+    dc = float(np.min(np.diff(uc))) if len(uc) > 1 else 1.0
+    lam_max = max(dq / max(dc, 1e-12), 1e-9) * 1.01
+    lams = np.concatenate([[0.0], np.geomspace(lam_max * 1e-5, lam_max, n_lambdas - 1)])
+    rows = np.arange(len(scores))
+    cs, qs = [], []
+    for lam in lams:
+        ch = route_scores(q_hat, costs, lam)
+        cs.append(costs[ch].mean())
+        qs.append(scores[rows, ch].mean())
+    # the hull, as in t2iroute.training.evaluate (kept here: predictors never import training)
+    c, q = _upper_hull(np.array(cs), np.array(qs))
+    tol = 1e-9 * max(1.0, abs(best_q))
+    if q[-1] < best_q - tol:
+        saved = None
+    else:
+        i = int(np.searchsorted(q, min(best_q, q[-1])))
+        ctm = float(c[0]) if i == 0 else float(c[i - 1] + (min(best_q, q[-1]) - q[i - 1]) * (c[i] - c[i - 1]) / (q[i] - q[i - 1]))
+        saved = 100.0 * (1.0 - ctm / best_c)
+    gain = None if best_c < c[0] else float((q[-1] if best_c >= c[-1] else np.interp(best_c, c, q)) - best_q)
+    return {"cost_saved_pct": saved, "quality_gain_at_equal_cost": gain}
+
+
+def _upper_hull(cost, quality):
+    order = np.lexsort((-quality, cost))
+    pts, best = [], -np.inf
+    for ci, qi in zip(cost[order], quality[order]):
+        if qi > best:
+            if pts and ci == pts[-1][0]:
+                pts[-1] = (ci, qi)
+            else:
+                pts.append((ci, qi))
+            best = qi
+    hull: list[tuple[float, float]] = []
+    for p in pts:
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return np.array([h[0] for h in hull]), np.array([h[1] for h in hull])
+
+
+def _objective(fig: dict) -> tuple[float, float]:
+    saved = fig["cost_saved_pct"]
+    gain = fig["quality_gain_at_equal_cost"]
+    return (-1e9 if saved is None else saved, -1e9 if gain is None else gain)
+
+
+class AutoPredictor(QualityPredictor):
+    """Chooses among ``candidates`` (default: :data:`DEFAULT_CANDIDATES`) and shrinkage levels
+    ``shrink`` by ``n_folds``-fold cross-validation on the routing objective.
+
+    ``fit(X, Y, texts=None, costs=..., higher_is_better=True)``: the backend costs are needed to
+    judge routing (without them every backend counts as equally expensive and the objective is
+    the quality at lambda 0).
+    """
+
+    type_name = "auto"
+
+    def __init__(self, candidates: list | None = None, n_folds: int = 5,
+                 shrink: tuple = (0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0, relative: bool = False):
+        self.candidates = candidates
+        self.n_folds = n_folds
+        self.shrink = shrink
+        self.seed = seed
+        self.relative = relative  # the chosen candidate handles its own targets
+
+    @property
+    def needs_texts(self):  # noqa: D401
+        return bool(getattr(self, "chosen_", None) is not None and self.chosen_.needs_texts)
+
+    def _candidates(self, n_rows: int) -> list[dict]:
+        out = []
+        for c in (self.candidates if self.candidates is not None else DEFAULT_CANDIDATES):
+            c = dict(c)
+            if n_rows < int(c.get("min_rows", 0)):
+                continue
+            sp = _drop_blocks(candidate_spec(c))  # blocks not resolved by resolve_blocks: every column
+            out.append({"name": str(c.get("name") or sp.get("type")), "spec": sp})
+        if not out:
+            raise ValueError(f"auto predictor: no candidate fits a table of {n_rows} training rows")
+        return out
+
+    def fit(self, X, y, texts=None, costs=None, higher_is_better: bool = True):
+        self._fit_costs = None if costs is None else np.asarray(costs, float)
+        self._fit_sign = 1.0 if higher_is_better else -1.0
+        try:
+            return super().fit(X, y, texts=texts)
+        finally:
+            del self._fit_costs, self._fit_sign
+
+    def _fit_core(self, X, Y, texts=None):
+        from sklearn.base import clone
+        from sklearn.model_selection import KFold
+
+        n, k = Y.shape
+        costs = self._fit_costs if self._fit_costs is not None else np.ones(k)
+        if len(costs) != k:
+            raise ValueError(f"auto predictor: {len(costs)} costs for {k} backends")
+        sign = self._fit_sign
+        folds = max(2, min(int(self.n_folds), n))
+        splits = list(KFold(folds, shuffle=True, random_state=int(self.seed)).split(X))
+        sub = (lambda idx: None) if texts is None else (lambda idx: [texts[i] for i in idx])  # noqa: E731
+        Yo = sign * Y
+        # out-of-fold means of the training folds: the alpha = 0 "best single" predictor
+        M = np.zeros_like(Y)
+        for a, b in splits:
+            M[b] = Y[a].mean(axis=0)
+        results = []
+        t_all = time.perf_counter()
+        for cand in self._candidates(n):
+            t0 = time.perf_counter()
+            try:
+                proto = build_predictor(cand["spec"])
+                if proto.needs_texts and texts is None:
+                    raise ValueError("needs the prompt texts")
+                P = np.zeros_like(Y)
+                for a, b in splits:
+                    P[b] = np.asarray(clone(proto).fit(X[a], Y[a], texts=sub(a)).predict(X[b], texts=sub(b))
+                                      ).reshape(len(b), k)
+            except Exception as e:  # noqa: BLE001 -- a candidate that cannot fit this table is skipped
+                log.info("auto predictor: candidate %s skipped (%s: %s)", cand["name"], type(e).__name__, e)
+                results.append({"name": cand["name"], "skipped": f"{type(e).__name__}: {e}"})
+                continue
+            for alpha in self.shrink:
+                Pa = M + float(alpha) * (P - M)
+                fig = routing_figures(sign * Pa, Yo, costs)
+                results.append({"name": cand["name"], "shrink": float(alpha), **fig,
+                                "fit_s": time.perf_counter() - t0})
+        scored = [r for r in results if "skipped" not in r]
+        if not scored:
+            raise ValueError("auto predictor: every candidate failed: "
+                             + "; ".join(f"{r['name']}: {r['skipped']}" for r in results))
+        # the baseline: shrink 0 routes like the best single backend (cost saved 0, gain 0)
+        best = max(scored, key=lambda r: (_objective(r), r["shrink"] > 0))
+        beats = best["shrink"] > 0 and (best["cost_saved_pct"] or 0) > 0 and \
+            (best["quality_gain_at_equal_cost"] is not None and best["quality_gain_at_equal_cost"] >= 0)
+        if not beats:
+            best = next(r for r in scored if r["shrink"] == 0.0) if any(r["shrink"] == 0.0 for r in scored) else best
+        spec = next(c["spec"] for c in self._candidates(n) if c["name"] == best["name"])
+        self.chosen_name_ = best["name"]
+        self.chosen_spec_ = spec
+        self.shrink_ = float(best["shrink"]) if beats else 0.0
+        self.beats_best_single_cv_ = bool(beats)
+        self.means_ = Y.mean(axis=0)
+        self.selection_ = {
+            "chosen": best["name"], "shrink": self.shrink_, "beats_best_single_cv": bool(beats),
+            "n_folds": folds, "objective": "cost saved at equal quality, then quality gain at equal cost "
+                                           "(out of fold, over a lambda grid)",
+            "candidates": results, "cv_s": time.perf_counter() - t_all,
+        }
+        if not beats:
+            log.warning("auto predictor: no candidate beats the best single backend out of fold "
+                        "(best: %s); the router will route to the best single backend", best["name"])
+        self.chosen_ = build_predictor(spec).fit(X, Y, texts=texts) if self.shrink_ > 0 else None
+
+    def _predict_core(self, X, texts=None):
+        if self.chosen_ is None:
+            return np.broadcast_to(self.means_, (len(X), len(self.means_))).copy()
+        P = np.asarray(self.chosen_.predict(X, texts=texts)).reshape(len(X), -1)
+        return self.means_ + self.shrink_ * (P - self.means_)
+
+    def _core_state(self):
+        meta = {"chosen": self.chosen_name_, "spec": self.chosen_spec_, "shrink": self.shrink_,
+                "beats_best_single_cv": self.beats_best_single_cv_, "selection": self.selection_,
+                "has_model": self.chosen_ is not None}
+        arrays, texts = {"means": self.means_}, {}
+        if self.chosen_ is not None:
+            m, a, t = self.chosen_.get_state()
+            meta["model"] = m
+            arrays.update({f"chosen/{k}": v for k, v in a.items()})
+            texts.update({f"chosen/{k}": v for k, v in t.items()})
+        return meta, arrays, texts
+
+    def _set_core_state(self, meta, arrays, texts):
+        self.chosen_name_ = meta["chosen"]
+        self.chosen_spec_ = meta["spec"]
+        self.shrink_ = float(meta["shrink"])
+        self.beats_best_single_cv_ = bool(meta["beats_best_single_cv"])
+        self.selection_ = meta.get("selection", {})
+        self.means_ = np.asarray(arrays["means"], float)
+        self.chosen_ = None
+        if meta.get("has_model"):
+            self.chosen_ = QualityPredictor.from_state(meta["model"], _sub(arrays, "chosen/"), _sub(texts, "chosen/"))

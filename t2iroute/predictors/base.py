@@ -1,0 +1,257 @@
+"""Quality predictors: the base class, state export and helpers.
+
+scikit-learn conventions: ``fit(X, Y)`` returns self, learned state lives in trailing-underscore
+attributes, ``predict(X)`` returns ``(n_prompts, n_backends)`` (``(n,)`` when fitted on a 1-D
+target). With ``relative=True`` (the default) a predictor learns each backend's quality relative
+to the prompt's mean over backends, which is all that routing needs and removes the large
+per-prompt offset (some prompts score high on every backend); a ridge model of the prompt mean
+is added back so that predictions stay on the metric's scale.
+
+Every fitted predictor exports its state as JSON + numpy arrays + text (LightGBM's own model
+format), so an artifact never needs pickle (see ``t2iroute.router.artifact``). A predictor is
+registered by its ``type_name`` in :mod:`t2iroute.registry`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Any
+
+import numpy as np
+
+from t2iroute.errors import ConfigError
+
+State = tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]
+
+
+class NotFittedError(ValueError, AttributeError):
+    """predict() before fit() (scikit-learn's NotFittedError is raised instead where it is loaded)."""
+
+
+class _Estimator:
+    """scikit-learn's estimator protocol (get_params, set_params, clone, tags) without importing
+    scikit-learn: it costs ~2 s of start-up, and a loaded router predicts with numpy alone.
+    Fitting validates its input with scikit-learn's own ``validate_data``."""
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return sorted(p.name for p in sig.parameters.values()
+                      if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        out = {}
+        for key in self._get_param_names():
+            value = getattr(self, key)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{key}__{k}", v) for k, v in value.get_params().items())
+            out[key] = value
+        return out
+
+    def set_params(self, **params):
+        valid = self._get_param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"Invalid parameter {key!r} for estimator {self}. Valid parameters are: {valid!r}.")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        p = self.get_params(deep=False)
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in p.items())})"
+
+    _estimator_type = "regressor"
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import RegressorTags, Tags, TargetTags
+
+        return Tags(estimator_type="regressor",
+                    target_tags=TargetTags(required=True, multi_output=True, single_output=True),
+                    transformer_tags=None, regressor_tags=RegressorTags(), classifier_tags=None)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        from sklearn.metrics import r2_score
+
+        return r2_score(y, self.predict(X), sample_weight=sample_weight)
+
+
+def _check_predict_input(est, X) -> np.ndarray:
+    """scikit-learn's validation where scikit-learn is loaded (training, tests); else numpy's."""
+    if "sklearn" in sys.modules:
+        from sklearn.utils.validation import check_is_fitted, validate_data
+
+        check_is_fitted(est, "n_outputs_")
+        return validate_data(est, X, reset=False, dtype=np.float64)
+    if not hasattr(est, "n_outputs_"):
+        raise NotFittedError(f"This {type(est).__name__} instance is not fitted yet. Call 'fit' first.")
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"Expected 2D array, got {X.ndim}D array instead. Reshape your data.")
+    if X.shape[1] != est.n_features_in_:
+        raise ValueError(f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
+                         f"{est.n_features_in_} features as input")
+    if not np.isfinite(X).all():
+        raise ValueError("Input X contains NaN or infinity.")
+    return X
+
+
+class QualityPredictor(_Estimator):
+    """Base class: handles validation, 1-D targets and the relative-target transform."""
+
+    type_name = "base"
+
+    #: True for predictors that read the prompt texts (``texts=``), not only the features
+    needs_texts = False
+
+    # subclasses implement these on 2-D float targets; ``texts`` is the prompts or None
+    def _fit_core(self, X: np.ndarray, Y: np.ndarray, texts=None) -> None:
+        raise NotImplementedError
+
+    def _predict_core(self, X: np.ndarray, texts=None) -> np.ndarray:
+        raise NotImplementedError
+
+    def stack_features(self, X, texts=None) -> np.ndarray:
+        """Columns this predictor hands to a stacking model (default: its predictions)."""
+        return np.asarray(self.predict(X, texts=texts)).reshape(len(X), -1)
+
+    def _check_texts(self, X, texts):
+        if texts is None:
+            if self.needs_texts:
+                raise ValueError(f"{type(self).__name__} needs the prompt texts (texts=...)")
+            return None
+        texts = [str(t) for t in texts]
+        if len(texts) != len(X):
+            raise ValueError(f"texts has {len(texts)} entries for {len(X)} feature rows")
+        return texts
+
+    def _core_state(self) -> State:
+        raise NotImplementedError
+
+    def _set_core_state(self, meta: dict, arrays: dict, texts: dict) -> None:
+        raise NotImplementedError
+
+    def fit(self, X, y, texts=None):
+        from sklearn.utils.validation import validate_data
+
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        texts = self._check_texts(X, texts)
+        self.one_d_ = y.ndim == 1
+        Y = y.reshape(len(y), -1).astype(np.float64)
+        self.n_outputs_ = Y.shape[1]
+        if getattr(self, "relative", False) and Y.shape[1] > 1:
+            center = Y.mean(axis=1, keepdims=True)
+            from t2iroute.predictors.linear import RidgePredictor
+
+            self.mean_model_ = RidgePredictor(alpha=10.0, relative=False).fit(X, center[:, 0])
+            self._fit_core(X, Y - center, texts)
+        else:
+            self.mean_model_ = None
+            self._fit_core(X, Y, texts)
+        return self
+
+    def predict(self, X, texts=None):
+        X = _check_predict_input(self, X)
+        texts = self._check_texts(X, texts)
+        P = self._predict_core(X, texts)
+        if self.mean_model_ is not None:
+            P = P + self.mean_model_.predict(X)[:, None]
+        return P[:, 0] if self.one_d_ else P
+
+    def predict_relative(self, X, texts=None) -> np.ndarray:
+        """Predictions minus their row mean (what routing depends on)."""
+        P = np.asarray(self.predict(X, texts=texts)).reshape(len(X), -1)
+        return P - P.mean(axis=1, keepdims=True)
+
+    # -- state for artifacts ------------------------------------------------------------------
+    def get_state(self) -> State:
+        if not hasattr(self, "n_outputs_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted")
+        meta, arrays, texts = self._core_state()
+        meta = {
+            "type": self.type_name,
+            "params": _jsonable(self.get_params(deep=False)),
+            "n_features_in": int(self.n_features_in_),
+            "n_outputs": int(self.n_outputs_),
+            "one_d": bool(self.one_d_),
+            "core": meta,
+        }
+        if self.mean_model_ is not None:
+            m_meta, m_arr, m_txt = self.mean_model_.get_state()
+            meta["mean_model"] = m_meta
+            arrays.update({f"mean_model/{k}": v for k, v in m_arr.items()})
+            texts.update({f"mean_model/{k}": v for k, v in m_txt.items()})
+        return meta, arrays, texts
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict, texts: dict) -> "QualityPredictor":
+        from t2iroute import registry
+
+        name = meta.get("type", meta.get("kind"))  # "kind": artifacts of format version 1
+        obj = registry.get("predictors", str(name))(**meta["params"])
+        obj.n_features_in_ = int(meta["n_features_in"])
+        obj.n_outputs_ = int(meta["n_outputs"])
+        obj.one_d_ = bool(meta["one_d"])
+        obj.mean_model_ = None
+        if "mean_model" in meta:
+            obj.mean_model_ = QualityPredictor.from_state(
+                meta["mean_model"], _sub(arrays, "mean_model/"), _sub(texts, "mean_model/")
+            )
+        obj._set_core_state(meta["core"], arrays, texts)
+        return obj
+
+
+def _sub(d: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+
+
+def _slice(X, sl):
+    return X if sl is None else X[:, int(sl[0]):int(sl[1])]
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def resolve_blocks(spec, blocks: dict[str, slice]):
+    """Replace ``block: <featurizer name>`` in a predictor spec (recursively) by ``feature_slice``."""
+    if isinstance(spec, dict) and spec.get("type") == "auto":
+        from t2iroute.predictors.auto import resolve_candidates
+
+        return resolve_candidates(spec, blocks, resolve_blocks)
+    if isinstance(spec, dict):
+        spec = {k: resolve_blocks(v, blocks) for k, v in spec.items()}
+        for key in [k for k in spec if k == "block" or k.endswith("_block")]:
+            name = spec.pop(key)
+            target = "feature_slice" if key == "block" else key[: -len("_block")] + "_slice"
+            if name is None:
+                continue
+            names = [name] if isinstance(name, str) else list(name)
+            if key == "passthrough_block":  # optional extras: pass through those configured
+                names = [n for n in names if n in blocks]
+                if not names:
+                    continue
+                name = names if len(names) > 1 or not isinstance(name, str) else name
+            missing = [n for n in names if n not in blocks]
+            if missing:
+                raise ConfigError(
+                    f"predictor {key} '{missing[0]}' is not a configured featurizer ({sorted(blocks)})")
+            sls = [[blocks[n].start, blocks[n].stop] for n in names]
+            spec[target] = sls[0] if isinstance(name, str) else sls
+        return spec
+    if isinstance(spec, list):
+        return [resolve_blocks(v, blocks) for v in spec]
+    return spec
+
+
+def build_predictor(spec: dict | None) -> QualityPredictor:
+    """``{"type": "lgbm", ...params}`` -> an unfitted predictor (any registered type)."""
+    from t2iroute import registry
+
+    return registry.build("predictors", spec if spec is not None else {"type": "lgbm"})

@@ -1,0 +1,100 @@
+"""k-nearest-neighbour predictor on cosine similarity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from t2iroute.predictors.base import QualityPredictor, _slice
+
+
+class KNNPredictor(QualityPredictor):
+    """Mean quality of the k most similar training prompts (cosine similarity).
+
+    ``temperature`` > 0 weights neighbours by softmax(similarity / temperature); None weighs
+    them equally. Columns ``feature_slice`` (start, stop) restrict the similarity to one block
+    (e.g. the embedding) when features are composed.
+    """
+
+    type_name = "knn"
+
+    def __init__(self, n_neighbors: int = 50, temperature: float | None = None,
+                 relative: bool = True, feature_slice: tuple[int, int] | None = None,
+                 stack_kernels: dict | None = None):
+        self.n_neighbors = n_neighbors
+        self.temperature = temperature
+        self.relative = relative
+        self.feature_slice = feature_slice
+        self.stack_kernels = stack_kernels
+
+    def _prep(self, X):
+        X = _slice(X, self.feature_slice)
+        n = np.linalg.norm(X, axis=1, keepdims=True)
+        return (X / np.where(n > 0, n, 1.0)).astype(np.float32)
+
+    def _fit_core(self, X, Y, texts=None):
+        if int(self.n_neighbors) < 1:
+            raise ValueError(f"n_neighbors must be >= 1, got {self.n_neighbors}")
+        self.X_ = self._prep(X)
+        self.Y_ = Y.astype(np.float64)
+
+    def neighbors(self, X, k: int, exclude_self: bool = False):
+        """(similarities, indices) of the k nearest training rows, most similar first."""
+        Q = self._prep(np.asarray(X, dtype=np.float64))
+        k_eff = min(k + int(exclude_self), len(self.X_))
+        sims, idx = [], []
+        for s in range(0, len(Q), 2048):  # bounded memory for big queries
+            S = Q[s:s + 2048] @ self.X_.T
+            part = np.argpartition(-S, k_eff - 1, axis=1)[:, :k_eff]
+            ps = np.take_along_axis(S, part, axis=1)
+            order = np.argsort(-ps, axis=1, kind="stable")
+            sims.append(np.take_along_axis(ps, order, axis=1))
+            idx.append(np.take_along_axis(part, order, axis=1))
+        sims, idx = np.vstack(sims), np.vstack(idx)
+        if exclude_self:
+            sims, idx = sims[:, 1:], idx[:, 1:]
+        return sims, idx
+
+    def _weighted(self, sims, idx, temperature=None):
+        if temperature:
+            w = np.exp((sims - sims[:, :1]) / float(temperature))
+        else:
+            w = np.ones_like(sims)
+        w = w / w.sum(axis=1, keepdims=True)
+        return np.einsum("nk,nkj->nj", w, self.Y_[idx])
+
+    def _predict_core(self, X, texts=None):
+        sims, idx = self.neighbors(X, int(self.n_neighbors))
+        return self._weighted(sims, idx, self.temperature)
+
+    def stack_features(self, X, texts=None) -> np.ndarray:
+        """Several neighbourhood estimates at once for a stacking model.
+
+        ``stack_kernels``: ``softmax`` [[T, k], ...] (weights exp((sim - sim_1) / T) over the top k),
+        ``inverse`` [k, ...] (weights 1 / (1 - sim + 1e-3)), ``density`` [T, ...] (log sum of
+        exp((sim - 1) / T) over the top 200: how crowded the neighbourhood is) and ``distance``
+        [k, ...] (mean cosine distance to the top k). Without it: the plain prediction.
+        """
+        kern = self.stack_kernels
+        if not kern:
+            return super().stack_features(X, texts)
+        ks = [int(k) for _, k in kern.get("softmax", [])] + [int(k) for k in kern.get("inverse", [])]
+        ks += [int(k) for k in kern.get("distance", [])] + ([200] if kern.get("density") else [])
+        kmax = max(ks + [int(self.n_neighbors)])
+        sims, idx = self.neighbors(np.asarray(X, dtype=np.float64), kmax)
+        cols = []
+        for T, k in kern.get("softmax", []):
+            cols.append(self._weighted(sims[:, :int(k)], idx[:, :int(k)], float(T)))
+        for k in kern.get("inverse", []):
+            w = 1.0 / (1.0 - sims[:, :int(k)] + 1e-3)
+            cols.append(np.einsum("nk,nkj->nj", w / w.sum(1, keepdims=True), self.Y_[idx[:, :int(k)]]))
+        for T in kern.get("density", []):
+            cols.append(np.log(np.exp((sims[:, :200] - 1.0) / float(T)).sum(1, keepdims=True)))
+        for k in kern.get("distance", []):
+            cols.append((1.0 - sims[:, :int(k)]).mean(1, keepdims=True))
+        return np.hstack(cols)
+
+    def _core_state(self):
+        return {}, {"X": self.X_, "Y": self.Y_}, {}
+
+    def _set_core_state(self, meta, arrays, texts):
+        self.X_, self.Y_ = arrays["X"].astype(np.float32), arrays["Y"]
