@@ -34,7 +34,7 @@ def test_route_one_prompt_then_change_budget(monkeypatch, tiny_artifact):
     at = _app(monkeypatch, tiny_artifact)
     assert not _errors(at)
     m = _metrics(at)
-    assert m["Routed to"] in {"fast", "mid", "slow"} and m["lambda"] == "0"
+    assert m["Routed to"] in {"fast", "mid", "slow"} and m["Policy"] == "lam 0"
     assert len(at.get("vega_lite_chart")) == 2  # predicted quality and cost of every backend
     at.text_area(key="prompts").input("two birds on a wire").run()
     assert at.text[0].value == "Decision for: two birds on a wire"
@@ -44,6 +44,22 @@ def test_route_one_prompt_then_change_budget(monkeypatch, tiny_artifact):
     at.radio(key="budget_mode").set_value("target mean cost").run()
     at.number_input(key="budget").set_value(0.11).run()
     assert _metrics(at)["Routed to"] == "fast" and not at.exception
+    assert _metrics(at)["Policy"].startswith("budget 0.11 lambda")
+
+
+def test_per_prompt_policies(monkeypatch, tiny_artifact):
+    """quality floor and max cost, chosen in the sidebar, decide per prompt."""
+    at = _app(monkeypatch, tiny_artifact)
+    at.text_area(key="prompts").input("two birds on a wire").run()
+    at.radio(key="budget_mode").set_value("max cost").run()
+    at.number_input(key="max_cost").set_value(0.6).run()  # 'slow' (cost ~1.0) is over the cap
+    m = _metrics(at)
+    assert m["Routed to"] == "mid" and m["Policy"] == "max_cost 0.6", m
+    at.radio(key="budget_mode").set_value("quality floor").run()
+    at.number_input(key="quality_floor").set_value(-1000.0).run()  # every backend reaches it: the cheapest
+    assert _metrics(at)["Routed to"] == "fast"
+    at.number_input(key="quality_floor").set_value(1000.0).run()  # none does: the best predicted
+    assert _metrics(at)["Routed to"] == "slow" and not at.exception
 
 
 def test_many_prompts_table_and_counts(monkeypatch, tiny_artifact):

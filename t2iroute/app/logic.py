@@ -68,15 +68,43 @@ def load_router(path: str):
 
 
 def backend_table(decision) -> pd.DataFrame:
-    """Every backend's predicted quality, cost and utility for one decision (chosen first)."""
+    """Every backend's predicted quality, cost, rank under the policy (and utility q - lambda * c
+    where a lambda rule decided) for one decision."""
+    names = list(decision.predicted_quality)
     df = pd.DataFrame({
-        "backend": list(decision.predicted_quality),
+        "backend": names,
         "predicted_quality": list(decision.predicted_quality.values()),
-        "cost": [decision.cost[b] for b in decision.predicted_quality],
-        "utility": [decision.utility[b] for b in decision.predicted_quality],
+        "cost": [decision.cost[b] for b in names],
+        "rank": [decision.ranking.index(b) + 1 if b in decision.ranking else None for b in names],
     })
+    if decision.utility is not None:
+        df["utility"] = [decision.utility[b] for b in names]
     df["chosen"] = df.backend == decision.backend
     return df
+
+
+#: the app's policy choices: label -> (keyword of Router.route, help)
+POLICIES = {
+    "lambda": ("lam", "argmax predicted quality - lambda * cost"),
+    "target mean cost": ("budget", "lambda calibrated so that the prompts entered cost this on average"),
+    "quality floor": ("quality_floor", "per prompt, the cheapest backend predicted to reach this quality"),
+    "max cost": ("max_cost", "per prompt, the best predicted backend costing at most this"),
+    "artifact default": (None, "the policy the router was trained with"),
+}
+
+
+def policy_label(decision) -> str:
+    """A short text for the policy that decided, e.g. ``lam 0.05`` or ``budget 0.2 lambda 0.013``."""
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    p = dict(decision.policy)
+    kind = str(p.pop("type", "?"))
+    p.pop("calibrated_from", None)
+    own = p.pop(kind, None)  # lam's lam, budget's budget, ...
+    parts = [kind] + ([fmt(own)] if own is not None else [])
+    parts += [f"{'lambda' if k == 'lam' else k} {fmt(v)}" for k, v in p.items()]
+    return " ".join(parts)
 
 
 def decisions_table(decisions: Sequence) -> pd.DataFrame:

@@ -46,9 +46,8 @@ st.title("Route and generate")
 with st.sidebar:
     st.header("Router")
     artifact = st.text_input("Router artifact folder", value=logic.default_artifact(), key="artifact")
-    mode = st.radio("Budget", ["lambda", "target mean cost"], key="budget_mode", horizontal=True,
-                    help="lambda trades predicted quality for cost: argmax quality - lambda * cost. "
-                         "A target mean cost calibrates lambda on the prompts entered.")
+    mode = st.radio("Policy", list(logic.POLICIES), key="budget_mode",
+                    help="; ".join(f"{k}: {v[1]}" for k, v in logic.POLICIES.items()))
 
 try:
     router = _router(logic.artifact_key(artifact))
@@ -58,28 +57,41 @@ except logic.USER_ERRORS as e:
     st.stop()
 
 with st.sidebar:
-    lam = budget = None
+    policy_kw: dict = {}
+    costs = sorted(float(c) for c in router.costs)
+    cost_step = float(costs[-1] - costs[0]) / 20 or 0.01
     if mode == "lambda":
-        lam = st.number_input("lambda", min_value=0.0, value=float(router.lam), step=0.01, format="%.4f",
-                              key="lam")
-    else:
-        costs = sorted(float(c) for c in router.costs)
-        budget = st.number_input("target mean cost per prompt", min_value=0.0, value=float(costs[len(costs) // 2]),
-                                 step=float(costs[-1] - costs[0]) / 20 or 0.01, format="%.4f", key="budget")
-    st.caption(f"{len(router.backend_names)} backends · metric `{router.metric}` · "
-               f"trained lambda {router.lam:.4g}")
+        policy_kw["lam"] = st.number_input("lambda", min_value=0.0, value=float(router.lam or 0.0), step=0.01,
+                                           format="%.4f", key="lam")
+    elif mode == "target mean cost":
+        policy_kw["budget"] = st.number_input("target mean cost per prompt", min_value=0.0,
+                                              value=float(costs[len(costs) // 2]), step=cost_step, format="%.4f",
+                                              key="budget")
+    elif mode == "max cost":
+        policy_kw["max_cost"] = st.number_input("max cost per prompt", min_value=0.0,
+                                                value=float(costs[len(costs) // 2]), step=cost_step, format="%.4f",
+                                                key="max_cost")
+    elif mode == "quality floor":
+        policy_kw["quality_floor"] = st.number_input(
+            f"quality floor ({router.metric}, {'higher' if router.higher_is_better else 'lower'} is better)",
+            value=0.0, format="%.4f", key="quality_floor")
+    st.caption(f"{len(router.backend_names)} backends · metric `{router.metric}` "
+               f"({'higher' if router.higher_is_better else 'lower'} is better) · "
+               f"trained policy `{router.policy.describe()}`")
 
 text = st.text_area("Prompt, or many prompts one per line", value=logic.DEFAULT_PROMPT, height=110, key="prompts")
 st.button("Route", key="route", type="primary")  # any rerun routes the text as it is now
 
 try:
     prompts = logic.parse_prompts(text)
-    decisions = router.route(prompts, lam=lam, budget=budget)
+    decisions = router.route(prompts, **policy_kw)
 except logic.USER_ERRORS as e:
     st.error(f"Cannot route: {logic.describe(e)}")
     st.stop()
 
 used_lam = decisions[0].lam
+# generate under the policy that routed: a budget's lambda was calibrated on every prompt entered
+gen_kw = {"lam": used_lam} if used_lam is not None else dict(policy_kw)
 if len(decisions) == 1:
     d = decisions[0]
     st.text(f"Decision for: {d.prompt}")
@@ -87,13 +99,13 @@ if len(decisions) == 1:
     c1.metric("Routed to", d.backend)
     c2.metric("Predicted quality", f"{d.predicted_quality[d.backend]:.4g}")
     c3.metric("Cost", f"{d.cost[d.backend]:.4g}")
-    c4.metric("lambda", f"{used_lam:.4g}")
+    c4.metric("Policy", logic.policy_label(d))
 else:
     table = logic.decisions_table(decisions)
     c1, c2, c3 = st.columns(3)
     c1.metric("Prompts", len(decisions))
     c2.metric("Mean cost", f"{table.cost.mean():.4g}")
-    c3.metric("lambda", f"{used_lam:.4g}")
+    c3.metric("Policy", logic.policy_label(decisions[0]))
     counts = logic.backend_counts(decisions, router.backend_names)
     st.altair_chart(alt.Chart(counts, title="Prompts per backend").mark_bar().encode(
         x="prompts:Q", y=alt.Y("backend:N", sort=None, title=None), tooltip=["backend", "prompts"]), width="stretch")
@@ -133,8 +145,8 @@ scorer_name = g3.selectbox("Score with", scorers, index=scorers.index(sc_default
 if st.button("Generate baseline and routed", key="generate", type="primary"):
     try:
         with st.spinner("Generating..."):
-            base = router.generate(d.prompt, seed=seed, lam=used_lam, backend=baseline)
-            routed = router.generate(d.prompt, seed=seed, lam=used_lam)
+            base = router.generate(d.prompt, seed=seed, backend=baseline, **gen_kw)
+            routed = router.generate(d.prompt, seed=seed, **gen_kw)
             scores = {}
             if scorer_name != "none":
                 sc = _scorer(scorer_name)
@@ -153,13 +165,18 @@ if gen and gen["key"] == (artifact, d.prompt, seed):
         with col:
             st.markdown(f"**{which.capitalize()}: `{r.backend}`**")
             st.image(r.image, width=min(512, max(256, r.image.width)))  # tiny 64 px images: 4x
-            st.markdown(
-                f"latency **{r.latency_s:.3f} s** · steps run **{r.steps_run}/{r.steps_budget}** · "
-                f"early stop **{'yes' if r.stopped_early else 'no'}**"
-                + (f" · {gen['scorer']} **{gen['scores'][which]:.2f}**" if gen["scores"] else ""))
+            facts = [f"latency **{r.latency_s:.3f} s**"]
+            if r.diffusion is not None:  # diffusion backends only: remote API models have no steps
+                facts += [f"steps run **{r.steps_run}/{r.steps_budget}**",
+                          f"early stop **{'yes' if r.stopped_early else 'no'}**"]
+            if gen["scores"]:
+                facts.append(f"{gen['scorer']} **{gen['scores'][which]:.2f}**")
+            st.markdown(" · ".join(facts))
             if r.fallbacks:
                 st.warning("Fell back: " + "; ".join(f"{f['backend']}: {f['error']}" for f in r.fallbacks))
     b, r = gen["baseline"], gen["routed"]
     if r.latency_s > 0:
-        st.caption(f"Routed latency is {r.latency_s / b.latency_s:.2f}x the baseline's "
-                   f"({r.steps_run} vs {b.steps_run} denoising steps); routing itself took {r.route_s * 1e3:.1f} ms.")
+        steps = (f" ({r.steps_run} vs {b.steps_run} denoising steps)"
+                 if r.diffusion is not None and b.diffusion is not None else "")
+        st.caption(f"Routed latency is {r.latency_s / b.latency_s:.2f}x the baseline's{steps}; "
+                   f"routing itself took {r.route_s * 1e3:.1f} ms.")
