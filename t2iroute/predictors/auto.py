@@ -146,7 +146,9 @@ def _objective(fig: dict) -> tuple[float, float]:
 
 class AutoPredictor(QualityPredictor):
     """Chooses among ``candidates`` (default: :data:`DEFAULT_CANDIDATES`) and shrinkage levels
-    ``shrink`` by ``n_folds``-fold cross-validation on the routing objective.
+    ``shrink`` by ``n_folds``-fold cross-validation on the routing objective (repeated
+    ``n_repeats`` times with other folds; default 5 below 1,000 rows, else 1). A candidate must
+    save at least ``min_cost_saved_pct`` out of fold to count as beating the best single backend.
 
     ``fit(X, Y, texts=None, costs=..., higher_is_better=True)``: the backend costs are needed to
     judge routing (without them every backend counts as equally expensive and the objective is
@@ -155,11 +157,14 @@ class AutoPredictor(QualityPredictor):
 
     type_name = "auto"
 
-    def __init__(self, candidates: list | None = None, n_folds: int = 5,
-                 shrink: tuple = (0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0, relative: bool = False):
+    def __init__(self, candidates: list | None = None, n_folds: int = 5, n_repeats: int | None = None,
+                 shrink: tuple = (0.0, 0.25, 0.5, 0.75, 1.0), min_cost_saved_pct: float = 2.0, seed: int = 0,
+                 relative: bool = False):
         self.candidates = candidates
         self.n_folds = n_folds
+        self.n_repeats = n_repeats
         self.shrink = shrink
+        self.min_cost_saved_pct = min_cost_saved_pct
         self.seed = seed
         self.relative = relative  # the chosen candidate handles its own targets
 
@@ -179,17 +184,22 @@ class AutoPredictor(QualityPredictor):
             raise ValueError(f"auto predictor: no candidate fits a table of {n_rows} training rows")
         return out
 
-    def fit(self, X, y, texts=None, costs=None, higher_is_better: bool = True):
+    def fit(self, X, y, texts=None, costs=None, higher_is_better: bool = True, anchor: bool = False):
+        """``anchor``: judge candidates as an anchored router routes (see
+        :func:`t2iroute.router.policy.anchor_quality`), anchored on each fold's best single backend."""
         self._fit_costs = None if costs is None else np.asarray(costs, float)
         self._fit_sign = 1.0 if higher_is_better else -1.0
+        self._fit_anchor = bool(anchor)
         try:
             return super().fit(X, y, texts=texts)
         finally:
-            del self._fit_costs, self._fit_sign
+            del self._fit_costs, self._fit_sign, self._fit_anchor
 
     def _fit_core(self, X, Y, texts=None):
         from sklearn.base import clone
         from sklearn.model_selection import KFold
+
+        from t2iroute.router.policy import anchor_quality
 
         n, k = Y.shape
         costs = self._fit_costs if self._fit_costs is not None else np.ones(k)
@@ -197,13 +207,25 @@ class AutoPredictor(QualityPredictor):
             raise ValueError(f"auto predictor: {len(costs)} costs for {k} backends")
         sign = self._fit_sign
         folds = max(2, min(int(self.n_folds), n))
-        splits = list(KFold(folds, shuffle=True, random_state=int(self.seed)).split(X))
+        # small tables make noisy cross-validation: repeat it with other fold assignments
+        repeats = int(self.n_repeats) if self.n_repeats is not None else (5 if n < 1000 else 1)
+        splits = [list(KFold(folds, shuffle=True, random_state=int(self.seed) + r).split(X)) for r in range(repeats)]
         sub = (lambda idx: None) if texts is None else (lambda idx: [texts[i] for i in idx])  # noqa: E731
         Yo = sign * Y
         # out-of-fold means of the training folds: the alpha = 0 "best single" predictor
-        M = np.zeros_like(Y)
-        for a, b in splits:
-            M[b] = Y[a].mean(axis=0)
+        means = []
+        for rep in splits:
+            Mn = np.zeros_like(Y)
+            for a, b in rep:
+                Mn[b] = Y[a].mean(axis=0)
+            means.append(Mn)
+
+        def judge(P, Mn):
+            Qo = sign * P
+            if self._fit_anchor:
+                Qo = anchor_quality(Qo, int(np.argmax((sign * Mn).mean(axis=0))))
+            return routing_figures(Qo, Yo, costs)
+
         results = []
         t_all = time.perf_counter()
         for cand in self._candidates(n):
@@ -212,29 +234,37 @@ class AutoPredictor(QualityPredictor):
                 proto = build_predictor(cand["spec"])
                 if proto.needs_texts and texts is None:
                     raise ValueError("needs the prompt texts")
-                P = np.zeros_like(Y)
-                for a, b in splits:
-                    P[b] = np.asarray(clone(proto).fit(X[a], Y[a], texts=sub(a)).predict(X[b], texts=sub(b))
-                                      ).reshape(len(b), k)
+                oof = []
+                for rep in splits:
+                    P = np.zeros_like(Y)
+                    for a, b in rep:
+                        P[b] = np.asarray(clone(proto).fit(X[a], Y[a], texts=sub(a)).predict(X[b], texts=sub(b))
+                                          ).reshape(len(b), k)
+                    oof.append(P)
             except Exception as e:  # noqa: BLE001 -- a candidate that cannot fit this table is skipped
                 log.info("auto predictor: candidate %s skipped (%s: %s)", cand["name"], type(e).__name__, e)
                 results.append({"name": cand["name"], "skipped": f"{type(e).__name__}: {e}"})
                 continue
             for alpha in self.shrink:
-                Pa = M + float(alpha) * (P - M)
-                fig = routing_figures(sign * Pa, Yo, costs)
-                results.append({"name": cand["name"], "shrink": float(alpha), **fig,
-                                "fit_s": time.perf_counter() - t0})
+                figs = [judge(Mn + float(alpha) * (P - Mn), Mn) for P, Mn in zip(oof, means)]
+                saved = [f["cost_saved_pct"] for f in figs]
+                gain = [f["quality_gain_at_equal_cost"] for f in figs]
+                results.append({
+                    "name": cand["name"], "shrink": float(alpha),
+                    "cost_saved_pct": None if None in saved else float(np.mean(saved)),
+                    "quality_gain_at_equal_cost": None if None in gain else float(np.mean(gain)),
+                    "fit_s": time.perf_counter() - t0})
         scored = [r for r in results if "skipped" not in r]
         if not scored:
             raise ValueError("auto predictor: every candidate failed: "
                              + "; ".join(f"{r['name']}: {r['skipped']}" for r in results))
         # the baseline: shrink 0 routes like the best single backend (cost saved 0, gain 0)
         best = max(scored, key=lambda r: (_objective(r), r["shrink"] > 0))
-        beats = best["shrink"] > 0 and (best["cost_saved_pct"] or 0) > 0 and \
+        # a saving below min_cost_saved_pct out of fold is noise, not a router worth trusting
+        beats = best["shrink"] > 0 and (best["cost_saved_pct"] or 0) >= float(self.min_cost_saved_pct) and \
             (best["quality_gain_at_equal_cost"] is not None and best["quality_gain_at_equal_cost"] >= 0)
         if not beats:
-            best = next(r for r in scored if r["shrink"] == 0.0) if any(r["shrink"] == 0.0 for r in scored) else best
+            best = next((r for r in scored if r["shrink"] == 0.0), best)
         spec = next(c["spec"] for c in self._candidates(n) if c["name"] == best["name"])
         self.chosen_name_ = best["name"]
         self.chosen_spec_ = spec
@@ -243,8 +273,10 @@ class AutoPredictor(QualityPredictor):
         self.means_ = Y.mean(axis=0)
         self.selection_ = {
             "chosen": best["name"], "shrink": self.shrink_, "beats_best_single_cv": bool(beats),
-            "n_folds": folds, "objective": "cost saved at equal quality, then quality gain at equal cost "
-                                           "(out of fold, over a lambda grid)",
+            "cv_cost_saved_pct": best["cost_saved_pct"], "cv_quality_gain_at_equal_cost": best["quality_gain_at_equal_cost"],
+            "n_folds": folds, "n_repeats": repeats, "anchored": self._fit_anchor,
+            "objective": "cost saved at equal quality, then quality gain at equal cost (out of fold, "
+                         "over a lambda grid, mean over repeats)",
             "candidates": results, "cv_s": time.perf_counter() - t_all,
         }
         if not beats:

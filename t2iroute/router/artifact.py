@@ -91,6 +91,7 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
             "packages": package_versions(),
             "metric": router.metric,
             "higher_is_better": bool(router.higher_is_better),
+            "anchor": router.anchor,
             "policy": router.policy.spec(),
             "backends": [{"name": b, "cost": float(c), "spec": router.backend_specs.get(b)}
                          for b, c in zip(router.backend_names, router.costs)],
@@ -238,8 +239,10 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None):
     try:
         router = Router(featurizer, predictor, names, costs, policy=manifest["policy"],
                         metric=manifest.get("metric", "quality"),
-                        higher_is_better=bool(manifest.get("higher_is_better", True)), manifest=manifest,
+                        higher_is_better=bool(manifest.get("higher_is_better", True)),
+                        anchor=manifest.get("anchor"), manifest=manifest,
                         backends=built, backend_specs={n: s for n, s in specs.items() if s})
     except (ValueError, TypeError) as e:
-        raise ArtifactError(f"router artifact {path}: default policy {manifest['policy']} unusable ({e})") from e
+        raise ArtifactError(f"router artifact {path}: default policy {manifest['policy']} or anchor "
+                            f"{manifest.get('anchor')!r} unusable ({e})") from e
     return router

@@ -17,7 +17,7 @@ import numpy as np
 
 from t2iroute.errors import ConfigError, GenerationError
 from t2iroute.router.policy import (
-    LambdaPolicy, Policy, build_policy, calibrate_lambda, policy_from_keywords,
+    LambdaPolicy, Policy, anchor_quality, build_policy, calibrate_lambda, policy_from_keywords,
 )
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class RouteDecision:
     timings_s: dict[str, float] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
     higher_is_better: bool = True
+    anchor: str | None = None  # the backend routing leaves only when predicted as good (see Router)
     ranking: list[str] = field(default_factory=list)  # every backend, most preferred first
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +57,8 @@ class RouteDecision:
             "ranking": self.ranking,
             "timings_s": self.timings_s,
         }
+        if self.anchor is not None:
+            d["anchor"] = self.anchor
         if self.lam is not None:
             d["lambda"] = self.lam
             d["utility"] = self.utility
@@ -175,6 +178,10 @@ class Router:
     :class:`~t2iroute.backends.base.Backend`) is only needed by :meth:`generate`; it may hold
     more backends than the router routes to (baselines). ``backend_specs`` (name -> backend
     config) is saved with the artifact so that a loaded router can generate on its own.
+    ``anchor`` (a backend name, set by training: the best single backend) makes every policy see
+    that backend's predicted quality raised to the prompt's best prediction, so routing leaves
+    it only for a backend predicted to be as good or cheaper at a loss the policy accepts
+    (decisions still show the predictions as they are).
 
     Thread safe: routing runs under a lock (featurizers and BLAS limits are process state);
     generation holds only the lock of the pipeline it runs on, so different models run in
@@ -183,7 +190,8 @@ class Router:
 
     def __init__(self, featurizer, predictor, backend_names: Sequence[str], costs: Sequence[float],
                  *, lam: float | None = None, policy: Policy | Mapping | None = None,
-                 metric: str = "quality", higher_is_better: bool = True, manifest: dict | None = None,
+                 metric: str = "quality", higher_is_better: bool = True, anchor: str | None = None,
+                 manifest: dict | None = None,
                  backends: Mapping[str, Any] | None = None,
                  backend_specs: Mapping[str, Mapping | None] | None = None):
         self.featurizer = featurizer
@@ -197,6 +205,9 @@ class Router:
         self.policy = self._resolve(build_policy(policy) if policy is not None else LambdaPolicy(lam or 0.0))
         self.metric = metric
         self.higher_is_better = bool(higher_is_better)
+        if anchor is not None and anchor not in self.backend_names:
+            raise ConfigError(f"anchor '{anchor}' is not one of the backends {self.backend_names}")
+        self.anchor = anchor
         self.manifest = manifest or {}
         self.backends = dict(backends or {})
         self.backend_specs = {b: (dict(v) if v else None) for b, v in (backend_specs or {}).items()}
@@ -223,6 +234,13 @@ class Router:
     @property
     def sign(self) -> float:
         return 1.0 if self.higher_is_better else -1.0
+
+    def routing_quality(self, Q: np.ndarray) -> np.ndarray:
+        """What policies see: predictions oriented (higher is better) and anchored."""
+        Qo = self.sign * np.asarray(Q, float)
+        if self.anchor is not None:
+            Qo = anchor_quality(Qo, self.backend_names.index(self.anchor))
+        return Qo
 
     # -- prediction ---------------------------------------------------------------------
     def predict(self, prompts: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
@@ -276,7 +294,7 @@ class Router:
         pol = self.policy if chosen is None else self._resolve(chosen)
         Q, timings = self.predict(items)
         t0 = time.perf_counter()
-        Qo = self.sign * Q  # oriented: higher is better
+        Qo = self.routing_quality(Q)
         oriented = pol.oriented(self.sign)
         order = np.asarray(oriented.order(Qo, self.costs))
         desc = oriented.describe()
@@ -300,6 +318,7 @@ class Router:
                 timings_s=per,
                 policy=dict(desc),
                 higher_is_better=self.higher_is_better,
+                anchor=self.anchor,
                 ranking=[self.backend_names[int(j)] for j in order[i]],
             ))
         return out[0] if single else out
@@ -313,7 +332,7 @@ class Router:
             mean_quality_floor = quality_floor if mean_quality_floor is None else mean_quality_floor
         Q, _ = self.predict(items)
         floor = None if mean_quality_floor is None else self.sign * float(mean_quality_floor)
-        lam = calibrate_lambda(self.sign * Q, self.costs, target_mean_cost=target_mean_cost,
+        lam = calibrate_lambda(self.routing_quality(Q), self.costs, target_mean_cost=target_mean_cost,
                                mean_quality_floor=floor)
         src = ({"budget": float(target_mean_cost)} if target_mean_cost is not None
                else {"mean_quality_floor": float(mean_quality_floor)})

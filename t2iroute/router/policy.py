@@ -34,6 +34,21 @@ def route_scores(q_hat: np.ndarray, costs: np.ndarray, lam: float) -> np.ndarray
     return order[np.argmax(util[:, order], axis=1)]
 
 
+def anchor_quality(q_oriented: np.ndarray, anchor: int) -> np.ndarray:
+    """Oriented quality with the ``anchor`` backend raised to each row's best prediction (plus a
+    hair): every lambda rule then routes to the anchor at lambda 0 and leaves it only for a
+    backend predicted to be as good, or cheaper at a predicted loss that lambda pays for.
+
+    Anchored on the best single backend, the router's family of policies contains that backend
+    itself, so routing never has to lose to it; the ordering of prompts by predicted loss, which
+    is what cost savings come from, is unchanged.
+    """
+    q = np.array(q_oriented, dtype=float, copy=True)
+    if q.size:
+        q[:, anchor] = q.max(axis=1) + 1e-9 * (1.0 + float(np.abs(q).max()))
+    return q
+
+
 def _cost_rank(costs: np.ndarray, n: int) -> np.ndarray:
     ranks = np.empty(len(costs), int)
     ranks[np.argsort(costs, kind="stable")] = np.arange(len(costs))

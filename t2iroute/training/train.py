@@ -14,7 +14,9 @@ from t2iroute.errors import ConfigError
 from t2iroute.features import build_featurizer
 from t2iroute.predictors import build_predictor, resolve_blocks
 from t2iroute.router.core import Router
-from t2iroute.router.policy import FixedPolicy, LambdaPolicy, build_policy, calibrate_lambda, route_scores
+from t2iroute.router.policy import (
+    FixedPolicy, LambdaPolicy, anchor_quality, build_policy, calibrate_lambda, route_scores,
+)
 from t2iroute.training.evaluate import summarize
 from t2iroute.training.table import QualityMatrix, pivot, read_table, split_prompts
 
@@ -34,7 +36,7 @@ def load_matrix(data_cfg: Mapping[str, Any], metric: str) -> QualityMatrix:
 
 
 def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None, texts=None, *,
-                  costs=None, higher_is_better: bool = True):
+                  costs=None, higher_is_better: bool = True, anchor: bool = False):
     """Build and fit the configured predictor on the metric as it is (``Y``, own direction).
 
     Predictors that judge candidates by routing (``auto``) also get the costs and the direction.
@@ -45,8 +47,23 @@ def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None, 
     pred = build_predictor(spec)
     texts = None if texts is None else list(texts)
     if getattr(pred, "type_name", None) == "auto":
-        return pred.fit(X, Y, texts=texts, costs=costs, higher_is_better=higher_is_better)
+        return pred.fit(X, Y, texts=texts, costs=costs, higher_is_better=higher_is_better, anchor=anchor)
     return pred.fit(X, Y, texts=texts)
+
+
+def anchor_of(cfg, M: QualityMatrix, rows: np.ndarray) -> str | None:
+    """The anchor backend (``anchor: true``): the best single backend on the training ``rows``."""
+    if not cfg.get("anchor", False):
+        return None
+    return M.backends[int(np.argmax(M.oriented[rows].mean(axis=0)))]
+
+
+def routed(q_hat: np.ndarray, M: QualityMatrix, anchor: str | None) -> np.ndarray:
+    """Predictions as the router's policies see them, back in the metric's own direction (so that
+    ``summarize`` judges exactly what the router does)."""
+    if anchor is None:
+        return q_hat
+    return M.sign * anchor_quality(M.sign * np.asarray(q_hat, float), M.backends.index(anchor))
 
 
 def selection_of(predictor) -> dict | None:
@@ -93,7 +110,7 @@ def measure_throughput(router: Router, prompts: list[str], n_batch: int = 1000, 
         if hasattr(p, "cache"):
             p.cache = False
     r = Router(featurizer, router.predictor, router.backend_names, router.costs, policy=router.policy,
-               higher_is_better=router.higher_is_better)
+               higher_is_better=router.higher_is_better, anchor=router.anchor)
     batch = [prompts[i % len(prompts)] + ("" if i < len(prompts) else f" ({i // len(prompts)})")
              for i in range(n_batch)]
     t0 = time.perf_counter()
@@ -135,11 +152,12 @@ def run_bench(cfg) -> dict:
 
     # 1. lambda calibration check: fit on train, calibrate on validation, measure on test
     calibration = []
-    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better)
+    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better, anchor=bool(cfg.get("anchor", False)))
     if cfg.get("calibration", {}).get("budgets") and len(va) > 0:
         pred_tr = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr], **fitkw)
-        q_va = M.sign * pred_tr.predict(X[va], texts=list(M.prompts[va]))  # oriented
-        q_te = M.sign * pred_tr.predict(X[te], texts=list(M.prompts[te]))
+        a_tr = anchor_of(cfg, M, tr)
+        q_va = M.sign * routed(pred_tr.predict(X[va], texts=list(M.prompts[va])), M, a_tr)  # oriented
+        q_te = M.sign * routed(pred_tr.predict(X[te], texts=list(M.prompts[te])), M, a_tr)
         rows = np.arange(len(te))
         c_lo, c_hi = float(M.costs.min()), float(M.costs[np.argmax(M.oriented[tr].mean(0))])
         for frac in cfg["calibration"]["budgets"]:
@@ -160,7 +178,8 @@ def run_bench(cfg) -> dict:
     predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer, M.prompts[fit_idx],
                               **fitkw)
     fit_s = time.perf_counter() - t0
-    q_hat = predictor.predict(X[te], texts=list(M.prompts[te]))
+    anchor = anchor_of(cfg, M, fit_idx)
+    q_hat = routed(predictor.predict(X[te], texts=list(M.prompts[te])), M, anchor)
     summary: dict[str, Any] = {
         "metric": metric,
         "higher_is_better": M.higher_is_better,
@@ -173,6 +192,7 @@ def run_bench(cfg) -> dict:
         "n_dropped_incomplete": int(M.n_dropped),
         "cost_origin": M.cost_origin,
         "predictor": _plain(cfg["predictor"]),
+        "anchor": anchor,
         "features": [p.name for p in featurizer.parts],
     }
     summary.update(summarize(q_hat, M.scores[te], M.costs, M.backends, higher_is_better=M.higher_is_better))
@@ -180,7 +200,8 @@ def run_bench(cfg) -> dict:
         summary["predictor_selection"] = selection_of(predictor)
     summary["by_source"] = _source_breakdown(q_hat, M, te)
     summary["calibration"] = calibration
-    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric, higher_is_better=M.higher_is_better)
+    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric, higher_is_better=M.higher_is_better,
+                    anchor=anchor)
     if cfg.get("throughput", {}).get("enabled", True):
         tp = cfg.get("throughput", {})
         summary.update(measure_throughput(router, list(M.prompts[te]),
@@ -229,17 +250,22 @@ def default_policy(r_cfg, predictor, M: QualityMatrix, q_cal: np.ndarray, cal_sc
     ``lam``: that lambda; ``budget``: a target mean cost, calibrated to a lambda;
     ``mean_quality_floor``: the largest lambda whose mean validation quality stays above it;
     ``quality_floor`` / ``max_cost``: those per-prompt policies; ``policy``: any policy spec.
-    None given: lambda 0 (the best predicted backend per prompt). If ``predictor=auto`` found no
+    None given: the largest lambda whose mean validation quality stays at the best single
+    backend's (the cost saved at equal quality, read on validation). If ``predictor=auto`` found no
     candidate that beats the best single backend out of fold, the default routes to that backend.
     """
     given = {k: r_cfg.get(k) for k in _ROUTER_KEYS if r_cfg.get(k) is not None}
+    equal_quality = not given  # none given: the cheapest routing at the best single backend's quality
     unknown = sorted(set(r_cfg) - set(_ROUTER_KEYS))
     if unknown:
         raise ConfigError(f"router.{unknown[0]}: unknown key; use one of {list(_ROUTER_KEYS)}")
     if len(given) > 1:
         raise ConfigError(f"router: give at most one of {list(_ROUTER_KEYS)}, got {sorted(given)}")
-    key, value = next(iter(given.items())) if given else ("lam", 0.0)
-    qo = M.sign * q_cal
+    qo = M.sign * q_cal  # oriented (and anchored by the caller)
+    if equal_quality:
+        best_q = float((M.sign * cal_scores).mean(axis=0).max())
+        given = {"mean_quality_floor": M.sign * best_q}
+    key, value = next(iter(given.items()))
     if key == "budget":
         lam = calibrate_lambda(qo, M.costs, target_mean_cost=float(value))
         policy = LambdaPolicy(lam, calibrated_from={"budget": float(value), "n_prompts": len(q_cal)})
@@ -274,13 +300,14 @@ def run_train(cfg) -> Router:
     featurizer = build_featurizer(_plain(cfg["features"]))
     X = featurizer.transform(list(M.prompts))
     predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr],
-                              costs=M.costs, higher_is_better=M.higher_is_better)
+                              costs=M.costs, higher_is_better=M.higher_is_better, anchor=bool(cfg.get("anchor", False)))
+    anchor = anchor_of(cfg, M, tr)
     cal_idx = va if len(va) else tr
-    q_cal = predictor.predict(X[cal_idx], texts=list(M.prompts[cal_idx]))
+    q_cal = routed(predictor.predict(X[cal_idx], texts=list(M.prompts[cal_idx])), M, anchor)
     policy = default_policy(_plain(cfg.get("router", {})) or {}, predictor, M, q_cal, M.scores[cal_idx])
     router = Router(featurizer, predictor, M.backends, M.costs, policy=policy, metric=metric,
-                    higher_is_better=M.higher_is_better, backend_specs=specs)
-    q_te = predictor.predict(X[te], texts=list(M.prompts[te]))
+                    higher_is_better=M.higher_is_better, anchor=anchor, backend_specs=specs)
+    q_te = routed(predictor.predict(X[te], texts=list(M.prompts[te])), M, anchor)
     s = summarize(q_te, M.scores[te], M.costs, M.backends, higher_is_better=M.higher_is_better)
     choice = router.policy.oriented(M.sign).choose(M.sign * q_te, M.costs)
     metrics = {
