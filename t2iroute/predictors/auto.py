@@ -29,11 +29,13 @@ log = logging.getLogger(__name__)
 
 #: the default candidates: (name, spec, minimum training rows)
 DEFAULT_CANDIDATES: list[dict[str, Any]] = [
-    {"name": "knn10", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 10, "block": "embedding"}},
     {"name": "knn25", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 25, "block": "embedding"}},
     {"name": "knn50", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 50, "block": "embedding"}},
-    {"name": "knn100", "min_rows": 400, "spec": {"type": "knn", "n_neighbors": 100, "block": "embedding"}},
-    {"name": "ridge", "min_rows": 0, "spec": {"type": "ridge", "alpha": 100.0, "block": "embedding"}},
+    {"name": "knn100", "min_rows": 200, "spec": {"type": "knn", "n_neighbors": 100, "block": "embedding"}},
+    {"name": "knn25_all", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 25}},
+    {"name": "knn50_all", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 50}},
+    {"name": "knn100_all", "min_rows": 200, "spec": {"type": "knn", "n_neighbors": 100}},
+    {"name": "ridge", "min_rows": 0, "spec": {"type": "ridge", "alpha": 1000.0, "block": "embedding"}},
     {"name": "lgbm", "min_rows": 1000, "spec": {"type": "lgbm"}},
     {"name": "stack", "min_rows": 2000, "config": "stack"},  # conf/predictor/stack.yaml
 ]
