@@ -16,8 +16,10 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads when a pipeline runs, not when a backend is configured
+    import torch
 
 
 class X0Capture:
@@ -129,6 +131,8 @@ class ConvergenceStopper:
             self.history.append(diff / base)
         self.prev = x0
         if len(self.history) >= self.config.window:
+            import torch
+
             smooth = torch.stack(self.history[-self.config.window:]).mean(0)
             self.below = self.below + 1 if bool((smooth < self.config.threshold).all()) else 0
         steps_done = step_index + 1
