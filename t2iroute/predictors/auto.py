@@ -247,6 +247,7 @@ class AutoPredictor(QualityPredictor):
                 log.info("auto predictor: candidate %s skipped (%s: %s)", cand["name"], type(e).__name__, e)
                 results.append({"name": cand["name"], "skipped": f"{type(e).__name__}: {e}"})
                 continue
+            log.info("auto predictor: candidate %s cross-validated in %.1fs", cand["name"], time.perf_counter() - t0)
             for alpha in self.shrink:
                 figs = [judge(Mn + float(alpha) * (P - Mn), Mn) for P, Mn in zip(oof, means)]
                 saved = [f["cost_saved_pct"] for f in figs]
@@ -285,6 +286,22 @@ class AutoPredictor(QualityPredictor):
             log.warning("auto predictor: no candidate beats the best single backend out of fold "
                         "(best: %s); the router will route to the best single backend", best["name"])
         self.chosen_ = build_predictor(spec).fit(X, Y, texts=texts) if self.shrink_ > 0 else None
+
+    def refit_chosen(self, X, Y, texts=None) -> "AutoPredictor":
+        """A new predictor with this one's choice (candidate and shrinkage) fitted on ``X, Y``,
+        without cross-validating again (a benchmark's calibration check fits on fewer rows)."""
+        if not hasattr(self, "chosen_spec_"):
+            raise ValueError("refit_chosen needs a fitted AutoPredictor")
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
+        other = type(self)(**self.get_params(deep=False))
+        other.n_features_in_, other.n_outputs_, other.one_d_, other.mean_model_ = X.shape[1], Y.shape[1], False, None
+        for key in ("chosen_name_", "chosen_spec_", "shrink_", "beats_best_single_cv_", "selection_"):
+            setattr(other, key, getattr(self, key))
+        other.means_ = Y.mean(axis=0)
+        other.chosen_ = (build_predictor(copy.deepcopy(self.chosen_spec_)).fit(X, Y, texts=texts)
+                         if self.shrink_ > 0 else None)
+        return other
 
     def _predict_core(self, X, texts=None):
         if self.chosen_ is None:

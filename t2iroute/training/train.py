@@ -150,11 +150,20 @@ def run_bench(cfg) -> dict:
     feat_s = time.perf_counter() - t0
     log.info("features %s for %d prompts in %.1fs", X.shape, len(M), feat_s)
 
-    # 1. lambda calibration check: fit on train, calibrate on validation, measure on test
-    calibration = []
     fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better, anchor=bool(cfg.get("anchor", False)))
+    # 1. headline: fit on train + validation, evaluate on test
+    fit_idx = np.concatenate([tr, va])
+    t0 = time.perf_counter()
+    predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer, M.prompts[fit_idx],
+                              **fitkw)
+    fit_s = time.perf_counter() - t0
+    # 2. lambda calibration check: fit on train, calibrate on validation, measure on test
+    calibration = []
     if cfg.get("calibration", {}).get("budgets") and len(va) > 0:
-        pred_tr = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr], **fitkw)
+        if hasattr(predictor, "refit_chosen"):  # auto: the same choice, refitted on train alone
+            pred_tr = predictor.refit_chosen(X[tr], M.scores[tr], texts=list(M.prompts[tr]))
+        else:
+            pred_tr = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr], **fitkw)
         a_tr = anchor_of(cfg, M, tr)
         q_va = M.sign * routed(pred_tr.predict(X[va], texts=list(M.prompts[va])), M, a_tr)  # oriented
         q_te = M.sign * routed(pred_tr.predict(X[te], texts=list(M.prompts[te])), M, a_tr)
@@ -172,12 +181,6 @@ def run_bench(cfg) -> dict:
                 "test_quality": float(M.scores[te][rows, choice].mean()),
             })
 
-    # 2. headline: fit on train + validation, evaluate on test
-    fit_idx = np.concatenate([tr, va])
-    t0 = time.perf_counter()
-    predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer, M.prompts[fit_idx],
-                              **fitkw)
-    fit_s = time.perf_counter() - t0
     anchor = anchor_of(cfg, M, fit_idx)
     q_hat = routed(predictor.predict(X[te], texts=list(M.prompts[te])), M, anchor)
     summary: dict[str, Any] = {
