@@ -22,14 +22,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: venv
-	$(VENV)/bin/t2iroute bench data=agiqa3k predictor=knn out_dir=outputs/demo/agiqa3k
-	$(VENV)/bin/t2iroute train data=agiqa3k predictor=knn router.budget=2.0 out_dir=outputs/demo/agiqa3k-train
+	$(VENV)/bin/t2iroute bench data=agiqa3k out_dir=outputs/demo/agiqa3k
+	$(VENV)/bin/t2iroute train data=agiqa3k router.budget=2.0 out_dir=outputs/demo/agiqa3k-train
 	# the demo router: tiny random-weight SD pipelines at 10, 20 and 50 (early-stopped) steps, swept
 	# and scored offline (resumable), then trained; the artifact carries the backends' configs
 	$(VENV)/bin/t2iroute sweep 'backends=[tiny_10,tiny_20,tiny_50_es]' prompts=partiprompts limit=100 \
 	  'seeds=[0]' out_dir=outputs/demo/tiny-sweep
 	$(VENV)/bin/t2iroute train data=custom data.path=outputs/demo/tiny-sweep/quality.parquet metric=clip \
-	  predictor=knn 'backends=[tiny_10,tiny_20,tiny_50_es]' out_dir=outputs/demo/tiny
+	  'backends=[tiny_10,tiny_20,tiny_50_es]' out_dir=outputs/demo/tiny
 	$(VENV)/bin/t2iroute generate "a crowded park at dusk with three red kites" \
 	  artifact=outputs/demo/tiny/router out=outputs/demo/tiny/kites.png
 
