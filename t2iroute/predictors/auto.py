@@ -36,7 +36,7 @@ DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"name": "knn50_all", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 50}},
     {"name": "knn100_all", "min_rows": 200, "spec": {"type": "knn", "n_neighbors": 100}},
     {"name": "ridge", "min_rows": 0, "spec": {"type": "ridge", "alpha": 1000.0, "block": "embedding"}},
-    {"name": "lgbm", "min_rows": 1000, "spec": {"type": "lgbm"}},
+    {"name": "lgbm", "min_rows": 1000, "max_rows": 2000, "spec": {"type": "lgbm"}},  # the stack's, above
     {"name": "stack", "min_rows": 2000, "config": "stack"},  # conf/predictor/stack.yaml
 ]
 
@@ -148,8 +148,9 @@ def _objective(fig: dict) -> tuple[float, float]:
 
 class AutoPredictor(QualityPredictor):
     """Chooses among ``candidates`` (default: :data:`DEFAULT_CANDIDATES`) and shrinkage levels
-    ``shrink`` by ``n_folds``-fold cross-validation on the routing objective (repeated
-    ``n_repeats`` times with other folds; default 5 below 1,000 rows, else 1). A candidate must
+    ``shrink`` by ``n_folds``-fold cross-validation on the routing objective (default 5 folds, 3
+    from 2,000 rows; repeated ``n_repeats`` times with other folds, default 5 below 1,000 rows,
+    else 1). Candidates apply between their ``min_rows`` and ``max_rows``. A candidate must
     save at least ``min_cost_saved_pct`` out of fold to count as beating the best single backend.
 
     ``fit(X, Y, texts=None, costs=..., higher_is_better=True)``: the backend costs are needed to
@@ -159,7 +160,7 @@ class AutoPredictor(QualityPredictor):
 
     type_name = "auto"
 
-    def __init__(self, candidates: list | None = None, n_folds: int = 5, n_repeats: int | None = None,
+    def __init__(self, candidates: list | None = None, n_folds: int | None = None, n_repeats: int | None = None,
                  shrink: tuple = (0.0, 0.25, 0.5, 0.75, 1.0), min_cost_saved_pct: float = 2.0, seed: int = 0,
                  relative: bool = False):
         self.candidates = candidates
@@ -178,7 +179,7 @@ class AutoPredictor(QualityPredictor):
         out = []
         for c in (self.candidates if self.candidates is not None else DEFAULT_CANDIDATES):
             c = dict(c)
-            if n_rows < int(c.get("min_rows", 0)):
+            if n_rows < int(c.get("min_rows", 0)) or n_rows > int(c.get("max_rows") or n_rows):
                 continue
             sp = _drop_blocks(candidate_spec(c))  # blocks not resolved by resolve_blocks: every column
             out.append({"name": str(c.get("name") or sp.get("type")), "spec": sp})
@@ -208,7 +209,8 @@ class AutoPredictor(QualityPredictor):
         if len(costs) != k:
             raise ValueError(f"auto predictor: {len(costs)} costs for {k} backends")
         sign = self._fit_sign
-        folds = max(2, min(int(self.n_folds), n))
+        # big tables: 3 folds are enough and the stack candidate costs a fit per fold
+        folds = max(2, min(int(self.n_folds) if self.n_folds is not None else (5 if n < 2000 else 3), n))
         # small tables make noisy cross-validation: repeat it with other fold assignments
         repeats = int(self.n_repeats) if self.n_repeats is not None else (5 if n < 1000 else 1)
         splits = [list(KFold(folds, shuffle=True, random_state=int(self.seed) + r).split(X)) for r in range(repeats)]
