@@ -17,6 +17,7 @@ block is not configured. The scores of every candidate and the choice are kept i
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from typing import Any
@@ -187,12 +188,19 @@ class AutoPredictor(QualityPredictor):
             raise ValueError(f"auto predictor: no candidate fits a table of {n_rows} training rows")
         return out
 
-    def fit(self, X, y, texts=None, costs=None, higher_is_better: bool = True, anchor: bool = False):
+    #: below this many training rows cross-validation is too noisy to trust an unanchored router
+    ANCHOR_BELOW_ROWS = 2000
+
+    def fit(self, X, y, texts=None, costs=None, higher_is_better: bool = True, anchor: bool | str = False):
         """``anchor``: judge candidates as an anchored router routes (see
-        :func:`t2iroute.router.policy.anchor_quality`), anchored on each fold's best single backend."""
+        :func:`t2iroute.router.policy.anchor_quality`), anchored on each fold's best single backend;
+        ``"auto"``: anchored below :attr:`ANCHOR_BELOW_ROWS` rows, else both ways, and the
+        cross-validation decides (``anchored_``)."""
         self._fit_costs = None if costs is None else np.asarray(costs, float)
         self._fit_sign = 1.0 if higher_is_better else -1.0
-        self._fit_anchor = bool(anchor)
+        if anchor not in (True, False, "auto"):
+            raise ValueError(f"anchor must be true, false or 'auto', got {anchor!r}")
+        self._fit_anchor = anchor
         try:
             return super().fit(X, y, texts=texts)
         finally:
@@ -224,9 +232,14 @@ class AutoPredictor(QualityPredictor):
                 Mn[b] = Y[a].mean(axis=0)
             means.append(Mn)
 
-        def judge(P, Mn):
+        if self._fit_anchor == "auto":
+            modes = [True] if n < self.ANCHOR_BELOW_ROWS else [True, False]
+        else:
+            modes = [bool(self._fit_anchor)]
+
+        def judge(P, Mn, anchored):
             Qo = sign * P
-            if self._fit_anchor:
+            if anchored:
                 Qo = anchor_quality(Qo, int(np.argmax((sign * Mn).mean(axis=0))))
             return routing_figures(Qo, Yo, costs)
 
@@ -250,12 +263,12 @@ class AutoPredictor(QualityPredictor):
                 results.append({"name": cand["name"], "skipped": f"{type(e).__name__}: {e}"})
                 continue
             log.info("auto predictor: candidate %s cross-validated in %.1fs", cand["name"], time.perf_counter() - t0)
-            for alpha in self.shrink:
-                figs = [judge(Mn + float(alpha) * (P - Mn), Mn) for P, Mn in zip(oof, means)]
+            for alpha, anchored in itertools.product(self.shrink, modes):
+                figs = [judge(Mn + float(alpha) * (P - Mn), Mn, anchored) for P, Mn in zip(oof, means)]
                 saved = [f["cost_saved_pct"] for f in figs]
                 gain = [f["quality_gain_at_equal_cost"] for f in figs]
                 results.append({
-                    "name": cand["name"], "shrink": float(alpha),
+                    "name": cand["name"], "shrink": float(alpha), "anchored": anchored,
                     "cost_saved_pct": None if None in saved else float(np.mean(saved)),
                     "quality_gain_at_equal_cost": None if None in gain else float(np.mean(gain)),
                     "fit_s": time.perf_counter() - t0})
@@ -263,23 +276,27 @@ class AutoPredictor(QualityPredictor):
         if not scored:
             raise ValueError("auto predictor: every candidate failed: "
                              + "; ".join(f"{r['name']}: {r['skipped']}" for r in results))
-        # the baseline: shrink 0 routes like the best single backend (cost saved 0, gain 0)
-        best = max(scored, key=lambda r: (_objective(r), r["shrink"] > 0))
+        # the baseline: shrink 0 routes like the best single backend (cost saved 0, gain 0);
+        # ties prefer shrinkage over none and anchoring over none
+        best = max(scored, key=lambda r: (_objective(r), r["shrink"] > 0, r["anchored"]))
         # a saving below min_cost_saved_pct out of fold is noise, not a router worth trusting
         beats = best["shrink"] > 0 and (best["cost_saved_pct"] or 0) >= float(self.min_cost_saved_pct) and \
             (best["quality_gain_at_equal_cost"] is not None and best["quality_gain_at_equal_cost"] >= 0)
         if not beats:
-            best = next((r for r in scored if r["shrink"] == 0.0), best)
+            best = next((r for r in scored if r["shrink"] == 0.0 and r["anchored"]),
+                        next((r for r in scored if r["shrink"] == 0.0), best))
         spec = next(c["spec"] for c in self._candidates(n) if c["name"] == best["name"])
         self.chosen_name_ = best["name"]
         self.chosen_spec_ = spec
         self.shrink_ = float(best["shrink"]) if beats else 0.0
+        self.anchored_ = bool(best["anchored"])
         self.beats_best_single_cv_ = bool(beats)
         self.means_ = Y.mean(axis=0)
         self.selection_ = {
             "chosen": best["name"], "shrink": self.shrink_, "beats_best_single_cv": bool(beats),
             "cv_cost_saved_pct": best["cost_saved_pct"], "cv_quality_gain_at_equal_cost": best["quality_gain_at_equal_cost"],
-            "n_folds": folds, "n_repeats": repeats, "anchored": self._fit_anchor,
+            "n_folds": folds, "n_repeats": repeats, "anchored": bool(best["anchored"]),
+            "anchor_modes_tried": modes,
             "objective": "cost saved at equal quality, then quality gain at equal cost (out of fold, "
                          "over a lambda grid, mean over repeats)",
             "candidates": results, "cv_s": time.perf_counter() - t_all,
@@ -298,7 +315,7 @@ class AutoPredictor(QualityPredictor):
         Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
         other = type(self)(**self.get_params(deep=False))
         other.n_features_in_, other.n_outputs_, other.one_d_, other.mean_model_ = X.shape[1], Y.shape[1], False, None
-        for key in ("chosen_name_", "chosen_spec_", "shrink_", "beats_best_single_cv_", "selection_"):
+        for key in ("chosen_name_", "chosen_spec_", "shrink_", "anchored_", "beats_best_single_cv_", "selection_"):
             setattr(other, key, getattr(self, key))
         other.means_ = Y.mean(axis=0)
         other.chosen_ = (build_predictor(copy.deepcopy(self.chosen_spec_)).fit(X, Y, texts=texts)
@@ -313,6 +330,7 @@ class AutoPredictor(QualityPredictor):
 
     def _core_state(self):
         meta = {"chosen": self.chosen_name_, "spec": self.chosen_spec_, "shrink": self.shrink_,
+                "anchored": self.anchored_,
                 "beats_best_single_cv": self.beats_best_single_cv_, "selection": self.selection_,
                 "has_model": self.chosen_ is not None}
         arrays, texts = {"means": self.means_}, {}
@@ -327,6 +345,7 @@ class AutoPredictor(QualityPredictor):
         self.chosen_name_ = meta["chosen"]
         self.chosen_spec_ = meta["spec"]
         self.shrink_ = float(meta["shrink"])
+        self.anchored_ = bool(meta.get("anchored", True))
         self.beats_best_single_cv_ = bool(meta["beats_best_single_cv"])
         self.selection_ = meta.get("selection", {})
         self.means_ = np.asarray(arrays["means"], float)

@@ -36,7 +36,7 @@ def load_matrix(data_cfg: Mapping[str, Any], metric: str) -> QualityMatrix:
 
 
 def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None, texts=None, *,
-                  costs=None, higher_is_better: bool = True, anchor: bool = False):
+                  costs=None, higher_is_better: bool = True, anchor: bool | str = False):
     """Build and fit the configured predictor on the metric as it is (``Y``, own direction).
 
     Predictors that judge candidates by routing (``auto``) also get the costs and the direction.
@@ -51,9 +51,28 @@ def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None, 
     return pred.fit(X, Y, texts=texts)
 
 
-def anchor_of(cfg, M: QualityMatrix, rows: np.ndarray) -> str | None:
-    """The anchor backend (``anchor: true``): the best single backend on the training ``rows``."""
-    if not cfg.get("anchor", False):
+ANCHOR_BELOW_ROWS = 2000
+
+
+def _anchor_setting(cfg):
+    a = cfg.get("anchor", "auto")
+    if a not in (True, False, "auto"):
+        raise ConfigError(f"anchor={a!r}: use true, false or auto")
+    return a
+
+
+def anchor_of(cfg, M: QualityMatrix, rows: np.ndarray, predictor=None) -> str | None:
+    """The anchor backend, the best single backend on the training ``rows``, or None.
+
+    ``anchor: true`` / ``false`` force it; ``auto``: what ``predictor=auto`` chose by
+    cross-validation (``anchored_``), for other predictors anchored below 2,000 training rows.
+    """
+    a = _anchor_setting(cfg)
+    if a == "auto":
+        a = getattr(predictor, "anchored_", None)
+        if a is None:
+            a = len(rows) < ANCHOR_BELOW_ROWS
+    if not a:
         return None
     return M.backends[int(np.argmax(M.oriented[rows].mean(axis=0)))]
 
@@ -150,7 +169,7 @@ def run_bench(cfg) -> dict:
     feat_s = time.perf_counter() - t0
     log.info("features %s for %d prompts in %.1fs", X.shape, len(M), feat_s)
 
-    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better, anchor=bool(cfg.get("anchor", False)))
+    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better, anchor=_anchor_setting(cfg))
     # 1. headline: fit on train + validation, evaluate on test
     fit_idx = np.concatenate([tr, va])
     t0 = time.perf_counter()
@@ -164,7 +183,7 @@ def run_bench(cfg) -> dict:
             pred_tr = predictor.refit_chosen(X[tr], M.scores[tr], texts=list(M.prompts[tr]))
         else:
             pred_tr = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr], **fitkw)
-        a_tr = anchor_of(cfg, M, tr)
+        a_tr = anchor_of(cfg, M, tr, pred_tr)
         q_va = M.sign * routed(pred_tr.predict(X[va], texts=list(M.prompts[va])), M, a_tr)  # oriented
         q_te = M.sign * routed(pred_tr.predict(X[te], texts=list(M.prompts[te])), M, a_tr)
         rows = np.arange(len(te))
@@ -181,7 +200,7 @@ def run_bench(cfg) -> dict:
                 "test_quality": float(M.scores[te][rows, choice].mean()),
             })
 
-    anchor = anchor_of(cfg, M, fit_idx)
+    anchor = anchor_of(cfg, M, fit_idx, predictor)
     q_hat = routed(predictor.predict(X[te], texts=list(M.prompts[te])), M, anchor)
     summary: dict[str, Any] = {
         "metric": metric,
@@ -303,8 +322,8 @@ def run_train(cfg) -> Router:
     featurizer = build_featurizer(_plain(cfg["features"]))
     X = featurizer.transform(list(M.prompts))
     predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr],
-                              costs=M.costs, higher_is_better=M.higher_is_better, anchor=bool(cfg.get("anchor", False)))
-    anchor = anchor_of(cfg, M, tr)
+                              costs=M.costs, higher_is_better=M.higher_is_better, anchor=_anchor_setting(cfg))
+    anchor = anchor_of(cfg, M, tr, predictor)
     cal_idx = va if len(va) else tr
     q_cal = routed(predictor.predict(X[cal_idx], texts=list(M.prompts[cal_idx])), M, anchor)
     policy = default_policy(_plain(cfg.get("router", {})) or {}, predictor, M, q_cal, M.scores[cal_idx])
