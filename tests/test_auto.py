@@ -79,3 +79,28 @@ def test_bench_with_auto_never_loses_on_noise(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["predictor_selection"]["beats_best_single_cv"] is False
     assert s["router"]["quality_gain_at_equal_cost"] >= -1e-9 and s["router"]["cost_saved_pct"] >= -1e-9
+
+
+def test_anchor_auto_lets_cross_validation_unanchor_on_big_tables():
+    """2,100 prompts where the dearest backend wins big on hard prompts but loses on average:
+    only an unanchored router can use it, and cross-validation says so."""
+    from t2iroute.features import build_featurizer
+    from t2iroute.predictors import build_predictor
+    from t2iroute.training.table import pivot, validate_table
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(2100):
+        hard = i % 10 < 3
+        prompt = f"{'two birds and three apples' if hard else 'a cat'} number {i}"
+        for b, c, bonus in (("fast", 0.1, 0.0), ("mid", 0.5, 0.5), ("slow", 1.0, 2.0 if hard else -1.0)):
+            rows.append(dict(prompt_id=f"p{i}", prompt=prompt, backend=b, metric="clip",
+                             score=30 + bonus + rng.normal(0, 0.1), cost_s=c, source="A"))
+    M = pivot(validate_table(pd.DataFrame(rows)), "clip")
+    X = build_featurizer({"lexical": {}}).transform(list(M.prompts))
+    spec = {"type": "auto", "candidates": [{"name": "ridge", "spec": {"type": "ridge", "alpha": 1.0}}]}
+    p = build_predictor(spec).fit(X, M.scores, costs=M.costs, anchor="auto")
+    assert p.selection_["anchor_modes_tried"] == [True, False]
+    assert p.anchored_ is False and p.beats_best_single_cv_
+    small = build_predictor(spec).fit(X[:500], M.scores[:500], costs=M.costs, anchor="auto")
+    assert small.selection_["anchor_modes_tried"] == [True] and small.anchored_ is True
