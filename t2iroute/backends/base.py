@@ -22,8 +22,30 @@ class DiffusionInfo:
                 "nfe": int(self.nfe), "stopped_early": bool(self.stopped_early)}
 
 
+class DiffusionShortcuts:
+    """Read-only shortcuts to a ``diffusion`` record (None where the backend has none)."""
+
+    diffusion: DiffusionInfo | None
+
+    @property
+    def steps_run(self) -> int | None:
+        return None if self.diffusion is None else self.diffusion.steps_run
+
+    @property
+    def steps_budget(self) -> int | None:
+        return None if self.diffusion is None else self.diffusion.steps_budget
+
+    @property
+    def nfe(self) -> int | None:
+        return None if self.diffusion is None else self.diffusion.nfe
+
+    @property
+    def stopped_early(self) -> bool | None:
+        return None if self.diffusion is None else self.diffusion.stopped_early
+
+
 @dataclass
-class Generation:
+class Generation(DiffusionShortcuts):
     """One generated image and what it cost: what every backend has.
 
     ``diffusion`` carries the denoising details of diffusion backends (steps run, budget, NFE,
@@ -40,22 +62,6 @@ class Generation:
     diffusion: DiffusionInfo | None = None
     config: dict = field(default_factory=dict)
 
-    # read-only shortcuts to the diffusion record (None for other backends)
-    @property
-    def steps_run(self) -> int | None:
-        return None if self.diffusion is None else self.diffusion.steps_run
-
-    @property
-    def steps_budget(self) -> int | None:
-        return None if self.diffusion is None else self.diffusion.steps_budget
-
-    @property
-    def nfe(self) -> int | None:
-        return None if self.diffusion is None else self.diffusion.nfe
-
-    @property
-    def stopped_early(self) -> bool | None:
-        return None if self.diffusion is None else self.diffusion.stopped_early
 
 
 @runtime_checkable

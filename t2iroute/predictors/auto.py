@@ -88,57 +88,19 @@ def _drop_blocks(x):
 def routing_figures(q_hat: np.ndarray, scores: np.ndarray, costs: np.ndarray, n_lambdas: int = 100) -> dict:
     """Cost saved at equal quality and quality gain at equal cost of routing ``q_hat`` over a
     lambda grid, judged on ``scores`` (both oriented: higher is better)."""
-    from t2iroute.router.policy import route_scores
+    from t2iroute.curves import cost_to_reach, lambda_grid, quality_at_cost, router_curve
 
     q_hat = np.asarray(q_hat, float)
     scores = np.asarray(scores, float)
+    costs = np.asarray(costs, float)
     means = scores.mean(axis=0)
     best = int(np.argmax(means))
     best_q, best_c = float(means[best]), float(costs[best])
-    dq = float(np.ptp(q_hat, axis=1).max()) if q_hat.size else 1.0
-    uc = np.unique(costs)
-    dc = float(np.min(np.diff(uc))) if len(uc) > 1 else 1.0
-    lam_max = max(dq / max(dc, 1e-12), 1e-9) * 1.01
-    lams = np.concatenate([[0.0], np.geomspace(lam_max * 1e-5, lam_max, n_lambdas - 1)])
-    rows = np.arange(len(scores))
-    cs, qs = [], []
-    for lam in lams:
-        ch = route_scores(q_hat, costs, lam)
-        cs.append(costs[ch].mean())
-        qs.append(scores[rows, ch].mean())
-    # the hull, as in t2iroute.training.evaluate (kept here: predictors never import training)
-    c, q = _upper_hull(np.array(cs), np.array(qs))
-    tol = 1e-9 * max(1.0, abs(best_q))
-    if q[-1] < best_q - tol:
-        saved = None
-    else:
-        i = int(np.searchsorted(q, min(best_q, q[-1])))
-        ctm = float(c[0]) if i == 0 else float(c[i - 1] + (min(best_q, q[-1]) - q[i - 1]) * (c[i] - c[i - 1]) / (q[i] - q[i - 1]))
-        saved = 100.0 * (1.0 - ctm / best_c)
-    gain = None if best_c < c[0] else float((q[-1] if best_c >= c[-1] else np.interp(best_c, c, q)) - best_q)
-    return {"cost_saved_pct": saved, "quality_gain_at_equal_cost": gain}
-
-
-def _upper_hull(cost, quality):
-    order = np.lexsort((-quality, cost))
-    pts, best = [], -np.inf
-    for ci, qi in zip(cost[order], quality[order]):
-        if qi > best:
-            if pts and ci == pts[-1][0]:
-                pts[-1] = (ci, qi)
-            else:
-                pts.append((ci, qi))
-            best = qi
-    hull: list[tuple[float, float]] = []
-    for p in pts:
-        while len(hull) >= 2:
-            (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
-                hull.pop()
-            else:
-                break
-        hull.append(p)
-    return np.array([h[0] for h in hull]), np.array([h[1] for h in hull])
+    cs, qs = router_curve(q_hat, scores, costs, lambda_grid(q_hat, costs, n_lambdas))
+    ctm = cost_to_reach(cs, qs, best_q)
+    qab = quality_at_cost(cs, qs, best_c)
+    return {"cost_saved_pct": None if ctm is None else 100.0 * (1.0 - ctm / best_c),
+            "quality_gain_at_equal_cost": None if qab is None else qab - best_q}
 
 
 def _objective(fig: dict) -> tuple[float, float]:

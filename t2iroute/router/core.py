@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from t2iroute.backends.base import DiffusionShortcuts
 from t2iroute.errors import ConfigError, GenerationError
 from t2iroute.router.policy import (
     LambdaPolicy, Policy, anchor_quality, build_policy, calibrate_lambda, policy_from_keywords,
@@ -66,7 +67,7 @@ class RouteDecision:
 
 
 @dataclass
-class GenerateResult:
+class GenerateResult(DiffusionShortcuts):
     """One image made by :meth:`Router.generate`, with the decision and what it cost.
 
     ``backend`` is the backend that made the image: the routed choice, unless it was forced
@@ -88,22 +89,6 @@ class GenerateResult:
     @property
     def fell_back(self) -> bool:
         return bool(self.fallbacks)
-
-    @property
-    def steps_run(self) -> int | None:
-        return None if self.diffusion is None else self.diffusion.steps_run
-
-    @property
-    def steps_budget(self) -> int | None:
-        return None if self.diffusion is None else self.diffusion.steps_budget
-
-    @property
-    def nfe(self) -> int | None:
-        return None if self.diffusion is None else self.diffusion.nfe
-
-    @property
-    def stopped_early(self) -> bool | None:
-        return None if self.diffusion is None else self.diffusion.stopped_early
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the image, JSON-ready (diffusion details only where present)."""
