@@ -9,6 +9,7 @@ import pytest
 
 from t2iroute import Router
 from t2iroute.errors import ArtifactError
+from t2iroute.router.artifact import FORMAT_VERSION
 
 DATA = Path(__file__).parent / "data"
 V1 = json.loads((DATA / "v1-predictions.json").read_text())
@@ -31,11 +32,11 @@ def test_format_1_lambda_becomes_the_default_policy():
     assert r.route("two birds on a wire", max_cost=0.6).backend in ("fast", "mid")
 
 
-def test_resaving_a_format_1_artifact_writes_format_2(tmp_path):
+def test_resaving_a_format_1_artifact_writes_the_current_format(tmp_path):
     r = Router.load(DATA / "v1-stack-router")
     r.save(tmp_path / "r2")
     m = json.loads((tmp_path / "r2" / "manifest.json").read_text())
-    assert m["format_version"] == 2 and m["policy"]["type"] == "lam" and "lambda" not in m
+    assert m["format_version"] == FORMAT_VERSION and m["policy"]["type"] == "lam" and "lambda" not in m
     assert "kind" not in json.dumps(m["predictor"]) and "kind" not in json.dumps(m["featurizer"])
     again = Router.load(tmp_path / "r2")
     np.testing.assert_allclose(again.predict(V1["prompts"])[0], V1["stack"], rtol=1e-9)

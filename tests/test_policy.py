@@ -123,7 +123,7 @@ def test_policy_saved_as_default_and_loaded(tmp_path):
     r.policy = MaxCostPolicy(0.6)
     r.save(tmp_path / "router")
     m = json.loads((tmp_path / "router" / "manifest.json").read_text())
-    assert m["format_version"] == 2 and m["policy"] == {"type": "max_cost", "max_cost": 0.6}
+    assert m["format_version"] == 3 and m["policy"] == {"type": "max_cost", "max_cost": 0.6}
     from t2iroute import Router
 
     again = Router.load(tmp_path / "router")

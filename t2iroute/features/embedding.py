@@ -185,6 +185,8 @@ class SentenceEmbeddingFeaturizer:
     """
 
     name = "embedding"
+    #: The loading user's settings: never read from a router artifact (see router/artifact.py).
+    LOCAL_KEYS = frozenset({"cache", "cache_dir", "device", "runtime", "batch_size", "progress"})
 
     def __init__(
         self,

@@ -132,6 +132,7 @@ class LexicalFeaturizer:
     """Counts of complexity cues in the prompt text (see FEATURE_NAMES)."""
 
     name = "lexical"
+    LOCAL_KEYS: frozenset = frozenset()
 
     def __init__(self, **params: Any):
         if params:

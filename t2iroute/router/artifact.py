@@ -4,16 +4,38 @@ Layout::
 
     manifest.json          format + version, package versions, data hash, metrics, metric and its
                            direction, featurizer spec, backends (cost, and the config that builds
-                           each one), the default routing policy, predictor meta, sha256 of every file
+                           each one), the default routing policy, predictor meta, sha256 of every
+                           file, and ``manifest_sha256``: the sha256 of the manifest itself
     predictor/arrays.npz   numpy arrays (loaded with allow_pickle=False)
     predictor/*.txt        LightGBM models in LightGBM's own text format
 
-Loading never runs code from the artifact: every object is rebuilt from a registered class named
-in the manifest, so artifacts can be shared between users.
+An artifact is data that strangers share. Loading one
 
-Format versions: 2 (this one) stores ``policy: {"type": ..., ...}`` and ``higher_is_better``, and
-uses ``type`` as the discriminator key everywhere. Version 1 (t2iroute 0.1 before the policy
-rework: ``lambda``, and ``kind`` keys) is still read: its lambda becomes a ``lam`` policy.
+* never runs code from it: every object is rebuilt from a registered class named in the
+  manifest (built-ins and the plug-ins the loading user installed);
+* never contacts a server and never writes anywhere: endpoints, credentials, cache folders and
+  other paths are the loading user's settings (``local=`` / the config / the environment). A
+  featurizer's ``LOCAL_KEYS`` (and any key that looks like a URL, host, path, folder, file, key,
+  token or password) are dropped from the manifest with a warning;
+* reads only the files the manifest lists, and lists only what the format needs:
+  ``predictor/arrays.npz`` plus ``predictor/<name>.txt`` models, plain names, no ``..``, no
+  absolute paths, no symlinks, no special files, each under :data:`MAX_FILE_BYTES` (checked
+  before a byte is hashed). Other files in the folder are ignored (never opened);
+* checks every file's sha256 and the manifest's own (``manifest_sha256``: catches damage and
+  edits by hand; pin ``expected_sha256=`` to the value a publisher gave you to know the
+  artifact is the one published), refuses NaN, infinite and negative costs, manifests nested
+  deeper than :data:`MAX_DEPTH`, and numbers where names belong. Every refusal is an
+  :class:`~t2iroute.errors.ArtifactError` naming the artifact and what is wrong.
+
+Format versions: 3 (this one) adds ``manifest_sha256``; 2 stores ``policy: {"type": ..., ...}``
+and ``higher_is_better``, and uses ``type`` as the discriminator key everywhere; 1 (t2iroute
+0.1 before the policy rework: ``lambda``, and ``kind`` keys) is still read: its lambda becomes a
+``lam`` policy. Versions 1 and 2 load without the manifest check (a warning says so).
+
+Saving writes a temp folder beside the target and swaps it in with one atomic exchange
+(``renameat2(RENAME_EXCHANGE)`` on Linux), so the path always holds a loadable artifact, the
+old or the new, whenever the process is killed; temp folders left by killed runs are removed by
+the next save on the same path.
 """
 
 from __future__ import annotations
@@ -22,11 +44,14 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,9 +62,23 @@ from t2iroute.errors import ArtifactError
 log = logging.getLogger(__name__)
 
 FORMAT = "t2iroute-router"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _PACKAGES = ("t2iroute", "numpy", "scikit-learn", "lightgbm", "sentence-transformers", "torch")
+
+#: Bounds checked before reading: one file, all files together, the manifest, JSON nesting,
+#: the arrays' unpacked size. ``T2IROUTE_MAX_ARTIFACT_MB`` raises the file and total bounds.
+MAX_FILE_BYTES = int(float(os.environ.get("T2IROUTE_MAX_ARTIFACT_MB", 1024)) * 2 ** 20)
+MAX_TOTAL_BYTES = 2 * MAX_FILE_BYTES
+MAX_MANIFEST_BYTES = 8 * 2 ** 20
+MAX_DEPTH = 32
+MAX_BACKENDS = 1000
+_FILE_NAME = re.compile(r"predictor/(arrays\.npz|[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.txt)")
+_REQUIRED_FILES = ("predictor/arrays.npz",)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Parameter names never taken from an artifact, whatever the class says (defence in depth).
+_LOCAL_LOOKING = re.compile(r"(url|uri|host|port|endpoint|path|dir|folder|file|socket|proxy|key|token|secret|"
+                            r"passw|cred|auth|header|transport|cookie|env)", re.I)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -54,7 +93,7 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def _sha256(path: Path) -> str:
+def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -62,20 +101,100 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON, without its own ``manifest_sha256``."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+                      default=_json_default)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+# -- saving ----------------------------------------------------------------------------------------
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(path: Path) -> list[Path]:
+    """Remove temp folders that killed saves left beside ``path`` (their process is gone)."""
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for p in siblings:
+        m = _TEMP_NAME.fullmatch(p.name)
+        if m and m["name"] == path.name and not _pid_alive(int(m["pid"])) and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
                 data: Mapping[str, Any] | None = None, overwrite: bool = True) -> Path:
-    """Write ``router`` to the folder ``path`` atomically (a temp folder renamed into place)."""
+    """Write ``router`` to the folder ``path``: a temp folder swapped in atomically.
+
+    ``path`` may be missing, an empty folder or an artifact (replaced when ``overwrite``);
+    anything else (a file, a folder of other things) is an :class:`ArtifactError`.
+    Folders come out 0755 and files 0644 (less what the umask removes).
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ArtifactError(f"artifact {path} exists (overwrite=False)")
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise ArtifactError(f"artifact path {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / "manifest.json").is_file():
+            raise ArtifactError(f"artifact path {path} is a folder that holds something other than a "
+                                "router artifact; not replacing it (choose another path)")
+        if not overwrite:
+            raise ArtifactError(f"artifact {path} exists (overwrite=False)")
     meta, arrays, texts = router.predictor.get_state()
     for name in list(texts) + list(arrays):
         # nested state keys use "/", stored as "__" in file and array names
         if "__" in name or not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", name) or name.startswith("."):
             raise ArtifactError(f"bad state name {name!r}")
+    for name in texts:
+        if not _FILE_NAME.fullmatch("predictor/" + name.replace("/", "__")):
+            raise ArtifactError(f"bad state name {name!r} (text models end in .txt)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    clean_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
         pdir = tmp / "predictor"
         pdir.mkdir()
         buf = io.BytesIO()
@@ -83,7 +202,10 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
         (pdir / "arrays.npz").write_bytes(buf.getvalue())
         for name, text in texts.items():
             (pdir / name.replace("/", "__")).write_text(text)
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(pdir.iterdir())}
+        files = {str(p.relative_to(tmp)): _sha256_file(p) for p in sorted(pdir.iterdir())}
+        costs = [float(c) for c in router.costs]
+        if not all(math.isfinite(c) and c >= 0 for c in costs):
+            raise ArtifactError(f"artifact {path}: backend costs must be finite and >= 0, got {costs}")
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -93,8 +215,8 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
             "higher_is_better": bool(router.higher_is_better),
             "anchor": router.anchor,
             "policy": router.policy.spec(),
-            "backends": [{"name": b, "cost": float(c), "spec": router.backend_specs.get(b)}
-                         for b, c in zip(router.backend_names, router.costs)],
+            "backends": [{"name": b, "cost": c, "spec": router.backend_specs.get(b)}
+                         for b, c in zip(router.backend_names, costs)],
             "featurizer": router.featurizer.spec(),
             "n_features": len(router.featurizer.feature_names_),
             "predictor": meta,
@@ -102,16 +224,22 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
             "metrics": dict(metrics or router.manifest.get("metrics", {})),
             "files": files,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_json_default))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        manifest = json.loads(json.dumps(manifest, default=_json_default, allow_nan=False))
+        manifest["manifest_sha256"] = manifest_digest(manifest)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False))
+        if path.is_dir():
+            if not _exchange(tmp, path):  # not Linux: two renames, a short window without the path
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{os.getpid()}-", dir=path.parent))
+                os.rmdir(old)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                tmp = old
+            shutil.rmtree(tmp, ignore_errors=True)  # the old artifact
         else:
             os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists() and tmp != path:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     router.manifest = manifest
     return path
@@ -125,31 +253,160 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+# -- reading ---------------------------------------------------------------------------------------
+def _artifact_path(path) -> Path:
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"router artifact path must be a str or path, got {type(path).__name__}")
+    if str(path).strip() == "":
+        raise ArtifactError("router artifact path is empty (artifact=DIR: a folder written by t2iroute train)")
+    return Path(path)
+
+
+def _read_regular(path: Path, rel: str, limit: int, root: Path) -> bytes:
+    """The bytes of a plain file inside the artifact: no symlink anywhere below ``root``, no
+    special file, at most ``limit`` bytes (checked before reading)."""
+    cur = root
+    for part in Path(rel).parts[:-1]:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            raise ArtifactError(f"router artifact {root}: folder {part}/ is missing") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ArtifactError(f"router artifact {root}: {part} is not a plain folder (a symlink?)")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"router artifact {root}: file {rel} is missing") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ArtifactError(f"router artifact {root}: file {rel} is a symlink; artifacts hold plain files only")
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(f"router artifact {root}: {rel} is not a plain file")
+    if st.st_size > limit:
+        raise ArtifactError(f"router artifact {root}: file {rel} has {st.st_size} bytes, more than the "
+                            f"{limit} allowed (T2IROUTE_MAX_ARTIFACT_MB)")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ArtifactError(f"router artifact {root}: {rel} is not a plain file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ArtifactError(f"router artifact {root}: file {rel} grew past {limit} bytes while read")
+    return data
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _depth(x: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    best, stack = 0, [(x, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            best = max(best, d)
+            if d <= MAX_DEPTH:
+                stack.extend((w, d + 1) for w in v.values())
+        elif isinstance(v, list):
+            best = max(best, d)
+            if d <= MAX_DEPTH:
+                stack.extend((w, d + 1) for w in v)
+    return best
+
+
 def read_manifest(path) -> dict:
-    path = Path(path)
+    """The validated manifest of the artifact folder ``path`` (format 1 upgraded in memory)."""
+    path = _artifact_path(path)
     if not path.exists():
         raise ArtifactError(f"router artifact {path}: no such folder")
+    if not path.is_dir():
+        raise ArtifactError(f"router artifact {path}: not a folder")
     mf = path / "manifest.json"
-    if not mf.is_file():
+    if not os.path.lexists(mf):
         raise ArtifactError(f"router artifact {path}: manifest.json is missing (not a t2iroute artifact?)")
+    raw = _read_regular(mf, "manifest.json", MAX_MANIFEST_BYTES, path)
     try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ArtifactError(f"router artifact {path}: manifest.json is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
         raise ArtifactError(f"router artifact {path}: manifest.json is damaged ({e})") from e
+    if _depth(manifest) > MAX_DEPTH:
+        raise ArtifactError(f"router artifact {path}: manifest.json is nested more than {MAX_DEPTH} levels deep")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"router artifact {path}: manifest.json is not a {FORMAT} manifest")
     v = manifest.get("format_version")
-    if v not in READABLE_VERSIONS:
+    if isinstance(v, bool) or v not in READABLE_VERSIONS:
         raise ArtifactError(
             f"router artifact {path}: format version {v} but this t2iroute reads versions "
             f"{list(READABLE_VERSIONS)}; retrain the router or install a matching t2iroute"
         )
+    if v >= 3:
+        want = manifest.get("manifest_sha256")
+        if not isinstance(want, str) or manifest_digest(manifest) != want:
+            raise ArtifactError(f"router artifact {path}: manifest.json is damaged or edited "
+                                "(manifest_sha256 does not match its content)")
+    else:
+        log.warning("router artifact %s has format version %s, written before manifests carried a checksum: "
+                    "its manifest is not integrity-checked (save it again with this t2iroute)", path, v)
     if v == 1:
         manifest = upgrade_v1(manifest)
     for key in ("backends", "featurizer", "predictor", "files", "policy", "n_features"):
         if key not in manifest:
             raise ArtifactError(f"router artifact {path}: manifest.json lacks '{key}'")
+    _check_values(manifest, path)
     return manifest
+
+
+def _check_values(m: dict, path: Path) -> None:
+    def bad(what: str) -> ArtifactError:
+        return ArtifactError(f"router artifact {path}: {what}")
+
+    bk = m["backends"]
+    if not isinstance(bk, list) or not 1 <= len(bk) <= MAX_BACKENDS:
+        raise bad(f"'backends' must be a list of 1 to {MAX_BACKENDS} backends")
+    seen = set()
+    for i, b in enumerate(bk):
+        if not isinstance(b, dict):
+            raise bad(f"backend #{i} is not a mapping")
+        name, cost = b.get("name"), b.get("cost")
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise bad(f"backend #{i} has no usable name ({name!r:.60})")
+        if name in seen:
+            raise bad(f"backend '{name}' is listed twice")
+        seen.add(name)
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0:
+            raise bad(f"backend '{name}' has cost {cost!r}; costs must be finite numbers >= 0")
+        if b.get("spec") is not None and not isinstance(b["spec"], dict):
+            raise bad(f"backend '{name}': spec must be a mapping")
+    n = m["n_features"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise bad(f"n_features must be a whole number >= 0, got {n!r}")
+    for key in ("featurizer", "predictor", "policy"):
+        if not isinstance(m[key], (dict, list) if key == "featurizer" else dict):
+            raise bad(f"'{key}' must be a mapping")
+    if not isinstance(m.get("higher_is_better", True), bool):
+        raise bad("'higher_is_better' must be true or false")
+    if m.get("anchor") is not None and not isinstance(m["anchor"], str):
+        raise bad("'anchor' must be a backend name")
+    if not isinstance(m.get("metric", "quality"), str):
+        raise bad("'metric' must be a name")
+    files = m["files"]
+    if not isinstance(files, dict):
+        raise bad("'files' must map file names to sha256 digests")
+    for rel, digest in files.items():
+        if not _FILE_NAME.fullmatch(rel):
+            raise bad(f"'files' lists {rel!r:.80}: an artifact lists only predictor/arrays.npz and "
+                      "predictor/NAME.txt (plain names, no folders, no '..', no absolute paths)")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise bad(f"'files' entry {rel}: {digest!r:.80} is not a sha256 digest")
+    missing = [f for f in _REQUIRED_FILES if f not in files]
+    if missing:
+        raise bad(f"'files' lacks {missing}")
 
 
 def _kind_to_type(x):
@@ -164,7 +421,10 @@ def upgrade_v1(manifest: dict) -> dict:
     """A format-1 manifest in format 2's shape (in memory; the files are not rewritten)."""
     m = dict(manifest)
     if "lambda" in m:
-        m["policy"] = {"type": "lam", "lam": float(m.pop("lambda"))}
+        lam = m.pop("lambda")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+            raise ArtifactError(f"format-1 manifest: lambda {lam!r:.60} is not a number")
+        m["policy"] = {"type": "lam", "lam": float(lam)}
     m["higher_is_better"] = True  # version 1 knew higher-is-better metrics only
     m["featurizer"] = _kind_to_type(m.get("featurizer"))
     m["predictor"] = _kind_to_type(m.get("predictor"))
@@ -172,41 +432,165 @@ def upgrade_v1(manifest: dict) -> dict:
     return m
 
 
-def load_router(path, *, backends: Mapping[str, Any] | None = None):
+def _read_files(path: Path, files: Mapping[str, str]) -> dict[str, bytes]:
+    """Every listed file's bytes, size-bounded before reading and checked against its sha256."""
+    total, out = 0, {}
+    for rel in files:  # sizes first: refuse an oversize artifact before hashing anything
+        try:
+            st = os.lstat(path / rel)
+        except FileNotFoundError:
+            continue  # reported below, as missing
+        except NotADirectoryError:
+            raise ArtifactError(f"router artifact {path}: predictor is not a folder") from None
+        total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    if total > MAX_TOTAL_BYTES:
+        raise ArtifactError(f"router artifact {path}: its files hold {total} bytes, more than the "
+                            f"{MAX_TOTAL_BYTES} allowed (T2IROUTE_MAX_ARTIFACT_MB)")
+    for rel, digest in files.items():
+        data = _read_regular(path / rel, rel, MAX_FILE_BYTES, path)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ArtifactError(f"router artifact {path}: file {rel} is damaged (checksum mismatch)")
+        out[rel] = data
+    return out
+
+
+def _load_arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            unpacked = sum(i.file_size for i in zf.infolist())
+    except zipfile.BadZipFile as e:
+        raise ArtifactError(f"router artifact {path}: predictor/arrays.npz unreadable ({e})") from e
+    if unpacked > MAX_FILE_BYTES:
+        raise ArtifactError(f"router artifact {path}: predictor/arrays.npz unpacks to {unpacked} bytes, more "
+                            f"than the {MAX_FILE_BYTES} allowed (T2IROUTE_MAX_ARTIFACT_MB)")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k.replace("__", "/"): z[k] for k in z.files}
+    except Exception as e:
+        raise ArtifactError(f"router artifact {path}: predictor/arrays.npz unreadable ({e})") from e
+
+
+def _is_local_key(cls, key: str) -> bool:
+    return key in getattr(cls, "LOCAL_KEYS", frozenset()) or bool(_LOCAL_LOOKING.search(key))
+
+
+def featurizer_parts(spec: Any) -> list[dict]:
+    """A stored featurizer spec (``{"featurizers": [...]}``, ``{name: params}`` or a list) as a
+    list of part specs with ``type``."""
+    if isinstance(spec, Mapping) and "featurizers" in spec:
+        spec = spec["featurizers"]
+    if isinstance(spec, Mapping):
+        return [{"type": k, **dict(v or {})} for k, v in spec.items()]
+    parts = []
+    for s in spec:
+        if isinstance(s, str):
+            parts.append({"type": s})
+        elif isinstance(s, Mapping):
+            s = dict(s)
+            s.setdefault("type", s.pop("name", None))
+            s.pop("name", None)
+            parts.append(s)
+        else:
+            raise ValueError(f"featurizer part {s!r:.60} is not a mapping")
+    return parts
+
+
+def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None = None, *,
+                        where: str = "router artifact"):
+    """Build the featurizer an artifact names, with the loading user's local settings.
+
+    From the artifact: model names, rubric, sizes, timeouts. Dropped from it (with a warning
+    when set): every key the class lists in ``LOCAL_KEYS`` and any key that looks like a place
+    or a secret. From ``local`` (featurizer type -> settings, the user's config): only such keys.
+    """
+    from t2iroute import registry
+    from t2iroute.features.base import ComposedFeaturizer
+
+    local = {k: dict(v or {}) for k, v in (local or {}).items()}
+    parts = []
+    for part in featurizer_parts(spec):
+        name = part.pop("type", None)
+        if not isinstance(name, str):
+            raise ValueError(f"featurizer part without a type name ({name!r:.60})")
+        cls = registry.get("featurizers", name)
+        dropped = {k: v for k, v in part.items() if _is_local_key(cls, k)}
+        for k in dropped:
+            part.pop(k)
+        set_ = {k: v for k, v in dropped.items() if v not in (None, "", False)}
+        if set_:
+            log.warning("%s: ignored the %s featurizer's %s: endpoints, credentials and paths come from "
+                        "your config and environment, not from an artifact", where, name, sorted(set_))
+        mine = local.pop(name, {})
+        wrong = sorted(k for k in mine if not _is_local_key(cls, k))
+        if wrong:
+            raise ValueError(f"{name}.{wrong[0]} cannot be set when loading a router: the artifact's "
+                             f"{name} featurizer was trained with its own (local settings: "
+                             f"{sorted(getattr(cls, 'LOCAL_KEYS', ())) or 'none'})")
+        part.update({k: v for k, v in mine.items() if v is not None})
+        parts.append(registry.build("featurizers", {"type": name, **part}))
+    if not parts:
+        raise ValueError("no featurizer")
+    return ComposedFeaturizer(parts)
+
+
+def _artifact_backend_spec(name: str, spec: dict, where: str) -> dict:
+    from t2iroute import registry
+
+    cls = registry.get("backends", str(spec.get("type", "diffusers")))
+    dropped = sorted(k for k, v in spec.items() if _is_local_key(cls, k) and v not in (None, "", False))
+    if dropped:
+        log.warning("%s: ignored backend '%s' settings %s: paths and endpoints come from your config", where,
+                    name, dropped)
+    return {k: v for k, v in spec.items() if not _is_local_key(cls, k)}
+
+
+def load_router(path, *, backends: Mapping[str, Any] | None = None,
+                local: Mapping[str, Mapping[str, Any]] | None = None,
+                expected_sha256: str | None = None):
     """Load and verify an artifact. Raises ArtifactError saying what is wrong.
 
     Backends come from the configs stored in the artifact (built lazily: no model loads until
     the first image); ``backends`` (name -> Backend object or config mapping) overrides or
-    extends them, e.g. with a baseline the router does not route to.
+    extends them, e.g. with a baseline the router does not route to. ``local`` (featurizer
+    type -> settings) gives the loading user's endpoints, cache folders and the like, e.g.
+    ``{"llm": {"base_url": "http://127.0.0.1:8080/v1"}}``; an artifact never sets them.
+    ``expected_sha256``: the artifact's ``manifest_sha256`` as its publisher gave it.
     """
     from t2iroute.backends import build_backend
-    from t2iroute.features import build_featurizer
+    from t2iroute.errors import ConfigError
     from t2iroute.predictors.base import QualityPredictor
     from t2iroute.router.core import Router
 
-    path = Path(path)
+    path = _artifact_path(path)
     manifest = read_manifest(path)
-    for rel, digest in manifest["files"].items():
-        f = path / rel
-        if not f.is_file():
-            raise ArtifactError(f"router artifact {path}: file {rel} is missing")
-        if _sha256(f) != digest:
-            raise ArtifactError(f"router artifact {path}: file {rel} is damaged (checksum mismatch)")
-    pdir = path / "predictor"
-    try:
-        with np.load(pdir / "arrays.npz", allow_pickle=False) as z:
-            arrays = {k.replace("__", "/"): z[k] for k in z.files}
-    except Exception as e:
-        raise ArtifactError(f"router artifact {path}: predictor/arrays.npz unreadable ({e})") from e
-    texts = {f.name.replace("__", "/"): f.read_text() for f in pdir.glob("*.txt")}
+    if expected_sha256 is not None and manifest.get("manifest_sha256") != str(expected_sha256).lower():
+        raise ArtifactError(f"router artifact {path}: manifest_sha256 {manifest.get('manifest_sha256')} is not "
+                            f"the expected {expected_sha256}")
+    data = _read_files(path, manifest["files"])
+    arrays = _load_arrays(path, data["predictor/arrays.npz"])
+    texts = {}
+    for rel, raw in data.items():
+        if rel.endswith(".txt"):
+            try:
+                texts[rel[len("predictor/"):].replace("__", "/")] = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ArtifactError(f"router artifact {path}: {rel} is not UTF-8 text") from e
     try:
         predictor = QualityPredictor.from_state(manifest["predictor"], arrays, texts)
     except ArtifactError:
         raise
+    except RecursionError:
+        raise ArtifactError(f"router artifact {path}: predictor state nested too deeply") from None
     except Exception as e:
         raise ArtifactError(f"router artifact {path}: predictor state invalid ({type(e).__name__}: {e})") from e
+    _, _, need_texts = predictor.get_state()
+    need = {"predictor/arrays.npz"} | {"predictor/" + n.replace("/", "__") for n in need_texts}
+    if need != set(manifest["files"]):
+        raise ArtifactError(f"router artifact {path}: 'files' {sorted(manifest['files'])} do not match what its "
+                            f"predictor needs {sorted(need)}")
+    where = f"router artifact {path}"
     try:
-        featurizer = build_featurizer(manifest["featurizer"])
+        featurizer = artifact_featurizer(manifest["featurizer"], local, where=where)
         n_feat = len(featurizer.feature_names_)
     except Exception as e:
         raise ArtifactError(f"router artifact {path}: featurizer spec unusable ({e})") from e
@@ -222,16 +606,17 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None):
             f"router artifact {path}: predictor has {predictor.n_outputs_} outputs for {len(names)} backends"
         )
     now = package_versions()
+    packages = manifest.get("packages") if isinstance(manifest.get("packages"), dict) else {}
     for pkg in ("lightgbm", "scikit-learn"):
-        was = manifest.get("packages", {}).get(pkg)
-        if was and now.get(pkg) and was.split(".")[0] != now[pkg].split(".")[0]:
+        was = packages.get(pkg)
+        if isinstance(was, str) and now.get(pkg) and was.split(".")[0] != now[pkg].split(".")[0]:
             log.warning("router artifact %s was written with %s %s, this is %s", path, pkg, was, now[pkg])
     specs = {b["name"]: b.get("spec") for b in manifest["backends"]}
     built = {}
     for name, spec in specs.items():
         if spec and not (backends and name in backends):
             try:
-                built[name] = build_backend(name, spec)
+                built[name] = build_backend(name, _artifact_backend_spec(name, spec, where))
             except Exception as e:
                 raise ArtifactError(f"router artifact {path}: backend '{name}' config unusable ({e})") from e
     for name, b in (backends or {}).items():
@@ -242,7 +627,7 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None):
                         higher_is_better=bool(manifest.get("higher_is_better", True)),
                         anchor=manifest.get("anchor"), manifest=manifest,
                         backends=built, backend_specs={n: s for n, s in specs.items() if s})
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ConfigError) as e:
         raise ArtifactError(f"router artifact {path}: default policy {manifest['policy']} or anchor "
                             f"{manifest.get('anchor')!r} unusable ({e})") from e
     return router

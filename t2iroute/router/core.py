@@ -46,6 +46,8 @@ class RouteDecision:
     higher_is_better: bool = True
     anchor: str | None = None  # the backend routing leaves only when predicted as good (see Router)
     ranking: list[str] = field(default_factory=list)  # every backend, most preferred first
+    #: feature groups that were imputed for this prompt, and why (e.g. the LLM was down)
+    imputed: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -60,6 +62,8 @@ class RouteDecision:
         }
         if self.anchor is not None:
             d["anchor"] = self.anchor
+        if self.imputed:
+            d["imputed"] = self.imputed
         if self.lam is not None:
             d["lambda"] = self.lam
             d["utility"] = self.utility
@@ -131,6 +135,11 @@ def _check_prompts(prompts: Any) -> tuple[list[str], bool]:
             raise TypeError(f"prompt #{i} is {type(p).__name__}, not a string")
         if not p.strip():
             raise ValueError(f"prompt #{i} is empty or whitespace")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"prompt #{i} ({p[:40]!r}) is not valid text: {e.reason} at position {e.start} "
+                             "(bytes that are not UTF-8?)") from None
         if len(p) > MAX_PROMPT_CHARS:
             raise ValueError(
                 f"prompt #{i} has {len(p)} characters; at most {MAX_PROMPT_CHARS} are accepted "
@@ -230,6 +239,24 @@ class Router:
     # -- prediction ---------------------------------------------------------------------
     def predict(self, prompts: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
         """(n, k) predicted quality (the metric's own direction) and the time of each stage."""
+        Q, timings, _ = self._predict(prompts)
+        return Q, timings
+
+    def _imputed_rows(self, X: np.ndarray) -> list[dict[str, str]]:
+        """Per row: {feature group: why} for groups whose ``imputed`` column is set."""
+        out: list[dict[str, str]] = [{} for _ in range(len(X))]
+        names = self.featurizer.feature_names_
+        for j, col in enumerate(names):
+            group, _, feat = col.rpartition(":")
+            if feat != "imputed" or not group:
+                continue
+            part = next((p for p in getattr(self.featurizer, "parts", []) if p.name == group), None)
+            why = (getattr(part, "last_stats_", None) or {}).get("imputed_reason") or "no answer"
+            for i in np.flatnonzero(X[:, j] > 0.5):
+                out[i][group] = str(why)
+        return out
+
+    def _predict(self, prompts: Sequence[str]):
         with self._lock:
             t0 = time.perf_counter()
             X = self.featurizer.transform(prompts)
@@ -244,9 +271,10 @@ class Router:
                 Q = self.predictor.predict(X, texts=list(prompts))
             Q = np.asarray(Q).reshape(len(prompts), -1)
             t2 = time.perf_counter()
+            imputed = self._imputed_rows(np.asarray(X))
         timings = {f"features.{k}": v for k, v in stage_times.items()}
         timings.update({"features": t1 - t0, "predict": t2 - t1})
-        return Q, timings
+        return Q, timings, imputed
 
     def warmup(self) -> float:
         """Load the featurizer's models now (they load lazily on the first prompt); seconds taken.
@@ -257,8 +285,22 @@ class Router:
         with self._lock:
             if hasattr(self.featurizer, "warmup"):
                 self.featurizer.warmup()
-        self.predict(["a photo of a cat"])
+            # the predictor's first call (lazy imports) on a blank row: featurizing a prompt here
+            # would ask a remote LLM once more before the real prompts
+            n = int(getattr(self.predictor, "n_features_in_", 0) or len(self.featurizer.feature_names_))
+            self.predictor.predict(np.zeros((1, n), np.float32), texts=["a photo of a cat"])
         return time.perf_counter() - t0
+
+    def imputed(self) -> dict[str, dict[str, Any]]:
+        """Feature groups the last featurization imputed, and why: ``{part: {"imputed": n,
+        "reason": ...}}`` (empty when every feature was computed)."""
+        out = {}
+        for part in getattr(self.featurizer, "parts", [self.featurizer]):
+            st = getattr(part, "last_stats_", None) or {}
+            if st.get("imputed"):
+                out[getattr(part, "name", type(part).__name__)] = {
+                    "imputed": int(st["imputed"]), "of": int(st.get("n", 0)), "reason": st.get("imputed_reason")}
+        return out
 
     def route(self, prompts: str | Sequence[str], *, lam: float | None = None, budget: float | None = None,
               quality_floor: float | None = None, max_cost: float | None = None,
@@ -277,7 +319,7 @@ class Router:
         chosen = policy_from_keywords(lam=lam, budget=budget, quality_floor=quality_floor,
                                       max_cost=max_cost, policy=policy)
         pol = self.policy if chosen is None else self._resolve(chosen)
-        Q, timings = self.predict(items)
+        Q, timings, imputed = self._predict(items)
         t0 = time.perf_counter()
         Qo = self.routing_quality(Q)
         oriented = pol.oriented(self.sign)
@@ -305,6 +347,7 @@ class Router:
                 higher_is_better=self.higher_is_better,
                 anchor=self.anchor,
                 ranking=[self.backend_names[int(j)] for j in order[i]],
+                imputed=imputed[i],
             ))
         return out[0] if single else out
 
@@ -336,8 +379,13 @@ class Router:
         each failure. ``backend=`` skips routing's choice and runs that backend (a baseline); it
         may name any backend in ``self.backends``. ``opts`` go to the backend's ``generate``.
         """
+        if not isinstance(prompt, str):
+            raise TypeError(f"generate takes one prompt (a string), got {type(prompt).__name__}; "
+                            "for many prompts call generate once per prompt")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+        if not 0 <= int(seed) < 2 ** 63:
+            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
         t0 = time.perf_counter()
         decision = self.route(prompt, lam=lam, budget=budget, quality_floor=quality_floor,
                               max_cost=max_cost, policy=policy)
@@ -390,7 +438,10 @@ class Router:
         save_router(self, path, **extra)
 
     @classmethod
-    def load(cls, path, *, backends: Mapping[str, Any] | None = None) -> "Router":
+    def load(cls, path, *, backends: Mapping[str, Any] | None = None,
+             local: Mapping[str, Mapping[str, Any]] | None = None, expected_sha256: str | None = None) -> "Router":
+        """Load an artifact folder; see :func:`t2iroute.router.artifact.load_router`. ``local``
+        (featurizer type -> settings) carries the loading user's endpoints and cache folders."""
         from t2iroute.router.artifact import load_router
 
-        return load_router(path, backends=backends)
+        return load_router(path, backends=backends, local=local, expected_sha256=expected_sha256)

@@ -272,6 +272,10 @@ def calibrate_lambda(
         mean_quality_floor = quality_floor
     if (target_mean_cost is None) == (mean_quality_floor is None):
         raise ValueError("give exactly one of target_mean_cost and mean_quality_floor")
+    if target_mean_cost is not None:
+        target_mean_cost = _finite("budget (target_mean_cost)", target_mean_cost, minimum=0.0)
+    if mean_quality_floor is not None:
+        mean_quality_floor = _finite("mean_quality_floor", mean_quality_floor)
     q_hat = np.asarray(q_hat, float)
     costs = np.asarray(costs, float)
     rows = np.arange(len(q_hat))

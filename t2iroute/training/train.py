@@ -265,6 +265,27 @@ def backend_specs_for(table_backends, specs: Mapping[str, Any]) -> dict[str, dic
 _ROUTER_KEYS = ("lam", "budget", "mean_quality_floor", "quality_floor", "max_cost", "policy")
 
 
+def check_router_cfg(r_cfg) -> None:
+    """Refuse bad ``router.*`` settings before any fitting (names the key and the value)."""
+    from t2iroute.router.policy import _finite
+
+    r_cfg = dict(r_cfg or {})
+    unknown = sorted(set(r_cfg) - set(_ROUTER_KEYS))
+    if unknown:
+        raise ConfigError(f"router.{unknown[0]}: unknown key; use one of {list(_ROUTER_KEYS)}")
+    given = {k: r_cfg.get(k) for k in _ROUTER_KEYS if r_cfg.get(k) is not None}
+    if len(given) > 1:
+        raise ConfigError(f"router: give at most one of {list(_ROUTER_KEYS)}, got {sorted(given)}")
+    for key, value in given.items():
+        try:
+            if key == "policy":
+                build_policy(_plain(value))
+            else:
+                _finite(f"router.{key}", value, minimum=0.0 if key in ("lam", "budget", "max_cost") else None)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"router.{key}={value}: {e}") from e
+
+
 def default_policy(r_cfg, predictor, M: QualityMatrix, q_cal: np.ndarray, cal_scores: np.ndarray):
     """The artifact's default policy from ``router.*`` (at most one key), calibrated on
     validation predictions ``q_cal`` (own direction) where it has a knob.
@@ -316,6 +337,7 @@ def run_train(cfg) -> Router:
     """Fit on train, calibrate the default policy on validation, report test metrics, save."""
     out_dir = Path(cfg["out_dir"])
     metric = str(cfg["metric"])
+    check_router_cfg(_plain(cfg.get("router", {})))
     M = load_matrix(cfg["data"], metric)
     specs = backend_specs_for(M.backends, _plain(cfg.get("backends")) or {})
     tr, va, te = _split(M, cfg)
