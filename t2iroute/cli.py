@@ -129,7 +129,11 @@ def _cli_router(cfg):
     if not cfg.get("artifact"):
         raise ConfigError("artifact=DIR is required (a router folder written by t2iroute train)")
     specs = OmegaConf.to_container(cfg.backends, resolve=True) if cfg.get("backends") else None
-    router = Router.load(str(cfg.artifact), backends=specs)
+    # the user's own endpoints and cache folders (an artifact never sets them)
+    local = {k: {kk: vv for kk, vv in OmegaConf.to_container(cfg[k], resolve=True).items() if vv is not None}
+             for k in ("llm", "embedding") if cfg.get(k)}
+    router = Router.load(str(cfg.artifact), backends=specs, local=local,
+                         expected_sha256=cfg.get("artifact_sha256"))
     router.warmup()  # model loading stays out of the decision's stage timings
     return router
 
