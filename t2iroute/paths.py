@@ -29,3 +29,17 @@ def shared(rel: str = "") -> str:
             if cand.is_dir():
                 return str((cand / rel).resolve())
     return str(Path("../shared/data") / rel)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (temp files name their writer's pid, so a
+    later run removes only those whose writer is gone)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -132,3 +132,22 @@ def test_offline_loop_sweep_train_bench(tmp_path):
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert set(s["backends"]) == {"tiny_2", "tiny_4"}
     assert s["backends"]["tiny_4"]["cost"] > s["backends"]["tiny_2"]["cost"]  # measured latency
+
+
+def test_temp_parts_of_killed_sweeps_are_never_data_and_are_cleaned(tmp_path):
+    from t2iroute.errors import TableError
+
+    table = tmp_path / "quality.parquet"
+    table.mkdir()
+    dead = 2 ** 22 + 4321  # above the default pid_max: no such process
+    pd.DataFrame({"prompt_id": ["p"], "prompt": ["a cat"], "backend": ["b"], "seed": [0], "clip": [0.3],
+                  "cost": [1.0]}).to_parquet(table / f".tmp-{dead}-part-0000-x.parquet")
+    (table / ".tmp-part-0000-old.parquet").write_bytes(b"PAR1 half written")  # older naming, no pid
+    live = table / f".tmp-{os.getpid()}-part-0000-live.parquet"
+    live.write_bytes(b"being written")
+    with pytest.raises(TableError, match="holds no parquet files"):
+        read_table(table)  # a folder holding only temp parts is not a table
+    backends = build_backends({"tiny_2": {**TINY, "steps": 2}})
+    run_sweep(backends, read_prompts("geneval", limit=2), [0], build_scorer(TINY_CLIP), tmp_path, progress=False)
+    assert sorted(p.name for p in table.glob(".tmp-*")) == [live.name]
+    assert len(read_table(table)) == 2

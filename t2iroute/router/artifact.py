@@ -58,6 +58,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from t2iroute.errors import ArtifactError
+from t2iroute.paths import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +139,6 @@ def _exchange(a: Path, b: Path) -> bool:
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_leftovers(path: Path) -> list[Path]:
     """Remove temp folders that killed saves left beside ``path`` (their process is gone)."""
     removed = []
@@ -159,7 +148,7 @@ def clean_leftovers(path: Path) -> list[Path]:
         return removed
     for p in siblings:
         m = _TEMP_NAME.fullmatch(p.name)
-        if m and m["name"] == path.name and not _pid_alive(int(m["pid"])) and not p.is_symlink():
+        if m and m["name"] == path.name and not pid_alive(int(m["pid"])) and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed

@@ -46,9 +46,13 @@ def finished_keys(table_dir: Path) -> set[tuple]:
 def _write_part(table_dir: Path, rows: list[dict], shard: int) -> Path:
     table_dir.mkdir(parents=True, exist_ok=True)
     name = f"part-{shard:04d}-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = table_dir / f".tmp-{name}"
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    os.replace(tmp, table_dir / name)
+    tmp = table_dir / f".tmp-{os.getpid()}-{name}"
+    try:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+        os.replace(tmp, table_dir / name)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return table_dir / name
 
 
@@ -59,6 +63,21 @@ class SweepResult:
     n_skipped_done: int
     n_generated: int
     n_failed: int
+
+
+def clean_temp_parts(table_dir: Path) -> list[Path]:
+    """Remove temp part files that killed sweeps left (those of running processes stay)."""
+    import re
+
+    from t2iroute.paths import pid_alive
+
+    removed = []
+    for p in Path(table_dir).glob(".tmp-*"):
+        m = re.match(r"\.tmp-(\d+)-", p.name)
+        if m is None or not pid_alive(int(m.group(1))):  # no pid: written by t2iroute before 0.2
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def run_sweep(backends: Mapping[str, object], prompts: pd.DataFrame, seeds: Sequence[int], scorer, out_dir,
@@ -72,6 +91,8 @@ def run_sweep(backends: Mapping[str, object], prompts: pd.DataFrame, seeds: Sequ
         raise ValueError("a sweep needs a scorer (scorer=clip)")
     out_dir = Path(out_dir)
     table_dir = out_dir / "quality.parquet"
+    if table_dir.is_dir():
+        clean_temp_parts(table_dir)
     done = finished_keys(table_dir)
     mine = prompts[[shard_of(p, num_shards) == shard for p in prompts.prompt_id]]
     items = [(b, r.prompt_id, r.prompt, r.source, int(s))

@@ -35,7 +35,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     name = path.name.lower()
     try:
         if path.is_dir():  # a sweep's parquet dataset folder (part files)
-            parts = sorted(path.glob("part-*.parquet")) or sorted(path.glob("*.parquet"))
+            # temp files of a sweep in progress (or killed) are dotfiles: never data
+            parts = [p for p in sorted(path.glob("part-*.parquet")) or sorted(path.glob("*.parquet"))
+                     if not p.name.startswith(".")]
             if not parts:
                 raise TableError(f"quality table {path}: folder holds no parquet files")
             df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
