@@ -30,6 +30,8 @@ def ensure_torchvision() -> None:
     """Make ``import torchvision`` work (see module docstring); a no-op where it already does."""
     global _LIB, _DONE
     if _DONE or importlib.util.find_spec("torchvision") is None:
+        if not _DONE:
+            _threads()
         _DONE = True
         return
     try:
@@ -50,4 +52,12 @@ def ensure_torchvision() -> None:
         log.info("torchvision's C operators are missing (CUDA torchvision beside CPU torch); "
                  "declared their schemas so that torchvision imports")
         import torchvision  # noqa: F401,F811
+    _threads()
     _DONE = True
+
+
+def _threads() -> None:
+    """Torch is about to run: set its CPU threads (see :mod:`t2iroute.threads`)."""
+    from t2iroute.threads import configure
+
+    configure()
