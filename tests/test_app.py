@@ -134,6 +134,9 @@ def test_generate_failure_is_an_error_box(monkeypatch, tiny_artifact, tmp_path):
     m = json.loads((broken / "manifest.json").read_text())
     for b in m["backends"]:
         b["spec"]["model"] = str(tmp_path / "no-such-model")
+    from t2iroute.router.artifact import manifest_digest
+
+    m["manifest_sha256"] = manifest_digest(m)  # as its publisher would write it
     (broken / "manifest.json").write_text(json.dumps(m))
     at = _app(monkeypatch, broken)
     at.button(key="generate").click().run()

@@ -75,6 +75,9 @@ def test_damaged_backend_config_in_artifact(tiny_artifact, tmp_path):
     shutil.copytree(tiny_artifact, path)
     m = json.loads((path / "manifest.json").read_text())
     m["backends"][0]["spec"] = {"type": "nonsense"}
+    from t2iroute.router.artifact import manifest_digest
+
+    m["manifest_sha256"] = manifest_digest(m)
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="backend 'fast' config unusable.*unknown backend type 'nonsense'"):
         Router.load(path)

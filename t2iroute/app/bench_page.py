@@ -33,7 +33,7 @@ layers = []
 lines = frames["lines"][frames["lines"].series.isin(show)]
 if len(lines):
     layers.append(alt.Chart(lines).mark_line(strokeWidth=2.5).encode(
-        x=alt.X("cost:Q", scale=scale, title="mean cost per prompt"),
+        x=alt.X("cost:Q", scale=scale, title=f"mean cost per prompt ({summary.get('cost_unit', 's')})"),
         y=alt.Y("quality:Q", scale=alt.Scale(zero=False), title=f"mean {head['metric']}"),
         color=alt.Color("series:N", scale=colors, title=None),
         strokeDash=alt.StrokeDash("series:N", scale=alt.Scale(domain=["router", "oracle"], range=[[1, 0], [6, 4]]),

@@ -59,16 +59,17 @@ except logic.USER_ERRORS as e:
 with st.sidebar:
     policy_kw: dict = {}
     costs = sorted(float(c) for c in router.costs)
+    unit = logic.cost_unit(router)
     cost_step = float(costs[-1] - costs[0]) / 20 or 0.01
     if mode == "lambda":
         policy_kw["lam"] = st.number_input("lambda", min_value=0.0, value=float(router.lam or 0.0), step=0.01,
                                            format="%.4f", key="lam")
     elif mode == "target mean cost":
-        policy_kw["budget"] = st.number_input("target mean cost per prompt", min_value=0.0,
+        policy_kw["budget"] = st.number_input(f"target mean cost per prompt ({unit})", min_value=0.0,
                                               value=float(costs[len(costs) // 2]), step=cost_step, format="%.4f",
                                               key="budget")
     elif mode == "max cost":
-        policy_kw["max_cost"] = st.number_input("max cost per prompt", min_value=0.0,
+        policy_kw["max_cost"] = st.number_input(f"max cost per prompt ({unit})", min_value=0.0,
                                                 value=float(costs[len(costs) // 2]), step=cost_step, format="%.4f",
                                                 key="max_cost")
     elif mode == "quality floor":
@@ -98,13 +99,13 @@ if len(decisions) == 1:
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Routed to", d.backend)
     c2.metric("Predicted quality", f"{d.predicted_quality[d.backend]:.4g}")
-    c3.metric("Cost", f"{d.cost[d.backend]:.4g}")
+    c3.metric("Cost", f"{d.cost[d.backend]:.4g} {unit}")
     c4.metric("Policy", logic.policy_label(d))
 else:
     table = logic.decisions_table(decisions)
     c1, c2, c3 = st.columns(3)
     c1.metric("Prompts", len(decisions))
-    c2.metric("Mean cost", f"{table.cost.mean():.4g}")
+    c2.metric("Mean cost", f"{table.cost.mean():.4g} {unit}")
     c3.metric("Policy", logic.policy_label(decisions[0]))
     counts = logic.backend_counts(decisions, router.backend_names)
     st.altair_chart(alt.Chart(counts, title="Prompts per backend").mark_bar().encode(
@@ -120,7 +121,7 @@ bt = logic.backend_table(d)
 left, right = st.columns(2)
 # quality differences between backends are small next to the metric's level: no zero baseline
 left.altair_chart(_bars(bt, "predicted_quality", f"Predicted {router.metric}", zero=False), width="stretch")
-right.altair_chart(_bars(bt, "cost", "Cost"), width="stretch")
+right.altair_chart(_bars(bt, "cost", f"Cost ({unit})"), width="stretch")
 with st.expander("Every backend's numbers"):
     st.dataframe(bt, hide_index=True)
     st.caption("Stage timings of this routing call (s per prompt): "

@@ -23,6 +23,14 @@ from t2iroute.training.table import QualityMatrix, pivot, read_table, split_prom
 log = logging.getLogger(__name__)
 
 
+def cost_unit(data_cfg: Mapping[str, Any]) -> str:
+    """The unit of the data's costs: ``cost_unit`` of the data config, seconds by default."""
+    unit = data_cfg.get("cost_unit") or "s"
+    if not isinstance(unit, str) or len(unit) > 32:
+        raise ConfigError(f"data.cost_unit={unit!r}: a short unit name is needed (s, ms, usd, ...)")
+    return unit
+
+
 def load_matrix(data_cfg: Mapping[str, Any], metric: str) -> QualityMatrix:
     table = read_table(data_cfg["path"])
     return pivot(
@@ -213,6 +221,7 @@ def run_bench(cfg) -> dict:
         "n_test": int(len(te)),
         "n_dropped_incomplete": int(M.n_dropped),
         "cost_origin": M.cost_origin,
+        "cost_unit": cost_unit(cfg["data"]),
         "predictor": _plain(cfg["predictor"]),
         "anchor": anchor,
         "features": [p.name for p in featurizer.parts],
@@ -368,7 +377,8 @@ def run_train(cfg) -> Router:
         metrics["predictor_selection"] = sel
         metrics["beats_best_single_cv"] = bool(sel["beats_best_single_cv"])
     data = {"path": str(cfg["data"]["path"]), "hash": M.data_hash(), "metric": metric,
-            "higher_is_better": M.higher_is_better, "seed": int(cfg["seed"]), "cost_origin": M.cost_origin}
+            "higher_is_better": M.higher_is_better, "seed": int(cfg["seed"]), "cost_origin": M.cost_origin,
+            "cost_unit": cost_unit(cfg["data"])}
     path = out_dir / "router"
     router.save(path, metrics=metrics, data=data)
     log.info("router saved to %s (policy %s)", path, router.policy.describe())
@@ -406,7 +416,7 @@ def plot_curves(summary: dict, curves: dict, path: Path) -> None:
     if r.get("quality_gain_at_equal_cost") is not None:
         title += f", {r['quality_gain_at_equal_cost']:+.3f} at equal cost"
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("mean cost per prompt")
+    ax.set_xlabel(f"mean cost per prompt ({summary.get('cost_unit', 's')})")
     ax.set_ylabel(f"mean {summary['metric']} ({'higher' if hib else 'lower'} is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
