@@ -505,6 +505,35 @@ def test_leftovers_of_killed_saves_are_cleaned(tmp_path):
     assert left == sorted(["router", alive.name, other.name])
 
 
+def test_dying_at_any_step_of_a_save_leaves_a_loadable_artifact(tmp_path, monkeypatch):
+    import t2iroute.router.artifact as art
+
+    path = tmp_path / "router"
+    make_tiny_router().save(path)
+    real = {"replace": os.replace, "rmtree": shutil.rmtree, "exchange": art._exchange}
+    for die_at in range(1, 6):
+        steps = {"n": 0}
+
+        def step(name, *a, **k):
+            steps["n"] += 1
+            if steps["n"] == die_at:
+                raise KeyboardInterrupt(f"killed at step {die_at} ({name})")
+            return real[name](*a, **k)
+
+        monkeypatch.setattr(art.os, "replace", lambda *a, **k: step("replace", *a, **k))
+        monkeypatch.setattr(art.shutil, "rmtree", lambda *a, **k: step("rmtree", *a, **k))
+        monkeypatch.setattr(art, "_exchange", lambda *a, **k: step("exchange", *a, **k))
+        try:
+            r = make_tiny_router(lam=float(die_at))
+            r.save(path)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            monkeypatch.undo()
+        assert Router.load(path).lam in (0.0, float(die_at - 1), float(die_at))  # old or new, whole
+        make_tiny_router(lam=float(die_at)).save(path)
+
+
 KILLER = r"""
 import sys
 from tests.conftest import make_tiny_router
