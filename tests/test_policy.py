@@ -169,3 +169,18 @@ def test_train_default_policies(tmp_path):
     pol = Router.load(tmp_path / "b" / "router").policy.spec()
     assert pol["type"] == "lam" and pol["calibrated_from"]["mean_quality_floor"] == 30.2
     assert main(base + ["router.budget=0.3", "router.lam=1", f"out_dir={tmp_path / 'c'}"]) == 2
+
+
+@pytest.mark.parametrize("override,match", [("router.lam=-1", "router.lam=-1"), ("router.budget=nan", "router.budget"),
+                                            ("'router.policy={type: nope}'", "unknown policy type 'nope'")])
+def test_bad_router_settings_are_refused_before_training(tmp_path, capsys, override, match):
+    from t2iroute.cli import main
+
+    from .conftest import make_table
+
+    make_table(n_prompts=60).to_parquet(tmp_path / "t.parquet")
+    out = tmp_path / "out"
+    rc = main(["train", "data=custom", f"data.path={tmp_path / 't.parquet'}", "features=[lexical]",
+               "predictor=ridge", f"out_dir={out}", override.strip("'")])
+    assert rc == 2 and match in capsys.readouterr().err
+    assert not (out / "router").exists()

@@ -152,3 +152,20 @@ def test_split_then_route_has_no_leak(table):
     M = pivot(table, "clip")
     tr, va, te = split_prompts(M.prompts, M.sources, seed=0)
     assert not set(M.prompts[tr]) & set(M.prompts[te])
+
+
+def test_api_bad_input_is_named(router):
+    with pytest.raises(ValueError, match="budget must be a finite number"):
+        router.route("a cat", budget=float("nan"))
+    with pytest.raises(ValueError, match="mean_quality_floor must be a finite number"):
+        router.calibrate(["a cat", "a dog"], quality_floor=float("nan"))
+    with pytest.raises(ValueError, match="budget .*finite"):
+        router.calibrate(["a cat", "a dog"], target_mean_cost=float("inf"))
+    with pytest.raises(ValueError, match=r"prompt #0 \('caf\\udce9'\) is not valid text"):
+        router.route("caf\udce9")
+    with pytest.raises(TypeError, match="generate takes one prompt"):
+        router.generate(["a cat", "a dog"])
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
+        router.generate("a cat", seed=2 ** 70)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        router.generate("a cat", seed=1.5)
