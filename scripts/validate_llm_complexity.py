@@ -55,7 +55,8 @@ def main() -> None:
         row["lexical.n_words"] = spearmanr(lex[:, FEATURE_NAMES.index("n_words")], labels).statistic
         row["lexical.estimate"] = spearmanr([lexical_estimate(x)["complexity"] for x in prompts], labels).statistic
         for rubric in ("score", "full"):
-            f = LLMComplexityFeaturizer(a.provider, a.model, base_url=a.base_url, rubric=rubric)
+            f = LLMComplexityFeaturizer(a.provider, a.model, base_url=a.base_url, rubric=rubric,
+                                        deadline_s=None)  # a whole set: no per-call deadline
             n = len(prompts) if rubric == "score" or not a.full_limit else min(a.full_limit, len(prompts))
             idx = np.random.default_rng(0).permutation(len(prompts))[:n]
             t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -104,6 +105,19 @@ class ComposedFeaturizer:
 
     def spec(self) -> dict[str, Any]:
         return {"featurizers": [{"type": p.name, **p.spec()} for p in self.parts]}
+
+    @contextmanager
+    def without_deadline(self):
+        """Lift the parts' per-call deadlines (``deadline_s``: meant for routing) in this block,
+        e.g. while featurizing a whole training table; the saved spec keeps them."""
+        saved = [(p, p.deadline_s) for p in self.parts if hasattr(p, "deadline_s")]
+        for p, _ in saved:
+            p.deadline_s = None
+        try:
+            yield self
+        finally:
+            for p, d in saved:
+                p.deadline_s = d
 
     def warmup(self) -> None:
         """Load every part's models now (those with a ``warmup`` method) rather than on first use."""

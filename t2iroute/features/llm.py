@@ -3,9 +3,16 @@
 A versioned rubric asks the model for JSON; answers are validated, cached in SQLite keyed by
 (provider, model, template version, prompt), and become features next to the embeddings. Where
 the server returns token log-probabilities, the expected complexity over the digits 1-5 is a
-feature too (smoother than the argmax digit). When the LLM is unreachable or keeps answering
-garbage, one warning is logged, lexical estimates stand in, and the rows are flagged ``imputed``:
-a router trained with LLM features still routes when the LLM is down.
+feature too (smoother than the argmax digit).
+
+Faults never stop routing. When the LLM is unreachable, hangs, answers HTTP errors or garbage,
+one warning is logged, lexical estimates stand in and the rows are flagged ``imputed``. Each
+``transform`` call has an overall deadline (``deadline_s``): prompts not answered by then are
+imputed and the call returns (hung requests are abandoned, never waited for). After the first hard
+failure in a call (connection refused, a timeout, HTTP 5xx after ``retries``) the remaining prompts
+of that call are imputed without asking. ``last_stats_`` says how many rows were imputed and why.
+A damaged, locked, unwritable or foreign cache file, or a cached value that is not a valid answer,
+is logged once and worked around (see :class:`LLMCache`).
 
 Rubrics: ``full`` (7 fields, ~50 output tokens) and ``score`` (one digit, 1 output token: fast
 enough for 10k-prompt tables on a CPU).
@@ -22,9 +29,9 @@ import re
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +48,7 @@ FIELDS = {  # name: (min, max)
     "text_to_render": (0, 1),
     "detail_style": (1, 5),
 }
+_RANGES = {**FIELDS, "expected_complexity": (1, 5)}
 
 SYSTEM = ("You rate how hard a text-to-image prompt is for an image generator. "
           "Answer with JSON only.")
@@ -69,6 +77,28 @@ class LLMError(RuntimeError):
     """The LLM could not give a valid answer (unreachable, timeout, garbled after retries)."""
 
 
+class BadResponse(LLMError):
+    """The server's reply is not what the API promises (not JSON, wrong shape): retried, then a hard
+    failure, like HTTP 5xx."""
+
+
+def check_answer(obj: Any, fields: Sequence[str]) -> dict[str, float]:
+    """``obj`` as ``{field: float}`` over ``fields`` (and ``expected_complexity`` when present);
+    raises ValueError for a non-object, a missing field or a value outside its range."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    out = {}
+    for k in [*fields, *(["expected_complexity"] if "expected_complexity" in obj else [])]:
+        lo, hi = _RANGES[k]
+        v = obj.get(k)
+        if isinstance(v, bool) and k == "text_to_render":
+            v = int(v)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ValueError(f"field {k}={v!r:.40} missing or outside [{lo}, {hi}]")
+        out[k] = float(v)
+    return out
+
+
 def parse_answer(text: str, rubric: str) -> dict[str, float]:
     """Validate an answer; raises ValueError for garbled or out-of-range output."""
     if rubric == "score":
@@ -80,33 +110,36 @@ def parse_answer(text: str, rubric: str) -> dict[str, float]:
     if not m:
         raise ValueError(f"no JSON object in answer {text!r:.80}")
     obj = json.loads(m.group())
-    out = {}
-    for k, (lo, hi) in FIELDS.items():
-        v = obj.get(k)
-        if isinstance(v, bool) and k == "text_to_render":
-            v = int(v)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
-            raise ValueError(f"field {k}={v!r} missing or outside [{lo}, {hi}]")
-        out[k] = float(v)
-    return out
+    if isinstance(obj, dict):
+        obj.pop("expected_complexity", None)  # ours, from the logprobs; not the model's to say
+    return check_answer(obj, list(FIELDS))
 
 
 def expected_digit(logprobs: Any) -> float | None:
-    """Expected complexity from the top log-probabilities of the first digit token 1-5."""
-    if not logprobs:
-        return None
-    for tok in logprobs:
-        t = str(tok.get("token", "")).strip()
-        if t in {"1", "2", "3", "4", "5"}:
-            cands = tok.get("top_logprobs") or [tok]
-            ps = {}
-            for c in cands:
-                ct = str(c.get("token", "")).strip()
-                if ct in {"1", "2", "3", "4", "5"}:
-                    ps[int(ct)] = ps.get(int(ct), 0.0) + math.exp(float(c["logprob"]))
-            z = sum(ps.values())
-            return sum(k * p for k, p in ps.items()) / z if z > 0 else float(t)
+    """Expected complexity from the top log-probabilities of the first digit token 1-5 (None when
+    there are none, or they are malformed)."""
+    try:
+        for tok in logprobs or []:
+            t = str(tok.get("token", "")).strip()
+            if t in {"1", "2", "3", "4", "5"}:
+                ps: dict[int, float] = {}
+                for c in tok.get("top_logprobs") or [tok]:
+                    ct = str(c.get("token", "")).strip()
+                    if ct in {"1", "2", "3", "4", "5"}:
+                        ps[int(ct)] = ps.get(int(ct), 0.0) + math.exp(float(c["logprob"]))
+                z = sum(ps.values())
+                e = sum(k * p for k, p in ps.items()) / z if z > 0 else float(t)
+                return e if 1 <= e <= 5 else None
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
+        pass
     return None
+
+
+def default_base_url() -> str:
+    """The OpenAI-compatible endpoint of this user: ``T2IROUTE_LLM_BASE_URL``, else
+    ``OPENAI_BASE_URL``, else llama.cpp's default http://127.0.0.1:8080/v1."""
+    return (os.environ.get("T2IROUTE_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+            or "http://127.0.0.1:8080/v1")
 
 
 # -- providers ---------------------------------------------------------------------------------
@@ -115,18 +148,23 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, model: str, base_url: str = "http://127.0.0.1:8080/v1", api_key: str | None = None,
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  timeout: float = 30.0, json_schema: bool = True, logprobs: bool = True, transport=None):
         import httpx
 
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_url = (base_url or default_base_url()).rstrip("/")
         self.json_schema = json_schema
         self.logprobs = logprobs
         headers = {"Authorization": f"Bearer {api_key or os.environ.get('OPENAI_API_KEY', 'none')}"}
         self.client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
 
-    def ask(self, prompt: str, rubric: str) -> tuple[str, Any]:
+    def ask(self, prompt: str, rubric: str, timeout: float | None = None,
+            deadline: float | None = None) -> tuple[str, Any]:
+        """(answer text, token logprobs). ``timeout``: per-request httpx timeout; ``deadline``
+        (``time.monotonic()``): give up reading a reply that trickles in past it."""
+        import httpx
+
         user = (FULL_TEMPLATE if rubric == "full" else SCORE_TEMPLATE).format(prompt=prompt)
         body: dict[str, Any] = {"model": self.model, "temperature": 0, "seed": 0,
                                 "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
@@ -139,13 +177,26 @@ class OpenAIProvider:
                 "name": "digit", "schema": {"type": "integer", "minimum": 1, "maximum": 5}}}
         if self.logprobs:
             body.update(logprobs=True, top_logprobs=5)
-        r = self.client.post(f"{self.base_url}/chat/completions", json=body)
-        if r.status_code == 404:
-            raise LLMError(f"openai provider: {self.base_url}: model '{self.model}' or endpoint not found (404)")
-        r.raise_for_status()
-        ch = r.json()["choices"][0]
-        lp = (ch.get("logprobs") or {}).get("content")
-        return ch["message"]["content"], lp
+        kw = {} if timeout is None else {"timeout": timeout}
+        with self.client.stream("POST", f"{self.base_url}/chat/completions", json=body, **kw) as r:
+            if r.status_code == 404:
+                raise LLMError(f"openai provider: {self.base_url}: model '{self.model}' or endpoint not found (404)")
+            r.raise_for_status()
+            data = bytearray()
+            for chunk in r.iter_bytes():
+                data += chunk
+                if deadline is not None and time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("deadline passed while the reply was still arriving")
+        try:
+            ch = json.loads(bytes(data))["choices"][0]
+            text = ch["message"]["content"]
+            lp = (ch.get("logprobs") or {}).get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise BadResponse(f"bad reply (not an OpenAI chat completion): {type(e).__name__}: "
+                              f"{_short(e, 60)}; body {bytes(data[:60])!r}") from None
+        if text is not None and not isinstance(text, str):
+            raise BadResponse(f"bad reply: message content is {type(text).__name__}, not text")
+        return text, lp
 
 
 class OllamaProvider:
@@ -163,11 +214,14 @@ class OllamaProvider:
             kw["transport"] = transport
         self.client = ollama.Client(**kw)
 
-    def ask(self, prompt: str, rubric: str) -> tuple[str, Any]:
+    def ask(self, prompt: str, rubric: str, timeout: float | None = None,
+            deadline: float | None = None) -> tuple[str, Any]:
         import ollama
 
         user = (FULL_TEMPLATE if rubric == "full" else SCORE_TEMPLATE).format(prompt=prompt)
         fmt = full_schema() if rubric == "full" else {"type": "integer", "minimum": 1, "maximum": 5}
+        if timeout is not None and hasattr(getattr(self.client, "_client", None), "timeout"):
+            self.client._client.timeout = timeout  # the client has no per-request timeout
         try:
             resp = self.client.chat(model=self.model, format=fmt, options={"temperature": 0, "seed": 0},
                                     messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}])
@@ -175,44 +229,239 @@ class OllamaProvider:
             if getattr(e, "status_code", None) == 404:
                 raise LLMError(f"ollama provider: model '{self.model}' not found (404): ollama pull {self.model}") from e
             raise
+        except ValueError as e:  # the reply is not JSON, or not a chat response
+            raise BadResponse(f"bad reply (not an Ollama chat response): {type(e).__name__}: {_short(e)}") from None
         return resp["message"]["content"], None
 
 
 PROVIDERS = {"openai": OpenAIProvider, "ollama": OllamaProvider}
 
 
+def classify_failure(e: BaseException) -> tuple[str, str]:
+    """(kind, reason) of a failed ask. kind: ``hard`` (give up on the call: connection refused,
+    a timeout, HTTP 401/403/404), ``retry`` (transient: HTTP 5xx/408/429, connection reset, a
+    truncated or malformed reply; retried with backoff, then hard) or ``invalid`` (the model's
+    answer is garbled or out of range, or the request refused for this prompt: asked again at once,
+    then only this prompt is imputed)."""
+    import httpx
+
+    if isinstance(e, BadResponse):
+        return "retry", str(e)
+    if isinstance(e, LLMError):
+        return "hard", str(e)
+    if isinstance(e, ValueError):
+        return "invalid", f"invalid answer: {e}"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status is None:
+        status = getattr(e, "status_code", None)  # ollama.ResponseError
+    if isinstance(status, int) and status > 0:
+        if status in (408, 429) or status >= 500:
+            return "retry", f"HTTP {status}"
+        if status in (400, 413, 422):
+            return "invalid", f"HTTP {status}: request refused"
+        return "hard", f"HTTP {status}"
+    if isinstance(e, httpx.TimeoutException) and not isinstance(e, httpx.ConnectTimeout):
+        return "hard", f"timeout: {type(e).__name__}: {_short(e)}"
+    if _is_connection_error(e):
+        return "hard", f"unreachable: {type(e).__name__}: {_short(e)}"
+    if isinstance(e, (httpx.TransportError, OSError)):
+        return "retry", f"{type(e).__name__}: {_short(e)}"
+    return "hard", f"{type(e).__name__}: {_short(e)}"
+
+
+def _short(e: BaseException, n: int = 100) -> str:
+    s = " ".join(str(e).split())
+    return s if len(s) <= n else s[:n - 3] + "..."
+
+
 # -- cache -------------------------------------------------------------------------------------
+_CORRUPT = ("malformed", "not a database", "encrypted")
+
+
 class LLMCache:
-    """SQLite (provider, model, template version, rubric, prompt) -> JSON answer."""
+    """SQLite (provider, model, template version, rubric, prompt) -> JSON answer.
 
-    def __init__(self, path):
+    Never raises, never deletes: a file that is not a database (or is damaged) is renamed aside to
+    ``<name>.corrupt-<timestamp>`` and a fresh cache started; a database of another schema (or
+    another program's), a directory, a path that cannot be created are bypassed (the cache is off
+    for this object); a database locked by another connection is waited for ``busy_timeout``
+    seconds, then bypassed for that operation; writes that fail (read-only file or folder) are
+    dropped. Each problem is logged once; :attr:`problem` says why the last operation did not use
+    the cache (None when it did)."""
+
+    def __init__(self, path, busy_timeout: float = 1.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._conn() as c:
-            c.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.busy_timeout = float(busy_timeout)
+        self.problem: str | None = None
+        self.bad = 0  # stored values that were not JSON (left out of get_many)
+        self._disabled: str | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._warned: set[str] = set()
 
-    def _conn(self):
-        if getattr(self._local, "conn", None) is None:
-            self._local.conn = sqlite3.connect(self.path, timeout=30)
-        return self._local.conn
+    def _warn(self, kind: str, msg: str, *args) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning(msg, *args)
+
+    def _disable(self, why: str) -> None:
+        self._disabled = self.problem = why
+        self._warn("disabled", "LLM cache bypassed: %s (answers are not cached)", why)
+
+    def _connect(self, set_aside: bool = True) -> sqlite3.Connection | None:
+        if self._conn is not None:
+            return self._conn
+        if self._disabled:
+            self.problem = self._disabled
+            return None
+        c = None
+        try:
+            if self.path.is_dir():
+                self._disable(f"{self.path} is a directory")
+                return None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            c = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+            tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            if "answers" in tables:
+                cols = [r[1] for r in c.execute("PRAGMA table_info(answers)")]
+                if cols != ["key", "value"]:
+                    c.close()
+                    self._disable(f"{self.path}: table 'answers' has columns {cols}, not ['key', 'value']")
+                    return None
+            elif tables:
+                c.close()
+                self._disable(f"{self.path} is another database (tables {sorted(tables)[:5]}), left untouched")
+                return None
+            else:
+                with c:
+                    c.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        except (sqlite3.Error, OSError) as e:
+            if c is not None:
+                c.close()
+            if _is_corrupt(e) and set_aside and self._set_aside(str(e)):
+                return self._connect(set_aside=False)
+            if _is_locked(e):
+                self.problem = f"locked: {e}"
+                self._warn("locked", "LLM cache %s is locked by another connection: bypassed while it is", self.path)
+            else:
+                self._disable(f"cannot open {self.path}: {type(e).__name__}: {e}")
+            return None
+        self._conn = c
+        return c
+
+    def _set_aside(self, why: str) -> bool:
+        """Rename a damaged file (and its journals) to ``<name>.corrupt-<timestamp>``; True when done."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest, n = self.path.with_name(f"{self.path.name}.corrupt-{stamp}"), 1
+        while dest.exists():
+            dest, n = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}"), n + 1
+        try:
+            self.path.rename(dest)
+        except OSError as e:
+            self._disable(f"{self.path} is damaged ({why}) and cannot be set aside ({e})")
+            return False
+        for side in ("-journal", "-wal", "-shm"):
+            p = self.path.with_name(self.path.name + side)
+            if p.exists():
+                try:
+                    p.rename(dest.with_name(dest.name + side))
+                except OSError:
+                    pass
+        log.warning("LLM cache %s is damaged (%s): set aside as %s, starting a fresh cache", self.path, why, dest.name)
+        return True
+
+    def _run(self, fn, write: bool = False):
+        """``fn(connection)``; None (and :attr:`problem` set) when the cache cannot be used."""
+        with self._lock:
+            self.problem = None
+            for attempt in (0, 1):
+                c = self._connect()
+                if c is None:
+                    return None
+                try:
+                    return fn(c)
+                except sqlite3.Error as e:
+                    try:
+                        c.rollback()
+                    except sqlite3.Error:
+                        pass
+                    if _is_corrupt(e) and attempt == 0 and self._set_aside(str(e)):
+                        continue
+                    if _is_locked(e):
+                        self.problem = f"locked: {e}"
+                        self._warn("locked", "LLM cache %s is locked by another connection: bypassed while it is",
+                                   self.path)
+                    elif write:
+                        self.problem = f"not saved: {e}"
+                        self._warn("write", "LLM cache %s: answers cannot be saved (%s); going on without saving",
+                                   self.path, e)
+                    else:
+                        self.problem = f"unreadable: {e}"
+                        self._warn("read", "LLM cache %s cannot be read (%s): bypassed", self.path, e)
+                    return None
+            return None
 
     @staticmethod
     def key(*parts: str) -> str:
         return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Decoded values of the keys found ({} when the cache cannot be read: see :attr:`problem`);
+        values that are not JSON are left out (counted in :attr:`bad`) so that they are asked again."""
+        keys = list(keys)
+
+        def read(c):
+            rows = []
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                rows += c.execute(f"SELECT key, value FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
+                                  chunk).fetchall()
+            return rows
+
         out = {}
-        c = self._conn()
-        for i in range(0, len(keys), 500):
-            chunk = list(keys[i:i + 500])
-            q = f"SELECT key, value FROM answers WHERE key IN ({','.join('?' * len(chunk))})"
-            out.update({k: json.loads(v) for k, v in c.execute(q, chunk)})
+        for k, v in self._run(read) or []:
+            try:
+                out[k] = json.loads(v)
+            except (TypeError, ValueError):
+                self.bad += 1
         return out
 
-    def put(self, key: str, value: dict) -> None:
-        with self._conn() as c:
-            c.execute("INSERT OR REPLACE INTO answers VALUES (?, ?)", (key, json.dumps(value)))
+    def put_many(self, items: Mapping[str, Any]) -> bool:
+        """Store values (one transaction); False when they could not be (see :attr:`problem`)."""
+        rows = [(k, json.dumps(v)) for k, v in items.items()]
+
+        def write(c):
+            with c:
+                c.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?)", rows)
+            return True
+
+        return not rows or bool(self._run(write, write=True))
+
+    def put(self, key: str, value: Any) -> bool:
+        return self.put_many({key: value})
+
+    def open(self) -> bool:
+        """Open (or create) the database now; False when it cannot be used (see :attr:`problem`)."""
+        with self._lock:
+            self.problem = None
+            return self._connect() is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _is_corrupt(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.DatabaseError) and any(s in str(e).lower() for s in _CORRUPT)
+
+
+def _is_locked(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and any(s in str(e).lower() for s in ("locked", "busy"))
 
 
 def default_llm_cache() -> Path:
@@ -241,16 +490,59 @@ def lexical_estimate(prompt: str) -> dict[str, float]:
     return est
 
 
+class _Call:
+    """One transform call: its deadline, and the first reason to stop asking."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline  # time.monotonic(), or None
+        self.stop = threading.Event()
+        self.reason: str | None = None  # hard failure or deadline: nothing more is asked
+        self.soft: str | None = None  # the first prompt-level failure (invalid answers)
+        self._lock = threading.Lock()
+
+    def left(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - time.monotonic()
+
+    def fail(self, why: str) -> None:
+        with self._lock:
+            self.reason = self.reason or why
+        self.stop.set()
+
+    def prompt_failed(self, why: str) -> None:
+        with self._lock:
+            self.soft = self.soft or why
+
+
 class LLMComplexityFeaturizer:
-    """Rubric answers of a local LLM as features; see the module docstring."""
+    """Rubric answers of a local LLM as features; see the module docstring.
+
+    ``timeout``: seconds per request; ``retries``: extra tries after an HTTP 5xx, a reset
+    connection, a malformed reply or an invalid answer (backoff ``backoff_s`` x 2^try between
+    transient failures, none after the last try); ``concurrency``: requests in flight;
+    ``deadline_s``: the most one ``transform`` call waits on the LLM in all (default 20 s: a route
+    never waits longer; cache hits are not affected). Prompts not answered by then are imputed.
+    ``None``: no overall deadline (featurizing a whole table with a slow LLM). These are stored in
+    :meth:`spec`, so a loaded router behaves as trained.
+
+    ``LOCAL_KEYS`` are the loading user's own settings (endpoint, credentials, cache file,
+    transport, progress bar): never written to :meth:`spec`, never taken from an artifact. Not
+    given, they come from the environment: ``T2IROUTE_LLM_BASE_URL`` / ``OPENAI_BASE_URL``,
+    ``OLLAMA_HOST``, ``OPENAI_API_KEY``, ``T2IROUTE_CACHE``.
+
+    After each :meth:`transform`, ``last_stats_`` has ``n``, ``cache_hits``, ``asked``,
+    ``imputed`` (rows), ``imputed_reason`` (why, or None), ``cache`` (``"ok"``, ``"disabled"`` or
+    ``"bypassed: <why>"``), ``cache_bad`` (cached values that were not valid answers: asked again)
+    and ``seconds``.
+    """
 
     name = "llm"
+    LOCAL_KEYS = frozenset({"base_url", "host", "api_key", "cache", "cache_path", "transport", "progress"})
 
     def __init__(self, provider: str = "openai", model: str = "smollm2", *, base_url: str | None = None,
                  host: str | None = None, api_key: str | None = None, rubric: str = "full",
                  timeout: float = 30.0, retries: int = 2, backoff_s: float = 0.5, concurrency: int = 2,
-                 cache: bool = True, cache_path: str | None = None, logprobs: bool = True,
-                 json_schema: bool = True, transport=None, progress: bool = True,
+                 deadline_s: float | None = 20.0, cache: bool = True, cache_path: str | None = None,
+                 logprobs: bool = True, json_schema: bool = True, transport=None, progress: bool = True,
                  template_version: str | None = None):
         if template_version is not None and template_version != TEMPLATE_VERSION:
             raise ValueError(f"LLM features were built with prompt template {template_version}; this t2iroute "
@@ -259,16 +551,23 @@ class LLMComplexityFeaturizer:
             raise ValueError(f"unknown LLM provider '{provider}'; known: {sorted(PROVIDERS)}")
         if rubric not in ("full", "score"):
             raise ValueError(f"rubric must be 'full' or 'score', got {rubric!r}")
+        if float(timeout) <= 0 or int(retries) < 0 or float(backoff_s) < 0:
+            raise ValueError(f"LLM timeout must be > 0, retries and backoff_s >= 0 (got {timeout}, {retries}, "
+                             f"{backoff_s})")
+        if deadline_s is not None and float(deadline_s) <= 0:
+            raise ValueError(f"LLM deadline_s must be > 0 seconds, or null for none (got {deadline_s})")
         self.provider, self.model, self.rubric = provider, model, rubric
         self.base_url, self.host, self.api_key = base_url, host, api_key
         self.timeout, self.retries, self.backoff_s = float(timeout), int(retries), float(backoff_s)
         self.concurrency = max(1, int(concurrency))
+        self.deadline_s = None if deadline_s is None else float(deadline_s)
         self.cache, self.cache_path = bool(cache), cache_path
-        self.logprobs, self.json_schema, self.transport = logprobs, json_schema, transport
+        self.logprobs, self.json_schema, self.transport = bool(logprobs), bool(json_schema), transport
         self.progress = progress
         self._client = None
-        self._cache = None
-        self._down = False  # after the first connection failure in a call, stop asking
+        self._cache: LLMCache | None = None
+        self._lock = threading.Lock()
+        self._bad_warned = False
         self.last_stats_: dict[str, Any] = {}
 
     @property
@@ -280,74 +579,139 @@ class LLMComplexityFeaturizer:
         return self.fields + ["expected_complexity", "imputed"]
 
     def _provider(self):
-        if self._client is None:
-            if self.provider == "openai":
-                self._client = OpenAIProvider(self.model, self.base_url or "http://127.0.0.1:8080/v1",
-                                              self.api_key, self.timeout, self.json_schema, self.logprobs,
-                                              self.transport)
-            else:
-                self._client = OllamaProvider(self.model, self.host, self.timeout, self.transport)
-        return self._client
+        with self._lock:
+            if self._client is None:
+                if self.provider == "openai":
+                    self._client = OpenAIProvider(self.model, self.base_url, self.api_key, self.timeout,
+                                                  self.json_schema, self.logprobs, self.transport)
+                else:
+                    self._client = OllamaProvider(self.model, self.host, self.timeout, self.transport)
+            return self._client
+
+    def _get_cache(self) -> LLMCache | None:
+        if self.cache and self._cache is None:
+            self._cache = LLMCache(self.cache_path or default_llm_cache())
+        return self._cache if self.cache else None
+
+    def warmup(self) -> None:
+        """Get ready without contacting the LLM: builds the client, opens the cache."""
+        try:
+            self._provider()
+        except Exception as e:  # reported by transform, with the rows it imputes
+            log.debug("LLM client not available: %s", e)
+        cache = self._get_cache()
+        if cache is not None:
+            cache.open()
 
     def _key(self, prompt: str) -> str:
         return LLMCache.key(self.provider, self.model, TEMPLATE_VERSION, self.rubric, prompt)
 
-    def _ask(self, prompt: str) -> dict:
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if self._down:
-                raise LLMError("LLM unreachable")
+    def _ask(self, prompt: str, call: _Call) -> dict | None:
+        """A valid answer, or None (the reason recorded in ``call``). Never raises."""
+        kind = why = None
+        tries = 0
+        while tries <= self.retries and not call.stop.is_set():
+            left = call.left()
+            if left <= 0:
+                call.fail(f"deadline {self.deadline_s:g} s passed")
+                return None
+            tries += 1
             try:
-                text, lp = self._provider().ask(prompt, self.rubric)
+                text, lp = self._provider().ask(prompt, self.rubric, timeout=min(self.timeout, left),
+                                                deadline=call.deadline)
                 ans = parse_answer(text, self.rubric)
-                exp = expected_digit(lp)
-                ans["expected_complexity"] = float(exp) if exp is not None else ans["complexity"]
-                return ans
-            except LLMError:
-                raise
-            except ValueError as e:  # garbled or out of range: ask again
-                last = e
-            except Exception as e:  # connection refused, timeout, HTTP errors
-                last = e
-                if _is_connection_error(e):
-                    self._down = True
-                    raise LLMError(f"{self.provider} LLM unreachable: {type(e).__name__}: {e}") from e
-            time.sleep(self.backoff_s * (2 ** attempt))
-        raise LLMError(f"no valid answer after {self.retries + 1} tries: {last}")
+            except Exception as e:
+                kind, why = classify_failure(e)
+                if kind == "hard":
+                    call.fail(why)
+                    return None
+                if kind == "retry" and tries <= self.retries:
+                    pause = self.backoff_s * 2 ** (tries - 1)
+                    if pause >= call.left():  # would sleep past the deadline: give up now
+                        break
+                    call.stop.wait(pause)
+                continue
+            exp = expected_digit(lp)
+            ans["expected_complexity"] = float(exp) if exp is not None else ans["complexity"]
+            return ans
+        if kind == "retry":  # the server keeps failing: stop asking in this call
+            call.fail(f"{why} ({tries} {'try' if tries == 1 else 'tries'})")
+        elif kind == "invalid":
+            call.prompt_failed(f"no valid answer after {tries} {'try' if tries == 1 else 'tries'}: {why}")
+        return None
 
-    def transform(self, prompts: Sequence[str]) -> np.ndarray:
-        prompts = [str(p) for p in prompts]
-        self._down = False
-        cache = None
-        if self.cache:
-            if self._cache is None:
-                self._cache = LLMCache(self.cache_path or default_llm_cache())
-            cache = self._cache
-        keys = [self._key(p) for p in prompts]
-        got = cache.get_many(list(dict.fromkeys(keys))) if cache else {}
-        todo = list(dict.fromkeys(k for k in keys if k not in got))
-        by_key = {k: p for k, p in zip(keys, prompts)}
-        errors: list[str] = []
-        t0 = time.perf_counter()
-
-        def work(k):
-            try:
-                ans = self._ask(by_key[k])
-            except LLMError as e:
-                errors.append(str(e))
-                return k, None
-            if cache:
-                cache.put(k, ans)
-            return k, ans
-
-        if todo:
+    def _ask_all(self, todo: list[str], by_key: dict[str, str], call: _Call) -> dict[str, dict]:
+        """Answers for the keys in ``todo`` that came before the deadline or the first hard failure."""
+        try:
+            self._provider()
+        except Exception as e:
+            call.fail(f"LLM client unavailable: {type(e).__name__}: {e}")
+            return {}
+        out: dict[str, dict] = {}
+        bar = None
+        if self.progress and len(todo) >= 20:
             from tqdm.auto import tqdm
 
-            with ThreadPoolExecutor(self.concurrency) as ex:
-                for k, ans in tqdm(ex.map(work, todo), total=len(todo), disable=not self.progress or len(todo) < 20,
-                                   desc=f"LLM features ({self.model})"):
-                    if ans is not None:
-                        got[k] = ans
+            bar = tqdm(total=len(todo), desc=f"LLM features ({self.model})")
+        ex = ThreadPoolExecutor(min(self.concurrency, len(todo)), thread_name_prefix="t2iroute-llm")
+        pending = {ex.submit(self._ask, by_key[k], call): k for k in todo}
+
+        def harvest(done):
+            for f in done:
+                k = pending.pop(f)
+                if not f.cancelled() and f.exception() is None and f.result() is not None:
+                    out[k] = f.result()
+                if bar is not None:
+                    bar.update()
+
+        try:
+            while pending and not call.stop.is_set():
+                left = call.left()
+                if left <= 0:
+                    call.fail(f"deadline {self.deadline_s:g} s passed")
+                    break
+                done, _ = wait(list(pending), timeout=None if left == math.inf else left,
+                               return_when=FIRST_COMPLETED)
+                harvest(done)
+            harvest([f for f in pending if f.done()])
+        finally:
+            call.stop.set()  # requests in flight end by the deadline; queued ones never start
+            ex.shutdown(wait=False, cancel_futures=True)
+            if bar is not None:
+                bar.close()
+        return out
+
+    def transform(self, prompts: Sequence[str]) -> np.ndarray:
+        t0 = time.monotonic()
+        call = _Call(None if self.deadline_s is None else t0 + self.deadline_s)
+        prompts = [str(p) for p in prompts]
+        keys = [self._key(p) for p in prompts]
+        uniq = list(dict.fromkeys(keys))
+        by_key = dict(zip(keys, prompts))
+        cache = self._get_cache()
+        cache_status = "disabled" if cache is None else "ok"
+        got: dict[str, dict] = {}
+        bad: list[str] = []
+        if cache is not None and uniq:
+            bad_before = cache.bad
+            raw = cache.get_many(uniq)
+            if cache.problem:
+                cache_status = f"bypassed: {cache.problem}"
+            bad += ["not JSON"] * (cache.bad - bad_before)
+            for k, v in raw.items():
+                try:
+                    got[k] = check_answer(v, self.fields)
+                except ValueError as e:
+                    bad.append(str(e))
+        if bad and not self._bad_warned:
+            self._bad_warned = True
+            log.warning("LLM cache %s: %d cached answers are not valid (%s): asked again", cache.path, len(bad), bad[0])
+        hits = sum(k in got for k in keys)  # rows served from the cache
+        todo = [k for k in uniq if k not in got]
+        new = self._ask_all(todo, by_key, call) if todo else {}
+        got.update(new)
+        if new and cache is not None and cache_status == "ok" and not cache.put_many(new):
+            cache_status = f"bypassed: {cache.problem}"
         n_imputed = 0
         rows = []
         for k, p in zip(keys, prompts):
@@ -358,19 +722,24 @@ class LLMComplexityFeaturizer:
                 rows.append([est[f] for f in self.fields] + [est["complexity"], 1.0])
             else:
                 rows.append([ans[f] for f in self.fields] + [ans.get("expected_complexity", ans["complexity"]), 0.0])
+        reason = (call.reason or call.soft or "no answer") if n_imputed else None
         if n_imputed:
             log.warning("LLM features: %d of %d prompts imputed from lexical features (%s)",
-                        n_imputed, len(prompts), errors[0] if errors else "no answer")
-        self.last_stats_ = {"n": len(prompts), "cache_hits": len(prompts) - len(todo), "asked": len(todo),
-                            "imputed": n_imputed, "seconds": time.perf_counter() - t0}
+                        n_imputed, len(prompts), reason)
+        self.last_stats_ = {"n": len(prompts), "cache_hits": hits, "asked": len(todo),
+                            "imputed": n_imputed, "imputed_reason": reason, "cache": cache_status,
+                            "cache_bad": len(bad), "seconds": time.monotonic() - t0}
         return np.asarray(rows, dtype=np.float32).reshape(len(prompts), len(self.feature_names_))
 
     def spec(self) -> dict[str, Any]:
-        return {"provider": self.provider, "model": self.model, "base_url": self.base_url, "host": self.host,
-                "rubric": self.rubric, "template_version": TEMPLATE_VERSION}
+        """What a router artifact stores: the model, rubric and timing; never the LOCAL_KEYS."""
+        return {"provider": self.provider, "model": self.model, "rubric": self.rubric,
+                "template_version": TEMPLATE_VERSION, "timeout": self.timeout, "retries": self.retries,
+                "backoff_s": self.backoff_s, "concurrency": self.concurrency, "deadline_s": self.deadline_s,
+                "logprobs": self.logprobs, "json_schema": self.json_schema}
 
 
-def _is_connection_error(e: Exception) -> bool:
+def _is_connection_error(e: BaseException) -> bool:
     import httpx
 
     if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError)):

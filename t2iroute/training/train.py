@@ -173,7 +173,8 @@ def run_bench(cfg) -> dict:
     tr, va, te = _split(M, cfg)
     featurizer = build_featurizer(_plain(cfg["features"]))
     t0 = time.perf_counter()
-    X = featurizer.transform(list(M.prompts))
+    with featurizer.without_deadline():  # a whole table, not one routing call
+        X = featurizer.transform(list(M.prompts))
     feat_s = time.perf_counter() - t0
     log.info("features %s for %d prompts in %.1fs", X.shape, len(M), feat_s)
 
@@ -351,7 +352,8 @@ def run_train(cfg) -> Router:
     specs = backend_specs_for(M.backends, _plain(cfg.get("backends")) or {})
     tr, va, te = _split(M, cfg)
     featurizer = build_featurizer(_plain(cfg["features"]))
-    X = featurizer.transform(list(M.prompts))
+    with featurizer.without_deadline():  # a whole table, not one routing call
+        X = featurizer.transform(list(M.prompts))
     predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr],
                               costs=M.costs, higher_is_better=M.higher_is_better, anchor=_anchor_setting(cfg))
     anchor = anchor_of(cfg, M, tr, predictor)
