@@ -33,7 +33,7 @@ def test_predictor_configs_build(name):
     from t2iroute.predictors import build_predictor, resolve_blocks
 
     for entry in ("bench", "train"):
-        cfg = _compose(entry, [f"predictor={name}"])
+        cfg = _compose(entry, ["data=agiqa3k", f"predictor={name}"])
         spec = resolve_blocks(OmegaConf.to_container(cfg.predictor, resolve=True), BLOCKS)
         p = build_predictor(spec)
         assert p.type_name == name
@@ -42,7 +42,7 @@ def test_predictor_configs_build(name):
 def test_auto_candidates_match_the_code_default():
     from t2iroute.predictors.auto import DEFAULT_CANDIDATES
 
-    cfg = OmegaConf.to_container(_compose("bench", ["predictor=auto"]).predictor)
+    cfg = OmegaConf.to_container(_compose("bench", ["data=agiqa3k", "predictor=auto"]).predictor)
     assert cfg["candidates"] == DEFAULT_CANDIDATES
 
 
@@ -75,14 +75,14 @@ def test_scorer_configs_build(name):
 def test_feature_configs_build(name):
     from t2iroute.features import build_featurizer
 
-    cfg = _compose("bench", [f"features=[{name}]"])
+    cfg = _compose("bench", ["data=agiqa3k", f"features=[{name}]"])
     f = build_featurizer(OmegaConf.to_container(cfg.features, resolve=True))
     assert [p.name for p in f.parts] == [name]
 
 
 @pytest.mark.parametrize("entry", ["bench", "train", "sweep", "route", "generate"])
 def test_entry_configs_share_the_hydra_settings(entry):
-    cfg = _compose(entry, [])
+    cfg = _compose(entry, ["data=agiqa3k"] if entry in ("bench", "train") else [])
     assert "hydra" not in OmegaConf.to_container(OmegaConf.load(CONF / f"{entry}.yaml"))
     dflt = OmegaConf.load(CONF / f"{entry}.yaml").defaults
     assert any(isinstance(d, dict) and "hydra" in d for d in OmegaConf.to_container(dflt)), dflt

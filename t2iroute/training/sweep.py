@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 import uuid
@@ -101,7 +102,8 @@ def run_sweep(backends: Mapping[str, object], prompts: pd.DataFrame, seeds: Sequ
     skipped = len(items) - len(todo)
     log.info("sweep shard %d/%d: %d items, %d already finished, %d to do", shard, num_shards,
              len(items), skipped, len(todo))
-    print(f"sweep: {len(items)} items, skipping {skipped} finished, {len(todo)} to do", flush=True)
+    # progress goes to stderr: stdout carries only the command's JSON result
+    print(f"sweep: {len(items)} items, skipping {skipped} finished, {len(todo)} to do", file=sys.stderr, flush=True)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), disable=not progress, desc=f"sweep shard {shard}", unit="img")

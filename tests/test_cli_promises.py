@@ -1,0 +1,303 @@
+"""The command line's promises (README, "Command line and app"): bad input exits with status 2 and
+ONE line on stderr naming the input, found before any model loads; stdout carries only the
+command's JSON result (JSON Lines under -m); stderr is quiet on success unless verbose=true."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from t2iroute.cli import COMMANDS, _split_prompts, main
+from tests.conftest import make_table
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_BENCH = ["features=[lexical]", "predictor=knn", "throughput.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    path = tmp_path_factory.mktemp("table") / "t.csv"
+    make_table(n_prompts=40).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def unwritable(tmp_path_factory):
+    """A folder this process cannot write in (as root, a sysfs folder)."""
+    d = tmp_path_factory.mktemp("ro")
+    d.chmod(0o555)
+    if os.access(d, os.W_OK):  # root
+        d = Path("/sys/t2iroute-test")
+    yield d
+    if d.parent != Path("/sys"):
+        d.chmod(0o755)
+
+
+def _one_line(capsys, argv):
+    """main(argv) -> (rc, the one stderr line); stdout must be empty."""
+    capsys.readouterr()
+    rc = main(list(argv))
+    cap = capsys.readouterr()
+    lines = [ln for ln in cap.err.splitlines() if ln.strip()]
+    assert cap.out == "", (argv, cap.out)
+    assert len(lines) == 1, (argv, cap.err)
+    return rc, lines[0]
+
+
+def _bad_inputs(art, table, tmp, unwritable):
+    afile = tmp / "a-file"
+    afile.write_text("not a folder")
+    a, d = f"artifact={art}", f"data.path={table}"
+    png = f"out={tmp / 'img.png'}"
+    return [
+        # Hydra's errors: unknown keys and group options, with a close match
+        (["route", "a cat", a, "lamda=0.1"], ["unknown key 'lamda'", "did you mean lam?"]),
+        (["route", "a cat", a, "backends=[nope]"], ["backends=[nope]", "'nope'", "tiny_10"]),
+        (["bench", "data=custom", d, "predictor=knnn"], ["predictor=knnn", "did you mean knn?"]),
+        (["bench", "data=custom", d, "features=[embeding]"], ["features=[embeding]", "did you mean embedding?"]),
+        (["bench", "data=custm", d], ["data=custm", "did you mean custom?"]),
+        (["train", "data=custom", d, "budget=3"], ["unknown key 'budget'", "did you mean router.budget?"]),
+        (["sweep", "scorer=clp"], ["scorer=clp", "did you mean clip?"]),
+        (["route", "a cat", a, "~nope"], ["~nope", "'nope'"]),
+        (["route", "a cat", a, "lam=[1"], ["lam=[1"]),
+        (["route", "a cat", a, "lam=0,1"], ["lam=0,1", "-m"]),
+        (["bench", "--cgf", "job"], ["--cgf", "did you mean --cfg?"]),
+        (["bench", "data=agiqa3k", "--cfg", "jbo"], ["--cfg jbo"]),
+        (["bench", "data=agiqa3k", "extra"], ["'extra'"]),
+        (["bench", "data=agiqa3k", "--", "a prompt"], ["'--'"]),
+        # prompts that read as settings: an error that says how to pass them
+        (["route", "style=oil painting of a cat", a], ["unknown key 'style'", "-- 'style=oil painting of a cat'"]),
+        (["route", "--no-text logo", a], ["unknown option '--no-text logo'", "-- '--no-text logo'"]),
+        (["generate", "-5 degrees outside", a, png], ["'-5 degrees outside'", "after --"]),
+        # values of the wrong type or range, named with their key
+        (["generate", "a cat", a, png, "seed=abc"], ["seed=abc", "integer"]),
+        (["generate", "a cat", a, png, "seed=1.5"], ["seed=1.5", "integer"]),
+        (["generate", "a cat", a, png, "seed=2**70"], ["seed=2**70", "integer"]),
+        (["generate", "a cat", a, png, f"seed={2 ** 70}"], [f"seed={2 ** 70}", "2**63-1"]),
+        (["generate", "a cat", a, png, "seed=-1"], ["seed=-1"]),
+        (["generate", "a cat", a, png, "fallback=maybe"], ["fallback=maybe", "true or false"]),
+        (["route", "a cat", a, "lam=abc"], ["lam=abc", "number"]),
+        (["route", "a cat", a, "budget=abc"], ["budget=abc", "number"]),
+        (["route", "a cat", a, "max_cost=nan"], ["max_cost=nan", "finite"]),
+        (["route", "a cat", a, "verbose=maybe"], ["verbose=maybe"]),
+        (["sweep", "seeds=[abc]"], ["seeds=[abc]", "integer"]),
+        (["sweep", f"seeds=[0,{2 ** 70}]"], ["seeds=[0,", "2**63-1"]),
+        (["sweep", "seeds=[]"], ["seeds=[]"]),
+        (["sweep", "chunk_size=0"], ["chunk_size=0", ">= 1"]),
+        (["sweep", "limit=abc"], ["limit=abc"]),
+        (["sweep", "shard=2", "num_shards=2"], ["shard=2 num_shards=2"]),
+        (["sweep", "keep_images=maybe"], ["keep_images=maybe"]),
+        (["bench", "data=custom", d, "seed=abc"], ["seed=abc"]),
+        (["bench", "data=custom", d, "anchor=maybe"], ["anchor=maybe"]),
+        (["bench", "data=custom", d, "throughput.n_batch=0"], ["throughput.n_batch=0"]),
+        (["bench", "data=custom", d, "split.fractions=[0.5,0.5]"], ["split.fractions=[0.5,0.5]"]),
+        # required inputs
+        (["bench"], ["data= is required", "agiqa3k", "cems10k", "custom", "tifa160"]),
+        (["train", "out_dir=x"], ["data= is required", "agiqa3k"]),
+        (["bench", "data=custom"], ["data.path is required"]),
+        (["route", "a cat"], ["artifact=DIR is required"]),
+        # folders and files that cannot be written: no traceback
+        (["bench", "data=custom", d, f"out_dir={afile}"], [f"out_dir={afile}", "a file is there"]),
+        (["sweep", f"out_dir={afile / 'sub'}"], [f"out_dir={afile / 'sub'}", "is a file"]),
+        (["bench", "data=custom", d, *FAST_BENCH, f"out_dir={unwritable / 'b'}"], ["out_dir", str(unwritable)]),
+        (["generate", "a cat", a, f"out={afile / 'x.png'}"], [f"out={afile / 'x.png'}", "is a file"]),
+        (["generate", "a cat", a, f"out={unwritable / 'x.png'}"], [f"out={unwritable / 'x.png'}", "cannot write"]),
+        (["generate", "a cat", a, f"out={tmp}"], [f"out={tmp}", "a folder is there"]),
+        # prompts that cannot be routed
+        (["route", "caf\udce9", a], ["prompt #0", "not valid text"]),
+        (["generate", "caf\udce9", a, png], ["prompt #0", "not valid text"]),
+        (["route", "a cat", "", a], ["prompt #1 is empty"]),
+        (["route", "\t ", a], ["prompt #0 is empty"]),
+        (["generate", "x" * 4001, a, png], ["4001 characters"]),
+        (["route", a, "--"], ["no prompt given"]),
+        # an error printed once, not as a log line too
+        (["bench", "data=custom", "data.path=/nonexistent/t.csv", f"out_dir={tmp / 'once'}"], ["no such file"]),
+    ]
+
+
+def test_bad_inputs_exit_2_with_one_line_naming_the_input(tiny_artifact, table, tmp_path, unwritable,
+                                                          capsys, monkeypatch):
+    from t2iroute.router.core import Router
+
+    def no_load(*a, **k):
+        raise AssertionError("a model loaded before the input was checked")
+
+    monkeypatch.setattr(Router, "load", classmethod(no_load))
+    failed = []
+    runs = tmp_path / "runs"
+    for argv, needles in _bad_inputs(tiny_artifact, table, tmp_path, unwritable):
+        if argv[0] in ("bench", "train", "sweep") and not any(a.startswith("out_dir=") for a in argv) \
+                and "--" not in argv:
+            argv = argv + [f"out_dir={runs}"]
+        rc, line = _one_line(capsys, argv)
+        if rc != 2 or not line.startswith(f"t2iroute {argv[0]}: error: ") or not all(n in line for n in needles):
+            failed.append((argv[:4], rc, line))
+    assert not failed, "\n".join(map(str, failed))
+    assert not (tmp_path / "img.png").exists() and not runs.exists()  # refused before a run folder is made
+    log = next((tmp_path / "once").glob("*.log")).read_text()  # the run's log file keeps the error
+    assert "no such file" in log
+
+
+def test_unknown_command_is_one_line(capsys):
+    rc, line = _one_line(capsys, ["rout", "a cat"])
+    assert rc == 2 and "unknown command 'rout'" in line and "did you mean route?" in line
+
+
+def test_entry_point_bad_input_one_line(tiny_artifact, tmp_path):
+    """The installed script as a user runs it, argv bytes that are not UTF-8 included."""
+    exe = str(ROOT / ".venv" / "bin" / "t2iroute")
+    if not os.path.exists(exe):
+        exe = None
+    base = [exe] if exe else [sys.executable, "-m", "t2iroute.cli"]
+    cases = [
+        (["route", "a cat", f"artifact={tiny_artifact}", "lamda=0.1"], "did you mean lam?"),
+        (["route", "--no-text logo", f"artifact={tiny_artifact}"], "unknown option '--no-text logo'"),
+        ([b"route", b"caf\xe9", f"artifact={tiny_artifact}".encode()], "not valid text"),
+        (["generate", "a cat", f"artifact={tiny_artifact}", f"out={tmp_path / 'a.png'}", "seed=2**70"], "seed=2**70"),
+        (["bench"], "data= is required"),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([os.fsencode(x) for x in base] + [os.fsencode(x) for x in argv],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+             for argv, _ in cases]
+    for p, (argv, needle) in zip(procs, cases):
+        out, err = p.communicate(timeout=180)
+        err = err.decode("utf-8", "replace")
+        assert p.returncode == 2 and out == b"", (argv, p.returncode, out, err)
+        assert len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
+
+
+def test_generate_success_is_quiet_json_and_world_readable(tiny_artifact, tmp_path):
+    """stdout: the JSON result only; stderr: nothing (no INFO lines, no open_clip notice for the
+    tiny random CLIP, no loading bars); the image 0644 in a new 0755 folder; costs with their unit."""
+    out = tmp_path / "new" / "car.png"
+    r = subprocess.run([sys.executable, "-m", "t2iroute.cli", "generate", "a red car", f"artifact={tiny_artifact}",
+                        f"out={out}", "scorer=clip_tiny", "backend=fast"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=lambda: os.umask(0o022))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    g = json.loads(r.stdout)
+    assert g["out"] == str(out) and g["cost_unit"] == "s" and "clip" in g["score"]
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+    assert oct(out.parent.stat().st_mode & 0o777) == "0o755"
+
+
+def test_prompts_after_double_dash(tiny_artifact, capsys):
+    argv = ["route", f"artifact={tiny_artifact}", "lam=0", "--", "style=oil painting of a cat", "--no-text logo",
+            "~tilde", "lam=1"]
+    assert main(argv) == 0
+    ds = json.loads(capsys.readouterr().out)
+    assert [d["prompt"] for d in ds] == ["style=oil painting of a cat", "--no-text logo", "~tilde", "lam=1"]
+    assert all(d["policy"] == {"type": "lam", "lam": 0.0} and d["cost_unit"] == "s" for d in ds)
+    # without --: a space before the first '=' makes a prompt
+    assert _split_prompts(["E = mc2", "a=b", "--", "x=y"]) == (["E = mc2", "x=y"], ["a=b"])
+
+
+def test_multirun_prints_json_lines(tiny_artifact, table, tmp_path, capsys):
+    assert main(["route", "a cat", f"artifact={tiny_artifact}", "-m", "lam=0,1e9"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(ln)["backend"] for ln in lines] == ["mid", "fast"]
+    out = tmp_path / "m"
+    assert main(["bench", "data=custom", f"data.path={table}", *FAST_BENCH, "-m", "seed=0,1",
+                 f"out_dir={out}/s${{seed}}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(ln)["seed"] for ln in lines] == [0, 1]
+    assert (out / "s0" / "summary.json").exists() and (out / "s1" / "summary.json").exists()
+    # every run is checked before the first starts
+    rc, line = _one_line(capsys, ["bench", "data=custom", f"data.path={table}", *FAST_BENCH, "-m", "seed=0,abc",
+                                  f"out_dir={tmp_path / 'n'}/s${{seed}}"])
+    assert rc == 2 and "seed=abc" in line and not (tmp_path / "n").exists()
+
+
+def test_bench_and_train_quiet_unless_verbose_with_cost_unit(table, tmp_path, capsys):
+    base = ["bench", "data=custom", f"data.path={table}", *FAST_BENCH]
+    assert main(base + [f"out_dir={tmp_path / 'q'}"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and json.loads(cap.out)["cost_unit"] == "s"
+    assert "INFO" in next((tmp_path / "q").glob("*.log")).read_text()  # the log file keeps INFO
+    assert main(base + [f"out_dir={tmp_path / 'v'}", "verbose=true"]) == 0
+    assert "[INFO]" in capsys.readouterr().err
+    assert main(["train", "data=custom", f"data.path={table}", "features=[lexical]", "predictor=ridge",
+                 f"out_dir={tmp_path / 't'}", "data.cost_unit=usd"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and json.loads(cap.out)["cost_unit"] == "usd"
+
+
+def test_cfg_job_and_searchpath_still_work(table, tmp_path, capsys):
+    assert main(["bench", "data=agiqa3k", "--cfg", "job"]) == 0
+    assert OmegaConf.create(capsys.readouterr().out).data.name == "agiqa3k"
+    conf = tmp_path / "conf" / "data"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text(f"name: mine\npath: {table}\nmetric: clip\nbackends: null\ncosts: {{}}\n")
+    assert main(["bench", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=mine", *FAST_BENCH,
+                 f"out_dir={tmp_path / 'o'}"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == "mine"
+
+
+def test_sweep_progress_goes_to_stderr(tmp_path, capsys):
+    import pandas as pd
+
+    from t2iroute.training.sweep import run_sweep
+
+    empty = pd.DataFrame({c: pd.Series([], dtype=str) for c in ("prompt_id", "prompt", "source")})
+    run_sweep({"b": object()}, empty, [0], object(), tmp_path, progress=False)
+    cap = capsys.readouterr()
+    assert cap.out == "" and "sweep: 0 items" in cap.err
+
+
+def _leaf_keys(cfg, groups):
+    keys = []
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and v:
+                walk(v, key + ".")
+            else:
+                keys.append(key)
+
+    walk({k: v for k, v in OmegaConf.to_container(cfg).items() if k not in groups}, "")
+    return keys
+
+
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c != "app"])
+def test_help_lists_every_key_with_a_description(cmd, capsys):
+    from tests.test_cli import _compose
+
+    assert main([cmd, "--help"]) == 0
+    text = capsys.readouterr().out
+    cfg = _compose(cmd, ["data=agiqa3k"] if cmd in ("bench", "train") else [])
+    groups = {"data", "features", "predictor", "backends", "scorer"}
+    for g in _group_names(cmd):
+        assert re.search(rf"^  {g}=\S.*\(options: ", text, re.M), (cmd, g)
+    for key in _leaf_keys(cfg, groups):
+        assert re.search(rf"^  {re.escape(key)}=.*?\s{{2,}}\S", text, re.M), (cmd, key, text)
+
+
+def _group_names(cmd):
+    dflt = OmegaConf.to_container(OmegaConf.load(ROOT / "t2iroute" / "conf" / f"{cmd}.yaml").defaults)
+    return {next(iter(d)) for d in dflt if isinstance(d, dict)} - {"hydra"}
+
+
+def test_top_and_app_help(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(re.search(rf"^  {c}\s", text, re.M) for c in COMMANDS) and " -- " in text
+    assert main(["app", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(re.search(rf"^  {k}=\S*\s{{2,}}\S", text, re.M) for k in ("artifact", "bench", "port", "address"))
+
+
+def test_documented_bench_and_train_commands_name_their_data():
+    lines = []
+    for f in ("README.md", "Makefile", "docs/design-notes.md"):
+        p = ROOT / f
+        if p.exists():
+            lines += [ln for ln in p.read_text().splitlines()
+                      if re.search(r"bin/t2iroute (bench|train)\b", ln)]
+    assert lines and all("data=" in ln for ln in lines), [ln for ln in lines if "data=" not in ln]
