@@ -578,6 +578,26 @@ def _image_format(out: str) -> str:
     return fmt
 
 
+def _clean_temp_images(folder: str) -> None:
+    """Remove temp images that killed ``generate`` runs left in ``folder`` (``.t2iroute-PID-*``
+    whose process is gone; older unnamed ones after an hour)."""
+    from t2iroute.paths import pid_alive
+
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".t2iroute-") and not n.startswith(".t2iroute-probe")]
+    except OSError:
+        return
+    for n in names:
+        p = os.path.join(folder, n)
+        m = re.match(r"\.t2iroute-(\d+)-", n)
+        try:
+            stale = not pid_alive(int(m.group(1))) if m else time.time() - os.lstat(p).st_mtime > 3600
+            if stale and os.path.isfile(p) and not os.path.islink(p):
+                os.unlink(p)
+        except OSError:
+            pass
+
+
 def _generate(cfg, prompts: list[str]) -> None:
     import tempfile
 
@@ -612,7 +632,8 @@ def _generate(cfg, prompts: list[str]) -> None:
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)  # 0777 & ~umask: 0755 with the usual umask
-        fd, tmp = tempfile.mkstemp(prefix=".t2iroute-", suffix=os.path.splitext(out)[1], dir=folder)
+        _clean_temp_images(folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".t2iroute-{os.getpid()}-", suffix=os.path.splitext(out)[1], dir=folder)
         os.close(fd)
         res.image.save(tmp, format=fmt)
         umask = os.umask(0)

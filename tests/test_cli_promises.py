@@ -176,6 +176,11 @@ def test_generate_success_is_quiet_json_and_world_readable(tiny_artifact, tmp_pa
     """stdout: the JSON result only; stderr: nothing (no INFO lines, no open_clip notice for the
     tiny random CLIP, no loading bars); the image 0644 in a new 0755 folder; costs with their unit."""
     out = tmp_path / "new" / "car.png"
+    out.parent.mkdir(mode=0o755)
+    dead = 2 ** 22 + 777  # above the default pid_max: a killed run's leftover
+    (out.parent / f".t2iroute-{dead}-x.png").write_bytes(b"half an image")
+    live = out.parent / f".t2iroute-{os.getpid()}-y.png"  # a run in progress keeps its temp file
+    live.write_bytes(b"being written")
     r = subprocess.run([sys.executable, "-m", "t2iroute.cli", "generate", "a red car", f"artifact={tiny_artifact}",
                         f"out={out}", "scorer=clip_tiny", "backend=fast"], capture_output=True, text=True,
                        timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=lambda: os.umask(0o022))
@@ -185,6 +190,7 @@ def test_generate_success_is_quiet_json_and_world_readable(tiny_artifact, tmp_pa
     assert g["out"] == str(out) and g["cost_unit"] == "s" and "clip" in g["score"]
     assert oct(out.stat().st_mode & 0o777) == "0o644"
     assert oct(out.parent.stat().st_mode & 0o777) == "0o755"
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([live.name, "car.png"])
 
 
 def test_prompts_after_double_dash(tiny_artifact, capsys):
