@@ -501,3 +501,28 @@ def test_training_tables_are_featurized_without_the_routing_deadline():
         assert llm.deadline_s is None
     assert llm.deadline_s == 1.5 and llm.spec()["deadline_s"] == 1.5
     assert "cache" in type(llm).LOCAL_KEYS and "base_url" not in llm.spec()
+
+
+def test_router_warmup_never_asks_the_llm(tmp_path, monkeypatch):
+    """route = warm-up + one featurization: the LLM is asked once, not twice."""
+    from t2iroute import Router
+    from t2iroute.features import build_featurizer
+    from t2iroute.predictors import RidgePredictor
+
+    from .test_artifact_security import Listener
+
+    listener = Listener()
+    try:
+        f = build_featurizer({"lexical": {}, "llm": {"rubric": "score", "cache": False, "progress": False,
+                                                     "base_url": f"http://127.0.0.1:{listener.port}/v1",
+                                                     "timeout": 0.3, "retries": 0, "deadline_s": 1.0}})
+        X = np.random.default_rng(0).random((20, len(f.feature_names_)))
+        r = Router(f, RidgePredictor().fit(X, np.random.default_rng(1).random((20, 2))), ["a", "b"], [0.1, 1.0])
+        r.warmup()
+        time.sleep(0.3)
+        assert listener.connections == 0
+        d = r.route("a red car")
+        time.sleep(0.3)
+        assert listener.connections == 1 and "llm" in d.imputed
+    finally:
+        listener.close()
