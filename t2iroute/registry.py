@@ -30,6 +30,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     },
     "scorers": {
         "clip": "t2iroute.scoring.clip:CLIPScorer",
+        "testbed_check": "t2iroute.testbed.checker:TestbedChecker",
     },
     "featurizers": {
         "embedding": "t2iroute.features.embedding:SentenceEmbeddingFeaturizer",
