@@ -442,11 +442,6 @@ def _bench(cfg) -> None:
     _emit(brief)
 
 
-def _cost_unit(router) -> str:
-    data = router.manifest.get("data") if isinstance(getattr(router, "manifest", None), dict) else None
-    return str((data or {}).get("cost_unit") or "s")
-
-
 def _train(cfg) -> None:
     from t2iroute.training.train import run_train
 
@@ -454,7 +449,7 @@ def _train(cfg) -> None:
     metrics = dict(router.manifest.get("metrics", {}))
     sel = metrics.pop("predictor_selection", None)
     out = {"artifact": os.path.join(str(cfg.out_dir), "router"), "policy": router.policy.describe(),
-           "cost_unit": _cost_unit(router), "metrics": metrics}
+           "cost_unit": router.cost_unit, "metrics": metrics}
     if sel is not None:
         out["predictor"] = {k: sel[k] for k in ("chosen", "shrink", "beats_best_single_cv")}
     _emit(out)
@@ -511,7 +506,7 @@ def _cli_prompts(cfg, prompts: list[str]) -> list[str]:
     """The command line's prompts and prompts_file's, checked (empty, not text, too long) before
     any model loads."""
     from t2iroute.errors import ConfigError
-    from t2iroute.router.core import _check_prompts
+    from t2iroute.router.core import check_prompts
 
     items = list(prompts)
     src = cfg.get("prompts_file")
@@ -523,7 +518,7 @@ def _cli_prompts(cfg, prompts: list[str]) -> list[str]:
         items += read_prompts(str(src)).prompt.tolist()
     if not items:
         raise ConfigError('no prompt given: t2iroute route "a red car" artifact=DIR (or prompts_file=FILE)')
-    _check_prompts(items)
+    check_prompts(items)
     return items
 
 
@@ -562,7 +557,7 @@ def _route(cfg, prompts: list[str]) -> None:
     router = _cli_router(cfg)
     one = len(items) == 1 and not cfg.get("prompts_file")
     res = router.route(items[0] if one else items, **policy)
-    unit = _cost_unit(router)
+    unit = router.cost_unit
     _emit({**res.to_dict(), "cost_unit": unit} if one else [{**d.to_dict(), "cost_unit": unit} for d in res])
 
 
@@ -624,7 +619,7 @@ def _generate(cfg, prompts: list[str]) -> None:
     res = router.generate(prompts[0], seed=int(cfg.seed), backend=cfg.get("backend"),
                           fallback=bool(cfg.fallback), **policy)
     result = res.to_dict()
-    result["cost_unit"] = _cost_unit(router)
+    result["cost_unit"] = router.cost_unit
     result["router_load_s"] = load_s  # artifact + featurizer models (the pipeline's load is in wall_s only)
     if scorer is not None:
         result["score"] = {scorer.metric: scorer.score([res.image], [prompts[0]])[0]}

@@ -67,12 +67,6 @@ def load_router(path: str):
     return router
 
 
-def cost_unit(router) -> str:
-    """The unit of the router's costs (its training data's ``cost_unit``; seconds by default)."""
-    unit = (router.manifest.get("data") or {}).get("cost_unit") if isinstance(router.manifest, dict) else None
-    return str(unit or "s")
-
-
 def backend_table(decision) -> pd.DataFrame:
     """Every backend's predicted quality, cost, rank under the policy (and utility q - lambda * c
     where a lambda rule decided) for one decision."""

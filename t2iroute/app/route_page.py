@@ -59,7 +59,7 @@ except logic.USER_ERRORS as e:
 with st.sidebar:
     policy_kw: dict = {}
     costs = sorted(float(c) for c in router.costs)
-    unit = logic.cost_unit(router)
+    unit = router.cost_unit
     cost_step = float(costs[-1] - costs[0]) / 20 or 0.01
     if mode == "lambda":
         policy_kw["lam"] = st.number_input("lambda", min_value=0.0, value=float(router.lam or 0.0), step=0.01,

@@ -36,30 +36,36 @@ def build_one(name: str, params: Mapping[str, Any] | None = None) -> Featurizer:
     return registry.build("featurizers", params)
 
 
+def featurizer_parts(spec: Mapping[str, Any] | Sequence[Any]) -> list[dict[str, Any]]:
+    """A featurizer spec as a list of part specs, each with its ``type``: a mapping
+    ``{name: params}`` (Hydra's features node), a list of names or specs, or a
+    :meth:`ComposedFeaturizer.spec` (``{"featurizers": [...]}``)."""
+    if isinstance(spec, Mapping) and "featurizers" in spec:
+        spec = spec["featurizers"]
+    if isinstance(spec, Mapping):
+        return [{"type": k, **dict(v or {})} for k, v in spec.items()]
+    parts = []
+    for s in spec:
+        if isinstance(s, str):
+            parts.append({"type": s})
+        elif isinstance(s, Mapping):
+            s = dict(s)
+            if "kind" in s and "type" not in s:
+                raise ConfigError(f"featurizer spec {s}: the discriminator key is 'type', not 'kind'")
+            s.setdefault("type", s.pop("name", None))
+            s.pop("name", None)
+            parts.append(s)
+        else:
+            raise ConfigError(f"featurizer part {s!r:.60} is not a mapping")
+    return parts
+
+
 def build_featurizer(spec: Mapping[str, Any] | Sequence[Any]) -> "ComposedFeaturizer":
     """Build from a mapping ``{name: params}`` (Hydra's features node) or a list of specs."""
-    if isinstance(spec, Mapping):
-        if "featurizers" in spec:  # a ComposedFeaturizer.spec()
-            return build_featurizer(spec["featurizers"])
-        items = [(k, v) for k, v in spec.items()]
-    else:
-        items = []
-        for s in spec:
-            if isinstance(s, str):
-                items.append((s, {}))
-            else:
-                s = dict(s)
-                if "kind" in s and "type" not in s:
-                    raise ConfigError(f"featurizer spec {s}: the discriminator key is 'type', not 'kind'")
-                items.append((s.get("type", s.get("name")), s))
-    if not items:
+    parts = featurizer_parts(spec)
+    if not parts:
         raise ConfigError("no featurizer configured (features=[embedding,lexical] for example)")
-    parts = []
-    for name, params in items:
-        params = dict(params or {})
-        params.pop("name", None)
-        parts.append(build_one(name, params))
-    return ComposedFeaturizer(parts)
+    return ComposedFeaturizer([build_one(p.pop("type"), p) for p in parts])
 
 
 class ComposedFeaturizer:

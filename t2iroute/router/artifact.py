@@ -463,27 +463,6 @@ def _is_local_key(cls, key: str) -> bool:
     return key in getattr(cls, "LOCAL_KEYS", frozenset()) or bool(_LOCAL_LOOKING.search(key))
 
 
-def featurizer_parts(spec: Any) -> list[dict]:
-    """A stored featurizer spec (``{"featurizers": [...]}``, ``{name: params}`` or a list) as a
-    list of part specs with ``type``."""
-    if isinstance(spec, Mapping) and "featurizers" in spec:
-        spec = spec["featurizers"]
-    if isinstance(spec, Mapping):
-        return [{"type": k, **dict(v or {})} for k, v in spec.items()]
-    parts = []
-    for s in spec:
-        if isinstance(s, str):
-            parts.append({"type": s})
-        elif isinstance(s, Mapping):
-            s = dict(s)
-            s.setdefault("type", s.pop("name", None))
-            s.pop("name", None)
-            parts.append(s)
-        else:
-            raise ValueError(f"featurizer part {s!r:.60} is not a mapping")
-    return parts
-
-
 def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None = None, *,
                         where: str = "router artifact"):
     """Build the featurizer an artifact names, with the loading user's local settings.
@@ -493,7 +472,7 @@ def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None
     or a secret. From ``local`` (featurizer type -> settings, the user's config): only such keys.
     """
     from t2iroute import registry
-    from t2iroute.features.base import ComposedFeaturizer
+    from t2iroute.features.base import ComposedFeaturizer, featurizer_parts
 
     local = {k: dict(v or {}) for k, v in (local or {}).items()}
     parts = []

@@ -122,7 +122,8 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _check_prompts(prompts: Any) -> tuple[list[str], bool]:
+def check_prompts(prompts: Any) -> tuple[list[str], bool]:
+    """(prompts as a list, whether one string was given); raises naming the bad prompt."""
     single = isinstance(prompts, str)
     items = [prompts] if single else prompts
     if items is None or isinstance(items, (bytes, Mapping)) or not hasattr(items, "__iter__"):
@@ -226,6 +227,12 @@ class Router:
         self.policy = LambdaPolicy(value)
 
     @property
+    def cost_unit(self) -> str:
+        """The unit of the costs (the training data's ``cost_unit``; seconds by default)."""
+        data = self.manifest.get("data") if isinstance(self.manifest, dict) else None
+        return str((data or {}).get("cost_unit") or "s")
+
+    @property
     def sign(self) -> float:
         return 1.0 if self.higher_is_better else -1.0
 
@@ -315,7 +322,7 @@ class Router:
         * ``max_cost``: per prompt, the best predicted backend costing at most this;
         * ``policy``: any policy, as an object or a spec (``{"type": ..., ...}``, plug-ins too).
         """
-        items, single = _check_prompts(prompts)
+        items, single = check_prompts(prompts)
         chosen = policy_from_keywords(lam=lam, budget=budget, quality_floor=quality_floor,
                                       max_cost=max_cost, policy=policy)
         pol = self.policy if chosen is None else self._resolve(chosen)
@@ -355,7 +362,7 @@ class Router:
                   mean_quality_floor: float | None = None, quality_floor: float | None = None) -> float:
         """Make the default policy the lambda rule whose lambda meets the budget on these prompts
         (a target mean cost, or a floor on the mean predicted quality); returns lambda."""
-        items, _ = _check_prompts(prompts)
+        items, _ = check_prompts(prompts)
         if quality_floor is not None:  # the old name of mean_quality_floor
             mean_quality_floor = quality_floor if mean_quality_floor is None else mean_quality_floor
         Q, _ = self.predict(items)
