@@ -79,6 +79,13 @@ def _load_pipeline(model: str, dtype: str, device: str, variant: str | None) -> 
             else:
                 from diffusers import AutoPipelineForText2Image
 
+                if model.startswith("testbed:"):  # testbed:big, testbed:small -- trained, shipped
+                    from t2iroute.testbed.models import weights_dir
+
+                    try:
+                        model = str(weights_dir(model.split(":", 1)[1]))
+                    except (ValueError, FileNotFoundError) as e:
+                        raise ConfigError(str(e)) from e
                 kw: dict[str, Any] = {"torch_dtype": getattr(torch, dtype)}
                 if variant:
                     kw["variant"] = variant
@@ -102,8 +109,9 @@ def loaded_pipelines() -> int:
 class DiffusersBackend:
     """A diffusers text-to-image pipeline at one step budget.
 
-    ``model``: a hub id or a local folder (``from_pretrained``), or ``tiny``/``tiny:SEED`` for a
-    random-weight in-process pipeline. ``early_stop``: None, or a dict of
+    ``model``: a hub id or a local folder (``from_pretrained``), ``testbed:big``/``testbed:small``
+    for the trained testbed pipelines shipped in the package (loaded the same way, from their
+    folder), or ``tiny``/``tiny:SEED`` for a random-weight in-process pipeline. ``early_stop``: None, or a dict of
     :class:`~t2iroute.backends.stopping.StopConfig` fields.
     """
 

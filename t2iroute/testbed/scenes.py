@@ -249,3 +249,28 @@ def render(scene: Scene, size: int = 64, rng: np.random.Generator | None = None)
         canvas[m] = COLORS[o.color]
         canvas[m & _texture_mask(o.texture, size, scale)] = INK
     return Image.fromarray(canvas, "RGB")
+
+
+def prompt_set(n: int = 500, seed: int = 2026) -> list[dict]:
+    """``n`` distinct captions, interleaved over the levels (all 18 level-1 captions exist, so
+    level 1 is capped there), each ``{"prompt_id", "prompt", "tag": "level<k>"}``. Seed 2026 is
+    the bundled ``testbed`` set; the models train on seed-0 scenes (level-1 and most level-2
+    captions occur in both: the grammar has only 18 and 630 of them)."""
+    rng = np.random.default_rng(seed)
+    seen: set[str] = set()
+    out: list[dict] = []
+    quota = {1: min(18, n // 3), 2: (n - min(18, n // 3)) // 2}
+    quota[3] = n - quota[1] - quota[2]
+    for _ in range(200 * n):
+        if len(out) == n:
+            break
+        level = int(rng.integers(1, 4))
+        if quota[level] == 0:
+            continue
+        c = sample_scene(rng, level).caption
+        if c in seen:
+            continue
+        seen.add(c)
+        quota[level] -= 1
+        out.append({"prompt_id": f"testbed-{len(out):05d}", "prompt": c, "tag": f"level{level}"})
+    return out

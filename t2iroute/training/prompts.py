@@ -12,6 +12,7 @@ from t2iroute.paths import bundled
 BUNDLED = {
     "partiprompts": "prompts/partiprompts.tsv",
     "geneval": "prompts/geneval_metadata.jsonl",
+    "testbed": "prompts/testbed.jsonl",  # generated: t2iroute.testbed.scenes.prompt_set()
 }
 _PROMPT_COLUMNS = ("prompt", "Prompt", "text", "caption")
 _ID_COLUMNS = ("prompt_id", "id")
