@@ -1,8 +1,10 @@
-# make demo  - install into .venv, benchmark + train a router on the bundled AGIQA-3K table, sweep tiny
-#              in-process backends, train the demo router over them and generate an image (CPU, offline)
+# make demo  - install into .venv, benchmark + train a router on the bundled AGIQA-3K table, sweep the
+#              trained testbed models shipped in the package, benchmark and train the demo router over
+#              them and generate an image (CPU, offline)
 # make test  - install into .venv and run the fast test suite
 # make app   - serve the Streamlit app on 127.0.0.1:8501 with the demo router (after make demo)
 VENV ?= .venv
+TESTBED_BACKENDS := testbed_big_4,testbed_big_8,testbed_big_16,testbed_big_32_es,testbed_small_8
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -24,17 +26,24 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: venv
 	$(VENV)/bin/t2iroute bench data=agiqa3k out_dir=outputs/demo/agiqa3k
 	$(VENV)/bin/t2iroute train data=agiqa3k router.budget=2.0 out_dir=outputs/demo/agiqa3k-train
-	# the demo router: tiny random-weight SD pipelines at 10, 20 and 50 (early-stopped) steps, swept
-	# and scored offline (resumable), then trained; the artifact carries the backends' configs
-	$(VENV)/bin/t2iroute sweep 'backends=[tiny_10,tiny_20,tiny_50_es]' prompts=partiprompts limit=100 \
-	  'seeds=[0]' out_dir=outputs/demo/tiny-sweep
-	$(VENV)/bin/t2iroute train data=custom data.path=outputs/demo/tiny-sweep/quality.parquet metric=clip \
-	  'backends=[tiny_10,tiny_20,tiny_50_es]' out_dir=outputs/demo/tiny
-	$(VENV)/bin/t2iroute generate "a crowded park at dusk with three red kites" \
-	  artifact=outputs/demo/tiny/router out=outputs/demo/tiny/kites.png
+	# the demo router: the trained testbed models shipped in the package (t2iroute/testbed/weights),
+	# swept over 200 testbed prompts, scored by the testbed checker (resumable), benchmarked on
+	# held-out prompts, trained; the artifact carries the backends' configs
+	# two shards, one per core (threads=1 each); the recipe fails if either fails
+	$(VENV)/bin/t2iroute sweep 'backends=[$(TESTBED_BACKENDS)]' prompts=testbed limit=200 scorer=testbed_check \
+	  chunk_size=16 threads=1 shard=0 num_shards=2 out_dir=outputs/demo/testbed-sweep > outputs/demo/testbed-sweep-0.json & \
+	pid=$$!; $(VENV)/bin/t2iroute sweep 'backends=[$(TESTBED_BACKENDS)]' prompts=testbed limit=200 scorer=testbed_check \
+	  chunk_size=16 threads=1 shard=1 num_shards=2 out_dir=outputs/demo/testbed-sweep > outputs/demo/testbed-sweep-1.json; \
+	rc=$$?; wait $$pid && test $$rc = 0
+	$(VENV)/bin/t2iroute bench data=custom data.path=outputs/demo/testbed-sweep/quality.parquet \
+	  metric=testbed_check out_dir=outputs/demo/testbed-bench
+	$(VENV)/bin/t2iroute train data=custom data.path=outputs/demo/testbed-sweep/quality.parquet \
+	  metric=testbed_check 'backends=[$(TESTBED_BACKENDS)]' out_dir=outputs/demo/testbed
+	$(VENV)/bin/t2iroute generate "three small striped blue squares left of a dotted green triangle" \
+	  artifact=outputs/demo/testbed/router out=outputs/demo/testbed/squares.png
 
 app: venv
-	$(VENV)/bin/t2iroute app artifact=outputs/demo/tiny/router bench=outputs/demo/agiqa3k
+	$(VENV)/bin/t2iroute app artifact=outputs/demo/testbed/router bench=outputs/demo/testbed-bench
 
 test: venv
 	$(PY) -m pytest -q

@@ -17,13 +17,13 @@ from playwright.sync_api import expect, sync_playwright
 
 from t2iroute.app.serve import served_app
 
-PROMPTS = "a crowded park at dusk with three red kites\na white wall\na photo of a cat"
+PROMPTS = "three small striped blue squares left of a dotted green triangle\na red circle\ntwo large checked yellow triangles"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--artifact", default="outputs/demo/tiny/router")
-    ap.add_argument("--bench", default="outputs/demo/agiqa3k")
+    ap.add_argument("--artifact", default="outputs/demo/testbed/router")
+    ap.add_argument("--bench", default="outputs/demo/testbed-bench")
     ap.add_argument("--out", default="docs")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     a = ap.parse_args()

@@ -45,8 +45,8 @@ _EXAMPLES = {
 }
 #: ``t2iroute app``'s keys (it is no Hydra app): default, description
 _APP_KEYS = {
-    "artifact": (None, "a router artifact folder for the Route page (default: make demo's outputs/demo/tiny/router)"),
-    "bench": (None, "a t2iroute bench folder for the Benchmark page (default: outputs/demo/agiqa3k)"),
+    "artifact": (None, "a router artifact folder for the Route page (default: make demo's outputs/demo/testbed/router)"),
+    "bench": (None, "a t2iroute bench folder for the Benchmark page (default: outputs/demo/testbed-bench)"),
     "port": ("8501", "the port to serve on"),
     "address": ("127.0.0.1", "the address to serve on (loopback by default)"),
 }

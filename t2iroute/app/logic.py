@@ -15,9 +15,9 @@ import pandas as pd
 
 from t2iroute.errors import ConfigError, T2IRouteError
 
-DEFAULT_ARTIFACT = "outputs/demo/tiny/router"  # written by `make demo`
-DEFAULT_BENCH = "outputs/demo/agiqa3k"
-DEFAULT_PROMPT = "a crowded park at dusk with three red kites"
+DEFAULT_ARTIFACT = "outputs/demo/testbed/router"  # written by `make demo`
+DEFAULT_BENCH = "outputs/demo/testbed-bench"
+DEFAULT_PROMPT = "three small striped blue squares left of a dotted green triangle"
 #: errors the app shows in an error box (anything else is a bug and shows a traceback)
 USER_ERRORS = (T2IRouteError, ValueError, TypeError, OSError, RuntimeError, LookupError)
 

@@ -53,7 +53,7 @@ try:
     router = _router(logic.artifact_key(artifact))
 except logic.USER_ERRORS as e:
     st.error(f"Cannot load the router: {logic.describe(e)}")
-    st.info("`make demo` writes a demo router to outputs/demo/tiny/router (tiny offline backends).")
+    st.info("`make demo` writes a demo router to outputs/demo/testbed/router (the trained testbed models).")
     st.stop()
 
 with st.sidebar:
