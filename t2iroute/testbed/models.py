@@ -57,22 +57,12 @@ def grammar_words() -> list[str]:
     return sorted(words)
 
 
-def _byte_chars() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def learn_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP-style byte-level BPE learned on ``words`` until each is one token: (vocab, merges).
     Applying the merges in rank order reproduces the learned segmentation (BPE's own property)."""
-    chars = _byte_chars()
+    from t2iroute.backends.tiny import byte_chars
+
+    chars = byte_chars()
     vocab = chars + [c + "</w>" for c in chars]
     segs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
     merges: list[tuple[str, str]] = []
