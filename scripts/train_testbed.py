@@ -152,7 +152,11 @@ def stage_unet(a):
         from diffusers import StableDiffusionPipeline
 
         prev = StableDiffusionPipeline.from_pretrained(a.init, torch_dtype=torch.float32)
-        unet.load_state_dict(prev.unet.state_dict())
+        missing, unexpected = unet.load_state_dict(prev.unet.state_dict(), strict=False)
+        if unexpected:
+            raise SystemExit(f"--init {a.init}: weights this UNet does not have: {unexpected[:5]}")
+        if missing:  # a module added since (e.g. the pooled text embedding): starts from its init
+            print(f"--init: {len(missing)} new tensors start fresh: {sorted({k.split('.')[0] for k in missing})}")
         te.load_state_dict(prev.text_encoder.state_dict())
     ema_u, ema_t = copy.deepcopy(unet).eval(), copy.deepcopy(te).eval()
     params = list(unet.parameters()) + list(te.parameters())

@@ -79,6 +79,46 @@ def torch_allclose(a, b):
     return bool(torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4))
 
 
+def test_pixel_signal_is_the_share_of_decoded_pixels_that_changed():
+    import torch
+
+    from t2iroute.backends import stopping
+
+    b = build_backend("t", {**SMALL, "steps": 8, "early_stop": {
+        "signal": "pixel", "pixel_delta": 0.05, "threshold": 1.01, "patience": 1, "window": 1, "min_fraction": 0.5}})
+    pipe = b.pipe
+    n_decodes, orig = [], pipe.vae.decode
+    pipe.vae.decode = lambda z, *a, **k: (n_decodes.append(1), orig(z, *a, **k))[1]
+    checks = []
+    orig_call = stopping.ConvergenceStopper.__call__
+
+    def spy(self, pipe_, i, t, kw):
+        before = None if self.prev is None else self.prev.clone()
+        out = orig_call(self, pipe_, i, t, kw)
+        if before is not None:  # the signal, recomputed from the two decodes it compared
+            want = ((self.prev - before).abs().amax(dim=1) > 0.1).float().mean().item()
+            checks.append((self.history[-1].item(), want))
+        return out
+
+    stopping.ConvergenceStopper.__call__ = spy
+    try:
+        g = b.generate(["a cat"], seeds=[0])[0]
+    finally:
+        stopping.ConvergenceStopper.__call__ = orig_call
+        del pipe.vae.decode
+    assert g.stopped_early and g.steps_run == 4  # any share is below 1.01: stops at 0.5 * 8
+    assert len(n_decodes) == 4 + 1  # one decode per step run, then the pipeline's own of x0
+    assert len(checks) == 3 and all(0.0 <= got <= 1.0 and abs(got - want) < 1e-6 for got, want in checks)
+    assert any(got > 0 for got, _ in checks)  # a random model's x0 really moves
+    never = build_backend("n", {**SMALL, "steps": 6, "early_stop": {"signal": "pixel", "threshold": 0.0}})
+    assert never.generate(["a cat"], seeds=[0])[0].steps_run == 6
+    with pytest.raises(ValueError, match="signal must be one of"):
+        StopConfig(signal="pixels")
+    with pytest.raises(ValueError, match="pixel_delta must be in"):
+        StopConfig(signal="pixel", pixel_delta=0)
+    assert torch.is_tensor(pipe.vae.decode(torch.zeros(1, 4, 4, 4)).sample)  # decode restored
+
+
 def test_threshold_zero_never_stops():
     b = build_backend("t", {**SMALL, "steps": 12, "early_stop": {"threshold": 0.0, "min_fraction": 0.0}})
     g = b.generate(["a cat"], seeds=[0])[0]

@@ -7,6 +7,13 @@ unlike the change of the noisy latents. Stopping needs the smoothed signal below
 for ``patience`` consecutive steps, and never happens before ``min_fraction`` of the budget
 (x0 barely moves at the highest noise levels, so a bare threshold fires at step 2).
 
+``signal: pixel`` measures the change in image terms instead: every step the pipeline's own VAE
+decodes x0, and the signal is the fraction of pixels whose colour moved by more than
+``pixel_delta`` (on a 0-1 scale, largest channel) since the previous step's decode -- the checker's
+question "did the picture change?" rather than "did the latents move?". It costs one VAE decode
+per step (cheap for the testbed's f2 VAE, a large share of a step for SD's 512 px decoder), so
+``latent`` stays the default.
+
 On stop the callback hands x0 back as the latents and sets ``pipe._interrupt``: the pipeline
 skips the remaining steps and the VAE decodes x0, never the still-noisy x_t.
 """
@@ -88,20 +95,39 @@ def _step_returns_x0(scheduler) -> bool:
     return "pred_original_sample=" in src or "denoised=" in src
 
 
+SIGNALS = ("latent", "pixel")
+
+
 @dataclass
 class StopConfig:
     threshold: float = 0.01
     window: int = 2
     patience: int = 2
     min_fraction: float = 0.3
+    signal: str = "latent"  # latent: relative change of x0; pixel: share of decoded pixels that changed
+    pixel_delta: float = 0.1  # signal=pixel: a pixel changed when a channel moved more than this (0-1 scale)
 
     def __post_init__(self):
+        if self.signal not in SIGNALS:
+            raise ValueError(f"early stopping signal must be one of {list(SIGNALS)}, got {self.signal!r}")
+        if not 0.0 < self.pixel_delta <= 1.0:
+            raise ValueError(f"early stopping pixel_delta must be in (0, 1], got {self.pixel_delta}")
         if self.threshold < 0:
             raise ValueError(f"early stopping threshold must be >= 0, got {self.threshold}")
         if self.window < 1 or self.patience < 1:
             raise ValueError("early stopping window and patience must be >= 1")
         if not 0.0 <= self.min_fraction <= 1.0:
             raise ValueError(f"early stopping min_fraction must be in [0, 1], got {self.min_fraction}")
+
+
+def _decode(pipe, latents):
+    """x0 latents -> images in [-1, 1] (float32) with the pipeline's own VAE, as it decodes at the end."""
+    vae = pipe.vae
+    z = latents.to(vae.dtype) / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        z = z + shift
+    return vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
 
 
 @dataclass
@@ -125,7 +151,12 @@ class ConvergenceStopper:
         if x0 is None:
             return callback_kwargs
         x0 = x0.detach().float()
-        if self.prev is not None:
+        if self.config.signal == "pixel":
+            x0 = _decode(pipe, self.capture.x0)
+            if self.prev is not None:  # share of pixels whose largest channel change exceeds the delta
+                moved = (x0 - self.prev).abs().amax(dim=1) > 2 * self.config.pixel_delta  # images in [-1, 1]
+                self.history.append(moved.flatten(1).float().mean(dim=1))
+        elif self.prev is not None:
             diff = (x0 - self.prev).flatten(1).norm(dim=1)
             base = self.prev.flatten(1).norm(dim=1).clamp_min(1e-8)
             self.history.append(diff / base)

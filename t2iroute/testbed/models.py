@@ -136,7 +136,11 @@ def make_unet(name: str, tiny: bool = False):
         sample_size=32, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16 if tiny else 64, norm_num_groups=8, **spec)
+        cross_attention_dim=16 if tiny else 64, norm_num_groups=8,
+        # a pooled text embedding added to the time embedding (diffusers' TextTimeEmbedding): a global
+        # path for colour, shape and count beside cross-attention; the undertrained cross-attention-only
+        # models ignored the caption (purple blobs for every prompt)
+        addition_embed_type="text", addition_embed_type_num_heads=2 if tiny else 4, **spec)
 
 
 def make_scheduler():
