@@ -233,6 +233,13 @@ def main(argv=None):
     p.add_argument("--init", default=None, help="unet: start from this saved pipeline's weights (continue training)")
     a = p.parse_args(argv)
     Path(a.work).mkdir(parents=True, exist_ok=True)
+    needs = {"vae": ["data.npz"], "latents": ["data.npz", "vae"], "unet": ["data.npz", "vae", "latents.npy"]}
+    for f in needs.get(a.stage, []):  # each stage reads the earlier stages' output
+        if not (Path(a.work) / f).exists():
+            earlier = {"data.npz": "data", "vae": "vae", "latents.npy": "latents"}[f]
+            p.error(f"{a.stage}: {Path(a.work) / f} is missing: run the '{earlier}' stage with --work {a.work} first")
+    if a.init and not (Path(a.init) / "model_index.json").is_file():
+        p.error(f"--init {a.init}: not a saved pipeline folder (no model_index.json)")
     if a.stage == "unet" and not a.out:
         p.error("unet needs --out")
     {"data": stage_data, "vae": stage_vae, "latents": stage_latents, "unet": stage_unet}[a.stage](a)

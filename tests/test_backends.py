@@ -79,7 +79,7 @@ def torch_allclose(a, b):
     return bool(torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4))
 
 
-def test_pixel_signal_is_the_share_of_decoded_pixels_that_changed():
+def test_pixel_signal_is_the_share_of_decoded_pixels_that_changed(monkeypatch):
     import torch
 
     from t2iroute.backends import stopping
@@ -88,7 +88,7 @@ def test_pixel_signal_is_the_share_of_decoded_pixels_that_changed():
         "signal": "pixel", "pixel_delta": 0.05, "threshold": 1.01, "patience": 1, "window": 1, "min_fraction": 0.5}})
     pipe = b.pipe
     n_decodes, orig = [], pipe.vae.decode
-    pipe.vae.decode = lambda z, *a, **k: (n_decodes.append(1), orig(z, *a, **k))[1]
+    monkeypatch.setattr(pipe.vae, "decode", lambda z, *a, **k: (n_decodes.append(1), orig(z, *a, **k))[1])
     checks = []
     orig_call = stopping.ConvergenceStopper.__call__
 
@@ -100,12 +100,9 @@ def test_pixel_signal_is_the_share_of_decoded_pixels_that_changed():
             checks.append((self.history[-1].item(), want))
         return out
 
-    stopping.ConvergenceStopper.__call__ = spy
-    try:
-        g = b.generate(["a cat"], seeds=[0])[0]
-    finally:
-        stopping.ConvergenceStopper.__call__ = orig_call
-        del pipe.vae.decode
+    monkeypatch.setattr(stopping.ConvergenceStopper, "__call__", spy)
+    g = b.generate(["a cat"], seeds=[0])[0]
+    monkeypatch.undo()
     assert g.stopped_early and g.steps_run == 4  # any share is below 1.01: stops at 0.5 * 8
     assert len(n_decodes) == 4 + 1  # one decode per step run, then the pipeline's own of x0
     assert len(checks) == 3 and all(0.0 <= got <= 1.0 and abs(got - want) < 1e-6 for got, want in checks)
