@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--artifact", default="outputs/demo/testbed/router")
     ap.add_argument("--bench", default="outputs/demo/testbed-bench")
     ap.add_argument("--out", default="docs")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="route under 'target mean cost' at this cost per prompt (default: the artifact's policy)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     a = ap.parse_args()
     out = Path(a.out)
@@ -35,6 +37,12 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1900})
         page.goto(url)
         expect(page.get_by_text("Routed to")).to_be_visible(timeout=120_000)
+        if a.budget is not None:
+            page.get_by_text("target mean cost", exact=True).click()
+            box = page.get_by_label("target mean cost per prompt", exact=False)
+            box.fill(str(a.budget))
+            box.press("Enter")
+            page.wait_for_timeout(1500)
         page.get_by_label("Prompt, or many prompts one per line").fill(PROMPTS)
         page.get_by_role("button", name="Route", exact=True).click()
         expect(page.get_by_text("Prompts per backend")).to_be_visible(timeout=60_000)

@@ -136,8 +136,13 @@ def complexity(a) -> dict:
         for name in ("complexity", "expected_complexity", "objects", "attribute_bindings", "spatial_relations", "counting"):
             if name in f.feature_names_:
                 cols[f"llm.{name}"] = X[:, f.feature_names_.index(name)]
-    out["spearman_vs_level"] = {k: round(float(spearmanr(v, level).statistic), 3) for k, v in cols.items()}
-    out["spearman_vs_n_attributes"] = {k: round(float(spearmanr(v, n_attr).statistic), 3) for k, v in cols.items()}
+    def rho(v, truth):  # None where the answers are constant (no ranking to correlate)
+        return None if np.ptp(v) == 0 else round(float(spearmanr(v, truth).statistic), 3)
+
+    out["constant"] = sorted(k for k, v in cols.items() if np.ptp(v) == 0)
+    out["distinct_values"] = {k: int(len(np.unique(v))) for k, v in cols.items()}
+    out["spearman_vs_level"] = {k: rho(v, level) for k, v in cols.items()}
+    out["spearman_vs_n_attributes"] = {k: rho(v, n_attr) for k, v in cols.items()}
     print(json.dumps(out, indent=1))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
