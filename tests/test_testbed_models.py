@@ -65,6 +65,9 @@ def test_shipped_weights_are_complete_and_small(name):
     assert size < 20e6, size
     log = json.loads((d / "train_log.json").read_text())
     assert log["final"] and log["steps"] > 0 and log["seed"] == 0
+    unet = json.loads((d / "unet" / "config.json").read_text())
+    assert unet["addition_embed_type"] == "text"  # the pooled text path the shipped weights were trained with
+    assert unet["addition_embed_type"] == M.make_unet(name).config.addition_embed_type  # the trainer builds the same
 
 
 @pytest.mark.parametrize("name", ["testbed_big_4", "testbed_big_32_es", "testbed_small_8"])
