@@ -150,9 +150,9 @@ class ConvergenceStopper:
         x0 = self.capture.x0
         if x0 is None:
             return callback_kwargs
-        x0 = x0.detach().float()
+        # what successive steps compare: the decoded image (pixel) or x0 itself (latent)
+        x0 = _decode(pipe, x0) if self.config.signal == "pixel" else x0.detach().float()
         if self.config.signal == "pixel":
-            x0 = _decode(pipe, self.capture.x0)
             if self.prev is not None:  # share of pixels whose largest channel change exceeds the delta
                 moved = (x0 - self.prev).abs().amax(dim=1) > 2 * self.config.pixel_delta  # images in [-1, 1]
                 self.history.append(moved.flatten(1).float().mean(dim=1))
