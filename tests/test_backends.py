@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from t2iroute.backends import build_backend, build_backends
-from t2iroute.backends.diffusers_backend import _PIPELINES, loaded_pipelines
+from t2iroute.backends.diffusers_backend import loaded_pipelines, unload_pipeline
 from t2iroute.backends.stopping import StopConfig
 from t2iroute.errors import ConfigError
 
@@ -133,7 +133,7 @@ def test_step_budgets_share_one_pipeline(tmp_path):
     assert loaded_pipelines() == before + 1
     assert len({id(b.pipe) for b in bs.values()}) == 1
     assert [g.steps_run for g in gens.values()] == [2, 3, 4]
-    _PIPELINES.pop((str(folder), "float32", "cpu", None))
+    unload_pipeline(str(folder))
 
 
 def test_bad_backend_configs():

@@ -37,18 +37,19 @@ class X0Capture:
     v-prediction). A scheduler offering neither is refused at construction.
     """
 
-    def __init__(self, scheduler):
+    def __init__(self, scheduler, need_x0: bool = True):
         self.scheduler = scheduler
         self.x0: torch.Tensor | None = None
         self.steps = 0
         self._orig = scheduler.step
         probe = _step_returns_x0(scheduler)
-        if not probe and not hasattr(scheduler, "alphas_cumprod"):
+        self._derive = not probe and can_derive_x0(scheduler)
+        if need_x0 and not probe and not self._derive:
             raise ValueError(
                 f"early stopping: scheduler {type(scheduler).__name__} exposes no x0 estimate and "
-                "has no alphas_cumprod to derive one; use DDIM, Euler, LCM or a DDPM-family scheduler"
+                "x0 cannot be derived from its steps (no alphas_cumprod, or sigma-scaled samples); "
+                "set `scheduler:` to ddim, euler, euler_a, lcm, ddpm, dpm or pndm, or drop early_stop"
             )
-        self._derive = not probe
 
         @functools.wraps(self._orig)
         def step(model_output, timestep, sample, *args, **kwargs):
@@ -61,7 +62,7 @@ class X0Capture:
                 x0 = getattr(out, "pred_original_sample", None)
                 if x0 is None:
                     x0 = getattr(out, "denoised", None)
-            if x0 is None:
+            if x0 is None and self._derive:
                 x0 = self._derive_x0(model_output, timestep, sample)
             self.x0 = x0
             return out
@@ -82,6 +83,16 @@ class X0Capture:
 
     def restore(self):
         self.scheduler.step = self._orig
+
+
+def can_derive_x0(scheduler) -> bool:
+    """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) holds for schedulers on the variance-preserving
+    samples (DPM-Solver, PNDM, UniPC...: ``init_noise_sigma`` 1), not for sigma-scaled ones."""
+    try:
+        sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
+    except (TypeError, ValueError):
+        return False
+    return hasattr(scheduler, "alphas_cumprod") and abs(sigma - 1.0) < 1e-6
 
 
 def _step_returns_x0(scheduler) -> bool:
