@@ -33,7 +33,8 @@ COMMANDS = {
     "train": "train a router and save it as an artifact folder",
     "sweep": "generate prompts x backends x seeds, score, append rows to OUT/quality.parquet",
     "route": 'route prompts with a router artifact: t2iroute route "a red car" artifact=DIR',
-    "generate": 'route and generate one image: t2iroute generate "a red car" artifact=DIR out=img.png',
+    "generate": 'route and generate: t2iroute generate "a red car" artifact=DIR out=img.png '
+                '(several prompts or prompts_file=: out_dir=DIR)',
     "app": "the Streamlit app: t2iroute app [artifact=DIR] [bench=DIR] [port=8501]",
 }
 _EXAMPLES = {
@@ -355,7 +356,8 @@ CHECKS = {
               "out_dir": _out_folder},
     "route": {**_COMMON, **_ROUTING, "prompts_file": _text(optional=True)},
     "generate": {**_COMMON, **_ROUTING, "out": _image_path, "seed": _SEED, "backend": _text(optional=True),
-                 "fallback": _bool},
+                 "fallback": _bool, "prompts_file": _text(optional=True), "chunk_size": _int(1),
+                 "progress": _choice("auto", True, False), "out_dir": lambda k, v: v is None or _out_folder(k, v)},
 }
 
 
@@ -593,18 +595,39 @@ def _clean_temp_images(folder: str) -> None:
             pass
 
 
-def _generate(cfg, prompts: list[str]) -> None:
+def _write_image(image, out: str, fmt: str, key: str = "out") -> None:
+    """Write ``image`` to ``out`` atomically: a reader never sees half an image, and an older file
+    survives a failure. Mode 0644 with the usual umask."""
     import tempfile
-
-    from omegaconf import OmegaConf
 
     from t2iroute.errors import ConfigError
 
+    folder = os.path.dirname(os.path.abspath(out))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)  # 0777 & ~umask: 0755 with the usual umask
+        _clean_temp_images(folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".t2iroute-{os.getpid()}-", suffix=os.path.splitext(out)[1], dir=folder)
+        os.close(fd)
+        image.save(tmp, format=fmt)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ConfigError(f"{key}={out}: cannot write the image ({e.strerror or e})") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _generate(cfg, prompts: list[str]) -> None:
+    from omegaconf import OmegaConf
+
+    if len(prompts) != 1 or cfg.get("prompts_file"):
+        return _generate_many(cfg, prompts)
     out = str(cfg.out)
     fmt = _image_format(out)
-    if len(prompts) != 1 or cfg.get("prompts_file"):
-        raise ConfigError(f"generate takes exactly one prompt, got {len(prompts)}"
-                          + (" (and prompts_file=)" if cfg.get("prompts_file") else ""))
     _require_artifact(cfg)
     _cli_prompts(cfg, prompts)
     policy = _policy_kwargs(cfg)
@@ -623,26 +646,102 @@ def _generate(cfg, prompts: list[str]) -> None:
     result["router_load_s"] = load_s  # artifact + featurizer models (the pipeline's load is in wall_s only)
     if scorer is not None:
         result["score"] = {scorer.metric: scorer.score([res.image], [prompts[0]])[0]}
-    folder = os.path.dirname(os.path.abspath(out))
-    tmp = None
-    try:
-        os.makedirs(folder, exist_ok=True)  # 0777 & ~umask: 0755 with the usual umask
-        _clean_temp_images(folder)
-        fd, tmp = tempfile.mkstemp(prefix=f".t2iroute-{os.getpid()}-", suffix=os.path.splitext(out)[1], dir=folder)
-        os.close(fd)
-        res.image.save(tmp, format=fmt)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; 0644 with the usual umask
-        os.replace(tmp, out)  # a reader never sees half an image; an older file survives a failure
-    except OSError as e:
-        raise ConfigError(f"out={out}: cannot write the image ({e.strerror or e})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_image(res.image, out, fmt)
     result["out"] = out
     result["wall_s"] = time.perf_counter() - t0  # the whole command: loads, routing, image, scoring, writing
     _emit(result)
+
+
+GENERATIONS = "generations.jsonl"
+
+
+def _finished(path: Path, items: list[str], seed: int) -> dict[int, dict]:
+    """The images an earlier run of the same prompts wrote into out_dir (index -> its JSON line);
+    refuses a folder that holds another run's images. A half-written last line (a killed run) is cut."""
+    from t2iroute.errors import ConfigError
+
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):  # killed mid-line: drop the partial record
+        raw = raw[: raw.rfind(b"\n") + 1]
+        path.write_bytes(raw)
+    done = {}
+    for n, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+            i, prompt, s = int(rec["index"]), rec["decision"]["prompt"], int(rec["seed"])
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"out_dir={path.parent}: {GENERATIONS} line {n} is not a t2iroute generate "
+                              "record; use another out_dir") from None
+        if i >= len(items) or items[i] != prompt or s != seed:
+            what = (f"image {i} of {len(items)}" if i >= len(items) else
+                    f"prompt {prompt[:40]!r} where this run has {items[i][:40]!r}" if items[i] != prompt else
+                    f"seed {s} where this run has seed={seed}")
+            raise ConfigError(f"out_dir={path.parent} holds another run's images ({GENERATIONS} line {n}: {what}); "
+                              "use another out_dir, or the same prompts and seed to resume it")
+        if (path.parent / str(rec.get("file", ""))).is_file():
+            done[i] = rec
+    return done
+
+
+def _generate_many(cfg, prompts: list[str]) -> None:
+    """Several prompts: OUT/NNNN.png and one JSON line per image in OUT/generations.jsonl, written
+    as each backend group finishes; a re-run of the same prompts and seed skips what is there."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from t2iroute.errors import ConfigError, GenerationError
+
+    if not cfg.get("out_dir"):
+        raise ConfigError("out_dir=DIR is needed for several prompts (or prompts_file=): the images go to "
+                          "DIR/0000.png, DIR/0001.png ... and their records to DIR/" + GENERATIONS)
+    _require_artifact(cfg)
+    items = _cli_prompts(cfg, prompts)
+    policy = _policy_kwargs(cfg)
+    seed = int(cfg.seed)
+    out_dir = Path(str(cfg.out_dir))
+    width = max(4, len(str(len(items) - 1)))
+    done = _finished(out_dir / GENERATIONS, items, seed)
+    todo = [i for i in range(len(items)) if i not in done]
+    t0 = time.perf_counter()
+    router = _cli_router(cfg) if todo else None
+    load_s = time.perf_counter() - t0
+    show = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
+    bar = tqdm(total=len(items), initial=len(done), unit="img", file=sys.stderr, disable=not show,
+               desc="generate", dynamic_ncols=True)
+    counts, failed = Counter(), []
+    t_gen = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chunk = int(cfg.chunk_size)
+    with open(out_dir / GENERATIONS, "a", encoding="utf-8") as fh:
+        for c in range(0, len(todo), chunk):
+            idx = todo[c:c + chunk]
+            try:
+                for j, res in router.generate_iter([items[i] for i in idx], seed=seed, backend=cfg.get("backend"),
+                                                   fallback=bool(cfg.fallback), **policy):
+                    i = idx[j]
+                    name = f"{i:0{width}d}.png"
+                    _write_image(res.image, str(out_dir / name), "PNG", key="out_dir")
+                    fh.write(json.dumps({"index": i, "file": name, **res.to_dict()}) + "\n")
+                    fh.flush()
+                    counts[res.backend] += 1
+                    bar.update(1)
+            except GenerationError as e:  # the chunk's other images are written; go on with the next
+                failed.append(str(e))
+    bar.close()
+    gen_s = time.perf_counter() - t_gen
+    made = sum(counts.values())
+    summary = {"out_dir": str(out_dir), "records": str(out_dir / GENERATIONS), "prompts": len(items),
+               "generated": made, "skipped_finished": len(done), "failed": len(todo) - made,
+               "by_backend": dict(sorted(counts.items())), "router_load_s": load_s, "generate_s": gen_s,
+               "images_per_s": made / gen_s if made and gen_s > 0 else None,
+               "wall_s": time.perf_counter() - t0}
+    _emit(summary)
+    if failed:
+        raise GenerationError(f"{len(todo) - made} of {len(items)} images failed (the others are in "
+                              f"{out_dir}): {failed[0]}")
 
 
 _TASKS = {"bench": _bench, "train": _train, "sweep": _sweep, "route": _route, "generate": _generate}

@@ -163,8 +163,12 @@ def test_api_bad_input_is_named(router):
         router.calibrate(["a cat", "a dog"], target_mean_cost=float("inf"))
     with pytest.raises(ValueError, match=r"prompt #0 \('caf\\udce9'\) is not valid text"):
         router.route("caf\udce9")
-    with pytest.raises(TypeError, match="generate takes one prompt"):
-        router.generate(["a cat", "a dog"])
+    with pytest.raises(ValueError, match="3 seeds for 2 prompts"):
+        router.generate(["a cat", "a dog"], seed=[0, 1, 2])
+    with pytest.raises(TypeError, match=r"seed must be an integer, got float \(seed 1\)"):
+        router.generate(["a cat", "a dog"], seed=[0, 1.5])
+    with pytest.raises(TypeError, match="seed must be an integer or a list"):
+        router.generate(["a cat", "a dog"], seed="7")
     with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
         router.generate("a cat", seed=2 ** 70)
     with pytest.raises(TypeError, match="seed must be an integer"):

@@ -241,7 +241,7 @@ def _bad_cases(art, routeonly, tmp_path):
         (["route", "a cat", f"artifact={damaged}"], "predictor/arrays.npz is damaged"),
         (["generate", "a cat", f"artifact={routeonly}", f"out={existing}"], "is not configured"),
         (["generate", "a cat", f"artifact={art}", f"out={tmp_path / 'x.txt'}"], "unknown image type '.txt'"),
-        (["generate", "a cat", "a dog", f"artifact={art}"], "exactly one prompt"),
+        (["generate", "a cat", "a dog", f"artifact={art}"], "out_dir=DIR is needed for several prompts"),
         (["generate", "a cat", f"artifact={art}", "backend=nope", f"out={existing}"], "'nope' is not configured"),
     ]
 

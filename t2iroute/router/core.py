@@ -122,6 +122,22 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _check_seeds(seed: Any, n: int) -> list[int]:
+    """One seed for all ``n`` prompts, or one each; each an integer in [0, 2**63)."""
+    seeds = [seed] * n if isinstance(seed, (int, np.integer)) or isinstance(seed, bool) else seed
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) and not isinstance(seeds, np.ndarray):
+        raise TypeError(f"seed must be an integer or a list of integers, got {type(seed).__name__}")
+    seeds = list(seeds)
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} prompts: give one seed, or one per prompt")
+    for k, s in enumerate(seeds):
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, got {type(s).__name__}" + (f" (seed {k})" if n > 1 else ""))
+        if not 0 <= int(s) < 2 ** 63:
+            raise ValueError(f"seed must be in [0, 2**63), got {s}" + (f" (seed {k})" if n > 1 else ""))
+    return [int(s) for s in seeds]
+
+
 def check_prompts(prompts: Any) -> tuple[list[str], bool]:
     """(prompts as a list, whether one string was given); raises naming the bad prompt."""
     single = isinstance(prompts, str)
@@ -375,68 +391,116 @@ class Router:
             self.policy = LambdaPolicy(lam, calibrated_from={**src, "n_prompts": len(items)})
         return lam
 
-    def generate(self, prompt: str, *, seed: int = 0, lam: float | None = None,
+    def generate(self, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0, lam: float | None = None,
                  budget: float | None = None, quality_floor: float | None = None,
                  max_cost: float | None = None, policy: Policy | Mapping | None = None,
-                 backend: str | None = None, fallback: bool = True, **opts) -> GenerateResult:
+                 backend: str | None = None, fallback: bool = True,
+                 **opts) -> GenerateResult | list[GenerateResult]:
         """Route ``prompt`` (policy keywords as in :meth:`route`) and run the chosen backend.
+
+        A list of prompts is routed in one call, grouped by chosen backend, and each group runs
+        as batched pipeline calls (each backend's ``batch_size``); the results come back in input
+        order, each with its own decision, latency share, steps and NFE. ``seed``: one seed for
+        every prompt (a prompt's image then does not depend on its place in the list), or one
+        per prompt. A budget policy (``budget=``) calibrates lambda on the prompts of this call.
 
         If the chosen backend raises (out of memory, a model that will not load...), the next
         backend in the policy's ranking runs instead, and so on; ``result.fallbacks`` records
-        each failure. ``backend=`` skips routing's choice and runs that backend (a baseline); it
-        may name any backend in ``self.backends``. ``opts`` go to the backend's ``generate``.
+        each failure (for a list: a group that fails falls back prompt by prompt, each to its
+        own next choice, regrouped). ``backend=`` skips routing's choice and runs that backend
+        (a baseline); it may name any backend in ``self.backends``. ``opts`` go to the backend's
+        ``generate``. A prompt no backend could make raises :class:`GenerationError` once every
+        other prompt is done (:meth:`generate_iter` yields those as they finish).
         """
-        if not isinstance(prompt, str):
-            raise TypeError(f"generate takes one prompt (a string), got {type(prompt).__name__}; "
-                            "for many prompts call generate once per prompt")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-        if not 0 <= int(seed) < 2 ** 63:
-            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+        if isinstance(prompt, str):
+            return next(iter(self.generate_iter(prompt, seed=seed, lam=lam, budget=budget,
+                                                quality_floor=quality_floor, max_cost=max_cost, policy=policy,
+                                                backend=backend, fallback=fallback, **opts)))[1]
+        out: dict[int, GenerateResult] = {}
+        try:
+            for i, res in self.generate_iter(prompt, seed=seed, lam=lam, budget=budget, quality_floor=quality_floor,
+                                             max_cost=max_cost, policy=policy, backend=backend,
+                                             fallback=fallback, **opts):
+                out[i] = res
+        except GenerationError as e:
+            e.results = [out.get(i) for i in range(len(prompt))]  # what was made survives
+            raise
+        return [out[i] for i in range(len(out))]
+
+    def generate_iter(self, prompts: str | Sequence[str], *, seed: int | Sequence[int] = 0,
+                      lam: float | None = None, budget: float | None = None, quality_floor: float | None = None,
+                      max_cost: float | None = None, policy: Policy | Mapping | None = None,
+                      backend: str | None = None, fallback: bool = True, **opts):
+        """:meth:`generate` for many prompts, yielding ``(index, GenerateResult)`` as each
+        backend group finishes (progress bars, writing images as they come). Arguments as there."""
+        items, single = check_prompts(prompts)
+        seeds = _check_seeds(seed, len(items))
+        if backend is not None and backend not in self.backends:
+            raise ConfigError(f"backend '{backend}' is not configured (have {sorted(self.backends)})")
         t0 = time.perf_counter()
-        decision = self.route(prompt, lam=lam, budget=budget, quality_floor=quality_floor,
-                              max_cost=max_cost, policy=policy)
-        route_s = time.perf_counter() - t0
+        decisions = self.route(items, lam=lam, budget=budget, quality_floor=quality_floor,
+                               max_cost=max_cost, policy=policy)
+        route_s = (time.perf_counter() - t0) / len(items)
         if backend is not None:
-            if backend not in self.backends:
-                raise ConfigError(f"backend '{backend}' is not configured (have {sorted(self.backends)})")
-            order = [backend]
+            orders = [[backend]] * len(items)
         else:
-            order = decision.ranking if fallback else [decision.backend]
-            if decision.backend not in self.backends:
+            missing_choice = sorted({d.backend for d in decisions} - set(self.backends))
+            if missing_choice:
                 missing = [b for b in self.backend_names if b not in self.backends]
                 raise ConfigError(
-                    f"backend '{decision.backend}' is not configured (unconfigured: {missing}); the "
+                    f"backend '{missing_choice[0]}' is not configured (unconfigured: {missing}); the "
                     "artifact stores no backend config for it: pass backends= to Router.load, or "
                     "train with backends=[...] so the artifact carries them"
                 )
-        failures: list[dict] = []
-        for name in order:
-            be = self.backends.get(name)
-            if be is None:
-                failures.append({"backend": name, "error": "not configured"})
-                continue
-            try:
-                gen = be.generate([prompt], seeds=[int(seed)], **opts)[0]
-            except Exception as e:  # noqa: BLE001 -- any backend failure falls through to the next
-                log.warning("backend %s failed on %r: %s: %s", name, prompt[:80], type(e).__name__, e)
-                failures.append({"backend": name, "error": f"{type(e).__name__}: {e}"})
-                if len(order) == 1:
-                    raise GenerationError(f"backend '{name}' failed: {type(e).__name__}: {e}") from e
-                gen = None
-            if gen is None:
-                # Only here, past the except block, has the traceback (and with it the failed call's
-                # tensors) been dropped: emptying the CUDA cache inside it freed nothing (measured on
-                # an H200: 48 GiB stayed reserved after a failed 256 GiB allocation).
-                _free_accelerator_memory()
-                continue
-            return GenerateResult(
-                image=gen.image, decision=decision, backend=name, seed=int(seed),
-                latency_s=float(gen.latency_s), diffusion=getattr(gen, "diffusion", None),
-                fallbacks=failures, route_s=route_s, generation=gen)
-        raise GenerationError(
-            "every backend failed for this prompt: "
-            + "; ".join(f"{f['backend']}: {f['error']}" for f in failures))
+            orders = [d.ranking if fallback else [d.backend] for d in decisions]
+        failures: list[list[dict]] = [[] for _ in items]
+        attempt = [0] * len(items)
+        pending = list(range(len(items)))
+        lost: list[int] = []
+        while pending:
+            groups: dict[str, list[int]] = {}
+            for i in pending:
+                groups.setdefault(orders[i][attempt[i]], []).append(i)
+            pending = []
+            for name, idx in groups.items():
+                be = self.backends.get(name)
+                gens, error = None, None
+                if be is None:
+                    error = "not configured"
+                else:
+                    try:
+                        gens = be.generate([items[i] for i in idx], seeds=[seeds[i] for i in idx], **opts)
+                        if len(gens) != len(idx):
+                            raise GenerationError(f"returned {len(gens)} images for {len(idx)} prompts")
+                    except Exception as e:  # noqa: BLE001 -- any backend failure falls through to the next
+                        log.warning("backend %s failed on %d prompt(s) (first %r): %s: %s",
+                                    name, len(idx), items[idx[0]][:80], type(e).__name__, e)
+                        error = f"{type(e).__name__}: {e}"
+                        if all(len(orders[i]) == 1 for i in idx) and single:
+                            raise GenerationError(f"backend '{name}' failed: {error}") from e
+                        gens = None
+                if gens is None:
+                    # Only here, past the except block, has the traceback (and with it the failed call's
+                    # tensors) been dropped: emptying the CUDA cache inside it freed nothing (measured on
+                    # an H200: 48 GiB stayed reserved after a failed 256 GiB allocation).
+                    _free_accelerator_memory()
+                    for i in idx:
+                        failures[i].append({"backend": name, "error": error})
+                        attempt[i] += 1
+                        (pending if attempt[i] < len(orders[i]) else lost).append(i)
+                    continue
+                for i, gen in zip(idx, gens):
+                    yield i, GenerateResult(
+                        image=gen.image, decision=decisions[i], backend=name, seed=seeds[i],
+                        latency_s=float(gen.latency_s), diffusion=getattr(gen, "diffusion", None),
+                        fallbacks=failures[i], route_s=route_s, generation=gen)
+        if lost:
+            i = lost[0]
+            what = "; ".join(f"{f['backend']}: {f['error']}" for f in failures[i])
+            if single or len(items) == 1:
+                raise GenerationError(f"every backend failed for this prompt: {what}")
+            raise GenerationError(f"every backend failed for {len(lost)} of {len(items)} prompts "
+                                  f"(indices {sorted(lost)[:10]}); prompt {i} ({items[i][:60]!r}): {what}")
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path, **extra) -> None:
