@@ -212,3 +212,22 @@ def test_cli_prompts_file_and_forced_backend(tiny_artifact, tmp_path, capsys):
     assert s["by_backend"] == {"fast": 3} and cap.err == ""  # no bar when stderr is no terminal
     recs = [json.loads(ln) for ln in (out / "generations.jsonl").read_text().splitlines()]
     assert [r["decision"]["prompt"] for r in sorted(recs, key=lambda r: r["index"])] == ["a cat", "two dogs", "three apples"]
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_dry_runs_on_cpu(tmp_path):
+    """scripts/bench_generation.py --suite gpu is the one prepared GPU command; on a CPU it runs the
+    same code at tiny sizes, so the script is known to work before a GPU is lent."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "scripts/bench_generation.py", "--suite", "gpu", "--device", "cpu",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "gen-cpu-dry.json").read_text())
+    assert res["dry_run"] and set(res["archs"]) == {"sd15", "sdxl"}
+    for a in res["archs"].values():
+        assert a["ms_per_step"] > 0 and a["memory"]["pipelines_loaded_for_model"] == 1
+        assert {"batch_1", "batch_4", "batch_8"} <= set(a["throughput"])
+    assert 0 < res["archs"]["sd15"]["routing"]["share_of_cheapest_image"]
