@@ -35,6 +35,7 @@ COMMANDS = {
     "route": 'route prompts with a router artifact: t2iroute route "a red car" artifact=DIR',
     "generate": 'route and generate: t2iroute generate "a red car" artifact=DIR out=img.png '
                 '(several prompts or prompts_file=: out_dir=DIR)',
+    "serve": "an OpenAI-compatible image endpoint that routes every request: t2iroute serve artifact=DIR port=8000",
     "app": "the Streamlit app: t2iroute app [artifact=DIR] [bench=DIR] [port=8501]",
 }
 _EXAMPLES = {
@@ -43,6 +44,7 @@ _EXAMPLES = {
     "sweep": "t2iroute sweep backends=[tiny_10,tiny_20] prompts=partiprompts limit=50 seeds=[0,1] out_dir=OUT",
     "route": 't2iroute route "a red car" "two dogs" artifact=DIR lam=0.1  |  ... artifact=DIR -- "style=oil paint"',
     "generate": 't2iroute generate "a red car" artifact=DIR out=car.png seed=0 scorer=clip_tiny',
+    "serve": "t2iroute serve artifact=outputs/demo/testbed/router port=8000 api_keys_env=T2IROUTE_API_KEYS",
 }
 #: ``t2iroute app``'s keys (it is no Hydra app): default, description
 _APP_KEYS = {
@@ -358,6 +360,9 @@ CHECKS = {
     "generate": {**_COMMON, **_ROUTING, "out": _image_path, "seed": _SEED, "backend": _text(optional=True),
                  "fallback": _bool, "prompts_file": _text(optional=True), "chunk_size": _int(1),
                  "progress": _choice("auto", True, False), "out_dir": lambda k, v: v is None or _out_folder(k, v)},
+    "serve": {**_COMMON, "artifact": _text(optional=True), "artifact_sha256": _text(optional=True),
+              "host": _text(), "port": _int(1, 65535), "api_keys_env": _text(optional=True),
+              "image_dir": lambda k, v: v is None or _out_folder(k, v), "max_queue": _int(1), "max_n": _int(1, 128)},
 }
 
 
@@ -744,7 +749,38 @@ def _generate_many(cfg, prompts: list[str]) -> None:
                               f"{out_dir}): {failed[0]}")
 
 
-_TASKS = {"bench": _bench, "train": _train, "sweep": _sweep, "route": _route, "generate": _generate}
+def _serve(cfg) -> None:
+    """Serve the artifact's router until SIGINT/SIGTERM (uvicorn finishes the requests in flight)."""
+    from t2iroute.errors import ConfigError
+
+    _require_artifact(cfg)
+    keys = None
+    if cfg.get("api_keys_env"):
+        raw = os.environ.get(str(cfg.api_keys_env), "")
+        keys = [k.strip() for k in raw.split(",") if k.strip()]
+        if not keys:
+            raise ConfigError(f"api_keys_env={cfg.api_keys_env}: that environment variable holds no key")
+    try:
+        import uvicorn
+
+        from t2iroute.serve import create_app
+    except ImportError as e:
+        raise ConfigError(f"serve needs FastAPI and uvicorn: pip install 't2iroute[serve]' ({e})") from None
+    router = _cli_router(cfg)
+    app = create_app(router, api_keys=keys, image_dir=cfg.get("image_dir"), max_queue=int(cfg.max_queue),
+                     max_n=int(cfg.max_n))
+    print(json.dumps({"serving": f"http://{cfg.host}:{cfg.port}/v1", "backends": router.backend_names,
+                      "auth": bool(keys)}), flush=True)
+    import signal
+
+    # uvicorn finishes the requests in flight on SIGTERM/SIGINT, then re-raises the signal to the
+    # handler that was there before it: a no-op one makes a graceful stop exit with status 0
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning", timeout_graceful_shutdown=60)
+
+
+_TASKS = {"bench": _bench, "train": _train, "sweep": _sweep, "route": _route, "generate": _generate,
+          "serve": _serve}
 _TAKES_PROMPTS = ("route", "generate")
 
 

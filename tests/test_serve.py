@@ -1,0 +1,147 @@
+"""The OpenAI-compatible server, live on 127.0.0.1, driven by the official openai client and httpx."""
+
+import base64
+import io
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_artifact):
+    import uvicorn
+
+    from t2iroute import Router
+    from t2iroute.serve import create_app
+    router = Router.load(tiny_artifact)
+    app = create_app(router, api_keys=["sk-test"], image_dir=str(tmp_path_factory.mktemp("images")))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert isinstance(router, Router)
+    yield f"http://127.0.0.1:{port}", router
+    srv.should_exit = True
+    t.join(10)
+
+
+def _client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
+
+
+@pytest.mark.parametrize("model", ["router", "router:lam=0.05", "router:budget=0.5", "router:quality_floor=30",
+                                   "router:max_cost=0.6", "fast"])
+def test_openai_client_generates_with_each_model_form(server, model):
+    url, router = server
+    raw = _client(url).images.with_raw_response.generate(model=model, prompt="two birds on a wire",
+                                                          response_format="b64_json", n=2, size="64x64")
+    res = raw.parse()
+    assert len(res.data) == 2
+    img = Image.open(io.BytesIO(base64.b64decode(res.data[0].b64_json)))
+    assert img.size == (64, 64)
+    backend = raw.headers["x-t2iroute-backend"]
+    assert backend in router.backend_names
+    if model == "fast":
+        assert backend == "fast"
+    elif model.startswith("router:"):
+        key = model.split(":")[1].split("=")[0]
+        assert raw.headers["x-t2iroute-policy"] == {"lam": "lam"}.get(key, key)
+    extra = raw.http_response.json()["t2iroute"]
+    assert extra["backend"] == backend and len(extra["images"]) == 2
+
+
+def test_url_format_route_models_health_and_metrics(server):
+    url, router = server
+    res = _client(url).images.generate(model="router", prompt="a cat", response_format="url")
+    assert httpx.get(res.data[0].url).content[:8] == b"\x89PNG\r\n\x1a\n"
+    h = {"Authorization": "Bearer sk-test"}
+    d = httpx.post(url + "/v1/route", json={"prompt": ["a cat", "three apples"], "model": "router:lam=0"},
+                   headers=h).json()
+    assert [x["prompt"] for x in d["data"]] == ["a cat", "three apples"]
+    models = {m["id"] for m in httpx.get(url + "/v1/models", headers=h).json()["data"]}
+    assert {"router", "fast", "mid", "slow"} <= models
+    assert httpx.get(url + "/health").json()["status"] == "ok"
+    text = httpx.get(url + "/metrics").text
+    assert 't2iroute_images_total{backend="' in text and "t2iroute_routing_seconds_bucket" in text
+    assert "t2iroute_queue_depth" in text and "t2iroute_fallbacks" in text
+    assert 't2iroute_requests_total{endpoint="/v1/images/generations",status="200"}' in text
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "router"}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({"prompt": "a cat", "n": 0}, "n"),
+    ({"prompt": "a cat", "n": 1000}, "n"),
+    ({"prompt": "a cat", "model": "dall-e-9"}, "model"),
+    ({"prompt": "a cat", "size": "1792x1024"}, "size"),
+    ({"prompt": "a cat", "response_format": "jpeg"}, "response_format"),
+])
+def test_bad_requests_are_400_naming_the_field(server, body, param):
+    url, _ = server
+    r = httpx.post(url + "/v1/images/generations", json=body, headers={"Authorization": "Bearer sk-test"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and param in err["message"]
+
+
+def test_malformed_json_huge_body_and_bad_key(server):
+    url, _ = server
+    h = {"Authorization": "Bearer sk-test", "content-type": "application/json"}
+    r = httpx.post(url + "/v1/images/generations", content=b"{not json", headers=h)
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/images/generations", content=b"x" * (1 << 20 + 1), headers=h)
+    assert r.status_code == 400 and "body over" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/images/generations", json={"prompt": "a cat"}, headers={"Authorization": "Bearer no"})
+    assert r.status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).images.generate(prompt="a cat")
+    assert httpx.get(url + "/health").status_code == 200  # still up
+
+
+def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(tiny_artifact):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MY_KEYS": "sk-a,sk-b"}
+    p = subprocess.Popen([sys.executable, "-m", "t2iroute.cli", "serve", f"artifact={tiny_artifact}",
+                          f"port={port}", "api_keys_env=MY_KEYS"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    try:
+        first = json.loads(p.stdout.readline())
+        assert first["serving"] == f"http://127.0.0.1:{port}/v1" and first["auth"] is True
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        res = openai.OpenAI(base_url=url + "/v1", api_key="sk-b", max_retries=0).images.generate(
+            model="router:lam=0.1", prompt="a red car")
+        assert Image.open(io.BytesIO(base64.b64decode(res.data[0].b64_json))).size == (64, 64)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "sk-a" not in err and "sk-b" not in err  # keys never reach the logs
