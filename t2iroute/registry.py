@@ -27,6 +27,7 @@ KINDS = ("backends", "scorers", "featurizers", "predictors", "policies")
 BUILTIN: dict[str, dict[str, Any]] = {
     "backends": {
         "diffusers": "t2iroute.backends.diffusers_backend:DiffusersBackend",
+        "openai_images": "t2iroute.backends.remote:OpenAIImagesBackend",
     },
     "scorers": {
         "clip": "t2iroute.scoring.clip:CLIPScorer",

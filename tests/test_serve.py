@@ -145,3 +145,52 @@ def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(ti
         out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "sk-a" not in err and "sk-b" not in err  # keys never reach the logs
+
+
+def _start(app):
+    import uvicorn
+
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    return srv, t, f"http://127.0.0.1:{port}"
+
+
+def test_remote_backend_routes_across_a_second_server_and_falls_back_when_it_stops(tiny_artifact, monkeypatch):
+    from t2iroute import Router
+    from t2iroute.serve import create_app
+
+    remote_srv, thread, url = _start(create_app(Router.load(tiny_artifact), api_keys=["sk-remote"]))
+    monkeypatch.setenv("REMOTE_KEY", "sk-remote")
+    spec = {"type": "openai_images", "base_url": url + "/v1", "model": "slow", "size": "64x64",
+            "api_key_env": "REMOTE_KEY", "retries": 1, "deadline_s": 5, "timeout_s": 5}
+    router = Router.load(tiny_artifact, backends={"slow": spec})  # 'slow' now lives behind the second server
+    prompts = ["two birds on a wire", "a sign saying 'hello'", "a cat", "three apples"]
+    routed = router.route(prompts, lam=0.0)
+    assert any(d.backend == "slow" for d in routed) and any(d.backend != "slow" for d in routed)
+    res = router.generate(prompts, lam=0.0, seed=1)
+    for r, d in zip(res, routed):
+        assert r.backend == d.backend and not r.fallbacks
+        assert r.image.size == (64, 64)
+    remote = [r for r in res if r.backend == "slow"]
+    assert remote[0].nfe is not None and remote[0].generation.config["type"] == "openai_images"
+    # the remote server stops mid-run: its prompts fall back to their next choice
+    remote_srv.should_exit = True
+    thread.join(10)
+    res = router.generate(prompts, lam=0.0, seed=1)
+    for r, d in zip(res, routed):
+        if d.backend == "slow":
+            assert r.backend == d.ranking[1] and r.fallbacks[0]["backend"] == "slow"
+            assert "ConnectError" in r.fallbacks[0]["error"]
+        else:
+            assert r.backend == d.backend
+    # a missing key is an error naming the variable, and the key never sits in the config
+    monkeypatch.delenv("REMOTE_KEY")
+    assert "sk-remote" not in str(router.backends["slow"].config())
+    with pytest.raises(Exception, match="REMOTE_KEY holds no API key"):
+        router.backends["slow"].generate(["a cat"], seeds=[0])
