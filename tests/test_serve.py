@@ -194,3 +194,26 @@ def test_remote_backend_routes_across_a_second_server_and_falls_back_when_it_sto
     assert "sk-remote" not in str(router.backends["slow"].config())
     with pytest.raises(Exception, match="REMOTE_KEY holds no API key"):
         router.backends["slow"].generate(["a cat"], seeds=[0])
+
+
+def test_concurrent_requests_with_one_model_share_a_batch(tiny_artifact):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from t2iroute import Router
+    from t2iroute.serve import create_app
+
+    srv, t, url = _start(create_app(Router.load(tiny_artifact), batch_window_s=0.3))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        prompts = ["a cat", "two dogs", "three apples", "a robot"]
+        with ThreadPoolExecutor(4) as ex:
+            raws = list(ex.map(lambda p: client.images.with_raw_response.generate(model="fast", prompt=p), prompts))
+        for raw, p in zip(raws, prompts):
+            assert raw.http_response.json()["t2iroute"]["decision"]["prompt"] == p
+        text = httpx.get(url + "/metrics").text
+        values = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines() if ln and not ln.startswith("#")}
+        batched, calls = values["t2iroute_requests_batched_total"], values["t2iroute_generate_batches_total"]
+        assert batched >= 2 and calls < 4
+    finally:
+        srv.should_exit = True
+        t.join(10)

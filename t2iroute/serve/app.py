@@ -71,6 +71,9 @@ class _Metrics:
                                  buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10))
         self.gen_s = Histogram("t2iroute_generation_seconds", "generation wall time per request", registry=r,
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.batches = Counter("t2iroute_generate_batches", "Router.generate calls the server made", registry=r)
+        self.batched = Counter("t2iroute_requests_batched", "generation requests that shared a batch with others",
+                               registry=r)
         self.queue = Gauge("t2iroute_queue_depth", "generation requests accepted and not yet answered", registry=r)
         for b in backends:
             self.images.labels(b)
@@ -78,8 +81,14 @@ class _Metrics:
 
 
 def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | None = None,
-               max_queue: int = 64, max_n: int = 8):
-    """The FastAPI app serving ``router``. ``api_keys``: accepted bearer keys (None: no auth)."""
+               max_queue: int = 64, max_n: int = 8, batch_window_s: float = 0.01):
+    """The FastAPI app serving ``router``. ``api_keys``: accepted bearer keys (None: no auth).
+
+    Generation requests with the same ``model`` that arrive within ``batch_window_s`` of each other
+    are generated as one ``Router.generate`` call (routed together, grouped by backend, batched by
+    each backend's ``batch_size``); each request gets its own images back. A ``router:budget=``
+    request calibrates lambda over the requests it was batched with."""
+    import asyncio
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
@@ -91,6 +100,40 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
     lock = threading.Lock()
     state = {"inflight": 0}
     app = FastAPI(title="t2iroute", docs_url=None, redoc_url=None)
+    pending: dict = {}  # (policy, forced backend) -> jobs waiting for the batch window
+
+    async def flush(key):
+        await asyncio.sleep(batch_window_s)
+        jobs = pending.pop(key)
+        policy, forced = dict(key[0]), key[1]
+        prompts = [p for j in jobs for p in j["prompts"]]
+        seeds = [s for j in jobs for s in j["seeds"]]
+        metrics.batches.inc()
+        if len(jobs) > 1:
+            metrics.batched.inc(len(jobs))
+        try:
+            results = await run_in_threadpool(router.generate, prompts, seed=seeds, backend=forced, **policy)
+            error = None
+        except Exception as e:  # noqa: BLE001 -- a request keeps its images if all of them were made
+            results, error = getattr(e, "results", None) or [None] * len(prompts), e
+        k = 0
+        for j in jobs:
+            mine = results[k:k + len(j["prompts"])]
+            k += len(j["prompts"])
+            if not j["future"].done():
+                if all(r is not None for r in mine):
+                    j["future"].set_result(mine)
+                else:
+                    j["future"].set_exception(error or RuntimeError("no image"))
+
+    async def submit(prompts, seeds, policy, forced):
+        key = (tuple(sorted(policy.items())), forced)
+        fut = asyncio.get_running_loop().create_future()
+        if key not in pending:
+            pending[key] = []
+            asyncio.get_running_loop().create_task(flush(key))
+        pending[key].append({"prompts": prompts, "seeds": seeds, "future": fut})
+        return await fut
 
     def error(status: int, message: str, param: str | None = None, headers: dict | None = None):
         kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status, "invalid_request_error"
@@ -212,8 +255,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
             metrics.queue.set(state["inflight"])
         try:
             t0 = time.perf_counter()
-            results = await run_in_threadpool(router.generate, [prompt] * n, seed=[seed + i for i in range(n)],
-                                              backend=forced, **policy)
+            results = await submit([prompt] * n, [seed + i for i in range(n)], policy, forced)
             metrics.gen_s.observe(time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 -- every backend failed: a 500 that says so
             log.warning("generation failed: %s: %s", type(e).__name__, e)
