@@ -189,6 +189,16 @@ def test_remote_backend_routes_across_a_second_server_and_falls_back_when_it_sto
             assert "ConnectError" in r.fallbacks[0]["error"]
         else:
             assert r.backend == d.backend
+    # an artifact that stores this backend keeps no endpoint: the loader's own config must give it
+    import tempfile
+
+    art = tempfile.mkdtemp() + "/router"
+    router.backend_specs["slow"] = dict(spec)
+    router.save(art)
+    again = Router.load(art)
+    assert again.backends["slow"].base_url is None and again.backends["slow"].api_key_env is None
+    with pytest.raises(Exception, match="no base_url; an endpoint comes from your own config"):
+        again.backends["slow"].generate(["a cat"], seeds=[0])
     # a missing key is an error naming the variable, and the key never sits in the config
     monkeypatch.delenv("REMOTE_KEY")
     assert "sk-remote" not in str(router.backends["slow"].config())

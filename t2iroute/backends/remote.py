@@ -22,15 +22,19 @@ from t2iroute.errors import ConfigError, GenerationError
 
 
 class OpenAIImagesBackend:
-    def __init__(self, name: str, base_url: str, *, model: str | None = None, size: str | None = None,
+    #: where the server lives and which variable holds its key come from the loading user's config,
+    #: never from an artifact (an artifact's values are dropped; generate then says what to pass)
+    LOCAL_KEYS = frozenset({"base_url", "api_key_env"})
+
+    def __init__(self, name: str, base_url: str | None = None, *, model: str | None = None, size: str | None = None,
                  api_key_env: str | None = None, cost: float | None = None, timeout_s: float = 60.0,
                  retries: int = 2, deadline_s: float = 120.0, send_seed: bool = True, width: int | None = None,
                  height: int | None = None):
-        if not str(base_url).startswith(("http://", "https://")):
+        if base_url is not None and not str(base_url).startswith(("http://", "https://")):
             raise ConfigError(f"backend '{name}': base_url must be an http(s) URL, got {base_url!r}")
         if timeout_s <= 0 or deadline_s <= 0 or int(retries) < 0:
             raise ConfigError(f"backend '{name}': timeout_s and deadline_s must be > 0 and retries >= 0")
-        self.name, self.base_url = name, str(base_url).rstrip("/")
+        self.name, self.base_url = name, None if base_url is None else str(base_url).rstrip("/")
         self.model, self.size, self.api_key_env = model, size, api_key_env
         self.cost = None if cost is None else float(cost)
         self.timeout_s, self.retries, self.deadline_s = float(timeout_s), int(retries), float(deadline_s)
@@ -98,5 +102,9 @@ class OpenAIImagesBackend:
 
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if self.base_url is None:
+            raise ConfigError(f"backend '{self.name}': no base_url; an endpoint comes from your own config "
+                              f"(Router.load(..., backends={{'{self.name}': {{'type': 'openai_images', "
+                              "'base_url': ...}}) or backends= on the command line), never from an artifact")
         with httpx.Client() as client:
             return [self._one(client, str(p), int(s)) for p, s in zip(prompts, seeds)]
