@@ -355,7 +355,11 @@ CHECKS = {
     "train": {**_COMMON, **_TRAINING},
     "sweep": {**_COMMON, "prompts": _text(), "limit": _int(1, optional=True), "seeds": _list_of(_SEED),
               "shard": _int(0), "num_shards": _int(1), "chunk_size": _int(1), "keep_images": _bool,
-              "out_dir": _out_folder},
+              "out_dir": _out_folder, "launcher": _choice("local", "ray"), "ray.address": _text(),
+              "ray.num_cpus": _int(1, optional=True), "ray.workers_per_model": _int(1),
+              "ray.num_cpus_per_worker": _num(optional=False, minimum=0), "ray.num_gpus_per_worker": _num(minimum=0),
+              "ray.max_retries": _int(0), "ray.max_in_flight": _int(1),
+              "ray.object_store_memory": _int(1 << 20, optional=True)},
     "route": {**_COMMON, **_ROUTING, "prompts_file": _text(optional=True)},
     "generate": {**_COMMON, **_ROUTING, "out": _image_path, "seed": _SEED, "backend": _text(optional=True),
                  "fallback": _bool, "prompts_file": _text(optional=True), "chunk_size": _int(1),
@@ -475,14 +479,23 @@ def _sweep(cfg) -> None:
     if not specs:
         raise ConfigError("backends=[]: no backends selected (backends=[tiny_10,tiny_20] for example)")
     prompts = read_prompts(cfg.prompts, limit=cfg.get("limit"))  # a missing file fails before any model loads
-    backends = build_backends(specs)
-    scorer = build_scorer(OmegaConf.to_container(cfg.scorer, resolve=True))
     seeds = [int(s) for s in cfg.seeds]
-    res = run_sweep(backends, prompts, seeds, scorer, cfg.out_dir, shard=int(cfg.shard),
-                    num_shards=int(cfg.num_shards), chunk_size=int(cfg.chunk_size),
-                    keep_images=bool(cfg.keep_images))
+    scorer_spec = OmegaConf.to_container(cfg.scorer, resolve=True)
+    extra = {}
+    if cfg.get("launcher", "local") == "ray":
+        from t2iroute.distributed import RayOptions, run_sweep_ray
+
+        opts = RayOptions.from_mapping(OmegaConf.to_container(cfg.ray, resolve=True) if cfg.get("ray") else {})
+        res = run_sweep_ray(specs, prompts, seeds, scorer_spec, cfg.out_dir, shard=int(cfg.shard),
+                            num_shards=int(cfg.num_shards), chunk_size=int(cfg.chunk_size),
+                            keep_images=bool(cfg.keep_images), ray_options=opts)
+        extra = {"launcher": "ray", "retried": res.n_retried, "workers_replaced": res.n_workers_replaced}
+    else:
+        res = run_sweep(build_backends(specs), prompts, seeds, build_scorer(scorer_spec), cfg.out_dir,
+                        shard=int(cfg.shard), num_shards=int(cfg.num_shards), chunk_size=int(cfg.chunk_size),
+                        keep_images=bool(cfg.keep_images))
     _emit({"out": str(res.out_dir / "quality.parquet"), "items": res.n_items,
-           "skipped_finished": res.n_skipped_done, "generated": res.n_generated, "failed": res.n_failed},
+           "skipped_finished": res.n_skipped_done, "generated": res.n_generated, "failed": res.n_failed, **extra},
           compact=True)  # one line, as sweeps always printed it
 
 

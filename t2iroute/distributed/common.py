@@ -1,0 +1,115 @@
+"""What the Ray sweep and the Ray server share: options, the cluster connection, model groups."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from t2iroute.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayOptions:
+    """``ray.*`` keys of the sweep and serve configs.
+
+    ``address``: ``local`` starts a Ray instance on this machine for the run (``num_cpus`` of its
+    CPUs, default all); ``auto`` joins the cluster ``ray start --head`` started on this machine;
+    ``HOST:PORT`` joins a head on another machine (``ray://HOST:10001`` through Ray Client).
+    Each worker (a sweep actor, a model replica) asks Ray for ``num_cpus_per_worker`` CPUs and
+    ``num_gpus_per_worker`` GPUs (null: one GPU for a model whose backends run on cuda, none
+    otherwise; 0.5 puts two models on one GPU).
+    """
+
+    address: str = "local"
+    num_cpus: int | None = None
+    workers_per_model: int = 1
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float | None = None
+    max_retries: int = 2
+    max_in_flight: int = 2
+    object_store_memory: int | None = None
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any] | None) -> "RayOptions":
+        m = dict(m or {})
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(m) - known)
+        if extra:
+            raise ConfigError(f"ray.{extra[0]}: unknown key; known: {sorted(known)}")
+        opts = cls(**{k: v for k, v in m.items() if v is not None or k == "num_gpus_per_worker"})
+        for k in ("workers_per_model", "max_in_flight"):
+            if int(getattr(opts, k)) < 1:
+                raise ConfigError(f"ray.{k}={getattr(opts, k)}: need at least 1")
+        if int(opts.max_retries) < 0:
+            raise ConfigError(f"ray.max_retries={opts.max_retries}: need 0 or more")
+        if float(opts.num_cpus_per_worker) < 0 or (opts.num_gpus_per_worker is not None
+                                                    and float(opts.num_gpus_per_worker) < 0):
+            raise ConfigError("ray.num_cpus_per_worker and ray.num_gpus_per_worker must be >= 0")
+        if not str(opts.address).strip():
+            raise ConfigError("ray.address='': give local, auto, HOST:PORT or ray://HOST:PORT")
+        return opts
+
+    def gpus_for(self, specs: Mapping[str, Mapping[str, Any]]) -> float:
+        if self.num_gpus_per_worker is not None:
+            return float(self.num_gpus_per_worker)
+        return 1.0 if any(str(s.get("device", "cpu")).startswith("cuda") for s in specs.values()) else 0.0
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("Ray is not installed: pip install 't2iroute[ray]' (or launcher=local)") from None
+    return ray
+
+
+def connect(opts: RayOptions) -> bool:
+    """Join or start the cluster ``opts.address`` names. True when this call started Ray here
+    (the caller shuts it down); a process already connected keeps its connection."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    if str(opts.address) == "local":
+        kw.update(num_cpus=opts.num_cpus, include_dashboard=False)
+        if opts.object_store_memory:
+            kw["object_store_memory"] = int(opts.object_store_memory)
+        ray.init(**kw)
+    else:
+        if opts.num_cpus is not None:
+            log.warning("ray.num_cpus=%s applies to a local instance only; the cluster at %s has its own",
+                        opts.num_cpus, opts.address)
+        try:
+            ray.init(address=str(opts.address), **kw)
+        except Exception as e:  # noqa: BLE001 -- ConnectionError, ValueError: say which address
+            raise ConfigError(f"ray.address={opts.address}: cannot join that Ray cluster ({type(e).__name__}: {e}); "
+                              "start one with `ray start --head`, or use ray.address=local") from None
+    return True
+
+
+def model_group(name: str, spec: Mapping[str, Any]) -> str:
+    """The key of the weights a backend needs: backends with one key share one worker (one loaded
+    pipeline per worker: the step budgets of a model share its weights)."""
+    spec = dict(spec)
+    kind = spec.get("type", "diffusers")
+    if kind == "diffusers":
+        return json.dumps([kind, str(spec.get("model")), spec.get("dtype", "float32"), spec.get("device", "cpu"),
+                           spec.get("variant"), spec.get("use_safetensors")])
+    return json.dumps([kind, name])
+
+
+def group_label(key: str) -> str:
+    kind, what = json.loads(key)[:2]
+    return str(what) if kind == "diffusers" else f"{kind}:{what}"
+
+
+def groups_of(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, dict]]:
+    """model group -> {backend name: spec}, in the order the backends come."""
+    out: dict[str, dict[str, dict]] = {}
+    for name, spec in specs.items():
+        out.setdefault(model_group(name, spec), {})[name] = dict(spec)
+    return out

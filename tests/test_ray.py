@@ -1,0 +1,146 @@
+"""launcher=ray sweeps on a local Ray cluster started here (ray.init(num_cpus=2)), tiny backends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+if os.environ.get("CI"):
+    import ray  # CI installs t2iroute[all]: these tests run there, never skip
+else:
+    ray = pytest.importorskip("ray")
+
+from t2iroute.backends import build_backends  # noqa: E402
+from t2iroute.distributed import run_sweep_ray  # noqa: E402
+from t2iroute.scoring import build_scorer  # noqa: E402
+from t2iroute.training.prompts import read_prompts  # noqa: E402
+from t2iroute.training.sweep import finished_keys, read_sweep, run_sweep  # noqa: E402
+from t2iroute.training.table import read_table  # noqa: E402
+
+from tests.test_sweep import TINY, TINY_CLIP  # noqa: E402
+
+pytestmark = pytest.mark.ray
+KEY = ["prompt_id", "backend", "seed"]
+SPECS = {"tiny_2": {**TINY, "steps": 2}, "tiny_3": {**TINY, "steps": 3}}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local two-CPU Ray cluster for this module; its address, for drivers in other processes."""
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2 ** 20, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _sorted(df):
+    return df.sort_values(KEY).reset_index(drop=True)
+
+
+def test_ray_sweep_matches_the_sequential_sweep_row_for_row(cluster, tmp_path):
+    prompts = read_prompts("geneval", limit=5)
+    seq = run_sweep(build_backends(SPECS), prompts, [0, 1], build_scorer(TINY_CLIP), tmp_path / "seq",
+                    chunk_size=3, keep_images=True, progress=False)
+    res = run_sweep_ray(SPECS, prompts, [0, 1], TINY_CLIP, tmp_path / "ray", chunk_size=3, keep_images=True,
+                        progress=False, ray_options={"workers_per_model": 2})
+    assert (res.n_items, res.n_generated, res.n_failed) == (seq.n_items, 20, 0)
+    a, b = _sorted(read_sweep(tmp_path / "seq")), _sorted(read_sweep(tmp_path / "ray"))
+    same = KEY + ["prompt", "metric", "score", "source", "steps_run", "nfe", "stopped_early", "higher_is_better"]
+    pd.testing.assert_frame_equal(a[same], b[same])  # the same images, so the same scores, bit for bit
+    for pa, pb in zip(a.image_path, b.image_path):  # images made on the workers, written by the driver
+        assert open(pa, "rb").read() == open(pb, "rb").read()
+        assert pb.startswith(str(tmp_path / "ray" / "images"))
+    again = run_sweep_ray(SPECS, prompts, [0, 1], TINY_CLIP, tmp_path / "ray", chunk_size=3, progress=False)
+    assert (again.n_generated, again.n_skipped_done) == (0, 20)  # a re-run starts no worker, repeats nothing
+
+
+def test_a_worker_killed_mid_sweep_is_replaced_and_every_row_lands_once(cluster, tmp_path):
+    prompts = read_prompts("geneval", limit=8)
+    killed = []
+
+    def kill_first_worker(ev):  # the worker that just finished a unit holds the next one
+        if not killed:
+            killed.append(ev["pid"])
+            os.kill(ev["pid"], signal.SIGKILL)
+
+    res = run_sweep_ray(SPECS, prompts, [0, 1], TINY_CLIP, tmp_path, chunk_size=3, progress=False,
+                        ray_options={"workers_per_model": 2}, on_result=kill_first_worker)
+    assert killed and res.n_workers_replaced == 1 and res.n_retried > 0
+    assert (res.n_generated, res.n_failed) == (32, 0)
+    t = read_table(tmp_path / "quality.parquet")
+    assert len(t) == 32 and not t.duplicated(KEY).any()
+    assert not (tmp_path / "failures.jsonl").exists()
+
+
+def test_retries_are_bounded_then_recorded_and_a_rerun_finishes(cluster, tmp_path):
+    prompts = read_prompts("geneval", limit=6)
+    killed = []
+
+    def kill_once(ev):
+        if not killed:
+            killed.append(ev["pid"])
+            os.kill(ev["pid"], signal.SIGKILL)
+
+    res = run_sweep_ray(SPECS, prompts, [0], TINY_CLIP, tmp_path, chunk_size=2, progress=False,
+                        ray_options={"max_retries": 0}, on_result=kill_once)
+    fails = [json.loads(x) for x in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    assert res.n_failed == len(fails) > 0 and res.n_retried == 0
+    assert all(f["error"].startswith("WorkerDied:") and "ray.max_retries=0" in f["error"] for f in fails)
+    assert res.n_generated + res.n_failed == 12
+    rerun = run_sweep_ray(SPECS, prompts, [0], TINY_CLIP, tmp_path, chunk_size=2, progress=False)
+    assert rerun.n_generated == res.n_failed and rerun.n_skipped_done == res.n_generated
+    t = read_table(tmp_path / "quality.parquet")
+    assert len(t) == 12 and not t.duplicated(KEY).any()
+
+
+def test_a_backend_that_raises_is_recorded_and_not_retried(cluster, tmp_path):
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()  # a folder without model_index.json: the pipeline load fails on the worker
+    specs = {**SPECS, "broken": {"model": str(broken), "height": 32, "width": 32, "steps": 2}}
+    prompts = read_prompts("geneval", limit=4)
+    res = run_sweep_ray(specs, prompts, [0], TINY_CLIP, tmp_path / "out", chunk_size=2, progress=False)
+    fails = [json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert {f["backend"] for f in fails} == {"broken"} and len(fails) == 4
+    assert (res.n_failed, res.n_generated, res.n_retried, res.n_workers_replaced) == (4, 8, 0, 0)
+    assert str(broken) in fails[0]["error"] or "model_index.json" in fails[0]["error"]
+
+
+def test_ray_sweep_command_killed_then_rerun_loses_and_duplicates_nothing(cluster, tmp_path):
+    """A driver in its own process on this cluster, SIGKILLed mid-sweep, then the same command again."""
+    (tmp_path / "p.txt").write_text("\n".join(f"prompt number {i}" for i in range(16)))
+    cmd = [sys.executable, "-m", "t2iroute.cli", "sweep", "backends=[tiny_10,tiny_20]", f"prompts={tmp_path / 'p.txt'}",
+           "seeds=[0]", "chunk_size=2", f"out_dir={tmp_path / 'out'}", "launcher=ray", f"ray.address={cluster}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    table = tmp_path / "out" / "quality.parquet"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(table.glob("part-*.parquet"))) < 3 and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = finished_keys(table)
+    assert 6 <= len(before) < 32
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["launcher"] == "ray" and summary["skipped_finished"] == len(before)
+    assert summary["generated"] == 32 - len(before) and summary["failed"] == 0
+    t = read_table(table)
+    assert len(t) == 32 and not t.duplicated(KEY).any()
+
+
+@pytest.mark.parametrize("bad, key", [("ray.workers_per_model=0", "ray.workers_per_model=0"),
+                                      ("launcher=dask", "launcher=dask"), ("ray.max_retries=-1", "ray.max_retries=-1"),
+                                      ("+ray.gpus=1", "ray.gpus")])
+def test_bad_ray_options_name_the_key(tmp_path, capsys, bad, key):
+    from t2iroute.cli import main
+
+    rc = main(["sweep", "backends=[tiny_10]", "prompts=geneval", "limit=1", "launcher=ray", bad,
+               f"out_dir={tmp_path}"])
+    assert rc == 2 and key in capsys.readouterr().err
+    assert not (tmp_path / "quality.parquet").exists()
