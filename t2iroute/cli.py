@@ -366,7 +366,15 @@ CHECKS = {
                  "progress": _choice("auto", True, False), "out_dir": lambda k, v: v is None or _out_folder(k, v)},
     "serve": {**_COMMON, "artifact": _text(optional=True), "artifact_sha256": _text(optional=True),
               "host": _text(), "port": _int(1, 65535), "api_keys_env": _text(optional=True),
-              "image_dir": lambda k, v: v is None or _out_folder(k, v), "max_queue": _int(1), "max_n": _int(1, 128)},
+              "image_dir": lambda k, v: v is None or _out_folder(k, v), "max_queue": _int(1), "max_n": _int(1, 128),
+              "engine": _choice("process", "ray"), "ray.address": _text(), "ray.num_cpus": _int(1, optional=True),
+              "ray.router_replicas": _int(1), "ray.router_num_cpus": _num(optional=False, minimum=0),
+              "ray.num_cpus_per_replica": _num(optional=False, minimum=0),
+              "ray.num_gpus_per_replica": _num(minimum=0), "ray.min_replicas": _int(1),
+              "ray.max_replicas": _int(1), "ray.target_ongoing_requests": _num(optional=False, minimum=0),
+              "ray.max_ongoing_requests": _int(1), "ray.retry_window_s": _num(optional=False, minimum=0),
+              "ray.timeout_s": _num(optional=False, minimum=0), "ray.health_check_period_s": _num(optional=False, minimum=0),
+              "ray.object_store_memory": _int(1 << 20, optional=True)},
 }
 
 
@@ -779,9 +787,12 @@ def _serve(cfg) -> None:
         from t2iroute.serve import create_app
     except ImportError as e:
         raise ConfigError(f"serve needs FastAPI and uvicorn: pip install 't2iroute[serve]' ({e})") from None
+    app_kwargs = {"api_keys": keys, "image_dir": cfg.get("image_dir"), "max_queue": int(cfg.max_queue),
+                  "max_n": int(cfg.max_n)}
+    if cfg.get("engine", "process") == "ray":
+        return _serve_ray(cfg, app_kwargs)
     router = _cli_router(cfg)
-    app = create_app(router, api_keys=keys, image_dir=cfg.get("image_dir"), max_queue=int(cfg.max_queue),
-                     max_n=int(cfg.max_n))
+    app = create_app(router, **app_kwargs)
     print(json.dumps({"serving": f"http://{cfg.host}:{cfg.port}/v1", "backends": router.backend_names,
                       "auth": bool(keys)}), flush=True)
     import signal
@@ -790,6 +801,47 @@ def _serve(cfg) -> None:
     # handler that was there before it: a no-op one makes a graceful stop exit with status 0
     signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning", timeout_graceful_shutdown=60)
+
+
+def _serve_ray(cfg, app_kwargs) -> None:
+    """engine=ray: deploy on Ray Serve, answer until SIGINT/SIGTERM, then tear the deployments down."""
+    import signal
+    import threading
+
+    from omegaconf import OmegaConf
+
+    from t2iroute.distributed import serve as ray_serve
+    from t2iroute.router.core import Router
+
+    opts = ray_serve.RayServeOptions.from_mapping(OmegaConf.to_container(cfg.ray, resolve=True)
+                                                  if cfg.get("ray") else {})
+    specs = OmegaConf.to_container(cfg.backends, resolve=True) if cfg.get("backends") else {}
+    local = {k: {kk: vv for kk, vv in OmegaConf.to_container(cfg[k], resolve=True).items() if vv is not None}
+             for k in ("llm", "embedding") if cfg.get(k)}
+    # load it here first: a bad artifact or backend config fails before anything is deployed
+    router = Router.load(str(cfg.artifact), backends=specs or None, local=local,
+                         expected_sha256=cfg.get("artifact_sha256"))
+    specs = {**router.backend_specs, **specs}
+    started = ray_serve.start(os.path.abspath(str(cfg.artifact)), specs, opts, host=str(cfg.host),
+                              port=int(cfg.port), local=local, app_kwargs=app_kwargs,
+                              expected_sha256=cfg.get("artifact_sha256"))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs handlers of its own
+        signal.signal(sig, lambda *_: stop.set())
+    print(json.dumps({"serving": f"http://{cfg.host}:{cfg.port}/v1", "backends": router.backend_names,
+                      "auth": bool(app_kwargs["api_keys"]), "engine": "ray",
+                      "models": ray_serve.model_deployments()}), flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        from ray import serve
+
+        serve.shutdown()  # replicas finish the requests they hold (graceful_shutdown_timeout_s)
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 _TASKS = {"bench": _bench, "train": _train, "sweep": _sweep, "route": _route, "generate": _generate,

@@ -20,14 +20,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_artifact):
+@pytest.fixture(scope="module", params=["process", pytest.param("ray", marks=pytest.mark.ray)])
+def server(request, tmp_path_factory, tiny_artifact):
+    """The app on 127.0.0.1: in this process under uvicorn, or on Ray Serve (a local two-CPU cluster,
+    a router deployment and one model deployment for the three tiny budgets)."""
+    from t2iroute import Router
+
+    router = Router.load(tiny_artifact)
+    image_dir = str(tmp_path_factory.mktemp("images"))
+    if request.param == "ray":
+        ray = pytest.importorskip("ray")
+        from ray import serve
+
+        from t2iroute.distributed import serve as ray_serve
+
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2 ** 20, log_to_driver=False)
+        port = _free_port()
+        try:
+            ray_serve.start(str(tiny_artifact), router.backend_specs, ray_serve.RayServeOptions(), port=port,
+                            app_kwargs={"api_keys": ["sk-test"], "image_dir": image_dir})
+            yield f"http://127.0.0.1:{port}", router
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+        return
     import uvicorn
 
-    from t2iroute import Router
     from t2iroute.serve import create_app
-    router = Router.load(tiny_artifact)
-    app = create_app(router, api_keys=["sk-test"], image_dir=str(tmp_path_factory.mktemp("images")))
+    app = create_app(router, api_keys=["sk-test"], image_dir=image_dir)
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
@@ -77,7 +97,8 @@ def test_url_format_route_models_health_and_metrics(server):
     assert [x["prompt"] for x in d["data"]] == ["a cat", "three apples"]
     models = {m["id"] for m in httpx.get(url + "/v1/models", headers=h).json()["data"]}
     assert {"router", "fast", "mid", "slow"} <= models
-    assert httpx.get(url + "/health").json()["status"] == "ok"
+    health = httpx.get(url + "/health").json()
+    assert health["status"] == "ok" and health["engine"] in ("process", "ray")
     text = httpx.get(url + "/metrics").text
     assert 't2iroute_images_total{backend="' in text and "t2iroute_routing_seconds_bucket" in text
     assert "t2iroute_queue_depth" in text and "t2iroute_fallbacks" in text
@@ -115,7 +136,51 @@ def test_malformed_json_huge_body_and_bad_key(server):
     assert httpx.get(url + "/health").status_code == 200  # still up
 
 
-def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(tiny_artifact):
+@pytest.mark.ray
+@pytest.mark.parametrize("server", ["ray"], indirect=True)
+def test_a_model_replica_killed_during_a_request_loop_loses_no_request(server):
+    """SIGKILL the only replica of the model while four clients loop: the calls it held are sent
+    again once Serve has replaced it, and every request gets its images."""
+    import os
+    import re
+    import signal
+
+    from ray import serve
+
+    from t2iroute.distributed import serve as ray_serve
+
+    url, router = server
+    handle = serve.get_deployment_handle(ray_serve.model_deployments()[0], app_name=ray_serve.APP_NAME)
+    pid = handle.pid.remote().result()
+    done, errors = [], []
+
+    def loop(i):
+        client = _client(url)
+        for k in range(5):
+            try:
+                raw = client.images.with_raw_response.generate(model="slow", prompt=f"kite {i} {k}", n=2,
+                                                               response_format="b64_json", size="64x64")
+                done.append((raw.http_response.status_code, raw.headers["x-t2iroute-backend"], len(raw.parse().data)))
+            except Exception as e:  # noqa: BLE001 -- counted: the test fails on any
+                errors.append(e)
+
+    clients = [threading.Thread(target=loop, args=(i,)) for i in range(4)]
+    for t in clients:
+        t.start()
+    time.sleep(1.5)  # the replica is busy with the loop's requests
+    os.kill(pid, signal.SIGKILL)
+    for t in clients:
+        t.join(300)
+    assert not errors, errors[:3]
+    assert done == [(200, "slow", 2)] * 20
+    assert handle.pid.remote().result() != pid  # Serve replaced the replica
+    text = httpx.get(url + "/metrics").text
+    retried = re.search(r't2iroute_backend_retries_total\{backend="slow"\} ([0-9.]+)', text)
+    assert retried and float(retried.group(1)) >= 1, text[-1500:]
+
+
+@pytest.mark.parametrize("engine", ["process", pytest.param("ray", marks=pytest.mark.ray)])
+def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(tiny_artifact, engine):
     import json
     import os
     import signal
@@ -124,12 +189,16 @@ def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(ti
 
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MY_KEYS": "sk-a,sk-b"}
+    extra = [] if engine == "process" else (  # its own local instance; autoscaling between 1 and 2 replicas
+        pytest.importorskip("ray") and ["engine=ray", "ray.num_cpus=2", "ray.max_replicas=2"])
     p = subprocess.Popen([sys.executable, "-m", "t2iroute.cli", "serve", f"artifact={tiny_artifact}",
-                          f"port={port}", "api_keys_env=MY_KEYS"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
+                          f"port={port}", "api_keys_env=MY_KEYS", *extra], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
     try:
         first = json.loads(p.stdout.readline())
         assert first["serving"] == f"http://127.0.0.1:{port}/v1" and first["auth"] is True
+        if engine == "ray":
+            assert first["engine"] == "ray" and first["models"] == ["model-0-tiny"]
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
@@ -142,8 +211,8 @@ def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(ti
         assert Image.open(io.BytesIO(base64.b64decode(res.data[0].b64_json))).size == (64, 64)
     finally:
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-3000:]
     assert "sk-a" not in err and "sk-b" not in err  # keys never reach the logs
 
 

@@ -78,7 +78,7 @@ def connect(opts: RayOptions) -> bool:
         kw.update(num_cpus=opts.num_cpus, include_dashboard=False)
         if opts.object_store_memory:
             kw["object_store_memory"] = int(opts.object_store_memory)
-        ray.init(**kw)
+        ray.init(address="local", **kw)  # a new instance, never a cluster that happens to run here
     else:
         if opts.num_cpus is not None:
             log.warning("ray.num_cpus=%s applies to a local instance only; the cluster at %s has its own",

@@ -80,14 +80,32 @@ class _Metrics:
             self.routed.labels(b)
 
 
+class _RetryCollector:
+    """``t2iroute_backend_retries_total``: calls sent again after a model replica died (engine=ray)."""
+
+    def __init__(self, router):
+        self.router = router
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        fam = CounterMetricFamily("t2iroute_backend_retries", "backend calls sent again after their replica died",
+                                  labels=["backend"])
+        for name, b in self.router.backends.items():
+            if getattr(b, "n_retried", None) is not None:
+                fam.add_metric([name], float(b.n_retried))
+        yield fam
+
+
 def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | None = None,
-               max_queue: int = 64, max_n: int = 8, batch_window_s: float = 0.01):
+               max_queue: int = 64, max_n: int = 8, batch_window_s: float = 0.01, engine: str = "process"):
     """The FastAPI app serving ``router``. ``api_keys``: accepted bearer keys (None: no auth).
 
     Generation requests with the same ``model`` that arrive within ``batch_window_s`` of each other
     are generated as one ``Router.generate`` call (routed together, grouped by backend, batched by
     each backend's ``batch_size``); each request gets its own images back. A ``router:budget=``
-    request calibrates lambda over the requests it was batched with."""
+    request calibrates lambda over the requests it was batched with. ``engine`` is reported by
+    ``/health`` (``ray``: the backends are Ray Serve deployments, see :mod:`t2iroute.distributed.serve`)."""
     import asyncio
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
@@ -95,6 +113,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
 
     backends = list(router.backend_names)
     metrics = _Metrics(backends)
+    metrics.registry.register(_RetryCollector(router))
     sizes = {f"{getattr(b, 'width', 0)}x{getattr(b, 'height', 0)}" for b in router.backends.values()}
     image_root = Path(image_dir) if image_dir else None
     lock = threading.Lock()
@@ -196,7 +215,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "backends": backends, "queue_depth": state["inflight"]}
+        return {"status": "ok", "backends": backends, "queue_depth": state["inflight"], "engine": engine}
 
     @app.get("/metrics")
     async def prom():

@@ -192,8 +192,9 @@ def record_failures(out_dir, bname: str, its: Sequence[tuple], error: str, trace
 
 def run_sweep(backends: Mapping[str, object], prompts: pd.DataFrame, seeds: Sequence[int], scorer, out_dir,
               *, shard: int = 0, num_shards: int = 1, chunk_size: int = 8, keep_images: bool = False,
-              progress: bool = True) -> SweepResult:
-    """The sequential sweep, in this process (``launcher=ray``: :func:`t2iroute.distributed.run_sweep_ray`)."""
+              progress: bool = True, on_result=None) -> SweepResult:
+    """The sequential sweep, in this process (``launcher=ray``: :func:`t2iroute.distributed.run_sweep_ray`).
+    ``on_result`` is called after each finished unit with ``{"backend", "n", "pid"}``."""
     if scorer is None:
         raise ValueError("a sweep needs a scorer (scorer=clip)")
     plan = plan_sweep(list(backends), prompts, seeds, out_dir, shard=shard, num_shards=num_shards)
@@ -213,6 +214,8 @@ def run_sweep(backends: Mapping[str, object], prompts: pd.DataFrame, seeds: Sequ
         else:
             rows += res.rows
             n_gen += len(its)
+            if on_result is not None:
+                on_result({"backend": bname, "n": len(its), "pid": os.getpid()})
         bar.update(len(its))
         if rows and (i + 1 == len(units) or units[i + 1][0] != c):  # one part file per chunk
             _write_part(plan.table_dir, rows, shard)
