@@ -835,13 +835,26 @@ def _serve_ray(cfg, app_kwargs) -> None:
         while not stop.wait(0.5):
             pass
     finally:
+        import ray
         from ray import serve
 
-        serve.shutdown()  # replicas finish the requests they hold (graceful_shutdown_timeout_s)
-        if started:
-            import ray
+        # replicas finish the requests they hold; a signal sent to the whole process group (Ctrl-C,
+        # `timeout`) has also stopped Ray's own processes here, and then shutting down can hang
+        if not _within(serve.shutdown, 120) or (started and not _within(ray.shutdown, 30)):
+            log.warning("serve: Ray did not shut down in time (its processes were signalled too); exiting")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
-            ray.shutdown()
+
+def _within(fn, seconds: float) -> bool:
+    """Run ``fn`` in a daemon thread; False if it has not returned after ``seconds``."""
+    import threading
+
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive()
 
 
 _TASKS = {"bench": _bench, "train": _train, "sweep": _sweep, "route": _route, "generate": _generate,
