@@ -144,3 +144,12 @@ def test_bad_ray_options_name_the_key(tmp_path, capsys, bad, key):
                f"out_dir={tmp_path}"])
     assert rc == 2 and key in capsys.readouterr().err
     assert not (tmp_path / "quality.parquet").exists()
+
+
+def test_a_worker_the_cluster_can_never_hold_is_refused_naming_the_keys(cluster, tmp_path):
+    from t2iroute.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"1 GPUs needed; the Ray cluster has 2 CPUs and 0 GPUs: lower .*num_gpus_per_worker"):
+        run_sweep_ray({"gpu": {**TINY, "steps": 2, "device": "cuda"}}, read_prompts("geneval", limit=1), [0],
+                      TINY_CLIP, tmp_path, progress=False)
+    assert not list(tmp_path.glob("quality.parquet/part-*"))

@@ -179,6 +179,53 @@ def test_a_model_replica_killed_during_a_request_loop_loses_no_request(server):
     assert retried and float(retried.group(1)) >= 1, text[-1500:]
 
 
+@pytest.mark.ray
+@pytest.mark.parametrize("server", ["ray"], indirect=True)
+def test_a_backend_raising_on_its_replica_falls_back_and_is_not_retried(server, tiny_artifact, tmp_path):
+    """A second application on the same cluster whose cheapest backend cannot load its model."""
+    from ray import serve
+
+    from t2iroute import Router
+    from t2iroute.distributed import serve as ray_serve
+
+    url, _ = server
+    (tmp_path / "not-a-model").mkdir()
+    router = Router.load(tiny_artifact)
+    specs = {**router.backend_specs, "fast": {"model": str(tmp_path / "not-a-model"), "steps": 2,
+                                              "height": 64, "width": 64}}
+    opts = ray_serve.RayServeOptions(num_cpus_per_replica=0.5)  # the first app's replica holds 1 of the 2 CPUs
+    ray_serve.start(str(tiny_artifact), specs, opts, port=int(url.rsplit(":", 1)[1]), name="fallback",
+                    route_prefix="/fb")
+    try:
+        assert len(ray_serve.model_deployments("fallback")) == 2  # the broken model is a deployment of its own
+        raw = _client(url + "/fb").images.with_raw_response.generate(model="router:lam=1000", prompt="a cat",
+                                                                     size="64x64")
+        assert raw.http_response.status_code == 200 and len(raw.parse().data) == 1
+        assert raw.headers["x-t2iroute-routed-backend"] == "fast" and raw.headers["x-t2iroute-backend"] != "fast"
+        (fb,) = raw.http_response.json()["t2iroute"]["images"][0]["fallbacks"]
+        assert fb["backend"] == "fast" and ("not-a-model" in fb["error"] or "model_index" in fb["error"])
+        text = httpx.get(url + "/fb/metrics").text
+        assert 't2iroute_fallbacks_total{backend="fast"} 1.0' in text
+        assert 't2iroute_backend_retries_total{backend="fast"} 0.0' in text  # an error, not a dead replica
+    finally:
+        serve.delete("fallback")
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("server", ["ray"], indirect=True)
+def test_replicas_the_cluster_can_never_hold_are_refused_before_deploying(server, tiny_artifact):
+    from t2iroute import Router
+    from t2iroute.distributed import serve as ray_serve
+    from t2iroute.errors import ConfigError
+
+    url, _ = server
+    with pytest.raises(ConfigError, match=r"3 replica\(s\) of 1 model\(s\): 3 CPUs .* has 2 CPUs"):
+        ray_serve.start(str(tiny_artifact), Router.load(tiny_artifact).backend_specs,
+                        ray_serve.RayServeOptions(min_replicas=3, max_replicas=3), port=int(url.rsplit(":", 1)[1]),
+                        name="too-big", route_prefix="/big")
+    assert httpx.get(url + "/health").status_code == 200  # the running application is untouched
+
+
 @pytest.mark.parametrize("engine", ["process", pytest.param("ray", marks=pytest.mark.ray)])
 def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(tiny_artifact, engine):
     import json

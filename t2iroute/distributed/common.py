@@ -113,3 +113,15 @@ def groups_of(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, dic
     for name, spec in specs.items():
         out.setdefault(model_group(name, spec), {})[name] = dict(spec)
     return out
+
+
+def check_fits(cpus: float, gpus: float, *, what: str, keys: str, count: int = 1) -> None:
+    """Refuse, naming the keys, what the cluster can never hold (Ray would wait for it forever)."""
+    import ray
+
+    total = ray.cluster_resources()
+    have_cpu, have_gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    if cpus * count > have_cpu + 1e-9 or gpus * count > have_gpu + 1e-9:
+        raise ConfigError(f"{what}: {cpus * count:g} CPUs and {gpus * count:g} GPUs needed; "
+                          f"the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs: lower {keys}"
+                          + (" (or give the backends device: cpu)" if gpus and not have_gpu else ""))

@@ -162,9 +162,17 @@ def build_app(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opt
     ray = import_ray()
     from ray import serve
 
+    from t2iroute.distributed.common import check_fits
+
     threads = max(1, int(opts.num_cpus_per_replica))
     handles, group_of = {}, {}
-    for i, (key, specs) in enumerate(groups_of(backend_specs).items()):
+    groups = groups_of(backend_specs)
+    need_gpus = sum(opts.sweep_options().gpus_for(specs) for specs in groups.values())
+    check_fits(float(opts.num_cpus_per_replica) * len(groups) * int(opts.min_replicas)
+               + float(opts.router_num_cpus) * int(opts.router_replicas), need_gpus * int(opts.min_replicas), what=f"{opts.min_replicas} replica(s) of {len(groups)} model(s)",
+               keys="ray.min_replicas / ray.num_cpus_per_replica / ray.num_gpus_per_replica / ray.router_num_cpus",
+               count=1)
+    for i, (key, specs) in enumerate(groups.items()):
         gpus = opts.sweep_options().gpus_for(specs)
         scaling = ({"num_replicas": int(opts.min_replicas)} if opts.min_replicas == opts.max_replicas else
                    {"autoscaling_config": {"min_replicas": int(opts.min_replicas),
@@ -189,9 +197,11 @@ def build_app(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opt
 
 def start(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: RayServeOptions, *,
           host: str = "127.0.0.1", port: int = 8000, local: Mapping[str, Any] | None = None,
-          app_kwargs: Mapping[str, Any] | None = None, expected_sha256: str | None = None) -> bool:
-    """Deploy and start answering on http://HOST:PORT (returns once every replica is up).
-    True when this call started Ray here (the caller shuts it down)."""
+          app_kwargs: Mapping[str, Any] | None = None, expected_sha256: str | None = None,
+          name: str = APP_NAME, route_prefix: str = "/") -> bool:
+    """Deploy and start answering on http://HOST:PORT/ROUTE_PREFIX (returns once every replica is
+    up) as the Serve application ``name``. True when this call started Ray here (the caller shuts
+    it down)."""
     from t2iroute.distributed.common import connect
 
     if not backend_specs:
@@ -203,7 +213,7 @@ def start(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: R
     try:
         serve.start(http_options={"host": str(host), "port": int(port)})
         serve.run(build_app(artifact, backend_specs, opts, local=local, app_kwargs=app_kwargs,
-                            expected_sha256=expected_sha256), name=APP_NAME, route_prefix="/")
+                            expected_sha256=expected_sha256), name=name, route_prefix=route_prefix)
     except BaseException:
         if started:
             import ray
@@ -213,9 +223,9 @@ def start(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: R
     return started
 
 
-def model_deployments() -> list[str]:
+def model_deployments(name: str = APP_NAME) -> list[str]:
     """The names of the running application's model deployments."""
     from ray import serve
 
-    status = serve.status().applications.get(APP_NAME)
+    status = serve.status().applications.get(name)
     return sorted(n for n in (status.deployments if status else {}) if n.startswith("model-"))

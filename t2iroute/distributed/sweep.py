@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from t2iroute.distributed.common import RayOptions, connect, group_label, groups_of, import_ray
+from t2iroute.distributed.common import RayOptions, check_fits, connect, group_label, groups_of, import_ray
 from t2iroute.training.sweep import (SweepResult, UnitResult, _write_part, plan_sweep, record_failures, run_unit,
                                      work_units)
 
@@ -123,6 +123,9 @@ def _drive(ray, opts, specs, scorer_spec, plan, shard, chunk_size, keep_images, 
                                   max_restarts=0, max_task_retries=0,
                                   name=None).remote(g.specs, scorer_spec, threads)
 
+    for g in groups.values():
+        check_fits(float(opts.num_cpus_per_worker), opts.gpus_for(g.specs), what=f"a worker for {g.label}",
+                   keys="ray.num_cpus_per_worker / ray.num_gpus_per_worker")
     for g in groups.values():
         g.slots = [[new_actor(g), 0] for _ in range(int(opts.workers_per_model))]
     log.info("ray sweep: %d units over %s", len(units),
