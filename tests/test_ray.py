@@ -3,9 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
@@ -19,10 +16,10 @@ from t2iroute.backends import build_backends  # noqa: E402
 from t2iroute.distributed import run_sweep_ray  # noqa: E402
 from t2iroute.scoring import build_scorer  # noqa: E402
 from t2iroute.training.prompts import read_prompts  # noqa: E402
-from t2iroute.training.sweep import finished_keys, read_sweep, run_sweep  # noqa: E402
+from t2iroute.training.sweep import read_sweep, run_sweep  # noqa: E402
 from t2iroute.training.table import read_table  # noqa: E402
 
-from tests.test_sweep import TINY, TINY_CLIP  # noqa: E402
+from tests.test_sweep import TINY, TINY_CLIP, kill_sweep_then_rerun  # noqa: E402
 
 pytestmark = pytest.mark.ray
 KEY = ["prompt_id", "backend", "seed"]
@@ -111,27 +108,8 @@ def test_a_backend_that_raises_is_recorded_and_not_retried(cluster, tmp_path):
 
 def test_ray_sweep_command_killed_then_rerun_loses_and_duplicates_nothing(cluster, tmp_path):
     """A driver in its own process on this cluster, SIGKILLed mid-sweep, then the same command again."""
-    (tmp_path / "p.txt").write_text("\n".join(f"prompt number {i}" for i in range(16)))
-    cmd = [sys.executable, "-m", "t2iroute.cli", "sweep", "backends=[tiny_10,tiny_20]", f"prompts={tmp_path / 'p.txt'}",
-           "seeds=[0]", "chunk_size=2", f"out_dir={tmp_path / 'out'}", "launcher=ray", f"ray.address={cluster}"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-    table = tmp_path / "out" / "quality.parquet"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(table.glob("part-*.parquet"))) < 3 and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the sweep finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = finished_keys(table)
-    assert 6 <= len(before) < 32
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["launcher"] == "ray" and summary["skipped_finished"] == len(before)
-    assert summary["generated"] == 32 - len(before) and summary["failed"] == 0
-    t = read_table(table)
-    assert len(t) == 32 and not t.duplicated(KEY).any()
+    _, summary = kill_sweep_then_rerun(tmp_path, 16, "launcher=ray", f"ray.address={cluster}")
+    assert summary["launcher"] == "ray" and summary["failed"] == 0
 
 
 @pytest.mark.parametrize("bad, key", [("ray.workers_per_model=0", "ray.workers_per_model=0"),

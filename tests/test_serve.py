@@ -44,20 +44,11 @@ def server(request, tmp_path_factory, tiny_artifact):
             serve.shutdown()
             ray.shutdown()
         return
-    import uvicorn
-
     from t2iroute.serve import create_app
-    app = create_app(router, api_keys=["sk-test"], image_dir=image_dir)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
+
+    srv, t, url = _start(create_app(router, api_keys=["sk-test"], image_dir=image_dir))
     assert isinstance(router, Router)
-    yield f"http://127.0.0.1:{port}", router
+    yield url, router
     srv.should_exit = True
     t.join(10)
 

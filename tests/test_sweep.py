@@ -93,11 +93,12 @@ def test_sweep_resume_shards_and_failures(tmp_path):
         run_sweep(backends, prompts, [0], scorer, tmp_path, shard=2, num_shards=2)
 
 
-def test_sweep_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
-    """Kill a real sweep process with SIGKILL mid-run, then run the same command again."""
-    (tmp_path / "p.txt").write_text("\n".join(f"prompt number {i}" for i in range(24)))
+def kill_sweep_then_rerun(tmp_path, n_prompts: int, *extra: str) -> tuple[int, dict]:
+    """Run the sweep command over tiny_10 and tiny_20, SIGKILL it after 3 part files, run it again.
+    Returns the rows finished before the kill and the re-run's summary; checks every row is there once."""
+    (tmp_path / "p.txt").write_text("\n".join(f"prompt number {i}" for i in range(n_prompts)))
     cmd = [sys.executable, "-m", "t2iroute.cli", "sweep", "backends=[tiny_10,tiny_20]",
-           f"prompts={tmp_path / 'p.txt'}", "seeds=[0]", "chunk_size=2", f"out_dir={tmp_path / 'out'}"]
+           f"prompts={tmp_path / 'p.txt'}", "seeds=[0]", "chunk_size=2", f"out_dir={tmp_path / 'out'}", *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     table = tmp_path / "out" / "quality.parquet"
@@ -107,15 +108,20 @@ def test_sweep_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
     assert proc.poll() is None, "the sweep finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = finished_keys(table)
-    assert 6 <= len(before) < 48
+    before = len(finished_keys(table))
+    assert 6 <= before < 2 * n_prompts
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["skipped_finished"] == len(before)
-    assert summary["generated"] == 48 - len(before)
+    assert summary["skipped_finished"] == before and summary["generated"] == 2 * n_prompts - before
     t = read_table(table)
-    assert len(t) == 48 and not t.duplicated(["prompt_id", "backend", "seed"]).any()
+    assert len(t) == 2 * n_prompts and not t.duplicated(["prompt_id", "backend", "seed"]).any()
+    return before, summary
+
+
+def test_sweep_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
+    """Kill a real sweep process with SIGKILL mid-run, then run the same command again."""
+    kill_sweep_then_rerun(tmp_path, 24)
 
 
 def test_offline_loop_sweep_train_bench(tmp_path):

@@ -35,12 +35,7 @@ class RayOptions:
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> "RayOptions":
-        m = dict(m or {})
-        known = {f.name for f in fields(cls)}
-        extra = sorted(set(m) - known)
-        if extra:
-            raise ConfigError(f"ray.{extra[0]}: unknown key; known: {sorted(known)}")
-        opts = cls(**{k: v for k, v in m.items() if v is not None or k == "num_gpus_per_worker"})
+        opts = options_from(cls, m, nullable=("num_gpus_per_worker",))
         for k in ("workers_per_model", "max_in_flight"):
             if int(getattr(opts, k)) < 1:
                 raise ConfigError(f"ray.{k}={getattr(opts, k)}: need at least 1")
@@ -57,6 +52,17 @@ class RayOptions:
         if self.num_gpus_per_worker is not None:
             return float(self.num_gpus_per_worker)
         return 1.0 if any(str(s.get("device", "cpu")).startswith("cuda") for s in specs.values()) else 0.0
+
+
+def options_from(cls, m: Mapping[str, Any] | None, *, nullable: tuple = ()):
+    """The dataclass ``cls`` from a ``ray.*`` mapping: unknown keys refused by name; a null keeps the
+    default unless its key is in ``nullable`` (null means something there)."""
+    m = dict(m or {})
+    known = {f.name for f in fields(cls)}
+    extra = sorted(set(m) - known)
+    if extra:
+        raise ConfigError(f"ray.{extra[0]}: unknown key; known: {sorted(known)}")
+    return cls(**{k: v for k, v in m.items() if v is not None or k in nullable})
 
 
 def import_ray():

@@ -23,10 +23,10 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from t2iroute.distributed.common import group_label, groups_of, import_ray
+from t2iroute.distributed.common import group_label, groups_of, import_ray, options_from
 from t2iroute.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,7 @@ class RayServeOptions:
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> "RayServeOptions":
-        m = dict(m or {})
-        known = {f.name for f in fields(cls)}
-        extra = sorted(set(m) - known)
-        if extra:
-            raise ConfigError(f"ray.{extra[0]}: unknown key; known: {sorted(known)}")
-        o = cls(**{k: v for k, v in m.items() if v is not None or k == "num_gpus_per_replica"})
+        o = options_from(cls, m, nullable=("num_gpus_per_replica",))
         for k in ("router_replicas", "min_replicas", "max_replicas", "max_ongoing_requests"):
             if int(getattr(o, k)) < 1:
                 raise ConfigError(f"ray.{k}={getattr(o, k)}: need at least 1")
