@@ -280,18 +280,23 @@ def gpu_suite(args) -> dict:
         if cuda:
             torch.cuda.empty_cache()
         result["archs"][arch] = r
+        _write_gpu_result(result, args.out, time.perf_counter() - t_start)  # partial results survive a timeout
         print(f"{arch}: {r['ms_per_step']:.1f} ms/step, ES overhead latent "
               f"{r['early_stop_overhead_latent']['ms_per_step']:.2f} ms/step, pixel "
               f"{r['early_stop_overhead_pixel']['ms_per_step']:.2f}; throughput {r['throughput']}", file=sys.stderr)
-    result["wall_s"] = time.perf_counter() - t_start
-    gpu = result["machine"].get("gpu", "cpu-dry").lower().replace("nvidia", "").strip().replace(" ", "-")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"gen-{gpu}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path = _write_gpu_result(result, args.out, time.perf_counter() - t_start)
     print(json.dumps(result, indent=2))
     print(f"wrote {path}", file=sys.stderr)
     return result
+
+
+def _write_gpu_result(result: dict, out: str, wall_s: float) -> Path:
+    result["wall_s"] = wall_s
+    gpu = result["machine"].get("gpu", "cpu-dry").lower().replace("nvidia", "").strip().replace(" ", "-")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    path = Path(out) / f"gen-{gpu}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path
 
 
 def routing_share(prompts, cheapest_s: float, cheapest: str) -> dict:
