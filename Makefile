@@ -1,7 +1,8 @@
 # make demo  - install into .venv, benchmark + train a router on the bundled AGIQA-3K table, sweep the
 #              trained testbed models shipped in the package, benchmark and train the demo router over
 #              them and generate an image (CPU, offline)
-# make test  - install into .venv and run the fast test suite
+# make test  - install into .venv and run the fast test suite (both cores)
+# make test-heavy - the heavy tests (Ray clusters, real-size fp16 pipelines, kill-and-resume): .ci/run's second step
 # make app   - serve the Streamlit app on 127.0.0.1:8501 with the demo router (after make demo)
 VENV ?= .venv
 TESTBED_BACKENDS := testbed_big_4,testbed_big_8,testbed_big_16,testbed_big_32_es,testbed_small_8
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo app test bench-cems clean
+.PHONY: venv demo app test test-heavy bench-cems clean
 
 venv: $(VENV)/.installed
 
@@ -48,7 +49,10 @@ app: venv
 	$(VENV)/bin/t2iroute app artifact=outputs/demo/testbed/router bench=outputs/demo/testbed-bench
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
+
+test-heavy: venv
+	$(PY) -m pytest -q -n 2 -m heavy
 
 # The issue's benchmark: CEMS 10k (needs ../shared/data), seeds 0-4, clip and nima.
 bench-cems: venv

@@ -33,6 +33,13 @@ def make_table(n_prompts=120, backends=("fast", "slow", "mid"), costs=(0.1, 1.0,
     return pd.DataFrame(rows)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Ray tests start a cluster: heavy, run by `make test-heavy` (.ci/run's second step)."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.heavy)
+
+
 @pytest.fixture
 def table():
     return make_table()

@@ -33,6 +33,9 @@ FAMILY_OF = {
 }
 LORAS = {"latent-consistency/lcm-lora-sdv1-5": "sd15"}
 
+# fp16 pipelines at real sizes: minutes on CPUs without AVX-512 FP16 (../shared/ENVIRONMENT.md)
+pytestmark = pytest.mark.heavy
+
 
 def _spec(name):
     cfg = _compose("sweep", [f"backends=[{name}]"])

@@ -116,6 +116,7 @@ def _cli(*args, cwd):
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.mark.heavy
 def test_plugin_adds_a_policy_and_a_scorer_used_from_the_cli(plugin, tiny_artifact, tmp_path):
     # a fresh process sees the new entry points
     r = _cli("route", "two birds on a wire", f"artifact={tiny_artifact}",
@@ -137,6 +138,7 @@ def test_plugin_adds_a_policy_and_a_scorer_used_from_the_cli(plugin, tiny_artifa
     assert r.returncode == 2 and "did you mean 'cheapest_within'" in r.stderr
 
 
+@pytest.mark.heavy
 def test_plugin_scorer_in_a_sweep(plugin, tmp_path):
     r = _cli("sweep", "backends=[tiny_10]", "prompts=partiprompts", "limit=2", "seeds=[0]", "~scorer",
              "+scorer.type=brightness", f"out_dir={tmp_path / 'sw'}", cwd=tmp_path)

@@ -119,6 +119,7 @@ def kill_sweep_then_rerun(tmp_path, n_prompts: int, *extra: str) -> tuple[int, d
     return before, summary
 
 
+@pytest.mark.heavy
 def test_sweep_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path):
     """Kill a real sweep process with SIGKILL mid-run, then run the same command again."""
     kill_sweep_then_rerun(tmp_path, 24)

@@ -87,6 +87,7 @@ def test_each_testbed_backend_config_loads_and_generates(name):
     assert gens[0].config["model"].startswith("testbed:")
 
 
+@pytest.mark.heavy
 def test_trained_big_model_gains_with_steps_and_fits_its_own_captions():
     """Real (undertrained, see the README) weights: on 18 held-out prompts, 24 DDIM steps score
     above 4 steps, and the 24-step images fit their own captions better than shifted captions."""

@@ -35,6 +35,7 @@ def test_resolve():
             resolve(bad)
 
 
+@pytest.mark.heavy
 def test_generation_uses_the_configured_threads():
     assert _threads_after_generation(None) == default_threads()
     assert _threads_after_generation("3") == 3
