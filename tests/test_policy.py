@@ -59,9 +59,140 @@ def test_budget_calibrates_on_the_prompts_routed():
     q = 30 + rng.normal(size=(400, 3)) + np.array([0, 0.5, 1.0])
     p = BudgetPolicy(0.5)
     choice = p.choose(q, COSTS)
-    assert COSTS[choice].mean() <= 0.5 + 1e-9 and p.lam_ > 0
-    assert p.describe() == {"type": "budget", "budget": 0.5, "lam": p.lam_}
-    assert p.lam_ == calibrate_lambda(q, COSTS, target_mean_cost=0.5)
+    assert COSTS[choice].mean() <= 0.5 + 1e-9
+    resolved = p.resolve(q, COSTS)
+    assert resolved.lam > 0 and resolved.lambda_() == resolved.lam
+    assert resolved.describe() == {"type": "budget", "budget": 0.5, "lam": resolved.lam}
+    assert resolved.lam == calibrate_lambda(q, COSTS, target_mean_cost=0.5)
+    assert (resolved.order(q, COSTS) == p.order(q, COSTS)).all()
+    # the policy itself keeps nothing of the call: it can decide for several at once
+    assert p.describe() == p.spec() == {"type": "budget", "budget": 0.5} and p.lambda_() is None
+    assert not hasattr(p, "lam_")
+
+
+def _threads(n_threads, fn):
+    import threading
+
+    errors, barrier = [], threading.Barrier(n_threads)
+
+    def run(i):
+        try:
+            barrier.wait(10)
+            fn(i)
+        except Exception as e:  # noqa: BLE001 -- the test fails on any
+            errors.append(e)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n_threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors[:3]
+
+
+def test_one_budget_policy_shared_by_threads_reports_each_calls_own_lambda():
+    """Issue 22, item 7: a shared BudgetPolicy reported another call's lambda (10 of 600 calls)."""
+    import sys
+
+    rng = np.random.default_rng(3)
+    # two kinds of batches whose calibrated lambdas differ: they must never be mixed up
+    batches = [30 + rng.normal(size=(40, 3)) + np.array([0, 0.5, k]) for k in (1.0, 6.0)]
+    lams = [calibrate_lambda(b, COSTS, target_mean_cost=0.4) for b in batches]
+    assert lams[0] != lams[1]
+    shared = BudgetPolicy(0.4)
+    wrong = []
+
+    def call(i):
+        for k in range(150):
+            which = (i + k) % 2
+            r = shared.resolve(batches[which], COSTS)
+            if r.lambda_() != lams[which] or r.describe()["lam"] != lams[which]:
+                wrong.append((i, k))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show at once
+    try:
+        _threads(4, call)
+    finally:
+        sys.setswitchinterval(old)
+    assert not wrong, f"{len(wrong)} of 600 calls reported another call's lambda"
+
+
+def test_a_router_whose_default_policy_is_a_budget_reports_each_calls_lambda_across_threads(monkeypatch):
+    import sys
+    import time
+
+    # a thread switch while the calibrated lambda rule orders the backends (1 ms), as a loaded
+    # server has: a lambda kept on the shared policy is then overwritten before the decision reads it
+    order = LambdaPolicy.order
+
+    def slow_order(self, q_hat, costs):
+        out = order(self, q_hat, costs)
+        time.sleep(0.001)
+        return out
+
+    monkeypatch.setattr(LambdaPolicy, "order", slow_order)
+    router = make_tiny_router()
+    router.policy = BudgetPolicy(0.4)
+    groups = [[f"a cat number {i}" for i in range(6)], [f"two birds and three apples {i}" for i in range(6)]]
+    expected = []
+    for g in groups:
+        d = router.route(g)
+        expected.append((d[0].lam, d[0].policy))
+    assert expected[0][0] != expected[1][0]
+    wrong = []
+
+    def call(i):
+        for k in range(40):
+            which = (i + k) % 2
+            d = router.route(groups[which])
+            if any((x.lam, x.policy) != expected[which] for x in d):
+                wrong.append((i, k))
+            if any(x.utility[x.backend] != max(x.utility.values()) for x in d):
+                wrong.append(("utility", i, k))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        _threads(4, call)
+    finally:
+        sys.setswitchinterval(old)
+    assert not wrong, f"{len(wrong)} of 160 calls reported another call's lambda: {wrong[:5]}"
+
+
+@pytest.mark.parametrize("kw, value, msg", [
+    ("budget", 0.000001, r"budget 1e-06 is below the cheapest backend's cost"),
+    ("budget", 0.0, r"budget 0 is below the cheapest backend's cost"),
+    ("budget", -1.0, r"budget must be a finite number >= 0, got -1"),
+    ("budget", float("nan"), r"budget must be a finite number"),
+    ("max_cost", 0.0, r"max_cost 0 is below the cheapest backend's cost"),
+    ("max_cost", 1e-9, r"max_cost 1e-09 is below the cheapest backend's cost"),
+    ("max_cost", -0.5, r"max_cost must be a finite number >= 0, got -0.5"),
+])
+def test_a_budget_or_cost_cap_no_backend_meets_is_a_value_error_naming_the_keyword(kw, value, msg):
+    router = make_tiny_router()
+    with pytest.raises(ValueError, match=msg):
+        router.route("a cat", **{kw: value})
+    with pytest.raises(ValueError, match=msg):
+        router.route(["a cat", "two dogs"], **{kw: value})
+    if value >= 0:  # the check alone, before any prompt is featurized (the server asks it first)
+        with pytest.raises(ValueError, match=msg):
+            policy_from_keywords(**{kw: value}).check(router.costs)
+    # the cheapest backend's own cost is a budget / cap that routes (everything to it)
+    cheapest = router.backend_names[int(np.argmin(router.costs))]
+    d = router.route(["a cat", "two dogs"], **{kw: float(router.costs.min())})
+    assert [x.backend for x in d] == [cheapest, cheapest]
+
+
+def test_per_prompt_policies_route_a_list_in_pieces_alike():
+    rng = np.random.default_rng(5)
+    q = 30 + rng.normal(size=(30, 3))
+    for p in (LambdaPolicy(0.7), QualityFloorPolicy(30.2), MaxCostPolicy(0.6),
+              FixedPolicy("mid").with_backends(["fast", "mid", "slow"])):
+        assert p.per_prompt
+        whole = p.order(q, COSTS)
+        assert (np.concatenate([p.order(q[:7], COSTS), p.order(q[7:], COSTS)]) == whole).all()
+    assert not BudgetPolicy(0.4).per_prompt
 
 
 def test_fixed():

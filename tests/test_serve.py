@@ -81,8 +81,8 @@ def test_openai_client_generates_with_each_model_form(server, model):
 def test_url_format_route_models_health_and_metrics(server):
     url, router = server
     res = _client(url).images.generate(model="router", prompt="a cat", response_format="url")
-    assert httpx.get(res.data[0].url).content[:8] == b"\x89PNG\r\n\x1a\n"
-    h = {"Authorization": "Bearer sk-test"}
+    h = {"Authorization": "Bearer sk-test"}  # keys are on: fetching an image needs one too
+    assert httpx.get(res.data[0].url, headers=h).content[:8] == b"\x89PNG\r\n\x1a\n"
     d = httpx.post(url + "/v1/route", json={"prompt": ["a cat", "three apples"], "model": "router:lam=0"},
                    headers=h).json()
     assert [x["prompt"] for x in d["data"]] == ["a cat", "three apples"]
@@ -230,7 +230,8 @@ def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(ti
     extra = [] if engine == "process" else (  # its own local instance; autoscaling between 1 and 2 replicas
         pytest.importorskip("ray") and ["engine=ray", "ray.num_cpus=2", "ray.max_replicas=2"])
     p = subprocess.Popen([sys.executable, "-m", "t2iroute.cli", "serve", f"artifact={tiny_artifact}",
-                          f"port={port}", "api_keys_env=MY_KEYS", *extra], stdout=subprocess.PIPE,
+                          f"port={port}", "api_keys_env=MY_KEYS", "max_route_prompts=2", *extra],
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     try:
         first = json.loads(p.stdout.readline())
@@ -247,6 +248,8 @@ def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(ti
         res = openai.OpenAI(base_url=url + "/v1", api_key="sk-b", max_retries=0).images.generate(
             model="router:lam=0.1", prompt="a red car")
         assert Image.open(io.BytesIO(base64.b64decode(res.data[0].b64_json))).size == (64, 64)
+        r = httpx.post(url + "/v1/route", json={"prompt": ["a", "b", "c"]}, headers={"Authorization": "Bearer sk-a"})
+        assert r.status_code == 400 and "at most 2 (max_route_prompts)" in r.json()["error"]["message"]
     finally:
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=120)
@@ -334,3 +337,197 @@ def test_concurrent_requests_with_one_model_share_a_batch(tiny_artifact):
     finally:
         srv.should_exit = True
         t.join(10)
+
+
+# -- issue 22, item 5: input never makes a 500, a 500 never drops the connection --------------------
+H = {"Authorization": "Bearer sk-test"}
+
+
+def _port_of(response):
+    """The client-side port of the connection a response came on (the same port: the same connection)."""
+    return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+@pytest.mark.parametrize("path, body, param, words", [
+    ("/v1/images/generations", {"prompt": "a cat", "size": ["64x64"]}, "size", "size"),
+    ("/v1/images/generations", {"prompt": "a cat", "size": {"w": 64}}, "size", "size"),
+    ("/v1/images/generations", {"prompt": "a cat", "response_format": ["url"]}, "response_format", "response_format"),
+    ("/v1/images/generations", {"prompt": "a cat", "model": "router:budget=0.000001"}, "model", "budget 1e-06"),
+    ("/v1/images/generations", {"prompt": "a cat", "model": "router:max_cost=0"}, "model", "max_cost 0"),
+    ("/v1/route", {"prompt": "a cat", "model": "router:budget=0.000001"}, "model", "budget 1e-06"),
+    ("/v1/route", {"prompt": "a cat", "model": "router:budget=0"}, "model", "budget 0"),
+    ("/v1/route", {"prompt": "a cat", "model": "router:budget=-1"}, "model", "budget must be a finite number >= 0"),
+    ("/v1/route", {"prompt": "a cat", "model": "router:max_cost=0"}, "model", "max_cost 0"),
+    ("/v1/route", {"prompt": "a cat", "model": "router:max_cost=-2"}, "model", "max_cost must be"),
+    ("/v1/route", b"[" * 200_000 + b"]" * 200_000, None, "nested too deeply"),
+    ("/v1/images/generations", b'{"prompt": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", None, "nested too deeply"),
+])
+def test_input_that_made_a_500_is_a_400_naming_the_field_and_the_connection_survives(server, path, body, param,
+                                                                                      words):
+    url, _ = server
+    with httpx.Client(headers=H, timeout=60) as c:
+        first = c.get(url + "/health")
+        if isinstance(body, bytes):
+            r = c.post(url + path, content=body, headers={"content-type": "application/json"})
+        else:
+            r = c.post(url + path, json=body)
+        assert r.status_code == 400, r.text[:300]
+        err = r.json()["error"]
+        assert err["param"] == param and words in err["message"], err
+        again = c.get(url + "/health")  # on the same keep-alive connection: it was reset after a 500
+        assert again.status_code == 200
+        assert _port_of(again) == _port_of(first)
+
+
+def test_images_need_the_key_when_keys_are_on(server):
+    url, _ = server
+    res = _client(url).images.generate(model="fast", prompt="a cat", response_format="url")
+    assert httpx.get(res.data[0].url).status_code == 401
+    assert httpx.get(res.data[0].url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(res.data[0].url, headers=H).content[:4] == b"\x89PNG"
+    # an unknown id answers the same 401 without the key (no telling which ids exist)
+    assert httpx.get(url + "/images/" + "0" * 32 + ".png").status_code == 401
+    assert httpx.get(url + "/images/" + "0" * 32 + ".png", headers=H).status_code == 404
+
+
+def test_a_key_with_bytes_that_are_not_ascii_is_a_401(server):
+    url, _ = server
+    r = httpx.get(url + "/v1/models", headers={"Authorization": b"Bearer sk-t\xe9st"})
+    assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+
+
+def test_unknown_paths_and_methods_answer_an_openai_style_error(server):
+    url, _ = server
+    r = httpx.get(url + "/v2/nothing", headers=H)
+    assert r.status_code == 404 and r.json()["error"]["message"] == "no route for GET /v2/nothing"
+    r = httpx.delete(url + "/v1/route", headers=H)
+    assert r.status_code == 405 and "DELETE /v1/route" in r.json()["error"]["message"]
+
+
+def test_schemathesis_over_http_finds_no_5xx(server):
+    """A few generated requests per operation against the live server (both engines)."""
+    from tests.test_fuzz_server import fuzz
+
+    schemathesis = pytest.importorskip("schemathesis")
+    url, _ = server
+    schema = schemathesis.openapi.from_url(url + "/openapi.json")
+    tried, problems = fuzz(schema, max_examples=6, headers=H)
+    assert tried >= 30 and not problems, "\n".join(problems[:20])
+
+
+def _slow_router(tiny_artifact, per_prompt_s: float):
+    """The tiny router, its routing made ``per_prompt_s`` slower per prompt (as an LLM featurizer
+    is), under the router's own lock (routing is serialized)."""
+    from t2iroute import Router
+
+    router = Router.load(tiny_artifact)
+    route = router.route
+
+    def slow(prompts, **kw):
+        with router._lock:
+            time.sleep(per_prompt_s * (1 if isinstance(prompts, str) else len(prompts)))
+            return route(prompts, **kw)
+
+    router.route = slow
+    return router
+
+
+def test_a_big_route_request_does_not_hold_up_a_single_prompt_one(tiny_artifact):
+    from t2iroute.serve import create_app
+
+    srv, t, url = _start(create_app(_slow_router(tiny_artifact, 0.005)))
+    try:
+        big = [f"prompt number {i}" for i in range(256)]  # 1.3 s of routing
+        done = {}
+
+        def post(name, prompt):
+            t0 = time.perf_counter()
+            r = httpx.post(url + "/v1/route", json={"prompt": prompt, "model": "router:lam=0.1"}, timeout=60)
+            done[name] = (r.status_code, time.perf_counter() - t0)
+
+        tb = threading.Thread(target=post, args=("big", big))
+        tb.start()
+        time.sleep(0.2)
+        post("small", "a cat")
+        tb.join(60)
+        assert done["big"][0] == 200 and done["small"][0] == 200
+        assert done["small"][1] < 0.4 * done["big"][1], done  # served between the big one's pieces
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+def test_route_prompts_per_request_are_bounded_and_route_requests_count_in_the_queue(tiny_artifact):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from t2iroute.serve import create_app
+
+    srv, t, url = _start(create_app(_slow_router(tiny_artifact, 0.2), max_queue=2, max_route_prompts=8))
+    try:
+        r = httpx.post(url + "/v1/route", json={"prompt": ["a cat"] * 9})
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["param"] == "prompt" and "at most 8 (max_route_prompts)" in err["message"]
+        with ThreadPoolExecutor(6) as ex:
+            codes = list(ex.map(lambda i: httpx.post(url + "/v1/route", json={"prompt": [f"a cat {i}"] * 4},
+                                                     timeout=60), range(6)))
+        statuses = sorted(r.status_code for r in codes)
+        assert statuses.count(429) >= 3 and 200 in statuses, statuses
+        assert all(r.headers.get("retry-after") == "1" for r in codes if r.status_code == 429)
+        assert httpx.get(url + "/health").json()["queue_depth"] == 0  # every slot given back
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+def test_an_unexpected_error_is_one_json_500_and_the_connection_survives(tiny_artifact, caplog):
+    from t2iroute import Router
+    from t2iroute.serve import create_app
+
+    router = Router.load(tiny_artifact)
+
+    def broken(*a, **kw):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    router.route = broken
+    srv, t, url = _start(create_app(router))
+    try:
+        with httpx.Client(timeout=30) as c, caplog.at_level("ERROR", logger="t2iroute.serve.app"):
+            first = c.get(url + "/health")
+            r = c.post(url + "/v1/route", json={"prompt": "a cat"})
+            assert r.status_code == 500
+            assert r.json()["error"] == {"message": "internal server error (logged on the server)",
+                                         "type": "server_error", "param": None, "code": None}
+            again = c.get(url + "/health")
+            assert again.status_code == 200 and _port_of(again) == _port_of(first)
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "t2iroute.serve.app"]
+        assert lines == ["POST /v1/route: 500: RuntimeError: disk on fire"]
+        assert 't2iroute_requests_total{endpoint="/v1/route",status="500"} 1.0' in httpx.get(url + "/metrics").text
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "abc", "1e9"])
+def test_serve_refuses_a_max_route_prompts_that_is_not_a_count(tiny_artifact, capsys, value):
+    from t2iroute.cli import main
+
+    assert main(["serve", f"artifact={tiny_artifact}", f"max_route_prompts={value}"]) == 2
+    assert "max_route_prompts" in capsys.readouterr().err
+
+
+def test_parse_model_refuses_what_no_routing_can_meet():
+    import numpy as np
+
+    from t2iroute.serve.app import RequestError, parse_model
+
+    costs, names = np.array([0.5, 2.0]), ["a", "b"]
+    assert parse_model("router:budget=0.5", names, costs) == ({"budget": 0.5}, None)
+    assert parse_model("router:max_cost=0.5", names, costs) == ({"max_cost": 0.5}, None)
+    assert parse_model("router:lam=1e300", names, costs) == ({"lam": 1e300}, None)
+    for model, words in [("router:budget=0.000001", "budget 1e-06 is below"), ("router:max_cost=0", "max_cost 0"),
+                         ("router:budget=-1", ">= 0"), ("router:lam=1e308", "overflows"),
+                         ("router:quality_floor=nan", "finite"), ("router:max_cost=inf", "finite")]:
+        with pytest.raises(RequestError, match=words) as e:
+            parse_model(model, names, costs)
+        assert e.value.param == "model" and e.value.status == 400

@@ -14,6 +14,11 @@ before calling it) and breaks ties towards the cheaper backend. Built in:
 A policy also ranks every backend per prompt (:meth:`Policy.order`): the router falls back along
 that order when a backend fails. Third-party policies subclass :class:`Policy` and register
 under the entry-point group ``t2iroute.policies``.
+
+Policies are never changed by deciding: what a policy resolves on the prompts at hand (a
+budget's lambda) lives in the object :meth:`Policy.resolve` returns, which the router reads the
+decision's ``policy`` and ``lam`` from. One policy object (a router's default, or one passed to
+several threads) can therefore decide for many calls at once.
 """
 
 from __future__ import annotations
@@ -80,6 +85,19 @@ class Policy:
     :meth:`order`). ``type_name`` is the registry name written into decisions and artifacts."""
 
     type_name = "base"
+    #: True when a prompt's decision depends on that prompt alone, not on the others routed with
+    #: it: a long list may then be routed in pieces with the same result (the server does)
+    per_prompt = False
+
+    def resolve(self, q_hat: np.ndarray, costs: np.ndarray) -> "Policy":
+        """The policy as it decides on these predictions, with whatever it calibrates on them
+        fixed (a budget's lambda): a new object, or ``self`` when nothing is calibrated. Never
+        changes ``self``, so one policy may decide for several threads at once."""
+        return self
+
+    def check(self, costs: np.ndarray) -> None:
+        """Raise ValueError, naming the keyword and its value, when no routing over backends
+        with ``costs`` can meet this policy (a budget or cost cap below the cheapest backend)."""
 
     def choose(self, q_hat: np.ndarray, costs: np.ndarray) -> np.ndarray:
         """Backend index per prompt (oriented quality: higher is better)."""
@@ -97,11 +115,13 @@ class Policy:
         return {"type": self.type_name, **self.params()}
 
     def describe(self) -> dict[str, Any]:
-        """The spec plus what was resolved when it last decided (e.g. a calibrated lambda)."""
+        """The spec, plus what was resolved on the prompts at hand where this policy came from
+        :meth:`resolve` (e.g. a calibrated lambda)."""
         return self.spec()
 
     def lambda_(self) -> float | None:
-        """The lambda it routed with, where the policy is a lambda rule."""
+        """The lambda it routes with, where the policy is a lambda rule (for a budget: the
+        object :meth:`resolve` returned)."""
         return None
 
     def oriented(self, sign: float) -> "Policy":
@@ -116,6 +136,7 @@ class LambdaPolicy(Policy):
     """argmax q - lam * c. ``lam`` >= 0; larger lambdas favour cheaper backends."""
 
     type_name = "lam"
+    per_prompt = True
 
     def __init__(self, lam: float = 0.0, calibrated_from: Mapping[str, Any] | None = None):
         self.lam = _finite("lam (lambda)", lam, minimum=0.0)
@@ -143,36 +164,54 @@ class LambdaPolicy(Policy):
 
 class BudgetPolicy(Policy):
     """A target mean cost per prompt: lambda is calibrated on the prompts routed together
-    (the smallest lambda whose mean routed cost is within the budget)."""
+    (the smallest lambda whose mean routed cost is within the budget).
+
+    The calibrated lambda is never stored here: :meth:`resolve` returns a
+    :class:`CalibratedBudget` holding it, which is what a decision reports."""
 
     type_name = "budget"
 
     def __init__(self, budget: float):
         self.budget = _finite("budget", budget, minimum=0.0)
-        self.lam_: float | None = None
 
-    def _lam(self, q_hat, costs) -> LambdaPolicy:
-        self.lam_ = calibrate_lambda(np.asarray(q_hat, float), np.asarray(costs, float),
-                                     target_mean_cost=self.budget)
-        return LambdaPolicy(self.lam_)
+    def check(self, costs):
+        costs = np.asarray(costs, float)
+        if costs.size and self.budget < costs.min():
+            raise ValueError(f"budget {self.budget:g} is below the cheapest backend's cost {costs.min():.4g}: "
+                             "no routing meets it")
+
+    def resolve(self, q_hat, costs) -> "CalibratedBudget":
+        self.check(costs)
+        lam = calibrate_lambda(np.asarray(q_hat, float), np.asarray(costs, float), target_mean_cost=self.budget)
+        return CalibratedBudget(self.budget, lam)
 
     def choose(self, q_hat, costs):
-        return self._lam(q_hat, costs).choose(q_hat, costs)
+        return self.resolve(q_hat, costs).choose(q_hat, costs)
 
     def order(self, q_hat, costs):
-        return self._lam(q_hat, costs).order(q_hat, costs)
+        return self.resolve(q_hat, costs).order(q_hat, costs)
+
+    def params(self):
+        return {"budget": self.budget}
+
+
+class CalibratedBudget(LambdaPolicy):
+    """A :class:`BudgetPolicy` resolved on one call's prompts: the lambda rule with the lambda
+    calibrated there. Its spec is the budget's (it rebuilds a :class:`BudgetPolicy`); ``describe``
+    adds the lambda."""
+
+    type_name = "budget"
+    per_prompt = False
+
+    def __init__(self, budget: float, lam: float):
+        super().__init__(lam)
+        self.budget = _finite("budget", budget, minimum=0.0)
 
     def params(self):
         return {"budget": self.budget}
 
     def describe(self):
-        d = self.spec()
-        if self.lam_ is not None:
-            d["lam"] = self.lam_
-        return d
-
-    def lambda_(self):
-        return self.lam_
+        return {**self.spec(), "lam": self.lam}
 
 
 class QualityFloorPolicy(Policy):
@@ -180,6 +219,7 @@ class QualityFloorPolicy(Policy):
     the best predicted one. The floor is in the metric's own units and direction."""
 
     type_name = "quality_floor"
+    per_prompt = True
 
     def __init__(self, quality_floor: float):
         self.quality_floor = _finite("quality_floor", quality_floor)
@@ -205,15 +245,21 @@ class MaxCostPolicy(Policy):
     """Per prompt: the best predicted backend among those costing at most ``max_cost``."""
 
     type_name = "max_cost"
+    per_prompt = True
 
     def __init__(self, max_cost: float):
         self.max_cost = _finite("max_cost", max_cost, minimum=0.0)
 
+    def check(self, costs):
+        costs = np.asarray(costs, float)
+        if costs.size and self.max_cost < costs.min():
+            raise ValueError(f"max_cost {self.max_cost:g} is below the cheapest backend's cost {costs.min():.4g}: "
+                             "no backend is within it")
+
     def order(self, q_hat, costs):
         q = np.asarray(q_hat, float)
         costs = np.asarray(costs, float)
-        if self.max_cost < costs.min():
-            raise ValueError(f"max_cost {self.max_cost:g} is below the cheapest backend's cost {costs.min():.4g}")
+        self.check(costs)
         within = np.broadcast_to(costs[None, :] <= self.max_cost, q.shape)
         # within the cap first (best predicted first); over the cap only as fallbacks (cheapest first)
         return _order((~within).astype(int), costs, np.where(within, -q, costs[None, :]))
@@ -226,6 +272,7 @@ class FixedPolicy(Policy):
     """Every prompt to ``backend`` (a name, resolved against the router's backends)."""
 
     type_name = "fixed"
+    per_prompt = True
 
     def __init__(self, backend: str, backends: list[str] | None = None):
         self.backend = str(backend)

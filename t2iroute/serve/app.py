@@ -6,8 +6,16 @@
 artifact's default), ``router:lam=0.05``, ``router:budget=2.0``, ``router:quality_floor=30``,
 ``router:max_cost=1.5``, or a backend's name (forced). ``POST /v1/route`` returns decisions only;
 ``GET /v1/models`` lists router variants and backends; ``GET /health``; ``GET /metrics``
-(Prometheus text). Bad requests get 400 with an OpenAI-style error naming the field; a full queue
-gets 429 with ``Retry-After``.
+(Prometheus text); ``GET /openapi.json`` (the request and response schemas).
+
+What a client can make the server do: bad input gets 400 with an OpenAI-style error naming the
+field (a body over 1 MiB, malformed or too deeply nested JSON, a field of the wrong type, a policy
+value no backend can meet such as ``router:budget=`` below the cheapest backend's cost); more
+prompts in one ``/v1/route`` than ``max_route_prompts`` get 400 naming that limit; generation and
+route requests share one queue of ``max_queue`` and a full queue gets 429 with ``Retry-After``. A
+long route under a per-prompt policy is routed in pieces, so a single-prompt request is not stuck
+behind it. Anything unexpected is one JSON 500 with a generic message (and one log line): the
+connection stays usable, no traceback reaches the client.
 """
 
 
@@ -15,6 +23,7 @@ import base64
 import io
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -25,6 +34,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # 1 MiB
+MAX_ROUTE_PROMPTS = 256  # prompts one /v1/route request may hold (serve's max_route_prompts)
+ROUTE_CHUNK = 16  # prompts routed per step of a long /v1/route under a per-prompt policy
 POLICY_KEYS = ("lam", "budget", "quality_floor", "max_cost")
 
 
@@ -34,8 +45,10 @@ class RequestError(Exception):
         self.param, self.status, self.headers = param, status, headers or {}
 
 
-def parse_model(model: Any, backends: list[str]) -> tuple[dict, str | None]:
-    """``model`` -> (policy keywords, forced backend)."""
+def parse_model(model: Any, backends: list[str], costs=None) -> tuple[dict, str | None]:
+    """``model`` -> (policy keywords, forced backend). With ``costs`` (the router's), a policy
+    value that no routing can meet (a budget or cost cap below the cheapest backend) is refused
+    too. Raises :class:`RequestError` (400, ``param="model"``) naming the value."""
     if model is None or model == "router":
         return {}, None
     if not isinstance(model, str):
@@ -48,12 +61,22 @@ def parse_model(model: Any, backends: list[str]) -> tuple[dict, str | None]:
             try:
                 v = float(value)
             except ValueError:
-                raise RequestError(f"model {model!r}: {key} needs a number", "model") from None
-            if v != v or v in (float("inf"), float("-inf")) or (key == "lam" and v < 0):
-                raise RequestError(f"model {model!r}: {key} must be a finite number" +
-                                   (" >= 0" if key == "lam" else ""), "model")
+                raise RequestError(f"model {model[:100]!r}: {key} needs a number", "model") from None
+            nonneg = key != "quality_floor"
+            if v != v or v in (float("inf"), float("-inf")) or (nonneg and v < 0):
+                raise RequestError(f"model {model[:100]!r}: {key} must be a finite number" +
+                                   (" >= 0" if nonneg else ""), "model")
+            if costs is not None and key == "lam" and len(costs) and not math.isfinite(v * float(max(costs))):
+                raise RequestError(f"model {model[:100]!r}: lam {v:g} times the costs overflows", "model")
+            if costs is not None:
+                from t2iroute.router.policy import policy_from_keywords
+
+                try:
+                    policy_from_keywords(**{key: v}).check(costs)
+                except (ValueError, TypeError) as e:
+                    raise RequestError(f"model {model[:100]!r}: {e}", "model") from None
             return {key: v}, None
-    raise RequestError(f"unknown model {model!r}: use router, router:lam=X, router:budget=X, "
+    raise RequestError(f"unknown model {model[:100]!r}: use router, router:lam=X, router:budget=X, "
                        f"router:quality_floor=X, router:max_cost=X or a backend ({', '.join(backends)})", "model")
 
 
@@ -74,7 +97,8 @@ class _Metrics:
         self.batches = Counter("t2iroute_generate_batches", "Router.generate calls the server made", registry=r)
         self.batched = Counter("t2iroute_requests_batched", "generation requests that shared a batch with others",
                                registry=r)
-        self.queue = Gauge("t2iroute_queue_depth", "generation requests accepted and not yet answered", registry=r)
+        self.queue = Gauge("t2iroute_queue_depth", "generation and route requests accepted and not yet answered",
+                           registry=r)
         for b in backends:
             self.images.labels(b)
             self.routed.labels(b)
@@ -97,20 +121,63 @@ class _RetryCollector:
         yield fam
 
 
+def _error_schema() -> dict:
+    return {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+
+
+def _responses(*codes: int, ok: dict | None = None) -> dict:
+    """OpenAPI ``responses`` of an operation: 200 (``ok``: its content) and the error codes."""
+    why = {400: "bad input (the error's param names the field)", 401: "no or a wrong API key",
+           404: "no such image", 429: "the queue is full",
+           500: "every backend failed to make an image"}
+    out: dict = {c: {"description": why[c], "content": {"application/json": {"schema": _error_schema()}}}
+                 for c in codes}
+    if 429 in codes:
+        out[429]["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
+    if ok is not None:
+        out[200] = {"description": "OK", "content": ok}
+    return out
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
 def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | None = None,
-               max_queue: int = 64, max_n: int = 8, batch_window_s: float = 0.01, engine: str = "process"):
+               max_queue: int = 64, max_n: int = 8, batch_window_s: float = 0.01, engine: str = "process",
+               max_route_prompts: int = MAX_ROUTE_PROMPTS):
     """The FastAPI app serving ``router``. ``api_keys``: accepted bearer keys (None: no auth).
 
     Generation requests with the same ``model`` that arrive within ``batch_window_s`` of each other
     are generated as one ``Router.generate`` call (routed together, grouped by backend, batched by
     each backend's ``batch_size``); each request gets its own images back. A ``router:budget=``
     request calibrates lambda over the requests it was batched with. ``engine`` is reported by
-    ``/health`` (``ray``: the backends are Ray Serve deployments, see :mod:`t2iroute.distributed.serve`)."""
+    ``/health`` (``ray``: the backends are Ray Serve deployments, see :mod:`t2iroute.distributed.serve`).
+
+    ``max_queue`` bounds the generation and route requests in progress together (more get 429);
+    ``max_route_prompts`` the prompts of one ``/v1/route`` request (more get 400); ``max_n`` the
+    images of one generation request.
+
+    With ``api_keys``, every endpoint but ``/health``, ``/metrics`` and ``/openapi.json`` needs
+    ``Authorization: Bearer KEY``, ``GET /images/<id>.png`` (the ``response_format=url`` images)
+    included: an image URL is not a credential (URLs reach logs, proxies and browser histories),
+    so whoever fetches it sends the key, as for the request that made it. Without keys the
+    random 128-bit id is all that guards an image."""
     import asyncio
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from t2iroute.router.core import MAX_PROMPT_CHARS
+    from t2iroute.router.policy import policy_from_keywords
+
+    max_route_prompts = int(max_route_prompts)
+    if max_route_prompts < 1 or int(max_queue) < 1 or int(max_n) < 1:
+        raise ValueError("max_route_prompts, max_queue and max_n must be at least 1")
     backends = list(router.backend_names)
     metrics = _Metrics(backends)
     metrics.registry.register(_RetryCollector(router))
@@ -120,6 +187,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
     state = {"inflight": 0}
     app = FastAPI(title="t2iroute", docs_url=None, redoc_url=None)
     pending: dict = {}  # (policy, forced backend) -> jobs waiting for the batch window
+    secured = {"security": [{"bearer": []}]} if api_keys else {}
 
     async def flush(key):
         await asyncio.sleep(batch_window_s)
@@ -161,13 +229,18 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
                             status_code=status, headers=headers)
 
     async def body(request: Request) -> dict:
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        length = request.headers.get("content-length") or "0"
+        if not length.isdigit():
+            raise RequestError(f"content-length {length[:40]!r} is not a number", None)
+        if int(length) > MAX_BODY:
             raise RequestError(f"request body over {MAX_BODY} bytes", None)
         raw = await request.body()
         if len(raw) > MAX_BODY:
             raise RequestError(f"request body over {MAX_BODY} bytes", None)
         try:
             data = json.loads(raw or b"null")
+        except RecursionError:
+            raise RequestError("malformed JSON: nested too deeply", None) from None
         except ValueError as e:
             raise RequestError(f"malformed JSON: {e}", None) from None
         if not isinstance(data, dict):
@@ -179,7 +252,8 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
             return
         auth = request.headers.get("authorization", "")
         key = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if not any(secrets.compare_digest(key, k) for k in api_keys):
+        if not any(secrets.compare_digest(key.encode("utf-8", "surrogateescape"), k.encode("utf-8"))
+                   for k in api_keys):
             raise RequestError("invalid or missing API key (Authorization: Bearer KEY)", None, status=401)
 
     def prompt_of(data: dict, many: bool = False):
@@ -191,6 +265,9 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
         if many and isinstance(p, list):
             if not p:
                 raise RequestError("prompt: an empty list", "prompt")
+            if len(p) > max_route_prompts:
+                raise RequestError(f"prompt: {len(p)} prompts in one request; at most {max_route_prompts} "
+                                   "(max_route_prompts): split them over several requests", "prompt")
         elif not isinstance(p, str):
             raise RequestError(f"prompt must be a string, got {type(p).__name__}", "prompt")
         try:
@@ -199,31 +276,93 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
             raise RequestError(f"prompt: {e}", "prompt") from None
         return p
 
+    def model_of(data: dict):
+        return parse_model(data.get("model"), backends, router.costs)
+
+    def enter_queue():
+        with lock:
+            if state["inflight"] >= max_queue:
+                raise RequestError(f"the queue is full ({max_queue} requests); retry shortly", None, status=429,
+                                   headers={"Retry-After": "1"})
+            state["inflight"] += 1
+            metrics.queue.set(state["inflight"])
+
+    def leave_queue():
+        with lock:
+            state["inflight"] -= 1
+            metrics.queue.set(state["inflight"])
+
     @app.middleware("http")
     async def count(request: Request, call_next):
+        # metrics are labelled by the route's template (never the raw path: a client could make a
+        # label per URL); anything unexpected becomes one JSON 500 here, so that no exception
+        # reaches uvicorn, which would close the keep-alive connection after the 500
         try:
             response = await call_next(request)
-        except Exception:  # noqa: BLE001
-            metrics.requests.labels(request.url.path, "500").inc()
-            raise
-        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        except Exception as e:  # noqa: BLE001
+            msg = (str(e).splitlines() or [""])[0][:200]
+            log.error("%s %s: 500: %s: %s", request.method, request.url.path[:100], type(e).__name__, msg)
+            response = error(500, "internal server error (logged on the server)")
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", None) or "other"
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
         return response
 
     @app.exception_handler(RequestError)
     async def _request_error(request, e: RequestError):
         return error(e.status, str(e), e.param, e.headers)
 
-    @app.get("/health")
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e: StarletteHTTPException):  # unknown paths, wrong methods
+        where = f"{request.method} {request.url.path[:100]}"
+        message = {404: f"no route for {where}", 405: f"method not allowed: {where}"}.get(e.status_code,
+                                                                                         f"{e.detail}: {where}")
+        return error(e.status_code, message, None, getattr(e, "headers", None))
+
+    def openapi():
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            if api_keys:
+                schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+                    "type": "http", "scheme": "bearer"}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    object_ = {"type": "object"}
+    prompt_schema = {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": r"\S"}
+    model_schema = {"type": ["string", "null"], "description": "router, router:lam=X, router:budget=X, "
+                    "router:quality_floor=X, router:max_cost=X or a backend", "examples": ["router", *backends]}
+    formats = ["b64_json", "url"] if image_root is not None else ["b64_json"]
+    gen_request = {"type": "object", "required": ["prompt"], "properties": {
+        "prompt": prompt_schema,
+        "n": {"type": "integer", "minimum": 1, "maximum": max_n},
+        "size": {"type": ["string", "null"], "enum": [*sorted(sizes), "auto", None]},
+        "response_format": {"type": ["string", "null"], "enum": [*formats, None]},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2 ** 63 - 1 - max_n},
+        "model": model_schema}}
+    route_request = {"type": "object", "required": ["prompt"], "properties": {
+        "prompt": {"anyOf": [prompt_schema, {"type": "array", "items": prompt_schema, "minItems": 1,
+                                             "maxItems": max_route_prompts}]},
+        "model": model_schema}}
+
+    def body_of(schema: dict) -> dict:
+        return {"requestBody": {"required": True, "content": _json(schema)}, **secured}
+
+    @app.get("/health", responses=_responses(ok=_json(object_)))
     async def health():
         return {"status": "ok", "backends": backends, "queue_depth": state["inflight"], "engine": engine}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_responses(ok={"text/plain": {}}))
     async def prom():
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_responses(401, ok=_json(object_)), openapi_extra=secured)
     async def models(request: Request):
         authorize(request)
         cost = dict(zip(router.backend_names, map(float, router.costs)))
@@ -233,45 +372,58 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
                   "cost_unit": router.cost_unit, "configured": b in router.backends} for b in backends]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/route")
+    @app.post("/v1/route", responses=_responses(400, 401, 429, ok=_json(object_)),
+              openapi_extra=body_of(route_request))
     async def route(request: Request):
+        """Routing decisions only. A list is routed together (a budget calibrates on all of it);
+        under a per-prompt policy it is routed a few prompts at a time, each step a turn of its
+        own, so that other requests are served in between."""
         authorize(request)
         data = await body(request)
         p = prompt_of(data, many=True)
-        policy, forced = parse_model(data.get("model"), backends)
-        t0 = time.perf_counter()
-        res = await run_in_threadpool(router.route, p, **policy)
-        metrics.route_s.observe(time.perf_counter() - t0)
-        ds = res if isinstance(res, list) else [res]
+        policy, forced = model_of(data)
+        items = p if isinstance(p, list) else [p]
+        chosen = policy_from_keywords(**policy) or router.policy
+        step = ROUTE_CHUNK if getattr(chosen, "per_prompt", False) else len(items)
+        enter_queue()
+        try:
+            t0 = time.perf_counter()
+            ds = []
+            for i in range(0, len(items), step):
+                ds += await run_in_threadpool(router.route, items[i:i + step], **policy)
+            metrics.route_s.observe(time.perf_counter() - t0)
+        finally:
+            leave_queue()
         out = [{**d.to_dict(), "backend": forced or d.backend, "cost_unit": router.cost_unit} for d in ds]
         return {"data": out} if isinstance(p, list) else out[0]
 
-    @app.post("/v1/images/generations")
+    @app.post("/v1/images/generations", responses=_responses(400, 401, 429, 500, ok=_json(object_)),
+              openapi_extra=body_of(gen_request))
     async def generations(request: Request):
         authorize(request)
         data = await body(request)
         prompt = prompt_of(data)
         n = data.get("n", 1)
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_n:
-            raise RequestError(f"n must be an integer in [1, {max_n}], got {n!r}", "n")
+            raise RequestError(f"n must be an integer in [1, {max_n}], got {_short(n)}", "n")
         size = data.get("size")
-        if size not in (None, "auto") and size not in sizes:
-            raise RequestError(f"unsupported size {size!r}: the backends make {sorted(sizes)}", "size")
-        fmt = data.get("response_format") or "b64_json"
-        if fmt not in ("b64_json", "url"):
-            raise RequestError(f"response_format must be b64_json or url, got {fmt!r}", "response_format")
+        if size is not None and (not isinstance(size, str) or (size != "auto" and size not in sizes)):
+            raise RequestError(f"unsupported size {_short(size)}: the backends make {sorted(sizes)} "
+                               "(or auto)", "size")
+        fmt = data.get("response_format")
+        fmt = "b64_json" if fmt is None else fmt
+        if not isinstance(fmt, str) or fmt not in ("b64_json", "url"):
+            raise RequestError(f"response_format must be b64_json or url, got {_short(fmt)}", "response_format")
         if fmt == "url" and image_root is None:
             raise RequestError("response_format url needs the server's image_dir", "response_format")
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63 - n:
-            raise RequestError(f"seed must be an integer in [0, 2**63), got {seed!r}", "seed")
-        policy, forced = parse_model(data.get("model"), backends)
-        with lock:
-            if state["inflight"] >= max_queue:
-                raise RequestError(f"the queue is full ({max_queue} requests); retry shortly", None, status=429,
-                                   headers={"Retry-After": "1"})
-            state["inflight"] += 1
-            metrics.queue.set(state["inflight"])
+            raise RequestError(f"seed must be an integer in [0, 2**63), got {_short(seed)}", "seed")
+        policy, forced = model_of(data)
+        if forced is not None and forced not in router.backends:
+            raise RequestError(f"model {forced!r}: this server has no config for that backend; it routes "
+                               "to it but cannot run it", "model")
+        enter_queue()
         try:
             t0 = time.perf_counter()
             results = await submit([prompt] * n, [seed + i for i in range(n)], policy, forced)
@@ -280,9 +432,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
             log.warning("generation failed: %s: %s", type(e).__name__, e)
             return error(500, f"generation failed: {type(e).__name__}: {e}")
         finally:
-            with lock:
-                state["inflight"] -= 1
-                metrics.queue.set(state["inflight"])
+            leave_queue()
         items = []
         for r in results:
             metrics.images.labels(r.backend).inc()
@@ -314,8 +464,12 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
     if image_root is not None:
         from fastapi.responses import FileResponse
 
-        @app.get("/images/{name}")
-        async def image(name: str):
+        @app.get("/images/{name}", response_class=Response, openapi_extra=secured,
+                 responses=_responses(401, 404, ok={"image/png": {"schema": {"type": "string",
+                                                                              "format": "binary"}}}))
+        async def image(name: str, request: Request):
+            """A ``response_format=url`` image; with API keys on, only for a request carrying one."""
+            authorize(request)
             if not name.endswith(".png") or "/" in name or name.startswith(".") or len(name) != 36:
                 raise RequestError("no such image", None, status=404)
             path = image_root / name
@@ -324,3 +478,9 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
             return FileResponse(path, media_type="image/png")
 
     return app
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a client's value, cut to 80 characters (it goes into an error message)."""
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."
