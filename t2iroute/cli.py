@@ -342,13 +342,50 @@ def _image_path(key, v):
     _probe(key, v, anc)
 
 
+def _positive(key, v):
+    """An optional number > 0 (a deadline, a timeout)."""
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise _bad(key, v, "a finite number > 0 is needed (or null)")
+
+
+def _url(*, scheme_optional: bool = False):
+    def check(key, v):
+        from t2iroute.features.llm import check_url
+
+        if v is None:
+            return
+        try:
+            check_url(v if isinstance(v, str) else str(v), key, scheme_optional=scheme_optional)
+        except ValueError as e:
+            from t2iroute.errors import ConfigError
+
+            raise ConfigError(str(e)) from None
+    return check
+
+
+def _env_var_with_key(key, v):
+    """The name of an environment variable that holds a key."""
+    if v is None:
+        return
+    _text()(key, v)
+    if not os.environ.get(str(v), "").strip():
+        raise _bad(key, v, "that environment variable is not set or holds no key")
+
+
 _SEED = _int(0, SEED_MAX)
 _COMMON = {"verbose": _bool, "threads": _int(0, 1024, optional=True)}
+#: the LLM featurizer's settings of the loading user (route, generate, serve)
+_LLM = {"llm.base_url": _url(), "llm.host": _url(scheme_optional=True), "llm.api_key_env": _env_var_with_key,
+        "llm.cache_path": _text(optional=True), "llm.deadline_s": _positive, "llm.timeout": _positive,
+        "llm.retries": _int(0, 1000, optional=True), "llm.backoff_s": _num(minimum=0),
+        "llm.concurrency": _int(1, 64, optional=True)}
 _TRAINING = {"seed": _SEED, "metric": _text(), "anchor": _choice(True, False, "auto"),
              "split.fractions": _list_of(_num(optional=False, minimum=0), length=3),
              "out_dir": _out_folder}
 _ROUTING = {"artifact": _text(optional=True), "artifact_sha256": _text(optional=True),
-            "lam": _num(minimum=0), "budget": _num(), "quality_floor": _num(), "max_cost": _num()}
+            "lam": _num(minimum=0), "budget": _num(), "quality_floor": _num(), "max_cost": _num(), **_LLM}
 CHECKS = {
     "bench": {**_COMMON, **_TRAINING, "calibration.budgets": _list_of(_num(optional=False, minimum=0), min_len=0),
               "throughput.enabled": _bool, "throughput.n_batch": _int(1), "throughput.n_single": _int(1)},
@@ -364,9 +401,10 @@ CHECKS = {
     "generate": {**_COMMON, **_ROUTING, "out": _image_path, "seed": _SEED, "backend": _text(optional=True),
                  "fallback": _bool, "prompts_file": _text(optional=True), "chunk_size": _int(1),
                  "progress": _choice("auto", True, False), "out_dir": lambda k, v: v is None or _out_folder(k, v)},
-    "serve": {**_COMMON, "artifact": _text(optional=True), "artifact_sha256": _text(optional=True),
+    "serve": {**_COMMON, **_LLM, "artifact": _text(optional=True), "artifact_sha256": _text(optional=True),
               "host": _text(), "port": _int(1, 65535), "api_keys_env": _text(optional=True),
               "image_dir": lambda k, v: v is None or _out_folder(k, v), "max_queue": _int(1), "max_n": _int(1, 128),
+              "max_route_prompts": _int(1, 100000),
               "engine": _choice("process", "ray"), "ray.address": _text(), "ray.num_cpus": _int(1, optional=True),
               "ray.router_replicas": _int(1), "ray.router_num_cpus": _num(optional=False, minimum=0),
               "ray.num_cpus_per_replica": _num(optional=False, minimum=0),
@@ -711,6 +749,37 @@ def _finished(path: Path, items: list[str], seed: int) -> dict[int, dict]:
     return done
 
 
+def _run_policy(router, policy: dict, items: list[str], done: dict[int, dict]) -> dict:
+    """The policy keywords for every chunk of a run: a policy that calibrates on the prompts routed
+    together (a budget's lambda) is resolved ONCE on all the run's prompts, before chunking, so
+    that chunk boundaries do not change decisions; a resumed run reuses the lambda its finished
+    images were decided with (their records in generations.jsonl), so that it decides as an
+    uninterrupted run would have. Policies deciding prompt by prompt pass through."""
+    import copy
+
+    from t2iroute.router.policy import LambdaPolicy, policy_from_keywords
+
+    pol = policy_from_keywords(**policy) or router.policy
+    if getattr(pol, "per_prompt", False) or not hasattr(pol, "resolve"):
+        return policy
+    pol = router._resolve(pol)
+    Q, _ = router.predict(items)
+    oriented = pol.oriented(router.sign)
+    resolved = oriented.resolve(router.routing_quality(Q), router.costs)
+    if not isinstance(resolved, LambdaPolicy) or resolved is oriented:
+        return policy  # nothing calibrated that a lambda holds: chunks decide as before
+    want = resolved.spec()
+    for rec in sorted(done.values(), key=lambda r: r["index"]):
+        d = rec.get("decision") or {}
+        spec = {k: v for k, v in (d.get("policy") or {}).items() if k != "lam"}
+        lam = d.get("lambda")
+        if spec == want and isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam):
+            resolved = copy.copy(resolved)
+            resolved.lam = float(lam)
+            break
+    return {"policy": resolved}
+
+
 def _generate_many(cfg, prompts: list[str]) -> None:
     """Several prompts: OUT/NNNN.png and one JSON line per image in OUT/generations.jsonl, written
     as each backend group finishes; a re-run of the same prompts and seed skips what is there."""
@@ -734,6 +803,8 @@ def _generate_many(cfg, prompts: list[str]) -> None:
     t0 = time.perf_counter()
     router = _cli_router(cfg) if todo else None
     load_s = time.perf_counter() - t0
+    if router is not None:
+        policy = _run_policy(router, policy, items, done)
     show = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
     bar = tqdm(total=len(items), initial=len(done), unit="img", file=sys.stderr, disable=not show,
                desc="generate", dynamic_ncols=True)
@@ -788,7 +859,7 @@ def _serve(cfg) -> None:
     except ImportError as e:
         raise ConfigError(f"serve needs FastAPI and uvicorn: pip install 't2iroute[serve]' ({e})") from None
     app_kwargs = {"api_keys": keys, "image_dir": cfg.get("image_dir"), "max_queue": int(cfg.max_queue),
-                  "max_n": int(cfg.max_n)}
+                  "max_n": int(cfg.max_n), "max_route_prompts": int(cfg.max_route_prompts)}
     if cfg.get("engine", "process") == "ray":
         return _serve_ray(cfg, app_kwargs)
     router = _cli_router(cfg)
@@ -860,6 +931,7 @@ def _within(fn, seconds: float) -> bool:
 _TASKS = {"bench": _bench, "train": _train, "sweep": _sweep, "route": _route, "generate": _generate,
           "serve": _serve}
 _TAKES_PROMPTS = ("route", "generate")
+_ARTIFACT_COMMANDS = ("route", "generate", "serve")  # Hydra's logging off: the command logs to stderr itself
 
 
 # -- logging: warnings and errors on stderr, INFO too with verbose=true ---------------------------
@@ -1035,6 +1107,33 @@ def _did_you_mean(word: str, options) -> str:
     if not close and "." not in word:  # a bare name for a nested key: budget -> router.budget
         close = [o for o in options if o.rsplit(".", 1)[-1] == word][:1]
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _unknown_added_key(cmd: str, overrides: list[str]) -> str | None:
+    """The error line for a ``+KEY=VALUE`` that adds a key the command does not read (None when
+    there is none). Keys of a config group (``+scorer.type=...``, ``+backends.NAME...``) and
+    Hydra's own are left to Hydra: they configure something the command builds."""
+    from t2iroute.paths import CONF_DIR
+
+    plus = [o for o in overrides if o.startswith("+")]
+    if not plus:
+        return None
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()} | {"hydra"}
+    keys = None
+    for o in plus:
+        key = _override_key(o)
+        if key.split(".", 1)[0] in groups:
+            continue
+        if keys is None:
+            keys = _known_keys(cmd, [x for x in overrides if not x.startswith("+")], "")
+        parts = key.split(".")
+        # under a key with no keys of its own (policy: null), '+policy.type=lam' builds its value
+        leaf_parent = any(".".join(parts[:i]) in keys and not any(k.startswith(".".join(parts[:i]) + ".")
+                                                                   for k in keys) for i in range(1, len(parts)))
+        if key not in keys and not leaf_parent:
+            return (f"unknown key '{key}' in {_quote(o)}{_did_you_mean(key, keys)} (t2iroute {cmd} --help "
+                    "lists the keys; a '+' adds no key this command reads)")
+    return None
 
 
 def _find_override(overrides: list[str], key: str) -> str:
@@ -1228,6 +1327,11 @@ def main(argv: list[str] | None = None) -> int:
     _register_resolvers()
     _OUTPUT["compact"] = args.multirun
     status = {"rc": 0, "started": False}
+    if cmd in _ARTIFACT_COMMANDS and not args.show and not args.custom_config:
+        line = _unknown_added_key(cmd, args.overrides)
+        if line is not None:
+            print(f"t2iroute {cmd}: error: ConfigError: {line}", file=sys.stderr)
+            return 2
     if (cmd not in _TAKES_PROMPTS or args.multirun) and not args.show and not args.custom_config:
         try:
             _precheck(cmd, args)
@@ -1253,7 +1357,8 @@ def main(argv: list[str] | None = None) -> int:
             _OUTPUT["compact"] = HydraConfig.get().mode == RunMode.MULTIRUN
         except Exception:  # noqa: BLE001 -- called without Hydra's context: pretty JSON
             pass
-        _quiet_console(_truthy(cfg.get("verbose", False)), own_handler=cmd in _TAKES_PROMPTS)
+        # route, generate, serve (Hydra logging off): the command's own stderr handler
+        _quiet_console(_truthy(cfg.get("verbose", False)), own_handler=cmd in _ARTIFACT_COMMANDS)
         try:
             _check_config(cmd, cfg)
             if cfg.get("threads") is not None:  # torch's CPU threads, before anything loads torch

@@ -85,3 +85,50 @@ def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert main(["--help"]) == 0
+
+
+def _records(out):
+    recs = [json.loads(ln) for ln in (out / "generations.jsonl").read_text().splitlines()]
+    return {r["index"]: r for r in recs}
+
+
+def test_generate_budget_resumed_decides_as_an_uninterrupted_run(tiny_artifact, tmp_path, capsys, monkeypatch):
+    """budget= over 24 prompts in chunks of 5: lambda is calibrated once on all the run's prompts
+    (not per chunk), kept with the run, and a run stopped after 7 images then resumed makes the
+    same decisions and the same images as one that was never stopped."""
+    import t2iroute.cli as cli
+
+    words = ["a cat", "two red cars left of a tree", "a bowl", "three dogs on a sofa", "a blue kite",
+             "a castle at dusk with five towers", "a cup", "two birds", "a robot holding a sign that says hi",
+             "an apple", "four green boats", "a lamp"]
+    prompts = [f"{w} #{i}" for i, w in enumerate(words * 2)]
+    args = ["generate", *prompts, f"artifact={tiny_artifact}", "budget=0.5", "seed=1", "chunk_size=5"]
+    whole = tmp_path / "whole"
+    assert main([*args, f"out_dir={whole}"]) == 0
+    capsys.readouterr()
+    # the same run, stopped after 7 images (the 8th cannot be written), then run again
+    resumed = tmp_path / "resumed"
+    real, n = cli._write_image, {"images": 0}
+
+    def failing_write(image, out, fmt, key="out"):
+        if n["images"] == 7:
+            raise cli._bad(key, out, "disk full (simulated)")
+        n["images"] += 1
+        return real(image, out, fmt, key)
+
+    monkeypatch.setattr(cli, "_write_image", failing_write)
+    assert main([*args, f"out_dir={resumed}"]) == 2
+    monkeypatch.setattr(cli, "_write_image", real)
+    assert len(_records(resumed)) == 7
+    assert main([*args, f"out_dir={resumed}"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped_finished"] == 7 and summary["generated"] == 17
+    a, b = _records(whole), _records(resumed)
+    assert sorted(a) == sorted(b) == list(range(24))
+    lams = {r["decision"]["lambda"] for r in a.values()}
+    assert len(lams) == 1  # one lambda for the whole run, not one per chunk
+    assert {r["decision"]["lambda"] for r in b.values()} == lams
+    assert [a[i]["decision"]["backend"] for i in range(24)] == [b[i]["decision"]["backend"] for i in range(24)]
+    assert all(a[i]["decision"]["policy"] == b[i]["decision"]["policy"] for i in range(24))
+    assert all((whole / a[i]["file"]).read_bytes() == (resumed / b[i]["file"]).read_bytes() for i in range(24))
+    assert len({r["decision"]["backend"] for r in a.values()}) > 1  # the budget really mixes backends

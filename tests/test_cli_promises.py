@@ -117,6 +117,25 @@ def _bad_inputs(art, table, tmp, unwritable):
         (["route", a, "--"], ["no prompt given"]),
         # an error printed once, not as a log line too
         (["bench", "data=custom", "data.path=/nonexistent/t.csv", f"out_dir={tmp / 'once'}"], ["no such file"]),
+        (["serve"], ["artifact=DIR is required"]),
+        # '+KEY' adds nothing route, generate and serve read: refused as an unknown key is
+        (["route", "a cat", a, "+foo=bar"], ["unknown key 'foo'", "'+foo=bar'"]),
+        (["generate", "a cat", a, png, "+foo=bar"], ["unknown key 'foo'", "'+foo=bar'"]),
+        (["serve", a, "+foo=bar"], ["unknown key 'foo'", "'+foo=bar'"]),
+        (["route", "a cat", a, "+llm.foo=1"], ["unknown key 'llm.foo'"]),
+        (["route", "a cat", a, "++nope.x=1"], ["unknown key 'nope.x'"]),
+        # the LLM's endpoint and timing, the loading user's: checked, named
+        (["route", "a cat", a, "llm.base_url=notaurl"], ["llm.base_url=notaurl", "http(s)://host[:port][/path]"]),
+        (["generate", "a cat", a, png, "llm.base_url=ftp://h/v1"], ["llm.base_url=ftp://h/v1", "http(s)://"]),
+        (["serve", a, "llm.base_url=http://user:pw@h/v1"], ["llm.base_url=http://***@h/v1"]),
+        (["route", "a cat", a, "llm.host='not a host'"], ["llm.host=not a host"]),
+        (["route", "a cat", a, "llm.deadline_s=0"], ["llm.deadline_s=0", "> 0"]),
+        (["route", "a cat", a, "llm.timeout=abc"], ["llm.timeout=abc"]),
+        (["generate", "a cat", a, png, "llm.retries=-1"], ["llm.retries=-1"]),
+        (["serve", a, "llm.concurrency=0"], ["llm.concurrency=0"]),
+        (["serve", a, "llm.backoff_s=-1"], ["llm.backoff_s=-1"]),
+        (["route", "a cat", a, "llm.api_key_env=T2IROUTE_TEST_NO_SUCH_VAR"],
+         ["llm.api_key_env=T2IROUTE_TEST_NO_SUCH_VAR", "not set"]),
     ]
 
 
@@ -160,6 +179,9 @@ def test_entry_point_bad_input_one_line(tiny_artifact, tmp_path):
         ([b"route", b"caf\xe9", f"artifact={tiny_artifact}".encode()], "not valid text"),
         (["generate", "a cat", f"artifact={tiny_artifact}", f"out={tmp_path / 'a.png'}", "seed=2**70"], "seed=2**70"),
         (["bench"], "data= is required"),
+        (["serve"], "artifact=DIR is required"),  # was two lines: the error logged, then printed
+        (["route", "a cat", f"artifact={tiny_artifact}", "+foo=bar"], "unknown key 'foo' in '+foo=bar'"),
+        (["serve", f"artifact={tiny_artifact}", "llm.base_url=notaurl"], "llm.base_url=notaurl"),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     procs = [subprocess.Popen([os.fsencode(x) for x in base] + [os.fsencode(x) for x in argv],
@@ -170,6 +192,34 @@ def test_entry_point_bad_input_one_line(tiny_artifact, tmp_path):
         err = err.decode("utf-8", "replace")
         assert p.returncode == 2 and out == b"", (argv, p.returncode, out, err)
         assert len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
+
+
+@pytest.mark.parametrize("cmd", ["route", "generate", "serve"])
+def test_llm_settings_reach_the_loader_on_every_artifact_command(cmd, tiny_artifact, tmp_path, capsys, monkeypatch):
+    """llm.* (endpoint, key variable, timing) go to Router.load(local=...) on route, generate and
+    serve: the loading user's, whatever the artifact says."""
+    from t2iroute.router.core import Router
+
+    seen = {}
+
+    class Stop(ValueError):
+        pass
+
+    def fake_load(cls, path, **kw):
+        seen.update(kw)
+        raise Stop("stopped after load")
+
+    monkeypatch.setattr(Router, "load", classmethod(fake_load))
+    monkeypatch.setenv("T2IROUTE_TEST_LLM_KEY", "sk-test")
+    argv = {"route": ["route", "a cat"], "generate": ["generate", "a cat", f"out={tmp_path / 'x.png'}"],
+            "serve": ["serve"]}[cmd]
+    rc = main([*argv, f"artifact={tiny_artifact}", "llm.base_url=http://127.0.0.1:9/v1", "llm.deadline_s=5",
+               "llm.timeout=2", "llm.retries=1", "llm.backoff_s=0.1", "llm.concurrency=3",
+               "llm.api_key_env=T2IROUTE_TEST_LLM_KEY"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stopped after load" in err and "sk-test" not in err
+    assert seen["local"]["llm"] == {"base_url": "http://127.0.0.1:9/v1", "deadline_s": 5, "timeout": 2, "retries": 1,
+                                    "backoff_s": 0.1, "concurrency": 3, "api_key_env": "T2IROUTE_TEST_LLM_KEY"}
 
 
 def test_generate_success_is_quiet_json_and_world_readable(tiny_artifact, tmp_path):

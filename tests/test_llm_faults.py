@@ -56,6 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         srv.requests.append(body)
+        srv.headers.append(dict(self.headers))
         user = (body.get("messages") or [{}])[-1].get("content", "")
         mode = srv.mode(user) if callable(srv.mode) else srv.mode
         if mode == "hang":  # accepts the request, never answers
@@ -91,6 +92,48 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b" ")
                     self.wfile.flush()
             self.close_connection = True
+        elif mode == "trickle_headers":  # the status line and headers, a byte every 0.1 s
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Pad: " + b"a" * 1000
+            with contextlib.suppress(OSError):
+                for i in range(len(head)):
+                    if srv.release.wait(0.1):
+                        break
+                    self.wfile.write(head[i:i + 1])
+                    self.wfile.flush()
+            self.close_connection = True
+        elif mode in ("huge", "huge_chunked"):  # 64 MiB of JSON-looking bytes, as fast as they go
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if mode == "huge":
+                self.send_header("Content-Length", str(64 * 2 ** 20))
+            else:
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            block = b'{"choices": [' + b" " * (2 ** 16 - 13)
+            with contextlib.suppress(OSError):
+                for _ in range(1024):
+                    if srv.release.is_set():
+                        break
+                    self.wfile.write(block if mode == "huge" else b"%x\r\n%s\r\n" % (len(block), block))
+                    srv.sent += len(block)
+            self.close_connection = True
+        elif mode == "redirect":  # to another host (127.0.0.2): the key must not follow
+            self.send_response(307)
+            self.send_header("Location", f"{srv.redirect_to}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode.startswith("echo"):  # the request's headers back: in the answer, an error body, garbage
+            auth = self.headers.get("Authorization", "")
+            if mode == "echo_500":
+                self._send(500, json.dumps({"error": f"bad auth {auth}", "headers": dict(self.headers)}).encode())
+            elif mode == "echo_garbage":
+                self._send(200, f"{auth} <- your header".encode())
+            elif mode == "echo_field":
+                self._send(200, _completion(self.path, json.dumps({**ANSWER, "complexity": auth})))
+            elif mode == "echo_404":
+                self._send(404, json.dumps({"error": f"model not found for {auth}"}).encode())
+            else:
+                self._send(200, _completion(self.path, f"{auth} {dict(self.headers)}"))
         else:  # ok
             self._send(200, _completion(self.path, json.dumps(ANSWER)))
 
@@ -103,14 +146,17 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def fake_llm(mode):
+def fake_llm(mode, redirect_to: str = "http://127.0.0.2:9"):
     """An OpenAI-compatible (and Ollama /api/chat) server in ``mode`` (a name, or prompt -> name);
-    yields the server (``.base``: its /v1 URL, ``.root``, ``.requests``)."""
+    yields the server (``.base``: its /v1 URL, ``.root``, ``.requests``, ``.headers``: each
+    request's, ``.sent``: body bytes a huge reply got out). ``redirect_to``: where ``redirect``
+    points (another host)."""
     if mode == "refused":  # nothing listens on the port
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        srv = type("Closed", (), {"requests": [], "root": f"http://127.0.0.1:{port}"})()
+        srv = type("Closed", (), {"requests": [], "headers": [], "sent": 0, "release": threading.Event(),
+                                  "root": f"http://127.0.0.1:{port}"})()
         srv.base = srv.root + "/v1"
         yield srv
         return
@@ -118,7 +164,8 @@ def fake_llm(mode):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         s.listen(16)
-        srv = type("Blackhole", (), {"requests": [], "root": f"http://127.0.0.1:{s.getsockname()[1]}"})()
+        srv = type("Blackhole", (), {"requests": [], "headers": [], "sent": 0, "release": threading.Event(),
+                                     "root": f"http://127.0.0.1:{s.getsockname()[1]}"})()
         srv.base = srv.root + "/v1"
         try:
             yield srv
@@ -126,7 +173,9 @@ def fake_llm(mode):
             s.close()
         return
     srv = _Server(("127.0.0.1", 0), _Handler)
-    srv.mode, srv.requests, srv.release = mode, [], threading.Event()
+    srv.mode, srv.requests, srv.release, srv.sent = mode, [], threading.Event(), 0
+    srv.headers = []  # each request's headers
+    srv.redirect_to = redirect_to
     srv.root = f"http://127.0.0.1:{srv.server_address[1]}"
     srv.base = srv.root + "/v1"
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -162,7 +211,7 @@ MODES = {  # mode: what imputed_reason says
     "prose": "no JSON object",
     "truncated": "RemoteProtocolError",
     "reset": "Error",
-    "trickle": "deadline",
+    "trickle": "timeout",  # each request is bounded in total: cut at its timeout
 }
 TIMES: dict[str, float] = {}
 
@@ -284,8 +333,8 @@ def test_spec_keeps_timing_and_never_local_settings(monkeypatch):
                                 concurrency=3, deadline_s=1.5, backoff_s=0.1, rubric="score")
     spec = f.spec()
     assert not set(spec) & LLMComplexityFeaturizer.LOCAL_KEYS
-    assert LLMComplexityFeaturizer.LOCAL_KEYS == {"base_url", "host", "api_key", "cache", "cache_path", "transport",
-                                                  "progress"}
+    assert LLMComplexityFeaturizer.LOCAL_KEYS == {"base_url", "host", "api_key", "api_key_env", "cache", "cache_path",
+                                                  "transport", "progress"}
     assert "secret" not in json.dumps(spec) and "10.0.0.1" not in json.dumps(spec)
     assert {k: spec[k] for k in ("timeout", "retries", "concurrency", "deadline_s", "backoff_s")} == {
         "timeout": 0.5, "retries": 1, "concurrency": 3, "deadline_s": 1.5, "backoff_s": 0.1}

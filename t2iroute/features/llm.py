@@ -8,9 +8,19 @@ feature too (smoother than the argmax digit).
 Faults never stop routing. When the LLM is unreachable, hangs, answers HTTP errors or garbage,
 one warning is logged, lexical estimates stand in and the rows are flagged ``imputed``. Each
 ``transform`` call has an overall deadline (``deadline_s``): prompts not answered by then are
-imputed and the call returns (hung requests are abandoned, never waited for). After the first hard
-failure in a call (connection refused, a timeout, HTTP 5xx after ``retries``) the remaining prompts
-of that call are imputed without asking. ``last_stats_`` says how many rows were imputed and why.
+imputed and the call returns (hung requests are abandoned, never waited for). Every request is
+bounded in total, not per read: a reply that trickles in byte by byte is cut at the request's
+``timeout`` or the call's deadline, whichever comes first, and a reply larger than
+:data:`MAX_REPLY_BYTES` is cut too. Redirects are never followed. After the first hard failure in
+a call (connection refused, a timeout, HTTP 5xx after ``retries``, no valid answer to the first
+:data:`GARBLED_AFTER` prompts) the remaining prompts of that call are imputed without asking.
+``last_stats_`` says how many rows were imputed and why; reasons never carry the API key or a
+reply's body.
+
+Timing (``deadline_s``, ``timeout``, ``retries``, ``backoff_s``, ``concurrency``) is the loading
+user's: a router artifact's values are clamped to :data:`ARTIFACT_BOUNDS` when it is loaded, and
+the user's own settings (``local={"llm": {"deadline_s": 5}}``, ``llm.deadline_s=5`` on the
+command line) replace them.
 A damaged, locked, unwritable or foreign cache file, or a cached value that is not a valid answer,
 is logged once and worked around (see :class:`LLMCache`).
 
@@ -21,6 +31,7 @@ enough for 10k-prompt tables on a CPU).
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import json
 import logging
 import math
@@ -38,6 +49,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TEMPLATE_VERSION = "rubric-v1"
+
+#: The most bytes one reply may hold (headers included); more is a bad reply, never read on.
+MAX_REPLY_BYTES = 4 * 2 ** 20
+#: A call stops asking once this many prompts got no valid answer and none did (a garbled LLM).
+GARBLED_AFTER = 3
+#: What a router artifact may set at most (``deadline_s: null`` counts as more than the bound);
+#: the loading user's own settings are not bounded by these.
+ARTIFACT_BOUNDS = {"deadline_s": 60.0, "timeout": 60.0, "retries": 5, "backoff_s": 5.0, "concurrency": 8}
 
 FIELDS = {  # name: (min, max)
     "complexity": (1, 5),
@@ -94,7 +113,9 @@ def check_answer(obj: Any, fields: Sequence[str]) -> dict[str, float]:
         if isinstance(v, bool) and k == "text_to_render":
             v = int(v)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
-            raise ValueError(f"field {k}={v!r:.40} missing or outside [{lo}, {hi}]")
+            # a number is shown; anything else only by its type (a reply's text never reaches a log)
+            shown = f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+            raise ValueError(f"field {k}={shown} missing or outside [{lo}, {hi}]")
         out[k] = float(v)
     return out
 
@@ -104,12 +125,15 @@ def parse_answer(text: str, rubric: str) -> dict[str, float]:
     if rubric == "score":
         m = re.search(r"[1-5]", text or "")
         if not m:
-            raise ValueError(f"no digit 1-5 in answer {text!r:.80}")
+            raise ValueError(f"no digit 1-5 in the answer ({len(text or '')} characters)")
         return {"complexity": float(m.group())}
     m = re.search(r"\{.*\}", text or "", re.S)
     if not m:
-        raise ValueError(f"no JSON object in answer {text!r:.80}")
-    obj = json.loads(m.group())
+        raise ValueError(f"no JSON object in the answer ({len(text or '')} characters)")
+    try:
+        obj = json.loads(m.group())
+    except (ValueError, RecursionError) as e:  # the message would quote the reply
+        raise ValueError(f"the answer's JSON object is malformed ({type(e).__name__})") from None
     if isinstance(obj, dict):
         obj.pop("expected_complexity", None)  # ours, from the logprobs; not the model's to say
     return check_answer(obj, list(FIELDS))
@@ -137,9 +161,150 @@ def expected_digit(logprobs: Any) -> float | None:
 
 def default_base_url() -> str:
     """The OpenAI-compatible endpoint of this user: ``T2IROUTE_LLM_BASE_URL``, else
-    ``OPENAI_BASE_URL``, else llama.cpp's default http://127.0.0.1:8080/v1."""
-    return (os.environ.get("T2IROUTE_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
-            or "http://127.0.0.1:8080/v1")
+    ``OPENAI_BASE_URL``, else llama.cpp's default http://127.0.0.1:8080/v1 (checked with
+    :func:`check_url`, naming the variable)."""
+    for var in ("T2IROUTE_LLM_BASE_URL", "OPENAI_BASE_URL"):
+        if os.environ.get(var):
+            return check_url(os.environ[var], f"${var}")
+    return "http://127.0.0.1:8080/v1"
+
+
+_URL = re.compile(r"(?P<scheme>https?://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
+                  r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?", re.I)
+
+
+def check_url(value: Any, key: str = "base_url", *, scheme_optional: bool = False) -> str:
+    """``value`` if it is ``http(s)://host[:port][/path]`` (no user:password@, query or fragment;
+    ``scheme_optional``: ``host[:port]`` too, as Ollama's host); else ValueError naming ``key``."""
+    m = _URL.fullmatch(value.strip()) if isinstance(value, str) else None
+    ok = m is not None and (bool(m["scheme"]) or scheme_optional) and \
+        (m["port"] is None or 0 < int(m["port"]) < 65536)
+    if not ok:
+        shown = redact(value if isinstance(value, str) else repr(value))
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        form = "[http(s)://]host[:port]" if scheme_optional else "http(s)://host[:port][/path]"
+        raise ValueError(f"{key}={shown}: a URL {form} is needed (credentials go in the environment, not the URL)")
+    return value.strip()
+
+
+_BEARER = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",;)}\]]+")
+_SECRET_FIELD = re.compile(r"(?i)\b((?:x-)?api[_-]?key|authorization|password|passwd|secret|(?:access[_-]?)?token)"
+                           r"(['\"]?\s*[=:]\s*['\"]?)[^\s'\",;&)}\]]+")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
+    """``text`` with ``secrets`` (an API key) and what looks like a credential (``Bearer ...``,
+    ``api_key=...``, ``user:password@`` in a URL) replaced by ``***``."""
+    text = str(text)
+    for sec in secrets:
+        if sec and len(sec) >= 4:
+            text = text.replace(sec, "***")
+    text = _BEARER.sub(lambda m: m.group(1) + m.group(2) + "***", text)
+    text = _SECRET_FIELD.sub(lambda m: m.group(1) + m.group(2) + "***", text)
+    return _USERINFO.sub(r"\1***@", text)
+
+
+# -- a total bound on each request -------------------------------------------------------------
+# httpx's timeouts are per operation (each byte read resets the read timeout), so a server that
+# trickles its reply would hold a request for ever. Each request of a provider runs in one thread;
+# the thread-local limits below are set for it, and the network streams check them on every read,
+# write and connect: past the deadline, a timeout; past MAX_REPLY_BYTES, a read error.
+_REQUEST = threading.local()
+
+
+@contextlib.contextmanager
+def _request_limits(deadline: float | None, max_bytes: int = MAX_REPLY_BYTES):
+    _REQUEST.deadline, _REQUEST.left = deadline, max_bytes
+    try:
+        yield
+    finally:
+        _REQUEST.deadline = _REQUEST.left = None
+
+
+def _limited(timeout: float | None, exc) -> float | None:
+    deadline = getattr(_REQUEST, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise exc("the request's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _BoundedStream:
+    """A network stream whose every operation ends by the request's deadline, and whose reads
+    stop at the request's byte budget."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        import httpcore
+
+        data = self._stream.read(max_bytes, _limited(timeout, httpcore.ReadTimeout))
+        left = getattr(_REQUEST, "left", None)
+        if left is not None:
+            _REQUEST.left = left - len(data)
+            if _REQUEST.left < 0:
+                raise httpcore.ReadError(f"reply larger than {MAX_REPLY_BYTES} bytes: not read on")
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        import httpcore
+
+        self._stream.write(buffer, _limited(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        import httpcore
+
+        return _BoundedStream(self._stream.start_tls(ssl_context, server_hostname,
+                                                     _limited(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info):
+        return self._stream.get_extra_info(info)
+
+
+class _BoundedBackend:
+    """httpcore's network backend with :class:`_BoundedStream` streams."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        import httpcore
+
+        return _BoundedStream(self._backend.connect_tcp(host, port, _limited(timeout, httpcore.ConnectTimeout),
+                                                        local_address=local_address, socket_options=socket_options))
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        import httpcore
+
+        return _BoundedStream(self._backend.connect_unix_socket(path, _limited(timeout, httpcore.ConnectTimeout),
+                                                                socket_options=socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def bound_requests(client) -> bool:
+    """Make every request of the ``httpx.Client`` ``client`` honour :func:`_request_limits` (its
+    own transport and the proxy transports the environment mounts); False when a transport is not
+    httpx's own (a test's mock transport: nothing goes to the network)."""
+    transports = [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]
+    done = False
+    for t in transports:
+        pool = getattr(t, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is None:
+            continue
+        if not isinstance(backend, _BoundedBackend):
+            pool._network_backend = _BoundedBackend(backend)
+        done = True
+    return done
 
 
 # -- providers ---------------------------------------------------------------------------------
@@ -153,16 +318,23 @@ class OpenAIProvider:
         import httpx
 
         self.model = model
-        self.base_url = (base_url or default_base_url()).rstrip("/")
+        self.base_url = (check_url(base_url) if base_url else default_base_url()).rstrip("/")
         self.json_schema = json_schema
         self.logprobs = logprobs
-        headers = {"Authorization": f"Bearer {api_key or os.environ.get('OPENAI_API_KEY', 'none')}"}
-        self.client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "none"
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        # never follow a redirect: the key would go wherever a server points
+        self.client = httpx.Client(timeout=timeout, headers=headers, transport=transport, follow_redirects=False)
+        bound_requests(self.client)
 
     def ask(self, prompt: str, rubric: str, timeout: float | None = None,
             deadline: float | None = None) -> tuple[str, Any]:
         """(answer text, token logprobs). ``timeout``: per-request httpx timeout; ``deadline``
-        (``time.monotonic()``): give up reading a reply that trickles in past it."""
+        (``time.monotonic()``): the request ends by then, however slowly its reply arrives."""
+        with _request_limits(deadline):
+            return self._ask(prompt, rubric, timeout, deadline)
+
+    def _ask(self, prompt, rubric, timeout, deadline):
         import httpx
 
         user = (FULL_TEMPLATE if rubric == "full" else SCORE_TEMPLATE).format(prompt=prompt)
@@ -180,20 +352,30 @@ class OpenAIProvider:
         kw = {} if timeout is None else {"timeout": timeout}
         with self.client.stream("POST", f"{self.base_url}/chat/completions", json=body, **kw) as r:
             if r.status_code == 404:
-                raise LLMError(f"openai provider: {self.base_url}: model '{self.model}' or endpoint not found (404)")
+                raise LLMError(f"openai provider: {redact(self.base_url)}: model '{self.model}' or endpoint "
+                               "not found (404)")
             r.raise_for_status()
+            try:
+                length = int(r.headers.get("content-length") or 0)
+            except ValueError:
+                length = 0
+            if length > MAX_REPLY_BYTES:
+                raise BadResponse(f"bad reply: {length} bytes announced, more than {MAX_REPLY_BYTES}: not read")
             data = bytearray()
             for chunk in r.iter_bytes():
                 data += chunk
+                if len(data) > MAX_REPLY_BYTES:
+                    raise BadResponse(f"bad reply: larger than {MAX_REPLY_BYTES} bytes: not read on")
                 if deadline is not None and time.monotonic() > deadline:
                     raise httpx.ReadTimeout("deadline passed while the reply was still arriving")
         try:
             ch = json.loads(bytes(data))["choices"][0]
             text = ch["message"]["content"]
             lp = (ch.get("logprobs") or {}).get("content")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise BadResponse(f"bad reply (not an OpenAI chat completion): {type(e).__name__}: "
-                              f"{_short(e, 60)}; body {bytes(data[:60])!r}") from None
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as e:
+            # what is wrong, never the body: a server may echo the request's headers into it
+            raise BadResponse(f"bad reply (not an OpenAI chat completion): {type(e).__name__}, "
+                              f"{len(data)} bytes") from None
         if text is not None and not isinstance(text, str):
             raise BadResponse(f"bad reply: message content is {type(text).__name__}, not text")
         return text, lp
@@ -208,14 +390,24 @@ class OllamaProvider:
         import ollama
 
         self.model = model
-        kw: dict[str, Any] = {"host": host or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434",
-                              "timeout": timeout}
+        if host:
+            host = check_url(host, "host", scheme_optional=True)
+        elif os.environ.get("OLLAMA_HOST"):
+            host = check_url(os.environ["OLLAMA_HOST"], "$OLLAMA_HOST", scheme_optional=True)
+        self.api_key = os.environ.get("OLLAMA_API_KEY")  # the ollama client sends it; named to redact it
+        kw: dict[str, Any] = {"host": host or "http://127.0.0.1:11434", "timeout": timeout,
+                              "follow_redirects": False}
         if transport is not None:
             kw["transport"] = transport
         self.client = ollama.Client(**kw)
+        bound_requests(getattr(self.client, "_client", None))
 
     def ask(self, prompt: str, rubric: str, timeout: float | None = None,
             deadline: float | None = None) -> tuple[str, Any]:
+        with _request_limits(deadline):
+            return self._ask(prompt, rubric, timeout)
+
+    def _ask(self, prompt, rubric, timeout):
         import ollama
 
         user = (FULL_TEMPLATE if rubric == "full" else SCORE_TEMPLATE).format(prompt=prompt)
@@ -229,8 +421,9 @@ class OllamaProvider:
             if getattr(e, "status_code", None) == 404:
                 raise LLMError(f"ollama provider: model '{self.model}' not found (404): ollama pull {self.model}") from e
             raise
-        except ValueError as e:  # the reply is not JSON, or not a chat response
-            raise BadResponse(f"bad reply (not an Ollama chat response): {type(e).__name__}: {_short(e)}") from None
+        except (ValueError, RecursionError) as e:  # the reply is not JSON, or not a chat response
+            # the type only: a validation error quotes the reply, which may echo the request's headers
+            raise BadResponse(f"bad reply (not an Ollama chat response): {type(e).__name__}") from None
         return resp["message"]["content"], None
 
 
@@ -498,6 +691,8 @@ class _Call:
         self.stop = threading.Event()
         self.reason: str | None = None  # hard failure or deadline: nothing more is asked
         self.soft: str | None = None  # the first prompt-level failure (invalid answers)
+        self.n_valid = self.n_invalid = 0
+        self.requests = 0
         self._lock = threading.Lock()
 
     def left(self) -> float:
@@ -509,8 +704,22 @@ class _Call:
         self.stop.set()
 
     def prompt_failed(self, why: str) -> None:
+        """A prompt got no valid answer. The first :data:`GARBLED_AFTER` such prompts without a
+        single valid answer in the call mean a garbled LLM: nothing more is asked."""
         with self._lock:
             self.soft = self.soft or why
+            self.n_invalid += 1
+            garbled = self.n_invalid >= GARBLED_AFTER and self.n_valid == 0
+        if garbled:
+            self.fail(f"garbled LLM: no valid answer to {self.n_invalid} prompts ({why})")
+
+    def answered(self) -> None:
+        with self._lock:
+            self.n_valid += 1
+
+    def asked(self) -> None:
+        with self._lock:
+            self.requests += 1
 
 
 class LLMComplexityFeaturizer:
@@ -521,29 +730,34 @@ class LLMComplexityFeaturizer:
     transient failures, none after the last try); ``concurrency``: requests in flight;
     ``deadline_s``: the most one ``transform`` call waits on the LLM in all (default 20 s: a route
     never waits longer; cache hits are not affected). Prompts not answered by then are imputed.
-    ``None``: no overall deadline (featurizing a whole table with a slow LLM). These are stored in
-    :meth:`spec`, so a loaded router behaves as trained.
+    ``None``: no overall deadline (featurizing a whole table with a slow LLM). ``timeout`` bounds
+    each request in total (connect, send, a reply however slowly it arrives). These are stored in
+    :meth:`spec`; a loaded router uses them clamped to :data:`ARTIFACT_BOUNDS` (see
+    :meth:`bound_artifact_settings`) unless the loading user sets them (``USER_KEYS``).
 
     ``LOCAL_KEYS`` are the loading user's own settings (endpoint, credentials, cache file,
     transport, progress bar): never written to :meth:`spec`, never taken from an artifact. Not
     given, they come from the environment: ``T2IROUTE_LLM_BASE_URL`` / ``OPENAI_BASE_URL``,
-    ``OLLAMA_HOST``, ``OPENAI_API_KEY``, ``T2IROUTE_CACHE``.
+    ``OLLAMA_HOST``, ``OPENAI_API_KEY`` (or the variable ``api_key_env`` names), ``T2IROUTE_CACHE``.
 
     After each :meth:`transform`, ``last_stats_`` has ``n``, ``cache_hits``, ``asked``,
-    ``imputed`` (rows), ``imputed_reason`` (why, or None), ``cache`` (``"ok"``, ``"disabled"`` or
+    ``requests`` (sent to the LLM, retries included), ``imputed`` (rows), ``imputed_reason`` (why, or None), ``cache`` (``"ok"``, ``"disabled"`` or
     ``"bypassed: <why>"``), ``cache_bad`` (cached values that were not valid answers: asked again)
     and ``seconds``.
     """
 
     name = "llm"
-    LOCAL_KEYS = frozenset({"base_url", "host", "api_key", "cache", "cache_path", "transport", "progress"})
+    LOCAL_KEYS = frozenset({"base_url", "host", "api_key", "api_key_env", "cache", "cache_path", "transport",
+                            "progress"})
+    #: timing: stored in an artifact (bounded when loaded), and the loading user's to set
+    USER_KEYS = frozenset(ARTIFACT_BOUNDS)
 
     def __init__(self, provider: str = "openai", model: str = "smollm2", *, base_url: str | None = None,
-                 host: str | None = None, api_key: str | None = None, rubric: str = "full",
-                 timeout: float = 30.0, retries: int = 2, backoff_s: float = 0.5, concurrency: int = 2,
-                 deadline_s: float | None = 20.0, cache: bool = True, cache_path: str | None = None,
-                 logprobs: bool = True, json_schema: bool = True, transport=None, progress: bool = True,
-                 template_version: str | None = None):
+                 host: str | None = None, api_key: str | None = None, api_key_env: str | None = None,
+                 rubric: str = "full", timeout: float = 30.0, retries: int = 2, backoff_s: float = 0.5,
+                 concurrency: int = 2, deadline_s: float | None = 20.0, cache: bool = True,
+                 cache_path: str | None = None, logprobs: bool = True, json_schema: bool = True, transport=None,
+                 progress: bool = True, template_version: str | None = None):
         if template_version is not None and template_version != TEMPLATE_VERSION:
             raise ValueError(f"LLM features were built with prompt template {template_version}; this t2iroute "
                              f"has {TEMPLATE_VERSION}: retrain the router")
@@ -551,16 +765,19 @@ class LLMComplexityFeaturizer:
             raise ValueError(f"unknown LLM provider '{provider}'; known: {sorted(PROVIDERS)}")
         if rubric not in ("full", "score"):
             raise ValueError(f"rubric must be 'full' or 'score', got {rubric!r}")
-        if float(timeout) <= 0 or int(retries) < 0 or float(backoff_s) < 0:
-            raise ValueError(f"LLM timeout must be > 0, retries and backoff_s >= 0 (got {timeout}, {retries}, "
-                             f"{backoff_s})")
-        if deadline_s is not None and float(deadline_s) <= 0:
-            raise ValueError(f"LLM deadline_s must be > 0 seconds, or null for none (got {deadline_s})")
+        self.timeout = _number("timeout", timeout, positive=True)
+        self.retries = int(_number("retries", retries, whole=True))
+        self.backoff_s = _number("backoff_s", backoff_s)
+        self.concurrency = max(1, int(_number("concurrency", concurrency, whole=True)))
+        self.deadline_s = None if deadline_s is None else _number("deadline_s", deadline_s, positive=True)
+        if base_url is not None:
+            base_url = check_url(base_url, "llm.base_url")
+        if host is not None:
+            host = check_url(host, "llm.host", scheme_optional=True)
+        if api_key_env is not None and (not isinstance(api_key_env, str) or not api_key_env.strip()):
+            raise ValueError(f"llm.api_key_env={api_key_env!r:.60}: the name of an environment variable is needed")
         self.provider, self.model, self.rubric = provider, model, rubric
-        self.base_url, self.host, self.api_key = base_url, host, api_key
-        self.timeout, self.retries, self.backoff_s = float(timeout), int(retries), float(backoff_s)
-        self.concurrency = max(1, int(concurrency))
-        self.deadline_s = None if deadline_s is None else float(deadline_s)
+        self.base_url, self.host, self.api_key, self.api_key_env = base_url, host, api_key, api_key_env
         self.cache, self.cache_path = bool(cache), cache_path
         self.logprobs, self.json_schema, self.transport = bool(logprobs), bool(json_schema), transport
         self.progress = progress
@@ -578,11 +795,55 @@ class LLMComplexityFeaturizer:
     def feature_names_(self) -> list[str]:
         return self.fields + ["expected_complexity", "imputed"]
 
+    @classmethod
+    def bound_artifact_settings(cls, spec: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """``spec`` (a router artifact's) with its timing within :data:`ARTIFACT_BOUNDS`, and what
+        was changed (``["deadline_s null -> 60", ...]``). Above a bound (``deadline_s: null``
+        included): the bound; not a number of the right kind: the default."""
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        out, changed = dict(spec), []
+        for key, bound in ARTIFACT_BOUNDS.items():
+            if key not in out:
+                continue
+            v = out[key]
+            whole = isinstance(bound, int)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+                (v > 0 if key in ("deadline_s", "timeout") else v >= 0) and (not whole or float(v).is_integer())
+            if v is None and key == "deadline_s":
+                new = bound
+            elif not ok:
+                new = defaults[key]
+            elif v > bound:
+                new = bound
+            else:
+                continue
+            out[key] = new
+            changed.append(f"{key} {'null' if v is None else repr(v)[:40]} -> {new:g}")
+        return out, changed
+
+    def _key_from_env(self) -> str | None:
+        if self.api_key or not self.api_key_env:
+            return self.api_key
+        value = os.environ.get(self.api_key_env, "").strip()
+        if not value:
+            raise LLMError(f"llm.api_key_env={self.api_key_env}: that environment variable holds no key")
+        return value
+
+    def _secrets(self) -> list[str]:
+        out = [self.api_key, os.environ.get("OPENAI_API_KEY"), os.environ.get("OLLAMA_API_KEY")]
+        if self.api_key_env:
+            out.append(os.environ.get(self.api_key_env))
+        client = self._client
+        out.append(getattr(client, "api_key", None))
+        return [s for s in out if s and s != "none"]
+
     def _provider(self):
         with self._lock:
             if self._client is None:
                 if self.provider == "openai":
-                    self._client = OpenAIProvider(self.model, self.base_url, self.api_key, self.timeout,
+                    self._client = OpenAIProvider(self.model, self.base_url, self._key_from_env(), self.timeout,
                                                   self.json_schema, self.logprobs, self.transport)
                 else:
                     self._client = OllamaProvider(self.model, self.host, self.timeout, self.transport)
@@ -616,12 +877,16 @@ class LLMComplexityFeaturizer:
                 call.fail(f"deadline {self.deadline_s:g} s passed")
                 return None
             tries += 1
+            call.asked()
+            # this request ends by its timeout or the call's deadline, however its reply arrives
+            until = time.monotonic() + min(self.timeout, left)
             try:
                 text, lp = self._provider().ask(prompt, self.rubric, timeout=min(self.timeout, left),
-                                                deadline=call.deadline)
+                                                deadline=until)
                 ans = parse_answer(text, self.rubric)
             except Exception as e:
                 kind, why = classify_failure(e)
+                why = redact(why, self._secrets())
                 if kind == "hard":
                     call.fail(why)
                     return None
@@ -633,6 +898,7 @@ class LLMComplexityFeaturizer:
                 continue
             exp = expected_digit(lp)
             ans["expected_complexity"] = float(exp) if exp is not None else ans["complexity"]
+            call.answered()
             return ans
         if kind == "retry":  # the server keeps failing: stop asking in this call
             call.fail(f"{why} ({tries} {'try' if tries == 1 else 'tries'})")
@@ -645,7 +911,7 @@ class LLMComplexityFeaturizer:
         try:
             self._provider()
         except Exception as e:
-            call.fail(f"LLM client unavailable: {type(e).__name__}: {e}")
+            call.fail(redact(f"LLM client unavailable: {type(e).__name__}: {e}", self._secrets()))
             return {}
         out: dict[str, dict] = {}
         bar = None
@@ -726,7 +992,7 @@ class LLMComplexityFeaturizer:
         if n_imputed:
             log.warning("LLM features: %d of %d prompts imputed from lexical features (%s)",
                         n_imputed, len(prompts), reason)
-        self.last_stats_ = {"n": len(prompts), "cache_hits": hits, "asked": len(todo),
+        self.last_stats_ = {"n": len(prompts), "cache_hits": hits, "asked": len(todo), "requests": call.requests,
                             "imputed": n_imputed, "imputed_reason": reason, "cache": cache_status,
                             "cache_bad": len(bad), "seconds": time.monotonic() - t0}
         return np.asarray(rows, dtype=np.float32).reshape(len(prompts), len(self.feature_names_))
@@ -737,6 +1003,22 @@ class LLMComplexityFeaturizer:
                 "template_version": TEMPLATE_VERSION, "timeout": self.timeout, "retries": self.retries,
                 "backoff_s": self.backoff_s, "concurrency": self.concurrency, "deadline_s": self.deadline_s,
                 "logprobs": self.logprobs, "json_schema": self.json_schema}
+
+
+def _number(key: str, v: Any, *, positive: bool = False, whole: bool = False) -> float:
+    """A timing setting as a float; ValueError naming ``llm.<key>`` when it is not a finite
+    number (> 0 where ``positive``, >= 0 otherwise; a whole number where ``whole``)."""
+    if isinstance(v, str):
+        try:
+            v = float(v) if not whole else int(v)
+        except ValueError:
+            pass
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+        (v > 0 if positive else v >= 0) and (not whole or float(v).is_integer())
+    if not ok:
+        need = "a whole number >= 0" if whole else ("a number > 0" if positive else "a number >= 0")
+        raise ValueError(f"llm.{key}={v!r:.40}: {need} is needed")
+    return float(v)
 
 
 def _is_connection_error(e: BaseException) -> bool:

@@ -292,12 +292,27 @@ class Router:
                     Q = self.predictor.predict(X, texts=list(prompts))
             else:
                 Q = self.predictor.predict(X, texts=list(prompts))
-            Q = np.asarray(Q).reshape(len(prompts), -1)
+            Q = np.asarray(Q, dtype=float).reshape(len(prompts), -1)
+            self._check_finite(Q)
             t2 = time.perf_counter()
             imputed = self._imputed_rows(np.asarray(X))
         timings = {f"features.{k}": v for k, v in stage_times.items()}
         timings.update({"features": t1 - t0, "predict": t2 - t1})
         return Q, timings, imputed
+
+    def _check_finite(self, Q: np.ndarray) -> None:
+        """The last guard: never route on (or return) NaN or infinite predictions."""
+        if Q.shape[1] != len(self.backend_names) or not np.isfinite(Q).all():
+            from t2iroute.errors import ArtifactError
+
+            src = getattr(self, "source", None)
+            what = f"router artifact {src}" if src else "router"
+            if Q.shape[1] != len(self.backend_names):
+                raise ArtifactError(f"{what}: its predictor gave {Q.shape[1]} predictions for "
+                                    f"{len(self.backend_names)} backends")
+            bad = [b for b, ok in zip(self.backend_names, np.isfinite(Q).all(axis=0)) if not ok]
+            raise ArtifactError(f"{what}: its predictor gave NaN or infinite quality for {bad}; not routing "
+                                "on it (the artifact's model is unusable: retrain or replace it)")
 
     def warmup(self) -> float:
         """Load the featurizer's models now (they load lazily on the first prompt); seconds taken.
@@ -345,10 +360,12 @@ class Router:
         Q, timings, imputed = self._predict(items)
         t0 = time.perf_counter()
         Qo = self.routing_quality(Q)
-        oriented = pol.oriented(self.sign)
-        order = np.asarray(oriented.order(Qo, self.costs))
-        desc = oriented.describe()
-        lam_used = oriented.lambda_()
+        # what the policy resolves on these prompts (a budget's lambda) is read from the object
+        # resolve returns, never from the policy, which other calls may be using at the same time
+        resolved = pol.oriented(self.sign).resolve(Qo, self.costs)
+        order = np.asarray(resolved.order(Qo, self.costs))
+        desc = resolved.describe()
+        lam_used = resolved.lambda_()
         timings["decide"] = time.perf_counter() - t0
         per = {k: v / len(items) for k, v in timings.items()}
         cost = {b: float(c) for b, c in zip(self.backend_names, self.costs)}
