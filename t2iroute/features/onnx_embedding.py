@@ -71,7 +71,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 # -- export (torch, once) ---------------------------------------------------------------------
 def export_model(model: str, folder: Path, *, max_seq_length: int | None, normalize: bool,
-                 quantize: str | None) -> None:
+                 quantize: str | None, source: str | None = None) -> None:
     """Export ``model`` (a sentence-transformers model name or folder) to ``folder``.
 
     The graph is the whole sentence-transformers forward (transformer, pooling and whatever
@@ -86,13 +86,15 @@ def export_model(model: str, folder: Path, *, max_seq_length: int | None, normal
     int8 vectors best (mean cosine ~0.97 on 1,000 PartiPrompts; per-channel weights are closer
     to fp32, 0.99, but further from torch int8, 0.94).
 
+    ``source``: the local folder to load ``model`` from, offline (a model a router artifact named).
+
     Raises whatever goes wrong (no torch, an untraceable model...); the caller falls back.
     """
     import torch
 
     from t2iroute.features.embedding import load_sentence_transformer
 
-    st = load_sentence_transformer(model, device="cpu", max_seq_length=max_seq_length)
+    st = load_sentence_transformer(model, device="cpu", max_seq_length=max_seq_length, source=source)
     first = st[0]
     hf_tok = getattr(first, "tokenizer", None)
     backend = getattr(hf_tok, "backend_tokenizer", None)  # a fast tokenizer's tokenizers.Tokenizer
@@ -264,9 +266,10 @@ class OnnxSentenceEncoder:
 
 
 def load_or_export(key: str, model: str, *, max_seq_length: int | None, normalize: bool,
-                   quantize: str | None) -> tuple[OnnxSentenceEncoder, bool]:
+                   quantize: str | None, source: str | None = None) -> tuple[OnnxSentenceEncoder, bool]:
     """The encoder for ``onnx_root()/key``, exporting the model first where it is missing or
-    damaged. -> (encoder, exported_now). Raises if it cannot be exported."""
+    damaged (from the folder ``source`` only, when given). -> (encoder, exported_now). Raises if
+    it cannot be exported."""
     folder = onnx_root() / key
     try:
         enc, exported = OnnxSentenceEncoder(folder), False
@@ -282,7 +285,7 @@ def load_or_export(key: str, model: str, *, max_seq_length: int | None, normaliz
                 enc = _copy_export(src, folder) if src is not None and src != folder else None
                 if enc is None:
                     export_model(model, folder, max_seq_length=max_seq_length, normalize=normalize,
-                                 quantize=quantize)
+                                 quantize=quantize, source=source)
                     enc = OnnxSentenceEncoder(folder)
                 exported = True
     _loaded[key] = folder

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from t2iroute.predictors.base import QualityPredictor, _sub, build_predictor
+from t2iroute.predictors.base import (
+    QualityPredictor, StateError, build_predictor, load_nested, state_array, state_number,
+)
 
 log = logging.getLogger(__name__)
 
@@ -306,11 +308,15 @@ class AutoPredictor(QualityPredictor):
     def _set_core_state(self, meta, arrays, texts):
         self.chosen_name_ = meta["chosen"]
         self.chosen_spec_ = meta["spec"]
-        self.shrink_ = float(meta["shrink"])
+        self.shrink_ = state_number(meta.get("shrink"), "predictor meta: 'shrink'", 0.0, 1e6)
         self.anchored_ = bool(meta.get("anchored", True))
         self.beats_best_single_cv_ = bool(meta["beats_best_single_cv"])
         self.selection_ = meta.get("selection", {})
-        self.means_ = np.asarray(arrays["means"], float)
+        self.means_ = state_array(arrays, "means", (self.n_outputs_,))
         self.chosen_ = None
         if meta.get("has_model"):
-            self.chosen_ = QualityPredictor.from_state(meta["model"], _sub(arrays, "chosen/"), _sub(texts, "chosen/"))
+            self.chosen_ = load_nested("chosen", meta["model"], arrays, texts)
+            c = self.chosen_
+            if (c.n_features_in_, c.n_outputs_) != (self.n_features_in_, self.n_outputs_):
+                raise StateError("predictor meta: 'model'", f"takes {c.n_features_in_} features to {c.n_outputs_} "
+                                 f"outputs, the auto predictor {self.n_features_in_} to {self.n_outputs_}")

@@ -29,6 +29,94 @@ class NotFittedError(ValueError, AttributeError):
     """predict() before fit() (scikit-learn's NotFittedError is raised instead where it is loaded)."""
 
 
+#: The largest magnitude a stored number may have (arrays, model values). A quality, a cost or a
+#: coefficient this large is no model's; within it, no prediction can overflow to infinity.
+MAX_ABS = 1e15
+#: Bounds on what a stored state may declare (features, outputs: a router's backends).
+MAX_FEATURES = 10_000_000
+MAX_OUTPUTS = 10_000
+
+
+class StateError(ValueError):
+    """A predictor's stored state (an artifact's arrays, model texts or predictor meta) is unusable.
+
+    ``what`` names the array, model file or field as this predictor knows it, ``reason`` says what
+    is wrong; ``obj`` is the array or text concerned, so that the loader can name it as the
+    artifact stores it (``final0__coef`` in ``predictor/arrays.npz``).
+    """
+
+    def __init__(self, what: str, reason: str, obj: Any = None):
+        super().__init__(f"{what} {reason}")
+        self.what, self.reason, self.obj = what, reason, obj
+        self.where = ""  # the nested predictor it is about ("final0/"), prefixed on the way out
+
+
+def load_nested(key: str, meta: dict, arrays: dict, texts: dict) -> "QualityPredictor":
+    """The nested predictor stored under ``key/`` (a mean model, a stack's base or final...)."""
+    try:
+        return QualityPredictor.from_state(meta, _sub(arrays, f"{key}/"), _sub(texts, f"{key}/"))
+    except StateError as e:
+        e.where = f"{key}/{e.where}"
+        raise
+
+
+def state_int(meta: dict, key: str, lo: int, hi: int, what: str = "predictor meta") -> int:
+    """``meta[key]``, a whole number in [lo, hi] (not a bool, a float or a string)."""
+    v = meta.get(key) if isinstance(meta, dict) else None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise StateError(f"{what}: '{key}'", f"must be a whole number from {lo} to {hi}, got {v!r:.60}")
+    return v
+
+
+def state_number(value, what: str, lo: float = -MAX_ABS, hi: float = MAX_ABS) -> float:
+    """A finite number in [lo, hi] (not a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+        raise StateError(what, f"must be a number from {lo:g} to {hi:g}, got {value!r:.60}")
+    return float(value)
+
+
+def state_array(arrays: dict, name: str, shape: tuple, *, kind: str = "f", positive: bool = False) -> np.ndarray:
+    """The stored array ``name`` checked before any prediction uses it: present, of ``shape``
+    (ints; None: any length >= 1), numeric (``kind="f"``: returned as float64, finite, at most
+    :data:`MAX_ABS` in magnitude, > 0 where ``positive``) or text (``kind="U"``)."""
+    if name not in arrays:
+        raise StateError(f"array '{name}'", "is missing")
+    a = arrays[name]
+    if not isinstance(a, np.ndarray):
+        raise StateError(f"array '{name}'", f"is not an array ({type(a).__name__})", a)
+    want = " x ".join("n" if s is None else str(s) for s in shape) or "a scalar"
+    if a.ndim != len(shape) or any((s is None and n < 1) or (s is not None and n != s)
+                                   for s, n in zip(shape, a.shape)):
+        raise StateError(f"array '{name}'", f"has shape {a.shape}, the predictor needs ({want})", a)
+    if kind == "U":
+        if a.dtype.kind != "U":
+            raise StateError(f"array '{name}'", f"holds {a.dtype}, the predictor needs text", a)
+        return a
+    if a.dtype.kind not in "fiu":
+        raise StateError(f"array '{name}'", f"holds {a.dtype}, the predictor needs numbers", a)
+    out = a.astype(np.float64)
+    if not np.isfinite(out).all():
+        raise StateError(f"array '{name}'", "holds NaN or infinite values", a)
+    if out.size and np.abs(out).max() > MAX_ABS:
+        raise StateError(f"array '{name}'", f"holds values beyond +-{MAX_ABS:g}", a)
+    if positive and out.size and out.min() <= 0:
+        raise StateError(f"array '{name}'", "must be > 0 everywhere (it divides), holds values <= 0", a)
+    return out
+
+
+def slice_width(sl, n_features: int, what: str = "feature_slice") -> int:
+    """The number of columns ``_slice`` takes from ``n_features``: None, or [start, stop] with
+    0 <= start < stop <= n_features."""
+    if sl is None:
+        return n_features
+    ok = isinstance(sl, (list, tuple)) and len(sl) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in sl)
+    if not ok or not 0 <= sl[0] < sl[1] <= n_features:
+        raise StateError(f"predictor param '{what}'", f"must be [start, stop] with 0 <= start < stop <= "
+                                                       f"{n_features}, got {sl!r:.60}")
+    return int(sl[1]) - int(sl[0])
+
+
 class _Estimator:
     """scikit-learn's estimator protocol (get_params, set_params, clone, tags) without importing
     scikit-learn: it costs ~2 s of start-up, and a loaded router predicts with numpy alone.
@@ -185,20 +273,39 @@ class QualityPredictor(_Estimator):
 
     @classmethod
     def from_state(cls, meta: dict, arrays: dict, texts: dict) -> "QualityPredictor":
+        """Rebuild a predictor from :meth:`get_state`'s output, checking it first: every count,
+        shape and value a prediction relies on (a :class:`StateError` names what is wrong)."""
         from t2iroute import registry
 
+        if not isinstance(meta, dict):
+            raise StateError("predictor meta", f"must be a mapping, got {type(meta).__name__}")
         name = meta.get("type", meta.get("kind"))  # "kind": artifacts of format version 1
-        obj = registry.get("predictors", str(name))(**meta["params"])
-        obj.n_features_in_ = int(meta["n_features_in"])
-        obj.n_outputs_ = int(meta["n_outputs"])
-        obj.one_d_ = bool(meta["one_d"])
+        params = meta.get("params")
+        if not isinstance(params, dict):
+            raise StateError("predictor meta: 'params'", f"must be a mapping, got {params!r:.60}")
+        obj = registry.get("predictors", str(name))(**params)
+        obj.n_features_in_ = state_int(meta, "n_features_in", 1, MAX_FEATURES)
+        obj.n_outputs_ = state_int(meta, "n_outputs", 1, MAX_OUTPUTS)
+        one_d = meta.get("one_d")
+        if not isinstance(one_d, bool) or (one_d and obj.n_outputs_ != 1):
+            raise StateError("predictor meta: 'one_d'", f"must be true (one output) or false, got {one_d!r:.60} "
+                                                         f"with {obj.n_outputs_} outputs")
+        obj.one_d_ = one_d
         obj.mean_model_ = None
         if "mean_model" in meta:
-            obj.mean_model_ = QualityPredictor.from_state(
-                meta["mean_model"], _sub(arrays, "mean_model/"), _sub(texts, "mean_model/")
-            )
+            mm = load_nested("mean_model", meta["mean_model"], arrays, texts)
+            if (mm.n_features_in_, mm.n_outputs_, mm.one_d_) != (obj.n_features_in_, 1, True):
+                raise StateError("predictor meta: 'mean_model'", f"must take the predictor's {obj.n_features_in_} "
+                                 f"features to one output, takes {mm.n_features_in_} to {mm.n_outputs_}")
+            obj.mean_model_ = mm
+        if not isinstance(meta.get("core"), dict):
+            raise StateError("predictor meta: 'core'", f"must be a mapping, got {meta.get('core')!r:.60}")
         obj._set_core_state(meta["core"], arrays, texts)
         return obj
+
+    def stack_width_(self) -> int:
+        """How many columns :meth:`stack_features` returns (what a stacking model takes)."""
+        return int(self.n_outputs_)
 
 
 def _sub(d: dict, prefix: str) -> dict:

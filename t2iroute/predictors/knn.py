@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from t2iroute.predictors.base import QualityPredictor, _slice
+from t2iroute.predictors.base import QualityPredictor, StateError, _slice, slice_width, state_array, state_number
 
 
 class KNNPredictor(QualityPredictor):
@@ -97,4 +97,50 @@ class KNNPredictor(QualityPredictor):
         return {}, {"X": self.X_, "Y": self.Y_}, {}
 
     def _set_core_state(self, meta, arrays, texts):
-        self.X_, self.Y_ = arrays["X"].astype(np.float32), arrays["Y"]
+        d = slice_width(self.feature_slice, self.n_features_in_)
+        k = self.n_neighbors
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10**7:
+            raise StateError("predictor param 'n_neighbors'", f"must be a whole number >= 1, got {k!r:.60}")
+        if self.temperature is not None:
+            state_number(self.temperature, "predictor param 'temperature'", 0.0)
+        self._check_kernels()
+        X = state_array(arrays, "X", (None, d))
+        self.Y_ = state_array(arrays, "Y", (len(X), self.n_outputs_))
+        # training rows are stored unit-length (or zero): similarities stay within [-1, 1]
+        if (np.linalg.norm(X, axis=1) > 1.001).any():
+            raise StateError("array 'X'", "holds rows longer than 1; kNN stores unit-length rows", arrays["X"])
+        self.X_ = X.astype(np.float32)
+
+    def _check_kernels(self) -> None:
+        kern = self.stack_kernels
+        if kern is None:
+            return
+        what = "predictor param 'stack_kernels'"
+        if not isinstance(kern, dict) or set(kern) - {"softmax", "inverse", "density", "distance"}:
+            raise StateError(what, f"must map softmax/inverse/density/distance to lists, got {kern!r:.80}")
+
+        def k_(v):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10**7:
+                raise StateError(what, f"neighbour counts must be whole numbers >= 1, got {v!r:.40}")
+
+        for key, items in kern.items():
+            if not isinstance(items, list):
+                raise StateError(what, f"'{key}' must be a list, got {items!r:.60}")
+            for it in items:
+                if key == "softmax":
+                    if not (isinstance(it, (list, tuple)) and len(it) == 2):
+                        raise StateError(what, f"softmax entries are [temperature, k], got {it!r:.40}")
+                    state_number(it[0], f"{what} softmax temperature", 1e-6)
+                    k_(it[1])
+                elif key == "density":  # exp((sim - 1) / T) summed: T >= 0.01 keeps it finite
+                    state_number(it, f"{what} density temperature", 0.01)
+                else:
+                    k_(it)
+
+    def stack_width_(self) -> int:
+        kern = self.stack_kernels
+        if not kern:
+            return int(self.n_outputs_)
+        k = int(self.n_outputs_)
+        return (k * (len(kern.get("softmax", [])) + len(kern.get("inverse", [])))
+                + len(kern.get("density", [])) + len(kern.get("distance", [])))

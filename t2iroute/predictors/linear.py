@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from t2iroute.errors import ConfigError
-from t2iroute.predictors.base import QualityPredictor, _slice
+from t2iroute.predictors.base import (
+    QualityPredictor, StateError, _slice, slice_width, state_array, state_int,
+)
 
 
 class RidgePredictor(QualityPredictor):
@@ -37,8 +39,11 @@ class RidgePredictor(QualityPredictor):
         return {}, {"x_mean": self.x_mean_, "x_scale": self.x_scale_, "y_mean": self.y_mean_, "coef": self.coef_}, {}
 
     def _set_core_state(self, meta, arrays, texts):
-        self.x_mean_, self.x_scale_ = arrays["x_mean"], arrays["x_scale"]
-        self.y_mean_, self.coef_ = arrays["y_mean"], arrays["coef"]
+        d, k = slice_width(self.feature_slice, self.n_features_in_), self.n_outputs_
+        self.x_mean_ = state_array(arrays, "x_mean", (d,))
+        self.x_scale_ = state_array(arrays, "x_scale", (d,), positive=True)
+        self.y_mean_ = state_array(arrays, "y_mean", (k,))
+        self.coef_ = state_array(arrays, "coef", (d, k))
 
 
 
@@ -135,11 +140,34 @@ class TfidfRidgePredictor(QualityPredictor):
         return {"n_models": len(self.coefs_)}, arrays, {}
 
     def _set_core_state(self, meta, arrays, texts):
+        for key in ("word_ngrams", "char_ngrams"):
+            ng = getattr(self, key)
+            if not (isinstance(ng, (list, tuple)) and len(ng) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in ng) and 1 <= ng[0] <= ng[1] <= 20):
+                raise StateError(f"predictor param '{key}'",
+                                 f"must be [min, max] with 1 <= min <= max <= 20, got {ng!r:.60}")
+        try:
+            models = self._models()
+        except (TypeError, ValueError) as e:
+            raise StateError("predictor params 'alphas', 'word_alpha', 'char_alpha'",
+                             f"must be numbers ({e})") from None
+        n = state_int(meta, "n_models", 1, 1000)
+        if n != len(models):
+            raise StateError("predictor meta: 'n_models'", f"is {n}, the params name {len(models)} models")
         self.word_vec_, self.char_vec_ = self._vectorizers(10**6)
+        width = {}
         for name, vec in (("word", self.word_vec_), ("char", self.char_vec_)):
-            terms = [str(t) for t in arrays[f"{name}_terms"]]
+            raw = arrays.get(f"{name}_terms")
+            terms = [str(t) for t in state_array(arrays, f"{name}_terms", (None,), kind="U")]
+            if len(set(terms)) != len(terms):
+                raise StateError(f"array '{name}_terms'", "lists a term twice", raw)
             vec.set_params(vocabulary={t: i for i, t in enumerate(terms)}, max_features=None, min_df=1)
-            vec.idf_ = arrays[f"{name}_idf"]
-        n = int(meta["n_models"])
-        self.coefs_ = [arrays[f"coef{m}"] for m in range(n)]
-        self.intercepts_ = [arrays[f"intercept{m}"] for m in range(n)]
+            vec.idf_ = state_array(arrays, f"{name}_idf", (len(terms),))
+            width[name] = len(terms)
+        width["both"] = width["word"] + width["char"]
+        k = self.n_outputs_
+        self.coefs_ = [state_array(arrays, f"coef{m}", (k, width[block])) for m, (block, _) in enumerate(models)]
+        self.intercepts_ = [state_array(arrays, f"intercept{m}", (k,)) for m in range(n)]
+
+    def stack_width_(self) -> int:
+        return len(self.coefs_) * int(self.n_outputs_)

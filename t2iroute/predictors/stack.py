@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from t2iroute.predictors.base import QualityPredictor, _slice, _sub, build_predictor
+from t2iroute.predictors.base import (
+    QualityPredictor, StateError, _slice, build_predictor, load_nested, slice_width,
+)
 
 
 class StackPredictor(QualityPredictor):
@@ -95,7 +97,23 @@ class StackPredictor(QualityPredictor):
 
     def _set_core_state(self, meta, arrays, texts):
         def load(key, m):
-            return QualityPredictor.from_state(m, _sub(arrays, f"{key}/"), _sub(texts, f"{key}/"))
+            return load_nested(key, m, arrays, texts)
 
+        for key in ("bases", "finals"):
+            if not isinstance(meta.get(key), list) or not 1 <= len(meta[key]) <= 1000:
+                raise StateError(f"predictor meta: '{key}'", f"must be a list of 1 to 1000 predictors, got "
+                                                           f"{meta.get(key)!r:.60}")
         self.bases_ = [load(f"base{i}", m) for i, m in enumerate(meta["bases"])]
         self.finals_ = [load(f"final{i}", m) for i, m in enumerate(meta["finals"])]
+        n, k = self.n_features_in_, self.n_outputs_
+        sl = self.passthrough_slice
+        several = isinstance(sl, (list, tuple)) and len(sl) and isinstance(sl[0], (list, tuple))
+        width = sum(slice_width(s, n, "passthrough_slice") for s in (sl if several else [sl])) if sl is not None else 0
+        for i, b in enumerate(self.bases_):
+            if b.n_features_in_ != n:
+                raise StateError(f"predictor meta: base{i}", f"takes {b.n_features_in_} features, the stack {n}")
+            width += b.stack_width_()
+        for i, f in enumerate(self.finals_):
+            if (f.n_features_in_, f.n_outputs_) != (width, k):
+                raise StateError(f"predictor meta: final{i}", f"takes {f.n_features_in_} columns to {f.n_outputs_} "
+                                 f"outputs; the stack hands it {width} columns and needs {k} outputs")

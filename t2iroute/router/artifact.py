@@ -23,9 +23,22 @@ An artifact is data that strangers share. Loading one
   before a byte is hashed). Other files in the folder are ignored (never opened);
 * checks every file's sha256 and the manifest's own (``manifest_sha256``: catches damage and
   edits by hand; pin ``expected_sha256=`` to the value a publisher gave you to know the
-  artifact is the one published), refuses NaN, infinite and negative costs, manifests nested
-  deeper than :data:`MAX_DEPTH`, and numbers where names belong. Every refusal is an
-  :class:`~t2iroute.errors.ArtifactError` naming the artifact and what is wrong.
+  artifact is the one published: a pinned artifact must be format 3, whose manifest_sha256 is
+  verified, so a copy downgraded to format 1 or 2 is refused), refuses NaN, infinite, negative
+  and huge (> :data:`MAX_COST`) costs, numbers JSON cannot hold, manifests nested deeper than
+  :data:`MAX_DEPTH`, and numbers where names belong;
+* checks the predictor's state before using it (see ``QualityPredictor.from_state``): array
+  shapes against the features and backends, values finite and bounded, no zero divisors; a
+  LightGBM model text is parsed and checked in Python and LightGBM parses only a canonical
+  copy written from the checked values (``predictors.lgbm.checked_model_text``: a crafted text
+  cannot abort the process or make LightGBM read out of bounds);
+* names models, never paths or downloads: an embedding model must ship in an installed package
+  (``all-MiniLM-L6-v2``) or already be in the loading user's Hugging Face cache, and it is then
+  loaded from there only (see ``features.embedding.local_model_source``).
+
+Every refusal is an :class:`~t2iroute.errors.ArtifactError` naming the artifact and what is
+wrong. As a last guard, a router that predicts NaN or infinity raises an ArtifactError naming
+the artifact rather than route on it.
 
 Format versions: 3 (this one) adds ``manifest_sha256``; 2 stores ``policy: {"type": ..., ...}``
 and ``higher_is_better``, and uses ``type`` as the discriminator key everywhere; 1 (t2iroute
@@ -74,6 +87,9 @@ MAX_TOTAL_BYTES = 2 * MAX_FILE_BYTES
 MAX_MANIFEST_BYTES = 8 * 2 ** 20
 MAX_DEPTH = 32
 MAX_BACKENDS = 1000
+#: The largest backend cost an artifact may give (in its cost unit): costs times lambda, summed
+#: over prompts, stay finite.
+MAX_COST = 1e15
 _FILE_NAME = re.compile(r"predictor/(arrays\.npz|[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.txt)")
 _REQUIRED_FILES = ("predictor/arrays.npz",)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -193,8 +209,8 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
             (pdir / name.replace("/", "__")).write_text(text)
         files = {str(p.relative_to(tmp)): _sha256_file(p) for p in sorted(pdir.iterdir())}
         costs = [float(c) for c in router.costs]
-        if not all(math.isfinite(c) and c >= 0 for c in costs):
-            raise ArtifactError(f"artifact {path}: backend costs must be finite and >= 0, got {costs}")
+        if not all(0 <= c <= MAX_COST for c in costs):  # what loading accepts (NaN fails too)
+            raise ArtifactError(f"artifact {path}: backend costs must be numbers from 0 to {MAX_COST:g}, got {costs}")
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -291,6 +307,19 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"{text[:40]} is beyond the range of a number")
+    return v
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19:
+        raise ValueError(f"{text[:40]}... is a whole number too large to hold")
+    return int(text)
+
+
 def _depth(x: Any) -> int:
     """Nesting depth of a parsed JSON value, without recursion."""
     best, stack = 0, [(x, 1)]
@@ -307,9 +336,19 @@ def _depth(x: Any) -> int:
     return best
 
 
-def read_manifest(path) -> dict:
-    """The validated manifest of the artifact folder ``path`` (format 1 upgraded in memory)."""
+def read_manifest(path, *, expected_sha256: str | None = None) -> dict:
+    """The validated manifest of the artifact folder ``path`` (format 1 upgraded in memory).
+
+    ``expected_sha256``: the manifest_sha256 the publisher gave; the manifest must be format 3
+    (whose digest is verified) and carry exactly this digest.
+    """
     path = _artifact_path(path)
+    pin = None
+    if expected_sha256 is not None:
+        pin = str(expected_sha256).strip().lower()
+        if not _SHA256.fullmatch(pin):
+            raise ArtifactError(f"router artifact {path}: the expected sha256 {str(expected_sha256)[:80]!r} is not "
+                                "a sha256 digest (64 hex digits: the manifest_sha256 its publisher gave)")
     if not path.exists():
         raise ArtifactError(f"router artifact {path}: no such folder")
     if not path.is_dir():
@@ -319,7 +358,8 @@ def read_manifest(path) -> dict:
         raise ArtifactError(f"router artifact {path}: manifest.json is missing (not a t2iroute artifact?)")
     raw = _read_regular(mf, "manifest.json", MAX_MANIFEST_BYTES, path)
     try:
-        manifest = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
+                              parse_int=_bounded_int)
     except RecursionError:
         raise ArtifactError(f"router artifact {path}: manifest.json is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
@@ -334,16 +374,26 @@ def read_manifest(path) -> dict:
             f"router artifact {path}: format version {v} but this t2iroute reads versions "
             f"{list(READABLE_VERSIONS)}; retrain the router or install a matching t2iroute"
         )
+    if pin is not None and v < 3:
+        raise ArtifactError(
+            f"router artifact {path}: pinned to manifest_sha256 {pin}, but its manifest is format version {v}, "
+            f"whose manifest_sha256 nothing verifies; a pinned artifact must be format {FORMAT_VERSION} (a "
+            "published artifact downgraded to an older format? ask its publisher for a current one)")
     if v >= 3:
         want = manifest.get("manifest_sha256")
         if not isinstance(want, str) or manifest_digest(manifest) != want:
             raise ArtifactError(f"router artifact {path}: manifest.json is damaged or edited "
                                 "(manifest_sha256 does not match its content)")
+        if pin is not None and want != pin:
+            raise ArtifactError(f"router artifact {path}: manifest_sha256 {want} is not the expected {pin}")
     else:
         log.warning("router artifact %s has format version %s, written before manifests carried a checksum: "
                     "its manifest is not integrity-checked (save it again with this t2iroute)", path, v)
     if v == 1:
-        manifest = upgrade_v1(manifest)
+        try:
+            manifest = upgrade_v1(manifest)
+        except ArtifactError as e:
+            raise ArtifactError(f"router artifact {path}: {e}") from None
     for key in ("backends", "featurizer", "predictor", "files", "policy", "n_features"):
         if key not in manifest:
             raise ArtifactError(f"router artifact {path}: manifest.json lacks '{key}'")
@@ -368,8 +418,8 @@ def _check_values(m: dict, path: Path) -> None:
         if name in seen:
             raise bad(f"backend '{name}' is listed twice")
         seen.add(name)
-        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0:
-            raise bad(f"backend '{name}' has cost {cost!r}; costs must be finite numbers >= 0")
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost <= MAX_COST:
+            raise bad(f"backend '{name}' has cost {cost!r:.60}; costs must be numbers from 0 to {MAX_COST:g}")
         if b.get("spec") is not None and not isinstance(b["spec"], dict):
             raise bad(f"backend '{name}': spec must be a mapping")
     n = m["n_features"]
@@ -384,6 +434,12 @@ def _check_values(m: dict, path: Path) -> None:
         raise bad("'anchor' must be a backend name")
     if not isinstance(m.get("metric", "quality"), str):
         raise bad("'metric' must be a name")
+    for key in ("data", "metrics", "packages"):
+        if m.get(key) is not None and not isinstance(m[key], dict):
+            raise bad(f"'{key}' must be a mapping")
+    unit = (m.get("data") or {}).get("cost_unit")
+    if unit is not None and (not isinstance(unit, str) or len(unit) > 40):
+        raise bad(f"data.cost_unit must be a short name, got {unit!r:.60}")
     files = m["files"]
     if not isinstance(files, dict):
         raise bad("'files' must map file names to sha256 digests")
@@ -469,7 +525,11 @@ def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None
 
     From the artifact: model names, rubric, sizes, timeouts. Dropped from it (with a warning
     when set): every key the class lists in ``LOCAL_KEYS`` and any key that looks like a place
-    or a secret. From ``local`` (featurizer type -> settings, the user's config): only such keys.
+    or a secret. Bounded (one warning when changed): the timing a class bounds with its
+    ``bound_artifact_settings`` (the LLM's deadline, timeout, retries: an artifact cannot make a
+    route wait for ever). From ``local`` (featurizer type -> settings, the user's config): such
+    keys, and the class's ``USER_KEYS`` (timing the loading user sets, e.g. ``{"llm":
+    {"deadline_s": 5}}``), which replace the artifact's.
     """
     from t2iroute import registry
     from t2iroute.features.base import ComposedFeaturizer, featurizer_parts
@@ -489,11 +549,19 @@ def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None
             log.warning("%s: ignored the %s featurizer's %s: endpoints, credentials and paths come from "
                         "your config and environment, not from an artifact", where, name, sorted(set_))
         mine = local.pop(name, {})
-        wrong = sorted(k for k in mine if not _is_local_key(cls, k))
+        user_keys = frozenset(getattr(cls, "USER_KEYS", ()))
+        wrong = sorted(k for k in mine if not _is_local_key(cls, k) and k not in user_keys)
         if wrong:
+            settable = sorted(set(getattr(cls, "LOCAL_KEYS", ())) | user_keys)
             raise ValueError(f"{name}.{wrong[0]} cannot be set when loading a router: the artifact's "
-                             f"{name} featurizer was trained with its own (local settings: "
-                             f"{sorted(getattr(cls, 'LOCAL_KEYS', ())) or 'none'})")
+                             f"{name} featurizer was trained with its own (settable: {settable or 'none'})")
+        bound = getattr(cls, "bound_artifact_settings", None)
+        if bound is not None:
+            part, changed = bound(part)
+            changed = [c for c in changed if mine.get(c.split(" ", 1)[0]) is None]  # the user's own win
+            if changed:
+                log.warning("%s: the %s featurizer's %s: bounded (an artifact cannot set more; set %s.KEY "
+                            "yourself to change it)", where, name, ", ".join(changed), name)
         part.update({k: v for k, v in mine.items() if v is not None})
         parts.append(registry.build("featurizers", {"type": name, **part}))
     if not parts:
@@ -526,14 +594,11 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
     """
     from t2iroute.backends import build_backend
     from t2iroute.errors import ConfigError
-    from t2iroute.predictors.base import QualityPredictor
+    from t2iroute.predictors.base import QualityPredictor, StateError
     from t2iroute.router.core import Router
 
     path = _artifact_path(path)
-    manifest = read_manifest(path)
-    if expected_sha256 is not None and manifest.get("manifest_sha256") != str(expected_sha256).lower():
-        raise ArtifactError(f"router artifact {path}: manifest_sha256 {manifest.get('manifest_sha256')} is not "
-                            f"the expected {expected_sha256}")
+    manifest = read_manifest(path, expected_sha256=expected_sha256)
     data = _read_files(path, manifest["files"])
     arrays = _load_arrays(path, data["predictor/arrays.npz"])
     texts = {}
@@ -547,6 +612,8 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
         predictor = QualityPredictor.from_state(manifest["predictor"], arrays, texts)
     except ArtifactError:
         raise
+    except StateError as e:
+        raise ArtifactError(f"router artifact {path}: {_state_where(e, arrays, texts)}") from None
     except RecursionError:
         raise ArtifactError(f"router artifact {path}: predictor state nested too deeply") from None
     except Exception as e:
@@ -559,9 +626,14 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
     where = f"router artifact {path}"
     try:
         featurizer = artifact_featurizer(manifest["featurizer"], local, where=where)
+        # models named by the artifact come from this machine only (before anything loads one)
+        for part in getattr(featurizer, "parts", [featurizer]):
+            pin_local = getattr(part, "pin_local_model", None)
+            if callable(pin_local):
+                pin_local()
         n_feat = len(featurizer.feature_names_)
     except Exception as e:
-        raise ArtifactError(f"router artifact {path}: featurizer spec unusable ({e})") from e
+        raise ArtifactError(f"router artifact {path}: featurizer spec unusable ({e})") from None
     names = [b["name"] for b in manifest["backends"]]
     costs = [float(b["cost"]) for b in manifest["backends"]]
     if n_feat != manifest["n_features"] or n_feat != predictor.n_features_in_:
@@ -598,4 +670,30 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
     except (ValueError, TypeError, ConfigError) as e:
         raise ArtifactError(f"router artifact {path}: default policy {manifest['policy']} or anchor "
                             f"{manifest.get('anchor')!r} unusable ({e})") from e
+    # the default policy must be able to decide on these costs (a budget below every cost cannot)
+    # and its utilities (q - lambda * cost) must stay finite
+    try:
+        check = getattr(router.policy, "check", None)
+        if callable(check):
+            check(router.costs)
+        lam = router.policy.lambda_()
+        if lam is not None and not math.isfinite(float(lam) * float(max(costs, default=0.0))):
+            raise ValueError(f"lambda {lam:g} times the costs overflows")
+    except (ValueError, TypeError) as e:
+        raise ArtifactError(f"router artifact {path}: default policy {manifest['policy']} unusable ({e})") from None
+    router.source = str(path)  # named by the router's own errors (non-finite predictions)
     return router
+
+
+def _state_where(e, arrays: Mapping[str, Any], texts: Mapping[str, str]) -> str:
+    """A predictor StateError with the array or model file named as the artifact stores it."""
+    obj = getattr(e, "obj", None)
+    if obj is not None:
+        for key, value in arrays.items():
+            if value is obj:
+                return f"predictor/arrays.npz: array '{key.replace('/', '__')}' {e.reason}"
+        for key, value in texts.items():
+            if value is obj:
+                return f"predictor/{key.replace('/', '__')}: {e.reason}"
+    where = getattr(e, "where", "").rstrip("/")
+    return f"predictor state invalid ({'in ' + where + ': ' if where else ''}{e})"
