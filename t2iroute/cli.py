@@ -222,7 +222,7 @@ def _show(v) -> str:
     if isinstance(v, dict):
         return "{" + ", ".join(f"{k}: {_show(x)}" for k, x in v.items()) + "}"
     text = str(v)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= 240 else text[:237] + "..."  # whole paths; only absurd values are cut
 
 
 def _bad(key: str, value, need: str):
