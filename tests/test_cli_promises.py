@@ -127,7 +127,7 @@ def _bad_inputs(art, table, tmp, unwritable):
         # the LLM's endpoint and timing, the loading user's: checked, named
         (["route", "a cat", a, "llm.base_url=notaurl"], ["llm.base_url=notaurl", "http(s)://host[:port][/path]"]),
         (["generate", "a cat", a, png, "llm.base_url=ftp://h/v1"], ["llm.base_url=ftp://h/v1", "http(s)://"]),
-        (["serve", a, "llm.base_url=http://user:pw@h/v1"], ["llm.base_url=http://***@h/v1"]),
+        (["serve", a, "llm.base_url=http://user:pw@h/v1"], ["llm.base_url=http://[redacted]@h/v1"]),
         (["route", "a cat", a, "llm.host='not a host'"], ["llm.host=not a host"]),
         (["route", "a cat", a, "llm.deadline_s=0"], ["llm.deadline_s=0", "> 0"]),
         (["route", "a cat", a, "llm.timeout=abc"], ["llm.timeout=abc"]),

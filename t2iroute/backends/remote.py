@@ -22,7 +22,7 @@ The upstream is not trusted:
 - Errors (:class:`RemoteBackendError`) name the backend, the HTTP status and a category
   (:data:`CATEGORIES`), never the upstream's body or URL. ``verbose=true`` in the loading user's own
   config (never an artifact's) adds the URL and the first 200 characters of the body, with secrets
-  redacted (:func:`redact_secrets`).
+  redacted (:func:`t2iroute.redact.redact_secrets`).
 """
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import threading
 import time
 import zlib
-from typing import Iterable, Sequence
-from urllib.parse import quote, quote_plus, urlsplit
+from typing import Sequence
+from urllib.parse import urlsplit
 
 from t2iroute.backends.base import DiffusionInfo, Generation
 from t2iroute.errors import ConfigError, GenerationError
+from t2iroute.redact import redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -70,34 +70,6 @@ class RemoteBackendError(GenerationError):
         self.backend, self.category, self.status, self.detail = backend, category, status, detail
         head = f"backend '{backend}': " + (f"HTTP {status} " if status is not None else "") + category
         super().__init__(head + (f" ({detail})" if detail else ""))
-
-
-# -- redaction ---------------------------------------------------------------------------------------
-
-_REDACTIONS = [
-    # an Authorization-like header, as text or JSON: the whole value
-    (re.compile(r"""(?i)((?:proxy-)?authorization|x-api-key|api-key|cookie|set-cookie)(["']?\s*[:=]\s*["']?)"""
-                r"""[^"'\r\n,}]*"""), r"\1\2[redacted]"),
-    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=\-]+"), r"\1\2[redacted]"),
-    (re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9_\-]{6,}"), r"\1-[redacted]"),
-    (re.compile(r"""(?i)\b((?:api[_-]?)?key|token|access[_-]?token|secret|password|passwd|pwd|sig|signature|"""
-                r"""auth)=([^&\s"'#]+)"""), r"\1=[redacted]"),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@"), r"\1[redacted]@"),
-]
-
-
-def redact_secrets(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with each of ``secrets`` (and its URL-quoted forms) and anything that looks like a
-    credential (``Bearer ...``, ``Authorization: ...``, ``sk-...``, ``api_key=...``, ``user:pass@``)
-    replaced by ``[redacted]``."""
-    text = str(text)
-    for s in secrets:
-        if s and len(s) >= 3:
-            for form in {s, quote(s, safe=""), quote_plus(s)}:
-                text = text.replace(form, "[redacted]")
-    for rx, sub in _REDACTIONS:
-        text = rx.sub(sub, text)
-    return text
 
 
 # -- bounds ------------------------------------------------------------------------------------------

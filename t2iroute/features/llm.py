@@ -187,22 +187,12 @@ def check_url(value: Any, key: str = "base_url", *, scheme_optional: bool = Fals
     return value.strip()
 
 
-_BEARER = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",;)}\]]+")
-_SECRET_FIELD = re.compile(r"(?i)\b((?:x-)?api[_-]?key|authorization|password|passwd|secret|(?:access[_-]?)?token)"
-                           r"(['\"]?\s*[=:]\s*['\"]?)[^\s'\",;&)}\]]+")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
-
-
 def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
-    """``text`` with ``secrets`` (an API key) and what looks like a credential (``Bearer ...``,
-    ``api_key=...``, ``user:password@`` in a URL) replaced by ``***``."""
-    text = str(text)
-    for sec in secrets:
-        if sec and len(sec) >= 4:
-            text = text.replace(sec, "***")
-    text = _BEARER.sub(lambda m: m.group(1) + m.group(2) + "***", text)
-    text = _SECRET_FIELD.sub(lambda m: m.group(1) + m.group(2) + "***", text)
-    return _USERINFO.sub(r"\1***@", text)
+    """``text`` with ``secrets`` (an API key) and what looks like a credential redacted
+    (:func:`t2iroute.redact.redact_secrets`)."""
+    from t2iroute.redact import redact_secrets
+
+    return redact_secrets(text, secrets)
 
 
 # -- a total bound on each request -------------------------------------------------------------
