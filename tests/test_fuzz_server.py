@@ -200,7 +200,8 @@ def test_schemathesis_without_a_key_gets_401_everywhere_but_health(apps):
     assert {path for path, _ in seen} >= {"/health", "/metrics", "/v1/models", "/v1/route",
                                           "/v1/images/generations", "/images/{name}"}
     for path, status in seen:
-        assert (status == 200) if path in ("/health", "/metrics", "/openapi.json") else (status == 401), (path, status)
+        assert (status == 200) if path in ("/health", "/ready", "/metrics", "/openapi.json") else (status == 401), (
+            path, status)
 
 
 def test_the_ray_router_deployment_serves_the_same_app(apps, tiny_artifact, tmp_path):

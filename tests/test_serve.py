@@ -531,3 +531,102 @@ def test_parse_model_refuses_what_no_routing_can_meet():
         with pytest.raises(RequestError, match=words) as e:
             parse_model(model, names, costs)
         assert e.value.param == "model" and e.value.status == 400
+
+
+def test_warmup_loads_every_backend_before_ready_and_requests_meanwhile_wait(tiny_artifact):
+    """warmup=True: /health is ok at once, /ready 503 (Retry-After) while the backends load, then
+    200; a generation sent during the warm-up waits and succeeds; after it every backend's
+    pipeline is loaded (the first request loads nothing)."""
+    from t2iroute import Router
+    from t2iroute.serve import create_app
+
+    router = Router.load(tiny_artifact)
+    gate, loading = threading.Event(), threading.Event()
+    slow = router.backends["slow"]
+    real_load = slow.load
+
+    def gated_load():  # the warm-up is held here until the test has seen it not ready
+        loading.set()
+        gate.wait(30)
+        real_load()
+
+    slow.load = gated_load
+    readies = []
+    srv, t, url = _start(create_app(router, warmup=True, on_ready=readies.append))
+    try:
+        assert loading.wait(30)
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+        r = httpx.get(url + "/ready")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["status"] == "warming_up"
+        early = {}
+        th = threading.Thread(target=lambda: early.update(r=httpx.post(
+            url + "/v1/images/generations", json={"prompt": "a cat", "model": "fast"}, timeout=60)))
+        th.start()
+        time.sleep(0.3)
+        assert "r" not in early  # waiting for the warm-up, not failed
+        gate.set()
+        th.join(60)
+        assert early["r"].status_code == 200
+        for _ in range(200):
+            r = httpx.get(url + "/ready")
+            if r.status_code == 200:
+                break
+            time.sleep(0.05)
+        info = r.json()
+        assert r.status_code == 200 and info["status"] == "ready" and info["warmup_s"] > 0 and "failed" not in info
+        assert readies and readies[0]["status"] == "ready"
+        assert all(b._shared is not None for b in router.backends.values())  # every pipeline loaded
+        assert httpx.get(url + "/health").json()["ready"] is True
+        assert "t2iroute_warmup_seconds" in httpx.get(url + "/metrics").text
+    finally:
+        gate.set()
+        srv.should_exit = True
+        t.join(10)
+
+
+def test_without_warmup_the_server_is_ready_at_once_and_loads_on_first_use(tiny_artifact):
+    from t2iroute import Router
+    from t2iroute.serve import create_app
+
+    router = Router.load(tiny_artifact)
+    srv, t, url = _start(create_app(router))
+    try:
+        r = httpx.get(url + "/ready")
+        assert r.status_code == 200 and r.json() == {"status": "ready", "warmup": False, "warmup_s": None}
+        assert all(b._shared is None for b in router.backends.values())  # lazy, as before
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+def test_a_backend_that_cannot_load_is_listed_in_ready_and_the_server_still_serves(tiny_artifact):
+    from t2iroute import Router
+    from t2iroute.serve import create_app
+
+    router = Router.load(tiny_artifact)
+
+    def broken():
+        raise RuntimeError("no weights here")
+
+    router.backends["slow"].load = broken
+    srv, t, url = _start(create_app(router, warmup=True))
+    try:
+        for _ in range(400):
+            r = httpx.get(url + "/ready")
+            if r.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert r.status_code == 200 and r.json()["failed"] == {"slow": "RuntimeError: no weights here"}
+        assert httpx.post(url + "/v1/images/generations", json={"prompt": "a cat", "model": "fast"},
+                          timeout=60).status_code == 200
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+def test_serve_refuses_a_warmup_that_is_not_a_boolean(tiny_artifact, capsys):
+    from t2iroute.cli import main
+
+    assert main(["serve", f"artifact={tiny_artifact}", "warmup=maybe"]) == 2
+    err = capsys.readouterr().err
+    assert "warmup" in err and len(err.strip().splitlines()) == 1

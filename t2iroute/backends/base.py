@@ -66,9 +66,40 @@ class Generation(DiffusionShortcuts):
 
 @runtime_checkable
 class Backend(Protocol):
+    """What the router calls. A backend with weights to load may also have ``load()`` (no
+    arguments): load them now rather than on the first ``generate`` (``serve warmup=true`` calls
+    it for every backend before the server reports ready)."""
+
     name: str
 
     def generate(self, prompts: Sequence[str], *, seeds: Sequence[int], **opts) -> list[Generation]: ...
+
+
+def load_backends(backends: Mapping[str, Any]) -> dict[str, Any]:
+    """Call ``load()`` on each backend that has one (backends sharing weights load them once).
+
+    Returns ``{name: seconds}`` for the backends that loaded, and ``{name: "Error: message"}``
+    for those whose load raised (the error is not raised: such a backend fails again when asked
+    for an image, and the router falls back, as without a warm-up)."""
+    import logging
+    import time
+
+    log = logging.getLogger(__name__)
+    out: dict[str, Any] = {}
+    for name, b in backends.items():
+        load = getattr(b, "load", None)
+        if not callable(load):
+            continue
+        t0 = time.perf_counter()
+        try:
+            load()
+        except Exception as e:  # noqa: BLE001 -- reported, as a generation would report it
+            out[name] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+            log.warning("backend %s: cannot load: %s", name, out[name])
+            continue
+        out[name] = time.perf_counter() - t0
+        log.info("backend %s: loaded in %.2f s", name, out[name])
+    return out
 
 
 def build_backend(name: str, spec: Mapping[str, Any]) -> Backend:

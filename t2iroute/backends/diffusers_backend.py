@@ -116,7 +116,7 @@ def check_variant(folder: str | os.PathLike, variant: str, skip: Sequence[str] =
     if missing:
         raise ConfigError(
             f"model '{folder}': variant '{variant}' has no weight files in {'; '.join(missing)}; drop "
-            f"`variant: {variant}` to load the full-precision files (torch_dtype still casts them)")
+            f"`variant: {variant}` to load the full-precision files (dtype still casts them)")
 
 
 def _safety_checker_kwargs(model: str) -> dict:
@@ -134,6 +134,16 @@ def _safety_checker_kwargs(model: str) -> dict:
     return {}
 
 
+def _dtype_keyword() -> str:
+    """``dtype`` where diffusers takes it (there ``torch_dtype`` is deprecated, with a warning on
+    every load); older diffusers know ``torch_dtype`` only."""
+    try:
+        from diffusers.pipelines import pipeline_utils
+    except Exception:  # noqa: BLE001 -- from_pretrained reports a broken install itself
+        return "torch_dtype"
+    return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+
+
 def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
                    use_safetensors: bool | None = None) -> _Shared:
     key = (model, dtype, device, variant, use_safetensors)
@@ -144,6 +154,8 @@ def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
             ensure_torchvision()
             import torch
 
+            from t2iroute import quiet
+
             if model.startswith("tiny"):  # tiny, tiny:SEED -- random weights built in process
                 from t2iroute.backends.tiny import tiny_pipeline
 
@@ -152,6 +164,7 @@ def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
             else:
                 from diffusers import AutoPipelineForText2Image
 
+                quiet.apply()  # the loading bars and warnings: only with verbose=true (CLI, workers)
                 if model.startswith("testbed:"):  # testbed:big, testbed:small -- trained, shipped
                     from t2iroute.testbed.models import weights_dir
 
@@ -159,7 +172,7 @@ def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
                         model = str(weights_dir(model.split(":", 1)[1]))
                     except (ValueError, FileNotFoundError) as e:
                         raise ConfigError(str(e)) from e
-                kw: dict[str, Any] = {"torch_dtype": getattr(torch, dtype), **_safety_checker_kwargs(model)}
+                kw: dict[str, Any] = {_dtype_keyword(): getattr(torch, dtype), **_safety_checker_kwargs(model)}
                 if variant:
                     if os.path.isdir(model):
                         check_variant(model, variant, skip=[k for k, v in kw.items() if v is None])
@@ -257,6 +270,14 @@ class DiffusersBackend:
         if self._shared is None:
             self._shared = _load_pipeline(self.model, self.dtype, self.device, self.variant, self.use_safetensors)
         return self._shared.pipe
+
+    def load(self) -> None:
+        """Load the pipeline (shared with the backends naming the same model) and this backend's
+        LoRA adapter now, not on the first ``generate``."""
+        self.pipe
+        if self.lora:
+            with self._shared.lock:
+                self._prepare()
 
     def _prepare(self):
         shared = self._shared

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -66,11 +68,31 @@ def options_from(cls, m: Mapping[str, Any] | None, *, nullable: tuple = ()):
 
 
 def import_ray():
+    if not _is_terminal():  # worker lines forwarded to a log file or a pipe: no colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # the (Worker pid=...) prefixes
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # the green '[repeated Nx across cluster]' (read at import)
     try:
         import ray
     except ImportError:
         raise ConfigError("Ray is not installed: pip install 't2iroute[ray]' (or launcher=local)") from None
     return ray
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def worker_verbose(verbose: bool | None = None) -> bool:
+    """The verbose flag a Ray worker applies (:func:`t2iroute.quiet.quiet_libraries`): the one
+    given, else this (the driver's) process's setting (quiet when never set)."""
+    if verbose is None:
+        from t2iroute.quiet import is_verbose
+
+        verbose = bool(is_verbose())
+    return bool(verbose)
 
 
 def connect(opts: RayOptions) -> bool:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from t2iroute.distributed.common import group_label, groups_of, import_ray, options_from
+from t2iroute.distributed.common import group_label, groups_of, import_ray, options_from, worker_verbose
 from t2iroute.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,19 @@ class RayServeOptions:
 class ModelServer:
     """A model deployment's replica: the backends of one model group, one loaded pipeline."""
 
-    def __init__(self, specs: Mapping[str, Mapping[str, Any]], threads: int):
+    def __init__(self, specs: Mapping[str, Mapping[str, Any]], threads: int, verbose: bool = False,
+                 warmup: bool = False):
         from t2iroute import threads as _threads
         from t2iroute.backends import build_backends
+        from t2iroute.quiet import quiet_libraries
 
+        quiet_libraries(verbose, worker=True)  # the driver's verbose flag: bars and warnings only with it
         _threads.configure(max(1, int(threads)), force=True)
         self.backends = build_backends(dict(specs))
+        if warmup:  # load the pipeline before the replica counts as started (serve.run waits for it)
+            from t2iroute.backends.base import load_backends
+
+            load_backends(self.backends)
 
     def pid(self) -> int:
         return os.getpid()
@@ -131,9 +138,13 @@ class RouterServer:
 
     def __init__(self, artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], handles: Mapping[str, Any],
                  group_of: Mapping[str, str], local: Mapping[str, Any] | None, app_kwargs: Mapping[str, Any],
-                 retry_window_s: float, timeout_s: float, expected_sha256: str | None = None):
+                 retry_window_s: float, timeout_s: float, expected_sha256: str | None = None,
+                 verbose: bool = False):
+        from t2iroute.quiet import quiet_libraries
         from t2iroute.router.core import Router
         from t2iroute.serve import create_app
+
+        quiet_libraries(verbose, worker=True)  # the driver's verbose flag (the featurizer's models load here)
 
         backends = {n: RayModelBackend(n, handles[group_of[n]], backend_specs[n], retry_window_s=retry_window_s,
                                        timeout_s=timeout_s)
@@ -152,8 +163,12 @@ def _deployment_name(i: int, label: str) -> str:
 
 def build_app(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: RayServeOptions, *,
               local: Mapping[str, Any] | None = None, app_kwargs: Mapping[str, Any] | None = None,
-              expected_sha256: str | None = None):
-    """The Ray Serve application (router + one deployment per model group); not started."""
+              expected_sha256: str | None = None, warmup: bool = False, verbose: bool | None = None):
+    """The Ray Serve application (router + one deployment per model group); not started.
+
+    ``warmup``: each model replica loads its pipeline when it starts (Serve sends it requests only
+    once it has); ``verbose``: the libraries' bars and warnings in the replicas (default: this
+    process's setting, :mod:`t2iroute.quiet`)."""
     ray = import_ray()
     from ray import serve
 
@@ -177,7 +192,7 @@ def build_app(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opt
             name=_deployment_name(i, group_label(key)), max_ongoing_requests=int(opts.max_ongoing_requests),
             ray_actor_options={"num_cpus": float(opts.num_cpus_per_replica), "num_gpus": gpus},
             health_check_period_s=float(opts.health_check_period_s), **scaling)
-        handles[key] = dep.bind(specs, threads)
+        handles[key] = dep.bind(specs, threads, worker_verbose(verbose), bool(warmup))
         for name in specs:
             group_of[name] = key
     # the router runs where the command runs: the artifact and image_dir are this machine's
@@ -187,16 +202,16 @@ def build_app(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opt
         ray_actor_options={"num_cpus": float(opts.router_num_cpus), "resources": node})
     return router.bind(str(artifact), {n: dict(s) for n, s in backend_specs.items()}, handles, group_of,
                        dict(local or {}), dict(app_kwargs or {}), float(opts.retry_window_s), float(opts.timeout_s),
-                       expected_sha256)
+                       expected_sha256, worker_verbose(verbose))
 
 
 def start(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: RayServeOptions, *,
           host: str = "127.0.0.1", port: int = 8000, local: Mapping[str, Any] | None = None,
           app_kwargs: Mapping[str, Any] | None = None, expected_sha256: str | None = None,
-          name: str = APP_NAME, route_prefix: str = "/") -> bool:
+          name: str = APP_NAME, route_prefix: str = "/", warmup: bool = False, verbose: bool | None = None) -> bool:
     """Deploy and start answering on http://HOST:PORT/ROUTE_PREFIX (returns once every replica is
-    up) as the Serve application ``name``. True when this call started Ray here (the caller shuts
-    it down)."""
+    up: with ``warmup``, once every model replica has loaded its pipeline) as the Serve application
+    ``name``. True when this call started Ray here (the caller shuts it down)."""
     from t2iroute.distributed.common import connect
 
     if not backend_specs:
@@ -207,8 +222,12 @@ def start(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: R
     started = connect(opts.sweep_options())
     try:
         serve.start(http_options={"host": str(host), "port": int(port)})
+        t0 = time.perf_counter()
         serve.run(build_app(artifact, backend_specs, opts, local=local, app_kwargs=app_kwargs,
-                            expected_sha256=expected_sha256), name=name, route_prefix=route_prefix)
+                            expected_sha256=expected_sha256, warmup=warmup, verbose=verbose),
+                  name=name, route_prefix=route_prefix)
+        log.info("ray serve: the application is up in %.1f s%s", time.perf_counter() - t0,
+                 " (every model replica loaded its pipeline)" if warmup else "")
     except BaseException:
         if started:
             import ray

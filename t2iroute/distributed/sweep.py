@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from t2iroute.distributed.common import RayOptions, check_fits, connect, group_label, groups_of, import_ray
+from t2iroute.distributed.common import (RayOptions, check_fits, connect, group_label, groups_of, import_ray,
+                                         worker_verbose)
 from t2iroute.training.sweep import (SweepResult, UnitResult, _write_part, plan_sweep, record_failures, run_unit,
                                      work_units)
 
@@ -38,10 +39,14 @@ log = logging.getLogger(__name__)
 class SweepWorker:
     """A Ray actor: one model group's backends (one shared pipeline) and the scorer."""
 
-    def __init__(self, specs: Mapping[str, Mapping[str, Any]], scorer_spec: Mapping[str, Any], threads: int):
+    def __init__(self, specs: Mapping[str, Mapping[str, Any]], scorer_spec: Mapping[str, Any], threads: int,
+                 verbose: bool = False):
         self._error = None
         try:
             from t2iroute import threads as _threads
+            from t2iroute.quiet import quiet_libraries
+
+            quiet_libraries(verbose, worker=True)  # the driver's verbose flag: bars and warnings only with it
             from t2iroute.backends import build_backends
             from t2iroute.scoring import build_scorer
 
@@ -78,11 +83,12 @@ def run_sweep_ray(backend_specs: Mapping[str, Mapping[str, Any]], prompts: pd.Da
                   scorer_spec: Mapping[str, Any], out_dir, *, shard: int = 0, num_shards: int = 1,
                   chunk_size: int = 8, keep_images: bool = False, progress: bool = True,
                   ray_options: RayOptions | Mapping[str, Any] | None = None,
-                  on_result: Callable[[dict], None] | None = None) -> SweepResult:
+                  on_result: Callable[[dict], None] | None = None, verbose: bool | None = None) -> SweepResult:
     """The sweep of :func:`t2iroute.training.sweep.run_sweep` on a Ray cluster: the same rows,
     part files and resume. Backends and the scorer are given as configs (each actor builds its
     own). ``on_result`` is called on the driver after each finished unit with ``{"backend",
-    "n", "pid"}`` (the pid of the actor that made it)."""
+    "n", "pid"}`` (the pid of the actor that made it). ``verbose``: the libraries' progress bars and
+    warnings in the actors too (default: this process's setting, :mod:`t2iroute.quiet`)."""
     from t2iroute.backends import build_backends
 
     opts = ray_options if isinstance(ray_options, RayOptions) else RayOptions.from_mapping(ray_options)
@@ -98,14 +104,15 @@ def run_sweep_ray(backend_specs: Mapping[str, Mapping[str, Any]], prompts: pd.Da
     started = connect(opts)
     try:
         _drive(ray, opts, specs, dict(scorer_spec), plan, shard, chunk_size, keep_images, progress, on_result,
-               result)
+               result, worker_verbose(verbose))
     finally:
         if started:
             ray.shutdown()
     return result
 
 
-def _drive(ray, opts, specs, scorer_spec, plan, shard, chunk_size, keep_images, progress, on_result, result) -> None:
+def _drive(ray, opts, specs, scorer_spec, plan, shard, chunk_size, keep_images, progress, on_result, result,
+           verbose) -> None:
     from ray.exceptions import RayActorError, RayTaskError
     from tqdm.auto import tqdm
 
@@ -121,7 +128,7 @@ def _drive(ray, opts, specs, scorer_spec, plan, shard, chunk_size, keep_images, 
     def new_actor(g: _Group):
         return worker_cls.options(num_cpus=float(opts.num_cpus_per_worker), num_gpus=opts.gpus_for(g.specs),
                                   max_restarts=0, max_task_retries=0,
-                                  name=None).remote(g.specs, scorer_spec, threads)
+                                  name=None).remote(g.specs, scorer_spec, threads, verbose)
 
     for g in groups.values():
         check_fits(float(opts.num_cpus_per_worker), opts.gpus_for(g.specs), what=f"a worker for {g.label}",

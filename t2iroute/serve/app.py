@@ -5,8 +5,11 @@
 ``t2iroute`` field and in ``x-t2iroute-*`` headers. ``model`` selects the policy: ``router`` (the
 artifact's default), ``router:lam=0.05``, ``router:budget=2.0``, ``router:quality_floor=30``,
 ``router:max_cost=1.5``, or a backend's name (forced). ``POST /v1/route`` returns decisions only;
-``GET /v1/models`` lists router variants and backends; ``GET /health``; ``GET /metrics``
-(Prometheus text); ``GET /openapi.json`` (the request and response schemas).
+``GET /v1/models`` lists router variants and backends; ``GET /health`` (liveness: ok as soon as the
+process serves); ``GET /ready`` (readiness: 503 until the warm-up has loaded every backend and the
+featurizer, then 200); ``GET /metrics`` (Prometheus text); ``GET /openapi.json`` (the request and
+response schemas). Generation and route requests that arrive during the warm-up wait for it (in
+the queue, so ``max_queue`` bounds them) rather than fail.
 
 What a client can make the server do: bad input gets 400 with an OpenAI-style error naming the
 field (a body over 1 MiB, malformed or too deeply nested JSON, a field of the wrong type, a policy
@@ -45,10 +48,12 @@ class RequestError(Exception):
         self.param, self.status, self.headers = param, status, headers or {}
 
 
-def parse_model(model: Any, backends: list[str], costs=None) -> tuple[dict, str | None]:
+def parse_model(model: Any, backends: list[str], costs=None,
+                quality_range=None) -> tuple[dict, str | None]:
     """``model`` -> (policy keywords, forced backend). With ``costs`` (the router's), a policy
     value that no routing can meet (a budget or cost cap below the cheapest backend) is refused
-    too. Raises :class:`RequestError` (400, ``param="model"``) naming the value."""
+    too; with ``quality_range`` (the router's ``observed_range``), a quality floor outside it.
+    Raises :class:`RequestError` (400, ``param="model"``) naming the value."""
     if model is None or model == "router":
         return {}, None
     if not isinstance(model, str):
@@ -72,7 +77,9 @@ def parse_model(model: Any, backends: list[str], costs=None) -> tuple[dict, str 
                 from t2iroute.router.policy import policy_from_keywords
 
                 try:
-                    policy_from_keywords(**{key: v}).check(costs)
+                    pol = policy_from_keywords(**{key: v})
+                    pol.check(costs)
+                    pol.check_quality_range(quality_range)
                 except (ValueError, TypeError) as e:
                     raise RequestError(f"model {model[:100]!r}: {e}", "model") from None
             return {key: v}, None
@@ -99,6 +106,8 @@ class _Metrics:
                                registry=r)
         self.queue = Gauge("t2iroute_queue_depth", "generation and route requests accepted and not yet answered",
                            registry=r)
+        self.warmup_s = Gauge("t2iroute_warmup_seconds", "how long the warm-up took (0 until it has finished)",
+                              registry=r)
         for b in backends:
             self.images.labels(b)
             self.routed.labels(b)
@@ -148,7 +157,7 @@ def _json(schema: dict) -> dict:
 
 def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | None = None,
                max_queue: int = 64, max_n: int = 8, batch_window_s: float = 0.01, engine: str = "process",
-               max_route_prompts: int = MAX_ROUTE_PROMPTS):
+               max_route_prompts: int = MAX_ROUTE_PROMPTS, warmup: bool = False, on_ready=None):
     """The FastAPI app serving ``router``. ``api_keys``: accepted bearer keys (None: no auth).
 
     Generation requests with the same ``model`` that arrive within ``batch_window_s`` of each other
@@ -161,11 +170,20 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
     ``max_route_prompts`` the prompts of one ``/v1/route`` request (more get 400); ``max_n`` the
     images of one generation request.
 
-    With ``api_keys``, every endpoint but ``/health``, ``/metrics`` and ``/openapi.json`` needs
+    With ``api_keys``, every endpoint but ``/health``, ``/ready``, ``/metrics`` and ``/openapi.json`` needs
     ``Authorization: Bearer KEY``, ``GET /images/<id>.png`` (the ``response_format=url`` images)
     included: an image URL is not a credential (URLs reach logs, proxies and browser histories),
     so whoever fetches it sends the key, as for the request that made it. Without keys the
-    random 128-bit id is all that guards an image."""
+    random 128-bit id is all that guards an image.
+
+    ``warmup``: when the server starts (or at its first request, under a server that runs no
+    lifespan events), a background thread loads the featurizer's models (``Router.warmup``) and
+    every backend's weights (their ``load()``); ``/ready`` answers 503 until it has finished, then
+    200 with the seconds it took (``/health`` answers ok throughout). Generation and route requests
+    arriving meanwhile wait for it. A backend that cannot load is logged and listed in ``/ready``;
+    the router falls back from it as without a warm-up. ``on_ready(info)`` is called once the
+    warm-up is over (``info``: what ``/ready`` reports). Without ``warmup`` the app is ready at
+    once and models load on first use."""
     import asyncio
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -185,7 +203,62 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
     image_root = Path(image_dir) if image_dir else None
     lock = threading.Lock()
     state = {"inflight": 0}
-    app = FastAPI(title="t2iroute", docs_url=None, redoc_url=None)
+    ready = threading.Event()
+    warm = {"started": False, "warmup_s": None, "failed": {}}
+
+    def run_warmup():
+        from t2iroute.backends.base import load_backends
+
+        t0 = time.perf_counter()
+        try:
+            router.warmup()
+        except Exception as e:  # noqa: BLE001 -- routing reports it again on the first request
+            warm["failed"]["featurizer"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+            log.warning("warm-up: the featurizer cannot load: %s", warm["failed"]["featurizer"])
+        loaded = load_backends(router.backends)
+        warm["failed"].update({k: v for k, v in loaded.items() if isinstance(v, str)})
+        warm["warmup_s"] = time.perf_counter() - t0
+        metrics.warmup_s.set(warm["warmup_s"])
+        n_ok = sum(not isinstance(v, str) for v in loaded.values())
+        log.info("warm-up: the featurizer and %d backend(s) loaded in %.1f s%s", n_ok, warm["warmup_s"],
+                 f"; failed: {sorted(warm['failed'])}" if warm["failed"] else "")
+        ready.set()
+        if on_ready is not None:
+            try:
+                on_ready(ready_info())
+            except Exception as e:  # noqa: BLE001
+                log.warning("warm-up: on_ready raised %s: %s", type(e).__name__, e)
+
+    def start_warmup():
+        with lock:
+            if warm["started"]:
+                return
+            warm["started"] = True
+        threading.Thread(target=run_warmup, name="t2iroute-warmup", daemon=True).start()
+
+    def ready_info() -> dict:
+        info = {"status": "ready" if ready.is_set() else "warming_up", "warmup": bool(warmup),
+                "warmup_s": warm["warmup_s"]}
+        if warm["failed"]:
+            info["failed"] = dict(warm["failed"])
+        return info
+
+    async def wait_ready():
+        while not ready.is_set():
+            await asyncio.sleep(0.05)
+
+    if not warmup:
+        ready.set()
+
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        if warmup:
+            start_warmup()
+        yield
+
+    app = FastAPI(title="t2iroute", docs_url=None, redoc_url=None, lifespan=lifespan)
     pending: dict = {}  # (policy, forced backend) -> jobs waiting for the batch window
     secured = {"security": [{"bearer": []}]} if api_keys else {}
 
@@ -277,7 +350,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
         return p
 
     def model_of(data: dict):
-        return parse_model(data.get("model"), backends, router.costs)
+        return parse_model(data.get("model"), backends, router.costs, getattr(router, "observed_range", None))
 
     def enter_queue():
         with lock:
@@ -297,6 +370,8 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
         # metrics are labelled by the route's template (never the raw path: a client could make a
         # label per URL); anything unexpected becomes one JSON 500 here, so that no exception
         # reaches uvicorn, which would close the keep-alive connection after the 500
+        if warmup and not warm["started"]:  # a server that ran no lifespan startup
+            start_warmup()
         try:
             response = await call_next(request)
         except Exception as e:  # noqa: BLE001
@@ -354,7 +429,19 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
 
     @app.get("/health", responses=_responses(ok=_json(object_)))
     async def health():
-        return {"status": "ok", "backends": backends, "queue_depth": state["inflight"], "engine": engine}
+        return {"status": "ok", "ready": ready.is_set(), "backends": backends, "queue_depth": state["inflight"],
+                "engine": engine}
+
+    @app.get("/ready", responses={**_responses(ok=_json(object_)), 503: {
+        "description": "warming up: the backends are still loading", "content": _json(object_),
+        "headers": {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}}})
+    async def ready_probe():
+        """Readiness (a Kubernetes readiness probe): 503 while the warm-up loads the models, then
+        200; ``/health`` is liveness and answers ok throughout."""
+        info = ready_info()
+        if not ready.is_set():
+            return JSONResponse(info, status_code=503, headers={"Retry-After": "1"})
+        return info
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=_responses(ok={"text/plain": {}}))
     async def prom():
@@ -387,6 +474,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
         step = ROUTE_CHUNK if getattr(chosen, "per_prompt", False) else len(items)
         enter_queue()
         try:
+            await wait_ready()
             t0 = time.perf_counter()
             ds = []
             for i in range(0, len(items), step):
@@ -425,6 +513,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
                                "to it but cannot run it", "model")
         enter_queue()
         try:
+            await wait_ready()
             t0 = time.perf_counter()
             results = await submit([prompt] * n, [seed + i for i in range(n)], policy, forced)
             metrics.gen_s.observe(time.perf_counter() - t0)
