@@ -183,3 +183,45 @@ def test_logic_helpers():
         logic.parse_prompts(b"bytes")
     assert logic.parse_prompts(" a \n\n b ") == ["a", "b"]
     assert "clip_tiny" in logic.scorer_names()
+
+
+@pytest.fixture(scope="module")
+def domain_artifact(tmp_path_factory):
+    """The tiny router with what training records: the metric's observed range and the domain."""
+    from t2iroute.router.domain import Domain
+    from t2iroute.training.table import pivot
+    from tests.conftest import make_tiny_router
+
+    r = make_tiny_router()
+    M = pivot(make_table(), "clip")
+    r.domain = Domain.fit(r.featurizer.transform(list(M.prompts)), featurizer=r.featurizer)
+    r.metric_range = {"observed": [float(M.scores.min()), float(M.scores.max())]}
+    path = tmp_path_factory.mktemp("domain") / "router"
+    r.save(path)
+    return path
+
+
+FAR = "Ωµ∑ xyzzy quux frobnicate " * 8
+
+
+def test_out_of_domain_prompt_shows_a_warning(monkeypatch, domain_artifact):
+    at = _app(monkeypatch, domain_artifact)
+    at.text_area(key="prompts").input("two birds number 3").run()
+    assert not any("Out of domain" in w.value for w in at.warning)
+    at.text_area(key="prompts").input(FAR).run()
+    assert not at.exception and _metrics(at)["Routed to"]  # still routed, with a word of warning
+    warns = [w.value for w in at.warning if "Out of domain" in w.value]
+    assert warns and "nearest training prompt" in warns[0]
+    at.text_area(key="prompts").input(f"two birds number 3\n{FAR}").run()
+    warns = [w.value for w in at.warning if "Out of domain" in w.value]
+    assert warns and "1 of 2 prompts" in warns[0] and "#2" in warns[0]
+    assert list(at.dataframe[0].value.out_of_domain) == [False, True]
+
+
+def test_quality_floor_outside_the_range_is_an_error_box(monkeypatch, domain_artifact):
+    at = _app(monkeypatch, domain_artifact)
+    at.radio(key="budget_mode").set_value("quality floor").run()
+    assert not _errors(at) and _metrics(at)["Routed to"]  # the default floor lies in the range
+    at.number_input(key="quality_floor").set_value(1000.0).run()
+    errs = _errors(at)
+    assert not at.exception and errs and "quality_floor=1000 is outside the metric's observed range" in errs[0]

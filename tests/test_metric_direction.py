@@ -56,7 +56,9 @@ def test_router_prefers_the_lower_score(tmp_path, capsys):
     assert r.route("a cat", lam=1000).backend == "fast"
     # a floor in the metric's own units: the cheapest backend whose predicted error is at most it
     assert r.route("two birds on a wire", quality_floor=q["slow"] + 1e-6).backend == "slow"
-    assert r.route("two birds on a wire", quality_floor=max(q.values()) + 1).backend == "fast"
+    assert r.route("two birds on a wire", quality_floor=max(q.values())).backend == "fast"
+    with pytest.raises(ValueError, match="observed range"):  # a floor beyond every score seen is refused
+        r.route("two birds on a wire", quality_floor=max(q.values()) + 1)
 
 
 def test_bench_summary_in_the_metrics_own_direction(tmp_path):

@@ -315,3 +315,18 @@ def test_bad_router_settings_are_refused_before_training(tmp_path, capsys, overr
                "predictor=ridge", f"out_dir={out}", override.strip("'")])
     assert rc == 2 and match in capsys.readouterr().err
     assert not (out / "router").exists()
+
+
+def test_quality_floor_range_check():
+    """Issue 23: a floor outside the metric's observed range is refused, naming the range; other
+    policies (and an unknown range) accept anything."""
+    from t2iroute.router.policy import LambdaPolicy, QualityFloorPolicy, check_quality_floor
+
+    with pytest.raises(ValueError, match=r"quality_floor=5 is outside the metric's observed range \[0, 0.62\]"):
+        QualityFloorPolicy(5).check_quality_range((0.0, 0.62))
+    with pytest.raises(ValueError, match="observed range"):
+        check_quality_floor(-0.01, (0.0, 0.62))
+    for ok in (0.0, 0.3, 0.62):
+        QualityFloorPolicy(ok).check_quality_range((0.0, 0.62))
+    QualityFloorPolicy(5).check_quality_range(None)
+    LambdaPolicy(1.0).check_quality_range((0.0, 0.62))

@@ -107,12 +107,41 @@ def policy_label(decision) -> str:
     return " ".join(parts)
 
 
+def domain_warning(decisions: Sequence) -> str | None:
+    """The out-of-domain warning for the prompts routed (None when every one is like the training
+    prompts, or the router has no domain information)."""
+    far = [d for d in decisions if getattr(d, "out_of_domain", None)]
+    if not far:
+        return None
+    t = far[0].out_of_domain["threshold"]
+    if len(decisions) == 1:
+        dist = far[0].out_of_domain["distance"]
+        how = "infinitely far" if dist is None else f"{dist:.3g} away"
+        return (f"Out of domain: this prompt is {how} from the nearest training prompt (threshold {t:.3g}). "
+                "The router has seen nothing like it: its predicted qualities are a guess, and the backends "
+                "may draw nothing useful.")
+    shown = ", ".join(f"#{decisions.index(d) + 1}" for d in far[:10]) + (" ..." if len(far) > 10 else "")
+    return (f"Out of domain: {len(far)} of {len(decisions)} prompts are far from every training prompt "
+            f"(distance over {t:.3g}): {shown}. Their predicted qualities are a guess.")
+
+
+def floor_setting(router) -> tuple[float, str]:
+    """(default quality floor, help text): the middle of the metric's observed range where the
+    router knows it (a floor outside it is refused), else 0."""
+    rng = getattr(router, "observed_range", None)
+    if rng is None:
+        return 0.0, "in the metric's units"
+    lo, hi = rng
+    return float(round((lo + hi) / 2, 4)), f"observed range of the training scores: [{lo:.4g}, {hi:.4g}]"
+
+
 def decisions_table(decisions: Sequence) -> pd.DataFrame:
     return pd.DataFrame({
         "prompt": [d.prompt for d in decisions],
         "backend": [d.backend for d in decisions],
         "predicted_quality": [d.predicted_quality[d.backend] for d in decisions],
         "cost": [d.cost[d.backend] for d in decisions],
+        "out_of_domain": [bool(getattr(d, "out_of_domain", None)) for d in decisions],
     })
 
 

@@ -73,9 +73,10 @@ with st.sidebar:
                                                 value=float(costs[len(costs) // 2]), step=cost_step, format="%.4f",
                                                 key="max_cost")
     elif mode == "quality floor":
+        floor0, floor_help = logic.floor_setting(router)
         policy_kw["quality_floor"] = st.number_input(
             f"quality floor ({router.metric}, {'higher' if router.higher_is_better else 'lower'} is better)",
-            value=0.0, format="%.4f", key="quality_floor")
+            value=floor0, format="%.4f", key="quality_floor", help=floor_help)
     st.caption(f"{len(router.backend_names)} backends · metric `{router.metric}` "
                f"({'higher' if router.higher_is_better else 'lower'} is better) · "
                f"trained policy `{router.policy.describe()}`")
@@ -90,6 +91,10 @@ except logic.USER_ERRORS as e:
     st.error(f"Cannot route: {logic.describe(e)}")
     st.stop()
 
+far = logic.domain_warning(decisions)
+if far:
+    st.warning(far)
+
 used_lam = decisions[0].lam
 # generate under the policy that routed: a budget's lambda was calibrated on every prompt entered
 gen_kw = {"lam": used_lam} if used_lam is not None else dict(policy_kw)
@@ -101,6 +106,10 @@ if len(decisions) == 1:
     c2.metric("Predicted quality", f"{d.predicted_quality[d.backend]:.4g}")
     c3.metric("Cost", f"{d.cost[d.backend]:.4g} {unit}")
     c4.metric("Policy", logic.policy_label(d))
+    if d.predicted_clipped and router.observed_range is not None:
+        lo, hi = router.observed_range
+        st.caption(f"Predictions beyond the metric's observed range [{lo:.4g}, {hi:.4g}] are shown clipped to it "
+                   "(routing used the predictor's raw values).")
 else:
     table = logic.decisions_table(decisions)
     c1, c2, c3 = st.columns(3)

@@ -40,6 +40,19 @@ Every refusal is an :class:`~t2iroute.errors.ArtifactError` naming the artifact 
 wrong. As a last guard, a router that predicts NaN or infinity raises an ArtifactError naming
 the artifact rather than route on it.
 
+Optional parts (format 3; artifacts without them load, and route without them):
+
+* ``metric_range``: ``{"observed": [low, high], "bounds": [low, high] or null}``, the lowest and
+  highest score of the training table and the scorer's declared bounds; finite numbers, low <=
+  high. Decisions report predictions clipped to the observed range, and a ``quality_floor``
+  outside it is refused (see :class:`~t2iroute.router.core.Router`).
+* ``domain`` (space, columns, threshold, quantile, counts) with the arrays
+  ``router_domain__reference`` (training prompts' vectors, float, at most
+  :data:`~t2iroute.router.domain.MAX_REFERENCE_LOAD` rows, as wide as ``columns``),
+  ``router_domain__center`` and ``router_domain__scale`` (finite, scale > 0) in
+  ``predictor/arrays.npz``: out-of-domain notices (:mod:`t2iroute.router.domain`). Those arrays
+  are the router's, never handed to the predictor; either half without the other is refused.
+
 Format versions: 3 (this one) adds ``manifest_sha256``; 2 stores ``policy: {"type": ..., ...}``
 and ``higher_is_better``, and uses ``type`` as the discriminator key everywhere; 1 (t2iroute
 0.1 before the policy rework: ``lambda``, and ``kind`` keys) is still read: its lambda becomes a
@@ -187,7 +200,15 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
                                 "router artifact; not replacing it (choose another path)")
         if not overwrite:
             raise ArtifactError(f"artifact {path} exists (overwrite=False)")
+    from t2iroute.router.domain import ARRAY_PREFIX
+
     meta, arrays, texts = router.predictor.get_state()
+    taken = [k for k in list(arrays) + list(texts) if k.startswith(ARRAY_PREFIX)]
+    if taken:
+        raise ArtifactError(f"predictor state name {taken[0]!r}: the prefix {ARRAY_PREFIX} is the router's")
+    domain = getattr(router, "domain", None)
+    if domain is not None:
+        arrays = {**arrays, **domain.arrays()}
     for name in list(texts) + list(arrays):
         # nested state keys use "/", stored as "__" in file and array names
         if "__" in name or not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", name) or name.startswith("."):
@@ -229,6 +250,11 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
             "metrics": dict(metrics or router.manifest.get("metrics", {})),
             "files": files,
         }
+        if getattr(router, "metric_range", None):
+            manifest["metric_range"] = {"observed": list(router.metric_range["observed"]),
+                                        "bounds": router.metric_range.get("bounds")}
+        if domain is not None:
+            manifest["domain"] = domain.manifest()
         manifest = json.loads(json.dumps(manifest, default=_json_default, allow_nan=False))
         manifest["manifest_sha256"] = manifest_digest(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False))
@@ -437,6 +463,15 @@ def _check_values(m: dict, path: Path) -> None:
     for key in ("data", "metrics", "packages"):
         if m.get(key) is not None and not isinstance(m[key], dict):
             raise bad(f"'{key}' must be a mapping")
+    from t2iroute.router.domain import check_domain_manifest, check_metric_range
+
+    for key, check in (("metric_range", check_metric_range), ("domain", check_domain_manifest)):
+        if key in m:
+            problem = check(m[key])
+            if problem is not None:
+                raise bad(problem)
+    if "domain" in m and m["domain"]["columns"][1] > n:
+        raise bad(f"domain.columns {m['domain']['columns']} go beyond the {n} features")
     unit = (m.get("data") or {}).get("cost_unit")
     if unit is not None and (not isinstance(unit, str) or len(unit) > 40):
         raise bad(f"data.cost_unit must be a short name, got {unit!r:.60}")
@@ -601,6 +636,7 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
     manifest = read_manifest(path, expected_sha256=expected_sha256)
     data = _read_files(path, manifest["files"])
     arrays = _load_arrays(path, data["predictor/arrays.npz"])
+    domain = _load_domain(path, manifest, arrays)
     texts = {}
     for rel, raw in data.items():
         if rel.endswith(".txt"):
@@ -666,7 +702,8 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
                         metric=manifest.get("metric", "quality"),
                         higher_is_better=bool(manifest.get("higher_is_better", True)),
                         anchor=manifest.get("anchor"), manifest=manifest,
-                        backends=built, backend_specs={n: s for n, s in specs.items() if s})
+                        backends=built, backend_specs={n: s for n, s in specs.items() if s},
+                        metric_range=manifest.get("metric_range"), domain=domain)
     except (ValueError, TypeError, ConfigError) as e:
         raise ArtifactError(f"router artifact {path}: default policy {manifest['policy']} or anchor "
                             f"{manifest.get('anchor')!r} unusable ({e})") from e
@@ -676,6 +713,7 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
         check = getattr(router.policy, "check", None)
         if callable(check):
             check(router.costs)
+        router.check_policy(router.policy)  # a quality floor outside the metric's observed range
         lam = router.policy.lambda_()
         if lam is not None and not math.isfinite(float(lam) * float(max(costs, default=0.0))):
             raise ValueError(f"lambda {lam:g} times the costs overflows")
@@ -683,6 +721,26 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
         raise ArtifactError(f"router artifact {path}: default policy {manifest['policy']} unusable ({e})") from None
     router.source = str(path)  # named by the router's own errors (non-finite predictions)
     return router
+
+
+def _load_domain(path: Path, manifest: Mapping[str, Any], arrays: dict[str, np.ndarray]):
+    """The router's out-of-domain data: its arrays are taken out of ``arrays`` (the predictor
+    never sees them) and checked against the manifest's ``domain``; None where the artifact has
+    neither (older artifacts)."""
+    from t2iroute.router.domain import ARRAY_PREFIX, Domain
+
+    mine = {k: arrays.pop(k) for k in [k for k in arrays if k.startswith(ARRAY_PREFIX)]}
+    meta = manifest.get("domain")
+    if meta is None:
+        if mine:
+            raise ArtifactError(f"router artifact {path}: predictor/arrays.npz holds "
+                                f"'{sorted(mine)[0].replace('/', '__')}' but the manifest has no 'domain'")
+        return None
+    try:
+        return Domain.from_state(meta, mine, int(manifest["n_features"]))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ArtifactError(f"router artifact {path}: predictor/arrays.npz: out-of-domain data "
+                            f"unusable ({e})") from None
 
 
 def _state_where(e, arrays: Mapping[str, Any], texts: Mapping[str, str]) -> str:

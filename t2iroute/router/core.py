@@ -30,9 +30,15 @@ MAX_PROMPT_CHARS = 4000
 class RouteDecision:
     """Where one prompt goes, and why.
 
-    ``predicted_quality`` is in the metric's own units and direction (``higher_is_better``);
+    ``predicted_quality`` is in the metric's own units and direction (``higher_is_better``),
+    within the metric's observed range where the router knows it: a prediction beyond it is
+    reported clipped to it (``predicted_clipped`` is then True and ``predicted_quality_raw``
+    holds the predictor's values, which routing used; see :class:`Router`);
     ``policy`` is the policy that decided, with what it resolved (a calibrated lambda, say);
-    ``lam`` and ``utility`` (q - lambda * c, oriented) are set when a lambda rule decided.
+    ``lam`` and ``utility`` (q - lambda * c, oriented, from the raw predictions) are set when a
+    lambda rule decided. ``out_of_domain`` (``{"distance", "threshold", "space"}``) is set when
+    the prompt is farther from every training prompt than the router's threshold: its
+    predictions are a guess (``warnings`` says so in words).
     """
 
     prompt: str
@@ -48,6 +54,10 @@ class RouteDecision:
     ranking: list[str] = field(default_factory=list)  # every backend, most preferred first
     #: feature groups that were imputed for this prompt, and why (e.g. the LLM was down)
     imputed: dict[str, str] = field(default_factory=dict)
+    predicted_clipped: bool = False
+    predicted_quality_raw: dict[str, float] | None = None  # set when predicted_clipped
+    out_of_domain: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -60,8 +70,15 @@ class RouteDecision:
             "ranking": self.ranking,
             "timings_s": self.timings_s,
         }
+        if self.predicted_clipped:
+            d["predicted_clipped"] = True
+            d["predicted_quality_raw"] = self.predicted_quality_raw
         if self.anchor is not None:
             d["anchor"] = self.anchor
+        if self.out_of_domain is not None:
+            d["out_of_domain"] = self.out_of_domain
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
         if self.imputed:
             d["imputed"] = self.imputed
         if self.lam is not None:
@@ -168,6 +185,10 @@ def check_prompts(prompts: Any) -> tuple[list[str], bool]:
 _BLAS_LIMITER = None
 
 
+def _dist(d) -> str:
+    return "infinitely far" if d is None else f"at distance {d:.3g}"
+
+
 def _one_blas_thread():
     global _BLAS_LIMITER
     from threadpoolctl import ThreadpoolController
@@ -194,6 +215,21 @@ class Router:
     it only for a backend predicted to be as good or cheaper at a loss the policy accepts
     (decisions still show the predictions as they are).
 
+    ``metric_range`` (``{"observed": [low, high], "bounds": [low, high] or None}``, set by
+    training: the lowest and highest score of the training table, and the scorer's declared
+    bounds) keeps what decisions report within the metric: a prediction beyond the observed range
+    (a regression's -0.06 on a 0-1 metric) is *reported* clipped to it, with
+    ``predicted_clipped`` set and the raw value kept. Policies decide on the *raw* predictions:
+    the default lambda was calibrated on them, and clipping would tie backends that the
+    predictor tells apart (two predicted below 0 would both read 0, and the cheaper would win
+    for no reason). A ``quality_floor`` outside the observed range is refused (ValueError
+    naming the range): no backend was ever seen to reach it, or every one always does.
+
+    ``domain`` (a :class:`~t2iroute.router.domain.Domain`, set by training) flags prompts far
+    from every training prompt: their decisions carry ``out_of_domain`` and a warning. Routers
+    without them (built by hand, or loaded from older artifacts) report predictions as they are
+    and flag nothing.
+
     Thread safe: routing runs under a lock (featurizers and BLAS limits are process state);
     generation holds only the lock of the pipeline it runs on, so different models run in
     parallel.
@@ -204,7 +240,8 @@ class Router:
                  metric: str = "quality", higher_is_better: bool = True, anchor: str | None = None,
                  manifest: dict | None = None,
                  backends: Mapping[str, Any] | None = None,
-                 backend_specs: Mapping[str, Mapping | None] | None = None):
+                 backend_specs: Mapping[str, Mapping | None] | None = None,
+                 metric_range: Mapping[str, Any] | None = None, domain: Any = None):
         self.featurizer = featurizer
         self.predictor = predictor
         self.backend_names = list(backend_names)
@@ -225,7 +262,45 @@ class Router:
         unknown = sorted(set(self.backend_specs) - set(self.backend_names))
         if unknown:
             raise ConfigError(f"backend configs for {unknown}, which the router does not route to")
+        self.metric_range = self._check_metric_range(metric_range)
+        self.domain = domain
         self._lock = threading.RLock()
+
+    @staticmethod
+    def _check_metric_range(metric_range: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        from t2iroute.router.domain import check_range
+
+        if metric_range is None:
+            return None
+        if not isinstance(metric_range, Mapping):
+            raise ConfigError(f"metric_range must be a mapping with 'observed', got {type(metric_range).__name__}")
+        out: dict[str, Any] = {}
+        for key in ("observed", "bounds"):
+            v = metric_range.get(key)
+            if v is None:
+                if key == "observed":
+                    raise ConfigError("metric_range lacks 'observed' ([low, high] of the training scores)")
+                continue
+            got = check_range(f"metric_range.{key}", v)
+            if isinstance(got, str):
+                raise ConfigError(got)
+            out[key] = list(got)
+        return out
+
+    @property
+    def observed_range(self) -> tuple[float, float] | None:
+        """(lowest, highest) score of the training data, in the metric's units; None if unknown."""
+        if not self.metric_range:
+            return None
+        lo, hi = self.metric_range["observed"]
+        return float(lo), float(hi)
+
+    def check_policy(self, policy: Policy) -> None:
+        """Raise ValueError when ``policy`` asks for a quality outside the metric's observed range
+        (a ``quality_floor=5`` on a 0-1 metric), naming the range."""
+        check = getattr(policy, "check_quality_range", None)
+        if callable(check):
+            check(self.observed_range)
 
     # -- policy -------------------------------------------------------------------------
     def _resolve(self, policy: Policy) -> Policy:
@@ -262,7 +337,7 @@ class Router:
     # -- prediction ---------------------------------------------------------------------
     def predict(self, prompts: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
         """(n, k) predicted quality (the metric's own direction) and the time of each stage."""
-        Q, timings, _ = self._predict(prompts)
+        Q, timings, _, _ = self._predict(prompts)
         return Q, timings
 
     def _imputed_rows(self, X: np.ndarray) -> list[dict[str, str]]:
@@ -296,9 +371,27 @@ class Router:
             self._check_finite(Q)
             t2 = time.perf_counter()
             imputed = self._imputed_rows(np.asarray(X))
+            notices = self._domain_notices(X)
+            t3 = time.perf_counter()
         timings = {f"features.{k}": v for k, v in stage_times.items()}
         timings.update({"features": t1 - t0, "predict": t2 - t1})
-        return Q, timings, imputed
+        if self.domain is not None:
+            timings["domain"] = t3 - t2
+        return Q, timings, imputed, notices
+
+    def _domain_notices(self, X) -> list[dict[str, Any] | None]:
+        if self.domain is None:
+            return [None] * len(X)
+        if len(X) < 64:
+            with _one_blas_thread():
+                return self.domain.notices(np.asarray(X))
+        return self.domain.notices(np.asarray(X))
+
+    def out_of_domain(self, prompts: str | Sequence[str]) -> list[dict[str, Any] | None]:
+        """Per prompt: the out-of-domain notice its decision would carry (None: in domain, or the
+        router has no domain information)."""
+        items, _ = check_prompts(prompts)
+        return self._predict(items)[3]
 
     def _check_finite(self, Q: np.ndarray) -> None:
         """The last guard: never route on (or return) NaN or infinite predictions."""
@@ -357,7 +450,8 @@ class Router:
         chosen = policy_from_keywords(lam=lam, budget=budget, quality_floor=quality_floor,
                                       max_cost=max_cost, policy=policy)
         pol = self.policy if chosen is None else self._resolve(chosen)
-        Q, timings, imputed = self._predict(items)
+        self.check_policy(pol)
+        Q, timings, imputed, notices = self._predict(items)
         t0 = time.perf_counter()
         Qo = self.routing_quality(Q)
         # what the policy resolves on these prompts (a budget's lambda) is read from the object
@@ -369,12 +463,21 @@ class Router:
         timings["decide"] = time.perf_counter() - t0
         per = {k: v / len(items) for k, v in timings.items()}
         cost = {b: float(c) for b, c in zip(self.backend_names, self.costs)}
+        rng = self.observed_range
+        Qr = Q if rng is None else np.clip(Q, rng[0], rng[1])  # reported; routing used Q
+        clipped = (Qr != Q).any(axis=1)
         out = []
         for i, p in enumerate(items):
-            q = {b: float(v) for b, v in zip(self.backend_names, Q[i])}
+            raw = {b: float(v) for b, v in zip(self.backend_names, Q[i])}
+            q = raw if not clipped[i] else {b: float(v) for b, v in zip(self.backend_names, Qr[i])}
             util = None
             if lam_used is not None:
-                util = {b: float(self.sign * q[b] - lam_used * cost[b]) for b in self.backend_names}
+                util = {b: float(self.sign * raw[b] - lam_used * cost[b]) for b in self.backend_names}
+            ood = notices[i]
+            warns = [] if ood is None else [
+                f"out of domain: this prompt is {_dist(ood['distance'])} from the nearest training prompt "
+                f"(threshold {ood['threshold']:.3g}, {ood['space']} space); the router has seen nothing like "
+                "it, so its predicted qualities are a guess"]
             out.append(RouteDecision(
                 prompt=p,
                 backend=self.backend_names[int(order[i, 0])],
@@ -388,6 +491,10 @@ class Router:
                 anchor=self.anchor,
                 ranking=[self.backend_names[int(j)] for j in order[i]],
                 imputed=imputed[i],
+                predicted_clipped=bool(clipped[i]),
+                predicted_quality_raw=raw if clipped[i] else None,
+                out_of_domain=ood,
+                warnings=warns,
             ))
         return out[0] if single else out
 

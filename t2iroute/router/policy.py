@@ -99,6 +99,10 @@ class Policy:
         """Raise ValueError, naming the keyword and its value, when no routing over backends
         with ``costs`` can meet this policy (a budget or cost cap below the cheapest backend)."""
 
+    def check_quality_range(self, quality_range: tuple[float, float] | None) -> None:
+        """Raise ValueError, naming the keyword, its value and the range, when a quality this
+        policy asks for lies outside the metric's observed range ``(low, high)`` (None: unknown)."""
+
     def choose(self, q_hat: np.ndarray, costs: np.ndarray) -> np.ndarray:
         """Backend index per prompt (oriented quality: higher is better)."""
         return self.order(q_hat, costs)[:, 0]
@@ -214,6 +218,29 @@ class CalibratedBudget(LambdaPolicy):
         return {**self.spec(), "lam": self.lam}
 
 
+def format_range(quality_range: tuple[float, float]) -> str:
+    """``[0, 0.62]``: a metric range as error messages and notices write it."""
+    lo, hi = (float(v) for v in quality_range)
+    return f"[{lo:.4g}, {hi:.4g}]"
+
+
+def check_quality_floor(floor: float, quality_range: tuple[float, float] | None, *,
+                        name: str = "quality_floor") -> None:
+    """ValueError when ``floor`` lies outside the metric's observed range (None: unknown, no check).
+
+    The range is the training table's lowest and highest score (the artifact's
+    ``metric_range.observed``): a floor above it is one no backend was ever seen to reach, a floor
+    below it one every backend always reaches -- most likely a floor in other units (a 0-100 CLIP
+    score floor given to a 0-1 metric, or the reverse)."""
+    if quality_range is None:
+        return
+    lo, hi = (float(v) for v in quality_range)
+    v = _finite(name, floor)
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}={v:g} is outside the metric's observed range {format_range((lo, hi))} "
+                         "(the lowest and highest score in the router's training data)")
+
+
 class QualityFloorPolicy(Policy):
     """Per prompt: the cheapest backend whose predicted quality reaches ``quality_floor``, else
     the best predicted one. The floor is in the metric's own units and direction."""
@@ -224,6 +251,9 @@ class QualityFloorPolicy(Policy):
     def __init__(self, quality_floor: float):
         self.quality_floor = _finite("quality_floor", quality_floor)
         self._sign = 1.0
+
+    def check_quality_range(self, quality_range):
+        check_quality_floor(self.quality_floor, quality_range)
 
     def oriented(self, sign):
         p = QualityFloorPolicy(self.quality_floor)

@@ -41,6 +41,7 @@ class TestbedChecker:
     __test__ = False  # not a pytest class despite the name
     metric = "testbed_check"
     higher_is_better = True
+    bounds = (0.0, 1.0)  # the share of the caption's attributes found: a router reports within it
 
     def __init__(self, *, resolution: int = 64, threshold: float = 60.0, min_area: int = 20,
                  strict: bool = False):

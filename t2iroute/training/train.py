@@ -31,8 +31,17 @@ def cost_unit(data_cfg: Mapping[str, Any]) -> str:
     return unit
 
 
-def load_matrix(data_cfg: Mapping[str, Any], metric: str) -> QualityMatrix:
+def load_matrix(data_cfg: Mapping[str, Any], metric: str,
+                backend_specs: Mapping[str, Any] | None = None) -> QualityMatrix:
+    """The table's ``metric`` as a matrix. Costs: ``data.costs``, else the table's ``cost_s``, else
+    the backend config's ``cost_s`` (diffusers) or ``cost`` (remote) in ``backend_specs``."""
     table = read_table(data_cfg["path"])
+    fallback = {}
+    for b, spec in dict(backend_specs or {}).items():
+        if isinstance(spec, Mapping):
+            c = spec.get("cost_s", spec.get("cost"))
+            if c is not None:
+                fallback[str(b)] = c
     return pivot(
         table,
         metric,
@@ -40,6 +49,7 @@ def load_matrix(data_cfg: Mapping[str, Any], metric: str) -> QualityMatrix:
         backends=list(data_cfg["backends"]) if data_cfg.get("backends") else None,
         name=str(data_cfg["path"]),
         higher_is_better=data_cfg.get("higher_is_better"),
+        fallback_costs=fallback,
     )
 
 
@@ -343,12 +353,70 @@ def default_policy(r_cfg, predictor, M: QualityMatrix, q_cal: np.ndarray, cal_sc
     return policy
 
 
+def scorer_bounds(metric: str) -> list[float] | None:
+    """The natural bounds ``[low, high]`` a registered scorer declares for ``metric`` (a class
+    attribute ``bounds``, e.g. ``(0.0, 1.0)``), where the scorer registered under the metric's
+    name has one; None otherwise."""
+    from t2iroute import registry
+    from t2iroute.router.domain import check_range
+
+    if metric not in registry.names("scorers"):
+        return None
+    try:
+        cls = registry.get("scorers", metric)
+    except Exception:  # noqa: BLE001 -- a plug-in that does not import: no bounds, not a failed training
+        return None
+    b = getattr(cls, "bounds", None)
+    if b is None or getattr(cls, "metric", metric) != metric:
+        return None
+    got = check_range(f"scorer {metric} bounds", list(b))
+    if isinstance(got, str):
+        log.warning("%s: ignored", got)
+        return None
+    return list(got)
+
+
+def metric_range_of(M: QualityMatrix) -> dict[str, Any]:
+    """What the artifact records of the metric's range: the lowest and highest score of the
+    table (every complete row), and the scorer's declared bounds where it has them."""
+    return {"observed": [float(np.min(M.scores)), float(np.max(M.scores))], "bounds": scorer_bounds(M.metric)}
+
+
+def domain_of(featurizer, X: np.ndarray, rows: np.ndarray, seed: int):
+    """The training prompts' domain (out-of-domain notices), or None when too few prompts."""
+    from t2iroute.router.domain import Domain
+
+    dom = Domain.fit(X[rows], featurizer=featurizer, seed=seed)
+    if dom is None:
+        log.info("too few distinct training prompts for an out-of-domain threshold: the router flags none")
+    return dom
+
+
+def _check_floor_in_range(r_cfg, m_range) -> None:
+    """A default ``router.quality_floor`` (or quality policy) outside the table's observed range is
+    refused before any fitting, naming the range."""
+    lo_hi = tuple(m_range["observed"])
+    for key, spec in (("quality_floor", {"type": "quality_floor", "quality_floor": r_cfg.get("quality_floor")}),
+                      ("policy", r_cfg.get("policy"))):
+        if r_cfg.get(key) is None:
+            continue
+        try:
+            pol = build_policy(_plain(spec))
+            check = getattr(pol, "check_quality_range", None)
+            if callable(check):
+                check(lo_hi)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"router.{key}: {e}") from None
+
+
 def run_train(cfg) -> Router:
     """Fit on train, calibrate the default policy on validation, report test metrics, save."""
     out_dir = Path(cfg["out_dir"])
     metric = str(cfg["metric"])
     check_router_cfg(_plain(cfg.get("router", {})))
-    M = load_matrix(cfg["data"], metric)
+    M = load_matrix(cfg["data"], metric, _plain(cfg.get("backends")) or {})
+    m_range = metric_range_of(M)
+    _check_floor_in_range(_plain(cfg.get("router", {})) or {}, m_range)
     specs = backend_specs_for(M.backends, _plain(cfg.get("backends")) or {})
     tr, va, te = _split(M, cfg)
     featurizer = build_featurizer(_plain(cfg["features"]))
@@ -361,7 +429,8 @@ def run_train(cfg) -> Router:
     q_cal = routed(predictor.predict(X[cal_idx], texts=list(M.prompts[cal_idx])), M, anchor)
     policy = default_policy(_plain(cfg.get("router", {})) or {}, predictor, M, q_cal, M.scores[cal_idx])
     router = Router(featurizer, predictor, M.backends, M.costs, policy=policy, metric=metric,
-                    higher_is_better=M.higher_is_better, anchor=anchor, backend_specs=specs)
+                    higher_is_better=M.higher_is_better, anchor=anchor, backend_specs=specs,
+                    metric_range=m_range, domain=domain_of(featurizer, X, tr, int(cfg["seed"])))
     q_te = routed(predictor.predict(X[te], texts=list(M.prompts[te])), M, anchor)
     s = summarize(q_te, M.scores[te], M.costs, M.backends, higher_is_better=M.higher_is_better)
     choice = router.policy.oriented(M.sign).choose(M.sign * q_te, M.costs)
