@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from t2iroute import registry
+from tests.contracts import BackendContract
 from t2iroute.errors import ConfigError
 
 
@@ -42,8 +43,11 @@ def test_register_in_process():
 
 
 PLUGIN_PY = '''
-"""An example t2iroute plug-in: a policy and a scorer."""
+"""An example t2iroute plug-in: a policy, a scorer and a backend wrapping a pipeline you built."""
+import time
+
 import numpy as np
+from t2iroute.backends import Generation, import_diffusers
 from t2iroute.router.policy import Policy, _order
 
 
@@ -73,6 +77,45 @@ class Brightness:
 
     def score(self, images, prompts):
         return [self.scale * float(np.asarray(im.convert("L"), float).mean() / 255.0) for im in images]
+
+
+class WrappedPipeline:
+    """A t2iroute backend around a diffusers text-to-image pipeline: an object you already built
+    (``pipeline=``, from Python) or a folder/hub id loaded on first use (``model=``, from a config)."""
+
+    def __init__(self, name, pipeline=None, *, model=None, steps=20, guidance_scale=7.5,
+                 height=512, width=512, cost=None):
+        if (pipeline is None) == (model is None):
+            raise ValueError(f"backend {name!r}: give pipeline= (an object) or model= (a path), one of them")
+        self.name, self.model, self._pipe = name, model, pipeline
+        self.steps, self.guidance_scale = int(steps), float(guidance_scale)
+        self.height, self.width = int(height), int(width)
+        self.cost = None if cost is None else float(cost)
+
+    @property
+    def pipe(self):
+        if self._pipe is None:  # built from a config: no model loads before the first image
+            diffusers = import_diffusers()  # safe on CPU-only torch; plain `import diffusers` elsewhere
+            self._pipe = diffusers.AutoPipelineForText2Image.from_pretrained(self.model)
+        return self._pipe
+
+    def load(self):  # optional: serve's warm-up loads the weights before /ready says so
+        self.pipe
+
+    def generate(self, prompts, *, seeds, **opts):
+        import torch
+
+        prompts, seeds = list(prompts), [int(s) for s in seeds]
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        t0 = time.perf_counter()
+        images = [self.pipe(p, num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
+                            height=self.height, width=self.width,
+                            generator=torch.Generator("cpu").manual_seed(s)).images[0]
+                  for p, s in zip(prompts, seeds)]  # one call per image: its pixels depend on its seed only
+        latency = (time.perf_counter() - t0) / len(prompts)
+        return [Generation(image=im, prompt=p, seed=s, backend=self.name, latency_s=latency, cost=self.cost)
+                for im, p, s in zip(images, prompts, seeds)]
 '''
 
 PYPROJECT = '''
@@ -90,6 +133,9 @@ cheapest_within = "t2iroute_example_plugin:CheapestWithin"
 
 [project.entry-points."t2iroute.scorers"]
 brightness = "t2iroute_example_plugin:Brightness"
+
+[project.entry-points."t2iroute.backends"]
+wrapped_pipeline = "t2iroute_example_plugin:WrappedPipeline"
 
 [tool.setuptools]
 py-modules = ["t2iroute_example_plugin"]
@@ -150,3 +196,94 @@ def test_plugin_scorer_in_a_sweep(plugin, tmp_path):
     t = read_table(tmp_path / "sw" / "quality.parquet")
     assert set(t.metric) == {"brightness"} and len(t) == 2 and t.higher_is_better.all()
     assert isinstance(t, pd.DataFrame)
+
+
+# --- a backend plug-in wrapping a pipeline object the user built (README "Plug-ins") ----------------
+
+TINY_OPTS = {"steps": 2, "height": 64, "width": 64, "guidance_scale": 5.0}
+
+
+def _plugin_backend_class():
+    import importlib
+
+    importlib.invalidate_caches()  # the plug-in was installed after this process started
+    return registry.get("backends", "wrapped_pipeline")
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tmp_path_factory):
+    from t2iroute.backends.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "my-pipeline")
+
+
+def test_import_diffusers_is_a_no_op_where_torchvision_imports():
+    """Where torchvision's operators register (a matching torch/torchvision install, as on a GPU
+    machine) nothing is declared. (On this CPU machine the plug-in CLI test below shows that a fresh
+    process gets diffusers' pipeline classes through it.)"""
+    code = ("import torch\nfrom t2iroute import _compat\n"
+            "lib = torch.library.Library('torchvision', 'DEF')  # what a matching torchvision registers\n"
+            "for s in _compat._SCHEMAS: lib.define(s)\n"
+            "from t2iroute.backends import import_diffusers\n"
+            "d = import_diffusers(); import torchvision\n"
+            "assert d.__name__ == 'diffusers' and _compat._LIB is None\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_plugin_backend_wraps_a_users_pipeline_from_python(plugin, tiny_artifact, saved_pipeline):
+    from t2iroute import Router
+    from t2iroute.backends import Backend
+    from t2iroute.backends.tiny import tiny_pipeline
+
+    WrappedPipeline = _plugin_backend_class()
+    pipe = tiny_pipeline(seed=1)  # the user's own pipeline object, built however they like
+    fast = WrappedPipeline("fast", pipeline=pipe, cost=0.1, **TINY_OPTS)
+    assert isinstance(fast, Backend)
+    # an object for one backend, a config (the plug-in's type) for another
+    r = Router.load(tiny_artifact, backends={
+        "fast": fast, "mid": {"type": "wrapped_pipeline", "model": str(saved_pipeline), **TINY_OPTS}})
+    assert r.backends["fast"] is fast and r.backends["mid"].name == "mid" and r.backends["mid"]._pipe is None
+    r.backends["mid"].load()  # what serve's warm-up calls
+    assert r.backends["mid"]._pipe is not None
+    outs = r.generate(["a red car", "two birds on a wire"], seed=[0, 1], backend="fast")
+    assert [o.backend for o in outs] == ["fast", "fast"] and outs[0].image.size == (64, 64)
+    again = r.generate("a red car", seed=0, backend="fast")
+    assert again.image.tobytes() == outs[0].image.tobytes()  # seeded
+    m = r.generate("a red car", seed=0, backend="mid")
+    assert m.backend == "mid" and m.image.size == (64, 64)
+    with pytest.raises(ConfigError, match="wrapped_pipeline.*bad parameters"):
+        registry.build("backends", {"type": "wrapped_pipeline", "modle": "x"}, name="x")
+
+
+@pytest.mark.heavy  # ~10 s: a fresh process imports torch and diffusers
+def test_plugin_backend_from_the_cli(plugin, tiny_artifact, saved_pipeline, tmp_path):
+    # a fresh process: the plug-in's import_diffusers() is all that makes diffusers' pipelines import here
+    out = tmp_path / "img.png"
+    spec = f"{{type: wrapped_pipeline, model: '{saved_pipeline}', steps: 2, height: 64, width: 64}}"
+    r = _cli("generate", "a red car", f"artifact={tiny_artifact}", f"+backends.fast={spec}", "backend=fast",
+             f"out={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["backend"] == "fast" and out.is_file()
+    from PIL import Image
+
+    assert Image.open(out).size == (64, 64)
+
+
+class TestPluginBackendContract(BackendContract):
+    """The plug-in backend passes the contract every backend passes."""
+
+    @pytest.fixture(scope="class")
+    def backend(self, plugin):
+        from t2iroute.backends.tiny import tiny_pipeline
+
+        return _plugin_backend_class()("wrapped", pipeline=tiny_pipeline(), **TINY_OPTS)
+
+
+@pytest.mark.heavy  # a fresh process imports torch and diffusers
+def test_tiny_pipeline_builds_in_a_fresh_process():
+    """The how-to's stand-in for a user's pipeline: built before anything else imported diffusers."""
+    code = "from t2iroute.backends.tiny import tiny_pipeline\nassert tiny_pipeline().unet is not None\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,3 +124,80 @@ def test_real_tables_load(name, n_prompts, n_backends):
     costs = None if name == "cems10k" else {b: 1.0 for b in t.backend.unique()}
     M = pivot(t, metric, costs=costs)
     assert M.scores.shape == (n_prompts, n_backends)
+
+
+# --- the optional columns: a table of prompt_id, prompt, backend, metric, score only -------------------
+
+def _bare(table):
+    return table.drop(columns=["cost_s", "source"])
+
+
+def test_source_and_cost_are_optional(table):
+    t = validate_table(_bare(table), name="bare.csv")
+    assert set(t.source) == {"table"} and t.cost_s.isna().all()
+    M = pivot(t, "clip", costs={"fast": 1, "mid": 2, "slow": 3})
+    assert list(M.costs) == [1, 2, 3] and set(M.sources) == {"table"}
+    tr, va, te = split_prompts(M.prompts, M.sources, seed=0)
+    assert len(tr) + len(va) + len(te) == len(M)
+    # still required: the five that carry the data
+    with pytest.raises(TableError, match=r"missing column\(s\) \['backend'\].*cost_s and source are optional"):
+        validate_table(_bare(table).drop(columns=["backend"]), name="bare.csv")
+
+
+def test_no_cost_anywhere_is_one_error_naming_the_backends_and_the_fix(table):
+    t = validate_table(_bare(table), name="bare.csv")
+    with pytest.raises(TableError) as e:
+        pivot(t, "clip", costs={"fast": 1}, name="bare.csv")
+    msg = str(e.value)
+    assert "bare.csv" in msg and "['mid', 'slow'] have no cost" in msg and "\n" not in msg
+    assert "data.costs={mid: <cost per image>, slow: <cost per image>}" in msg and "cost_s column" in msg
+    with pytest.raises(TableError, match="data.costs.fast='abc': a cost must be a number"):
+        pivot(t, "clip", costs={"fast": "abc", "mid": 1, "slow": 2}, name="bare.csv")
+
+
+def test_backend_config_costs_fill_what_table_and_data_costs_leave(table, tmp_path):
+    from t2iroute.training.train import load_matrix
+
+    path = tmp_path / "bare.csv"
+    _bare(table).to_csv(path, index=False)
+    specs = {"fast": {"type": "diffusers", "model": "tiny", "cost_s": 0.25},
+             "slow": {"type": "openai_images", "cost": 4.0}, "mid": {"type": "diffusers", "model": "tiny"}}
+    M = load_matrix({"path": str(path), "costs": {"mid": 1.5}}, "clip", specs)
+    assert dict(zip(M.backends, M.costs)) == {"fast": 0.25, "mid": 1.5, "slow": 4.0}
+    assert M.cost_origin == {"fast": "backend config", "mid": "config", "slow": "backend config"}
+    with pytest.raises(TableError, match=r"\['mid'\] have no cost"):
+        load_matrix({"path": str(path), "costs": {}}, "clip", specs)
+    # the table's own costs come before a backend config's default
+    table.to_csv(path, index=False)
+    M = load_matrix({"path": str(path)}, "clip", specs)
+    assert M.cost_origin["fast"] == "table median" and M.costs[0] == pytest.approx(0.1, rel=0.05)
+
+
+def test_bench_and_train_on_a_five_column_table(table, tmp_path, capsys):
+    from t2iroute import Router
+    from t2iroute.cli import main
+
+    path = tmp_path / "bare.csv"
+    _bare(table).to_csv(path, index=False)
+    fast = ["features=[lexical]", "predictor=ridge", "throughput.enabled=false"]
+    capsys.readouterr()
+    rc = main(["bench", "data=custom", f"data.path={path}", *fast, f"out_dir={tmp_path / 'b0'}"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and "have no cost" in err[0] and "data.costs={" in err[0], err
+    costs = "data.costs={fast: 0.1, mid: 0.5, slow: 1.0}"
+    assert main(["bench", "data=custom", f"data.path={path}", costs, *fast, f"out_dir={tmp_path / 'b'}"]) == 0
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert set(s["by_source"]) == {"table"} and s["cost_origin"] == {b: "config" for b in ("fast", "mid", "slow")}
+    assert main(["train", "data=custom", f"data.path={path}", costs, "features=[lexical]", "predictor=ridge",
+                 f"out_dir={tmp_path / 't'}"]) == 0
+    r = Router.load(tmp_path / "t" / "router")
+    assert dict(zip(r.backend_names, r.costs)) == {"fast": 0.1, "mid": 0.5, "slow": 1.0}
+    # train: the backend configs' costs fill what data.costs leaves
+    tiny = "type: diffusers, model: tiny, steps: 2, height: 64, width: 64"
+    assert main(["train", "data=custom", f"data.path={path}", "data.costs={mid: 0.5}", "features=[lexical]",
+                 "predictor=ridge", f"+backends.fast={{{tiny}, cost_s: 0.2}}",
+                 f"+backends.slow={{type: openai_images, model: m, base_url: 'http://127.0.0.1:9/v1', cost: 2}}",
+                 f"out_dir={tmp_path / 't2'}"]) == 0
+    r = Router.load(tmp_path / "t2" / "router")
+    assert dict(zip(r.backend_names, r.costs)) == {"fast": 0.2, "mid": 0.5, "slow": 2.0}
+    assert r.manifest["data"]["cost_origin"] == {"fast": "backend config", "mid": "config", "slow": "backend config"}

@@ -78,9 +78,10 @@ def tiny_components(seed: int = 0, scheduler: str = "ddim"):
 
 
 def tiny_pipeline(seed: int = 0, scheduler: str = "ddim"):
+    components = tiny_components(seed, scheduler)  # first: it makes diffusers' pipelines importable
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline(**tiny_components(seed, scheduler), requires_safety_checker=False)
+    return StableDiffusionPipeline(**components, requires_safety_checker=False)
 
 
 def save_tiny_pipeline(path, seed: int = 0, scheduler: str = "ddim") -> Path:

@@ -1,9 +1,11 @@
 """Quality tables: load, validate, pivot, split.
 
 A quality table is tidy: one row per (prompt, backend, metric) with columns
-``prompt_id, prompt, backend, metric, score, cost_s, source`` (own sweeps add ``seed``,
-``steps_run``, ``nfe``, ``latency_s``, ``image_path``; rows of several seeds are averaged
-when pivoting). Any metric name is accepted. Whether higher is better comes from the optional
+``prompt_id, prompt, backend, metric, score`` and optionally ``cost_s`` and ``source`` (own
+sweeps write both and add ``seed``, ``steps_run``, ``nfe``, ``latency_s``, ``image_path``; rows
+of several seeds are averaged when pivoting). Without ``source`` every row is of one source
+(:data:`DEFAULT_SOURCE`); without ``cost_s`` the costs come from the config (``data.costs``, or
+a backend config's ``cost_s``/``cost``) and a backend left without any is an error naming it. Any metric name is accepted. Whether higher is better comes from the optional
 ``higher_is_better`` column (sweeps write the scorer's), else from the data config
 (``data.higher_is_better``, default true). Everything downstream is blind to where a table
 came from.
@@ -24,8 +26,10 @@ from t2iroute.errors import TableError
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("prompt_id", "prompt", "backend", "metric", "score", "cost_s", "source")
-OPTIONAL_COLUMNS = ("seed", "steps_run", "nfe", "latency_s", "image_path", "higher_is_better", "stopped_early")
+REQUIRED_COLUMNS = ("prompt_id", "prompt", "backend", "metric", "score")
+OPTIONAL_COLUMNS = ("cost_s", "source", "seed", "steps_run", "nfe", "latency_s", "image_path", "higher_is_better",
+                    "stopped_early")
+DEFAULT_SOURCE = "table"  # the one source of a table without a ``source`` column
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV, CSV.gz or parquet table and validate it. Errors name the file."""
@@ -61,11 +65,16 @@ def validate_table(df: pd.DataFrame, *, name: str = "quality table") -> pd.DataF
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise TableError(
-            f"{name}: missing column(s) {missing}; a quality table needs {list(REQUIRED_COLUMNS)}"
+            f"{name}: missing column(s) {missing}; a quality table needs {list(REQUIRED_COLUMNS)} "
+            "(cost_s and source are optional)"
         )
     if len(df) == 0:
         raise TableError(f"{name}: the table is empty")
     df = df.copy()
+    if "source" not in df.columns:
+        df["source"] = DEFAULT_SOURCE
+    if "cost_s" not in df.columns:  # costs then come from the config (see pivot)
+        df["cost_s"] = np.nan
     for col in ("prompt_id", "prompt", "backend", "metric", "source"):
         if df[col].isna().any():
             rows = df.index[df[col].isna()][:5].tolist()
@@ -176,12 +185,14 @@ def pivot(
     backends: list[str] | None = None,
     name: str = "quality table",
     higher_is_better: bool | None = None,
+    fallback_costs: Mapping[str, float] | None = None,
 ) -> QualityMatrix:
     """Pivot one metric to prompts x backends.
 
     Prompts missing any backend are dropped (the count is logged and kept in ``n_dropped``).
-    A backend's cost is the median ``cost_s`` of its rows; ``costs`` (from config) fills
-    backends whose rows carry no cost and overrides the table where given. The metric's
+    A backend's cost is the median ``cost_s`` of its rows; ``costs`` (the data config's) fills
+    backends whose rows carry no cost and overrides the table where given; ``fallback_costs``
+    (the backend configs' ``cost_s``/``cost``) fills only what neither gives. The metric's
     direction: ``higher_is_better`` (from config) where given, else the table's
     ``higher_is_better`` column, else True; config and table disagreeing is an error.
     """
@@ -221,25 +232,34 @@ def pivot(
     cost_origin: dict[str, str] = {}
     cost_values = []
     costs = dict(costs or {})
+    fallback = {k: v for k, v in dict(fallback_costs or {}).items() if v is not None}
+    c_col = d["cost_s"] if "cost_s" in d.columns else pd.Series(np.nan, index=d.index)
+    no_cost = [b for b in order if costs.get(b) is None and b not in fallback
+               and c_col[d["backend"] == b].dropna().empty]
+    if no_cost:
+        example = ", ".join(f"{b}: <cost per image>" for b in no_cost)
+        raise TableError(
+            f"{name}: backend(s) {no_cost} have no cost: no cost_s in the table for them and none in "
+            f"config; give costs as data.costs={{{example}}} or add a cost_s column"
+        )
     for b in order:
-        c_tab = d.loc[d["backend"] == b, "cost_s"].dropna()
+        c_tab = c_col[d["backend"] == b].dropna()
         if b in costs and costs[b] is not None:
-            cost_values.append(float(costs[b]))
+            cost_values.append(_cost(costs[b], f"data.costs.{b}", name))
             cost_origin[b] = "config"
         elif len(c_tab):
             cost_values.append(float(c_tab.median()))
             cost_origin[b] = "table median"
         else:
-            raise TableError(
-                f"{name}: backend '{b}' has no cost_s in the table and none in config "
-                "(set data.costs.<backend>=<seconds>)"
-            )
+            cost_values.append(_cost(fallback[b], f"backend '{b}' config's cost", name))
+            cost_origin[b] = "backend config"
     log.info("backend costs: %s", {b: f"{c:.4g} ({cost_origin[b]})" for b, c in zip(order, cost_values)})
     return QualityMatrix(
         metric=metric,
         prompt_ids=wide.index.to_numpy(dtype=str),
         prompts=meta["prompt"].to_numpy(dtype=str),
-        sources=meta["source"].to_numpy(dtype=str),
+        sources=(meta["source"].to_numpy(dtype=str) if "source" in meta.columns
+                 else np.full(len(meta), DEFAULT_SOURCE)),
         backends=list(order),
         scores=wide.to_numpy(dtype=float),
         costs=np.asarray(cost_values, dtype=float),
@@ -247,6 +267,16 @@ def pivot(
         cost_origin=cost_origin,
         n_dropped=n_dropped,
     )
+
+
+def _cost(value, what: str, name: str) -> float:
+    try:
+        c = float(value)
+    except (TypeError, ValueError):
+        c = float("nan")
+    if not np.isfinite(c) or c < 0:
+        raise TableError(f"{name}: {what}={value!r}: a cost must be a number >= 0")
+    return c
 
 
 def _norm_text(s: str) -> str:
