@@ -82,10 +82,11 @@ def _usage() -> str:
     lines = ["usage: t2iroute <command> [PROMPT ...] [KEY=VALUE ...] [-- PROMPT ...]", "", "commands:"]
     lines += [f"  {k:9s} {v}" for k, v in COMMANDS.items()]
     lines += ["",
-              "t2iroute <command> --help lists the command's keys with their defaults.",
+              "t2iroute <command> --help lists the command's keys with their defaults; t2iroute --version",
+              "prints the version; python -m t2iroute is the same command.",
               "",
               "e.g. t2iroute bench data=agiqa3k metric=mos_align seed=0 out_dir=outputs/agiqa",
-              '     t2iroute route "a red car" artifact=outputs/demo/tiny/router lam=0.1',
+              '     t2iroute route "a red circle" artifact=outputs/demo/testbed/router lam=0.1   (make demo makes it)',
               "     t2iroute bench data=agiqa3k --cfg job     (print the composed config)",
               "     t2iroute bench data=agiqa3k -m seed=0,1,2  (a multirun: one JSON line per run)",
               "",
@@ -404,7 +405,7 @@ CHECKS = {
     "serve": {**_COMMON, **_LLM, "artifact": _text(optional=True), "artifact_sha256": _text(optional=True),
               "host": _text(), "port": _int(1, 65535), "api_keys_env": _text(optional=True),
               "image_dir": lambda k, v: v is None or _out_folder(k, v), "max_queue": _int(1), "max_n": _int(1, 128),
-              "max_route_prompts": _int(1, 100000),
+              "max_route_prompts": _int(1, 100000), "warmup": _bool,
               "engine": _choice("process", "ray"), "ray.address": _text(), "ray.num_cpus": _int(1, optional=True),
               "ray.router_replicas": _int(1), "ray.router_num_cpus": _num(optional=False, minimum=0),
               "ray.num_cpus_per_replica": _num(optional=False, minimum=0),
@@ -517,7 +518,6 @@ def _sweep(cfg) -> None:
 
     from t2iroute.backends import build_backends
     from t2iroute.errors import ConfigError
-    from t2iroute.scoring import build_scorer
     from t2iroute.training.prompts import read_prompts
     from t2iroute.training.sweep import run_sweep
 
@@ -537,7 +537,8 @@ def _sweep(cfg) -> None:
                             keep_images=bool(cfg.keep_images), ray_options=opts)
         extra = {"launcher": "ray", "retried": res.n_retried, "workers_replaced": res.n_workers_replaced}
     else:
-        res = run_sweep(build_backends(specs), prompts, seeds, build_scorer(scorer_spec), cfg.out_dir,
+        scorer = _cli_scorer(cfg)  # loaded before any image is made: one that cannot load stops here
+        res = run_sweep(build_backends(specs), prompts, seeds, scorer, cfg.out_dir,
                         shard=int(cfg.shard), num_shards=int(cfg.num_shards), chunk_size=int(cfg.chunk_size),
                         keep_images=bool(cfg.keep_images))
     _emit({"out": str(res.out_dir / "quality.parquet"), "items": res.n_items,
@@ -686,8 +687,6 @@ def _write_image(image, out: str, fmt: str, key: str = "out") -> None:
 
 
 def _generate(cfg, prompts: list[str]) -> None:
-    from omegaconf import OmegaConf
-
     if len(prompts) != 1 or cfg.get("prompts_file"):
         return _generate_many(cfg, prompts)
     out = str(cfg.out)
@@ -696,24 +695,52 @@ def _generate(cfg, prompts: list[str]) -> None:
     _cli_prompts(cfg, prompts)
     policy = _policy_kwargs(cfg)
     t0 = time.perf_counter()
+    scorer = _cli_scorer(cfg)  # loaded before any image is made: one that cannot load stops here
+    t1 = time.perf_counter()
     router = _cli_router(cfg)
-    load_s = time.perf_counter() - t0
-    scorer = None
-    if cfg.get("scorer"):
-        from t2iroute.scoring import build_scorer
-
-        scorer = build_scorer(OmegaConf.to_container(cfg.scorer, resolve=True))
+    load_s = time.perf_counter() - t1
     res = router.generate(prompts[0], seed=int(cfg.seed), backend=cfg.get("backend"),
                           fallback=bool(cfg.fallback), **policy)
     result = res.to_dict()
     result["cost_unit"] = router.cost_unit
     result["router_load_s"] = load_s  # artifact + featurizer models (the pipeline's load is in wall_s only)
+    _write_image(res.image, out, fmt)  # before scoring: a scorer that fails now loses no image
     if scorer is not None:
-        result["score"] = {scorer.metric: scorer.score([res.image], [prompts[0]])[0]}
-    _write_image(res.image, out, fmt)
+        result.update(_score_one(scorer, res.image, prompts[0]))
     result["out"] = out
     result["wall_s"] = time.perf_counter() - t0  # the whole command: loads, routing, image, scoring, writing
     _emit(result)
+
+
+def _cli_scorer(cfg):
+    """generate's / sweep's ``scorer=``, built and loaded now (None without one): a scorer that
+    cannot load (CLIP weights not on this machine and no model hub) is a ConfigError naming it,
+    raised before any image is generated."""
+    from omegaconf import OmegaConf
+
+    from t2iroute.scoring import load_scorer
+
+    if not cfg.get("scorer"):
+        return None
+    name = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        name = HydraConfig.get().runtime.choices.get("scorer")
+    except Exception:  # noqa: BLE001 -- composed without Hydra's run context: the spec's type names it
+        pass
+    return load_scorer(OmegaConf.to_container(cfg.scorer, resolve=True), name)
+
+
+def _score_one(scorer, image, prompt: str) -> dict:
+    """``{"score": {metric: value}}``; a scorer that fails on this image gives ``{metric: null}``
+    and ``score_error`` (why), with a warning: the image is written already, no score is made up."""
+    try:
+        return {"score": {scorer.metric: float(scorer.score([image], [prompt])[0])}}
+    except Exception as e:  # noqa: BLE001 -- the image stands; the score is unavailable, and says why
+        why = " ".join(str(e).split()) or type(e).__name__
+        log.warning("score unavailable (%s): %s", scorer.metric, why)
+        return {"score": {scorer.metric: None}, "score_error": f"{type(e).__name__}: {why}"}
 
 
 GENERATIONS = "generations.jsonl"
@@ -801,8 +828,10 @@ def _generate_many(cfg, prompts: list[str]) -> None:
     done = _finished(out_dir / GENERATIONS, items, seed)
     todo = [i for i in range(len(items)) if i not in done]
     t0 = time.perf_counter()
+    scorer = _cli_scorer(cfg) if todo else None  # loaded before any image is made
+    t1 = time.perf_counter()
     router = _cli_router(cfg) if todo else None
-    load_s = time.perf_counter() - t0
+    load_s = time.perf_counter() - t1
     if router is not None:
         policy = _run_policy(router, policy, items, done)
     show = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
@@ -821,7 +850,8 @@ def _generate_many(cfg, prompts: list[str]) -> None:
                     i = idx[j]
                     name = f"{i:0{width}d}.png"
                     _write_image(res.image, str(out_dir / name), "PNG", key="out_dir")
-                    fh.write(json.dumps({"index": i, "file": name, **res.to_dict()}) + "\n")
+                    scored = _score_one(scorer, res.image, items[i]) if scorer is not None else {}
+                    fh.write(json.dumps({"index": i, "file": name, **res.to_dict(), **scored}) + "\n")
                     fh.flush()
                     counts[res.backend] += 1
                     bar.update(1)
@@ -863,9 +893,11 @@ def _serve(cfg) -> None:
     if cfg.get("engine", "process") == "ray":
         return _serve_ray(cfg, app_kwargs)
     router = _cli_router(cfg)
-    app = create_app(router, **app_kwargs)
+    warmup = bool(cfg.get("warmup", True))  # /ready: 503 until every backend has loaded (a second stdout line)
+    app = create_app(router, **app_kwargs, warmup=warmup,
+                     on_ready=lambda info: print(json.dumps({"ready": True, **info}), flush=True))
     print(json.dumps({"serving": f"http://{cfg.host}:{cfg.port}/v1", "backends": router.backend_names,
-                      "auth": bool(keys)}), flush=True)
+                      "auth": bool(keys), "warmup": warmup}), flush=True)
     import signal
 
     # uvicorn finishes the requests in flight on SIGTERM/SIGINT, then re-raises the signal to the
@@ -895,7 +927,7 @@ def _serve_ray(cfg, app_kwargs) -> None:
     specs = {**router.backend_specs, **specs}
     started = ray_serve.start(os.path.abspath(str(cfg.artifact)), specs, opts, host=str(cfg.host),
                               port=int(cfg.port), local=local, app_kwargs=app_kwargs,
-                              expected_sha256=cfg.get("artifact_sha256"))
+                              expected_sha256=cfg.get("artifact_sha256"), warmup=bool(cfg.get("warmup", True)))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs handlers of its own
         signal.signal(sig, lambda *_: stop.set())
@@ -950,9 +982,9 @@ class _ConsoleFilter(logging.Filter):
 
 
 def _quiet_console(verbose: bool, *, own_handler: bool) -> None:
-    if not verbose:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' 'Loading weights' bars
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from t2iroute.quiet import quiet_libraries
+
+    quiet_libraries(verbose)  # diffusers' / transformers' bars and warnings (Ray workers get the flag too)
     root = logging.getLogger()
     if own_handler and not root.handlers:  # route, generate: no Hydra logging; in-process callers keep theirs
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
@@ -1298,6 +1330,18 @@ def _app(argv: list[str]) -> int:
     return 0  # not reached
 
 
+def _version() -> str:
+    """The installed distribution's version (package metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("t2iroute")
+    except PackageNotFoundError:
+        from t2iroute import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -1305,6 +1349,9 @@ def main(argv: list[str] | None = None) -> int:
             print(_command_help(argv[1]))
         else:
             print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        print(f"t2iroute {_version()}")
         return 0
     cmd = argv.pop(0)
     if cmd == "app":

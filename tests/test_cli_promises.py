@@ -357,3 +357,85 @@ def test_documented_bench_and_train_commands_name_their_data():
             lines += [ln for ln in p.read_text().splitlines()
                       if re.search(r"bin/t2iroute (bench|train)\b", ln)]
     assert lines and all("data=" in ln for ln in lines), [ln for ln in lines if "data=" not in ln]
+
+
+def test_scorer_that_cannot_load_fails_before_generating(tiny_artifact, tmp_path, capsys, monkeypatch):
+    """A scorer that cannot load (CLIP weights not on this machine: a missing checkpoint here, the
+    model hub off in the issue) is one line, exit 2, naming the scorer, why, and the scorers that
+    need no download; no image is generated (was: a 101-line traceback after generating, exit 1,
+    and no image written). Same for several prompts."""
+    from t2iroute.router.core import Router
+
+    calls = []
+    monkeypatch.setattr(Router, "generate", lambda self, *a, **k: calls.append(a))
+    monkeypatch.setattr(Router, "generate_iter", lambda self, *a, **k: calls.append(a) or iter(()))
+    bad = ["scorer=clip", f"scorer.pretrained={tmp_path / 'no-such-clip.pt'}"]
+    for argv in (["generate", "a red car", f"out={tmp_path / 'a.png'}"],
+                 ["generate", "a red car", "two dogs", f"out_dir={tmp_path / 'many'}"]):
+        rc, line = _one_line(capsys, [*argv, f"artifact={tiny_artifact}", *bad])
+        assert rc == 2 and "scorer=clip: cannot load" in line and "no such checkpoint file" in line, line
+        assert "need no download: clip_tiny (random weights), testbed_check" in line, line
+    assert calls == [] and not (tmp_path / "a.png").exists() and not (tmp_path / "many").exists()
+
+
+def test_score_failing_at_scoring_time_keeps_the_image(tiny_artifact, tmp_path, capsys, caplog, monkeypatch):
+    """A scorer that loads but fails on the image: the image is written, the score is null with
+    the reason (never made up), one warning; several prompts: each record carries its score."""
+    import t2iroute.cli as cli
+
+    class Broken:
+        metric, higher_is_better = "clip", True
+
+        def score(self, images, prompts):
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(cli, "_cli_scorer", lambda cfg: Broken())
+    out = tmp_path / "a.png"
+    assert main(["generate", "a red car", f"artifact={tiny_artifact}", f"out={out}", "backend=fast"]) == 0
+    cap = capsys.readouterr()
+    g = json.loads(cap.out)
+    assert out.is_file() and g["score"] == {"clip": None} and "out of memory" in g["score_error"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == \
+        ["score unavailable (clip): out of memory"]
+    monkeypatch.undo()
+    d = tmp_path / "many"
+    assert main(["generate", "a red car", "two dogs", f"artifact={tiny_artifact}", f"out_dir={d}", "backend=fast",
+                 "scorer=testbed_check"]) == 0
+    recs = [json.loads(ln) for ln in (d / "generations.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(isinstance(r["score"]["testbed_check"], float) for r in recs)
+
+
+def test_version_and_python_m(capsys):
+    """t2iroute --version prints the package metadata's version; python -m t2iroute is the command."""
+    from importlib.metadata import version
+
+    want = f"t2iroute {version('t2iroute')}"
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == want
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "t2iroute", "--version"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == want and r.stderr == ""
+    r = subprocess.run([sys.executable, "-m", "t2iroute", "rout"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    assert "did you mean route?" in r.stderr
+
+
+def test_help_names_what_exists_and_the_llm_ports_the_code_uses(capsys, monkeypatch):
+    """--help's example names the artifact make demo makes (not outputs/demo/tiny/router); the
+    LLM default of route/generate/serve is the one the loader uses, and the help says that bench
+    and train (conf/features/llm.yaml) use another port."""
+    from t2iroute.features.llm import default_base_url
+
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "outputs/demo/tiny" not in text and "outputs/demo/testbed/router" in text
+    for var in ("T2IROUTE_LLM_BASE_URL", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    code_port = re.search(r":(\d+)/", default_base_url()).group(1)
+    conf_port = re.search(r":(\d+)/", str(OmegaConf.load(ROOT / "t2iroute/conf/features/llm.yaml").base_url)).group(1)
+    for cmd in ("route", "generate", "serve"):
+        assert main([cmd, "--help"]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if "llm.base_url=" in ln)
+        assert re.search(rf"or http://127\.0\.0\.1:{code_port}/v1", line), (cmd, line)
+        assert code_port == conf_port or f":{conf_port}" in line, (cmd, line)

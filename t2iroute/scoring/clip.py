@@ -51,16 +51,49 @@ class CLIPScorer:
                 d = Path(tempfile.mkdtemp(prefix="t2iroute-clipcfg-"))
                 (d / f"{self.model_name}.json").write_text(json.dumps(self.model_config))
                 open_clip.add_model_config(d)
+            import logging
+
+            def no_open_clip(record):  # open_clip logs each failure on the root logger: ours says it once
+                return "open_clip" not in record.pathname
+
+            root = logging.getLogger()
+            root.addFilter(no_open_clip)
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     self.model_name, pretrained=self.pretrained, device=self.device)
             except Exception as e:
-                raise RuntimeError(
-                    f"cannot build CLIP model '{self.model_name}' (pretrained={self.pretrained!r}): {e}") from e
+                raise RuntimeError(self._why(e)) from e
+            finally:
+                root.removeFilter(no_open_clip)
             self._model = model.eval()
             self._preprocess = preprocess
             self._tokenizer = open_clip.get_tokenizer(self.model_name)
         return self._model
+
+    def _why(self, e: Exception) -> str:
+        """One line on why the model could not be built: an open_clip tag whose weights are not on
+        this machine and cannot be downloaded, a checkpoint file that is not there, or open_clip's
+        own first line."""
+        import os
+
+        what = f"cannot build CLIP model '{self.model_name}' (pretrained={self.pretrained!r})"
+        text = " ".join(str(e).split())
+        p = self.pretrained
+        if isinstance(p, str) and "Failed to download" in text:
+            offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+                          for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+            how = "the model hub is off (HF_HUB_OFFLINE=1)" if offline else "the model hub cannot be reached"
+            return (f"{what}: the weights of tag '{p}' are not on this machine and {how}; download them once "
+                    "online, or give a local checkpoint file as pretrained (scorer.pretrained=FILE on the command line)")
+        if isinstance(p, str) and "not a known tag or valid file path" in text:
+            looks_like_path = os.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors"))
+            return f"{what}: " + (f"no such checkpoint file {p}" if looks_like_path else
+                                  f"'{p}' is not an open_clip tag of {self.model_name} nor a checkpoint file")
+        return f"{what}: {text[:300]}"
+
+    def warmup(self) -> None:
+        """Load the model now (a scorer that cannot load fails here, before any image is made)."""
+        self._load()
 
     def embed(self, images: Sequence[Any], prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         import torch
