@@ -147,6 +147,21 @@ def test_generate_failure_is_an_error_box(monkeypatch, tiny_artifact, tmp_path):
     assert _metrics(at)["Routed to"]
 
 
+def test_a_scorer_that_cannot_load_is_an_error_box_before_any_image(monkeypatch, tiny_artifact):
+    from t2iroute.router.core import Router
+
+    made = []
+    real = Router.generate
+    monkeypatch.setattr(Router, "generate", lambda self, *a, **k: made.append(a) or real(self, *a, **k))
+    at = _app(monkeypatch, tiny_artifact)
+    at.selectbox(key="scorer").select("clip").run()  # open_clip's weights tag: not on this machine
+    at.button(key="generate").click().run()
+    assert not at.exception
+    errs = _errors(at)
+    assert errs and "Cannot generate" in errs[0] and "scorer" in errs[0] and "clip" in errs[0], errs
+    assert made == [] and "generated" not in at.session_state
+
+
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
@@ -225,3 +240,14 @@ def test_quality_floor_outside_the_range_is_an_error_box(monkeypatch, domain_art
     at.number_input(key="quality_floor").set_value(1000.0).run()
     errs = _errors(at)
     assert not at.exception and errs and "quality_floor=1000 is outside the metric's observed range" in errs[0]
+
+
+def test_the_default_scorer_is_the_backends_own_offline_metric():
+    from types import SimpleNamespace
+
+    from t2iroute.app import logic
+
+    testbed = SimpleNamespace(backend_specs={"a": {"model": "testbed:big"}, "b": {"model": "testbed:small"}})
+    tiny = SimpleNamespace(backend_specs={"a": {"model": "tiny"}})
+    other = SimpleNamespace(backend_specs={"a": {"model": "stabilityai/sd-turbo"}})
+    assert [logic.default_scorer(r) for r in (testbed, tiny, other)] == ["testbed_check", "clip_tiny", None]

@@ -168,9 +168,12 @@ def scorer_names() -> list[str]:
 
 
 def default_scorer(router) -> str | None:
-    """``clip_tiny`` for routers over tiny random-weight backends (offline); otherwise none:
+    """``testbed_check`` for routers over the testbed models, ``clip_tiny`` for tiny random-weight
+    backends (both offline); otherwise none:
     the real CLIP needs its weights on disk, so it is opt-in."""
     specs = [s for s in router.backend_specs.values() if s]
+    if specs and all(str(s.get("model", "")).startswith("testbed") for s in specs):
+        return "testbed_check"  # the testbed models' own metric, offline
     if specs and all(str(s.get("model", "")).startswith("tiny") for s in specs):
         return "clip_tiny"
     return None
@@ -180,12 +183,13 @@ def build_named_scorer(name: str):
     from omegaconf import OmegaConf
 
     from t2iroute.paths import CONF_DIR
-    from t2iroute.scoring import build_scorer
+    from t2iroute.scoring.base import load_scorer
 
     path = Path(CONF_DIR) / "scorer" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown scorer '{name}'; known: {scorer_names()}")
-    return build_scorer(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    # loaded now (its weights too): a scorer that cannot work here is an error before any image
+    return load_scorer(OmegaConf.to_container(OmegaConf.load(path), resolve=True), name)
 
 
 def read_bench(folder: str) -> tuple[dict, dict]:

@@ -155,11 +155,11 @@ scorer_name = g3.selectbox("Score with", scorers, index=scorers.index(sc_default
 if st.button("Generate baseline and routed", key="generate", type="primary"):
     try:
         with st.spinner("Generating..."):
+            sc = _scorer(scorer_name) if scorer_name != "none" else None  # fails here, before any image
             base = router.generate(d.prompt, seed=seed, backend=baseline, **gen_kw)
             routed = router.generate(d.prompt, seed=seed, **gen_kw)
             scores = {}
-            if scorer_name != "none":
-                sc = _scorer(scorer_name)
+            if sc is not None:
                 scores = dict(zip(("baseline", "routed"), sc.score([base.image, routed.image], [d.prompt] * 2)))
         st.session_state["generated"] = {"key": (artifact, d.prompt, seed), "baseline": base, "routed": routed,
                                          "scores": scores, "scorer": scorer_name}
