@@ -200,18 +200,7 @@ def run_case(up: FakeUpstream, target: FakeUpstream, mode: str, cname: str, cfg:
 
 def run_router_case(up: FakeUpstream, mode: str, cfg: dict) -> list[str]:
     """The same upstream behind Router.generate: the fallback record and logs hold no key/URL/body."""
-    from t2iroute.backends.base import Generation
-    from tests.conftest import make_tiny_router
-
-    class Local:
-        def __init__(self, name):
-            self.name = name
-
-        def generate(self, prompts, *, seeds, **opts):
-            from PIL import Image
-
-            return [Generation(image=Image.new("RGB", (8, 8)), prompt=p, seed=s, backend=self.name, latency_s=0.0)
-                    for p, s in zip(prompts, seeds)]
+    from tests.conftest import BlankBackend as Local, make_tiny_router
 
     problems: list[str] = []
     key = cfg["key"]

@@ -70,6 +70,21 @@ def make_tiny_router(*, specs=TINY_SPECS, lam=0.0):
     return Router(f, pred, M.backends, M.costs, lam=lam, metric="clip", backend_specs=specs)
 
 
+class BlankBackend:
+    """A local stand-in backend that makes a blank 8 px image per prompt at once (a fallback target)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def generate(self, prompts, *, seeds, **opts):
+        from PIL import Image
+
+        from t2iroute.backends.base import Generation
+
+        return [Generation(image=Image.new("RGB", (8, 8)), prompt=p, seed=s, backend=self.name, latency_s=0.0)
+                for p, s in zip(prompts, seeds)]
+
+
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory):
     path = tmp_path_factory.mktemp("artifact") / "router"

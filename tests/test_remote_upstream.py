@@ -333,18 +333,7 @@ def test_an_upstream_echoing_the_key_never_leaks_it(upstream, status, category, 
 
 
 def test_router_fallback_records_and_logs_hold_no_key_url_or_body(upstream, caplog, capsys):
-    from t2iroute.backends.base import Generation
-    from tests.conftest import make_tiny_router
-
-    class Local:
-        def __init__(self, name):
-            self.name = name
-
-        def generate(self, prompts, *, seeds, **opts):
-            from PIL import Image
-
-            return [Generation(image=Image.new("RGB", (8, 8)), prompt=p, seed=s, backend=self.name, latency_s=0.0)
-                    for p, s in zip(prompts, seeds)]
+    from tests.conftest import BlankBackend as Local, make_tiny_router
 
     router = make_tiny_router(specs=None)
     router.backends = {"slow": backend(upstream.url, "echo500", deadline_s=1.0), "fast": Local("fast"),
