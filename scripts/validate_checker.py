@@ -1,0 +1,65 @@
+"""Validate the testbed checker three ways and save the figures (issue 23).
+
+1. perfect renders and scenes broken on purpose (``checker.validate``);
+2. the same, degraded the way the testbed models degrade (``checker.validate_degraded``);
+3. agreement with the hand-labelled images in ``t2iroute/data/testbed-labels`` (``checker.agreement``):
+   all attributes, and those the person's labels decide; on all 170 images and on the even / odd
+   halves.
+
+    python scripts/validate_checker.py --out docs/measurements/testbed-checker.json
+    python scripts/validate_checker.py --compare /tmp/checker_v1.py   # also score an older checker file
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+
+def _load(path: str):
+    spec = importlib.util.spec_from_file_location("checker_compare", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.TestbedChecker()
+
+
+def figures(ck, n: int) -> dict:
+    from t2iroute.testbed import checker as C
+
+    out = {"perfect": C.validate(n=n, seed=1, checker=ck), "degraded": C.validate_degraded(n=n, seed=2, checker=ck)}
+    out["labels"] = {s: C.agreement(checker=ck, subset=s) for s in ("all", "even", "odd")}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=120, help="scenes per validation (levels 1-3 cycled)")
+    p.add_argument("--out", default=None, help="save the figures as JSON here")
+    p.add_argument("--compare", default=None, help="a checker.py file (e.g. an older version) to score the same way")
+    a = p.parse_args(argv)
+    from t2iroute.testbed.checker import TestbedChecker
+
+    res = {"checker": figures(TestbedChecker(), a.n)}
+    if a.compare:
+        res["compare"] = {"file": a.compare, **figures(_load(a.compare), a.n)}
+    for name, f in res.items():
+        lab = f["labels"]["all"]
+        print(f"{name}: perfect renders {f['perfect']['truth_all']:.3f}; breaks "
+              + ", ".join(f"{k} {v:.2f}" for k, v in f["perfect"]["breaks"].items()))
+        print("  degraded truth: " + ", ".join(f"{k} {v['truth']:.3f}" for k, v in f["degraded"].items()))
+        print(f"  labels (170): all attributes {lab['all_attributes']:.3f}, decided {lab['decided']['all_attributes']:.3f} "
+              f"(even {f['labels']['even']['decided']['all_attributes']:.3f}, odd {f['labels']['odd']['decided']['all_attributes']:.3f}); "
+              + ", ".join(f"{k} {v:.2f}" for k, v in lab["decided"]["per_attribute"].items())
+              + f"; blank {lab['blank']:.3f}; score MAE {lab['score_mae']:.3f}, r {lab['score_corr']:.2f}")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=1, default=float) + "\n")
+        print(f"saved {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
