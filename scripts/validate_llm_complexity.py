@@ -1,7 +1,7 @@
 """Spearman correlation of complexity scores with human difficulty labels.
 
-    python scripts/serve_llm.py --port 8090 &
-    python scripts/validate_llm_complexity.py --base-url http://127.0.0.1:8090/v1 --out outputs/llm-validation
+    python scripts/serve_llm.py --port 8080 &
+    python scripts/validate_llm_complexity.py --base-url http://127.0.0.1:8080/v1 --out outputs/llm-validation
 
 Labels (ordinal, higher = harder):
 - PartiPrompts `Challenge`: Basic 1 < Simple Detail 2 < one specific demand 3 (Fine-grained Detail,
@@ -34,7 +34,7 @@ def main() -> None:
     from t2iroute.training.prompts import read_prompts
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base-url", default="http://127.0.0.1:8090/v1")
+    ap.add_argument("--base-url", default="http://127.0.0.1:8080/v1")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--provider", default="openai")
     ap.add_argument("--full-limit", type=int, default=None, help="prompts per set for the (slower) full rubric")

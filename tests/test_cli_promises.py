@@ -433,9 +433,32 @@ def test_help_names_what_exists_and_the_llm_ports_the_code_uses(capsys, monkeypa
     for var in ("T2IROUTE_LLM_BASE_URL", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     code_port = re.search(r":(\d+)/", default_base_url()).group(1)
-    conf_port = re.search(r":(\d+)/", str(OmegaConf.load(ROOT / "t2iroute/conf/features/llm.yaml").base_url)).group(1)
+    conf_url = OmegaConf.load(ROOT / "t2iroute/conf/features/llm.yaml").base_url
+    conf_port = code_port if conf_url is None else re.search(r":(\d+)/", str(conf_url)).group(1)
     for cmd in ("route", "generate", "serve"):
         assert main([cmd, "--help"]) == 0
         line = next(ln for ln in capsys.readouterr().out.splitlines() if "llm.base_url=" in ln)
         assert re.search(rf"or http://127\.0\.0\.1:{code_port}/v1", line), (cmd, line)
         assert code_port == conf_port or f":{conf_port}" in line, (cmd, line)
+
+
+def test_one_default_llm_port_everywhere(monkeypatch):
+    """route --help, the features config, scripts/serve_llm.py and the featurizer all mean the same
+    server (issue 23: help said :8080 while the config said :8090)."""
+    import inspect
+
+    import yaml
+
+    from t2iroute.features import llm, llm_server
+    from t2iroute.paths import CONF_DIR
+
+    monkeypatch.delenv("T2IROUTE_LLM_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    port = llm.default_base_url().split(":")[-1].split("/")[0]
+    assert port == "8080"
+    assert f'"--port", type=int, default={port})' in inspect.getsource(llm_server)
+    assert yaml.safe_load((CONF_DIR / "features" / "llm.yaml").read_text())["base_url"] is None
+    assert llm.OpenAIProvider("m").base_url == f"http://127.0.0.1:{port}/v1"  # what base_url: null resolves to
+    for name in ("route", "generate", "serve"):
+        text = (CONF_DIR / f"{name}.yaml").read_text()
+        assert "8090" not in text and f":{port}/v1" in text, name

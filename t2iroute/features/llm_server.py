@@ -96,7 +96,7 @@ def _main() -> None:
     import time
 
     ap = argparse.ArgumentParser(description="serve SmolLM2-135M with llama.cpp on loopback")
-    ap.add_argument("--port", type=int, default=8090)
+    ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--gguf", default=None)
     ap.add_argument("--parallel", type=int, default=2)
     a = ap.parse_args()
