@@ -1343,6 +1343,19 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``t2iroute`` command. A reader that stops early (``t2iroute --help | head``) ends it
+    quietly with 141 (128 + SIGPIPE, as Unix tools do), not with a traceback."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # Python flushes stdout again at exit
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         if len(argv) > 1 and argv[0] == "help" and argv[1] in COMMANDS:

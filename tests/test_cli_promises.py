@@ -462,3 +462,13 @@ def test_one_default_llm_port_everywhere(monkeypatch):
     for name in ("route", "generate", "serve"):
         text = (CONF_DIR / f"{name}.yaml").read_text()
         assert "8090" not in text and f":{port}/v1" in text, name
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`t2iroute --help | head -1`: the reader closes the pipe before the help is written."""
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-m", "t2iroute", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command has imported anything, so its first write meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and "Traceback" not in err, err
