@@ -64,7 +64,6 @@ from t2iroute.testbed import scenes as S
 WEIGHTS = {"presence": 1.0, "color": 1.0, "count": 1.0, "size": 1.0, "texture": 1.0, "relation": 2.0}
 _HUES = np.array([colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for rgb in S.COLORS.values()])
 _NAMES = list(S.COLORS)
-_IDEAL_FILL = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}
 
 
 def _luma(a: np.ndarray) -> np.ndarray:
@@ -122,7 +121,7 @@ class TestbedChecker:
     def __init__(self, *, resolution: int = 64, chroma: float = 50.0, dark: float = 90.0,
                  hue_margin: float = 0.0, min_area: int = 15, taper: float = 0.65,
                  square_corners: float = 0.4, circle_fill: float = 0.6, small_span: float = 12.0,
-                 large_span: float = 15.0, size_by: str = "span", shape_by: str = "rules", tex_dark: float = 0.4,
+                 large_span: float = 15.0, tex_dark: float = 0.4,
                  tex_share: float = 0.08, band_hi: float = 0.35, band_lo: float = 0.2,
                  strict: bool = False):
         if not 0.0 <= hue_margin < 1.0:
@@ -135,12 +134,9 @@ class TestbedChecker:
         self.taper, self.square_corners, self.circle_fill = float(taper), float(square_corners), float(circle_fill)
         self.small_span, self.large_span = float(small_span), float(large_span)
         self.band_hi, self.band_lo = float(band_hi), float(band_lo)
-        if size_by not in ("span", "area"):
-            raise ValueError(f"size_by must be 'span' or 'area', got {size_by!r}")
         if tex_dark not in (0.2, 0.3, 0.4):
             raise ValueError(f"tex_dark must be 0.2, 0.3 or 0.4, got {tex_dark!r}")
-        self.shape_by = shape_by
-        self.size_by, self.tex_dark, self.tex_share = size_by, float(tex_dark), float(tex_share)
+        self.tex_dark, self.tex_share = float(tex_dark), float(tex_share)
         self.strict = bool(strict)
 
     # -- perception -------------------------------------------------------------------------
@@ -205,12 +201,8 @@ class TestbedChecker:
             u = (gx - (w - 1) / 2) / max((w - 1) / 2, 0.5)
             v = (gy - (h - 1) / 2) / max((h - 1) / 2, 0.5)
             corner = np.abs(u) + np.abs(v) > 1.3  # outside any inscribed circle; inside a square
-            iou = {}
-            for name, tmpl in (("circle", u ** 2 + v ** 2 <= 1.15), ("square", np.ones_like(filled)),
-                               ("triangle", np.abs(u) <= (v + 1) / 2 + 0.15)):
-                iou[name] = float((tmpl & filled).sum() / max((tmpl | filled).sum(), 1))
             out.append(dict(fill=area / float(h * w), taper=float(widths[:third].mean() / max(widths[-third:].mean(), 1e-6)),
-                            iou=iou, corners_top=float(filled[corner & (v < 0)].mean()) if (corner & (v < 0)).any() else 0.0,
+                            corners_top=float(filled[corner & (v < 0)].mean()) if (corner & (v < 0)).any() else 0.0,
                             corners_bottom=float(filled[corner & (v > 0)].mean()) if (corner & (v > 0)).any() else 0.0,
                             span=max(h, w) * 64 / R, hue=mean_h, hue_shares=shares,
                             **_texture_features(luma[sl], filled), area=area,
@@ -222,10 +214,7 @@ class TestbedChecker:
         name = self.colour_name(c["hue"])
         if name is not None and c["hue_shares"][_NAMES.index(name)] < 0.5:
             name = None
-        if self.shape_by == "iou":
-            best = max(c["iou"], key=c["iou"].get)
-            shape = best if c["iou"][best] >= self.circle_fill else None
-        elif c["taper"] < self.taper:
+        if c["taper"] < self.taper:
             shape = "triangle"
         elif min(c["corners_top"], c["corners_bottom"]) >= self.square_corners:
             shape = "square"
@@ -233,7 +222,7 @@ class TestbedChecker:
             shape = "circle"
         else:
             shape = None
-        span = c["span"] if self.size_by == "span" else float(np.sqrt(c["area"] / _IDEAL_FILL.get(shape, 0.785))) * 64 / self.resolution
+        span = c["span"]
         size = "small" if span < self.small_span else "large" if span > self.large_span else "medium"
         if c["dark"][self.tex_dark] < self.tex_share:
             tex = "plain"
