@@ -144,7 +144,7 @@ class TestbedChecker:
         im = image.convert("RGB")
         R = self.resolution
         if im.size != (R, R):
-            im = im.resize((R, R), Image.BOX)
+            im = im.resize((R, R), Image.BOX if im.size[0] >= R else Image.BILINEAR)
         return np.asarray(im, float)
 
     @staticmethod
