@@ -14,6 +14,14 @@
     python scripts/testbed_report.py timing --sweep outputs/demo/testbed-sweep --artifact outputs/demo/testbed/router
         cost per image of each backend as measured in the sweep, and the time routing one prompt
         adds (p50 over single-prompt routes) as a share of the cheapest backend's generation time.
+    python scripts/testbed_report.py sweep --sweep outputs/demo/testbed-sweep --out outputs/testbed/sweep.json
+        each backend of a sweep: seconds per image, NFE, checker score (all and per prompt level),
+        share of blank images (no object found), and every early-stopping backend against the fixed
+        step counts of its model interpolated at equal mean NFE and at equal mean latency
+        (bootstrap 95% interval over prompts).
+    python scripts/testbed_report.py choices --artifact outputs/demo/testbed/router --out outputs/testbed/choices.json
+        which backend the router picks per prompt level over the bundled testbed prompts, and
+        what it draws for a few README prompts (seeds 0-3, checker score).
 
 Speed figures are from this machine only; compare them as ratios within one run.
 """
@@ -180,6 +188,110 @@ def timing(a) -> dict:
     return out
 
 
+def _fixed_steps(name: str) -> tuple[str, int] | None:
+    """('big', 16) for testbed_big_16; None for an early-stopping or non-testbed backend."""
+    parts = name.split("_")
+    if len(parts) == 3 and parts[0] == "testbed" and parts[2].isdigit():
+        return parts[1], int(parts[2])
+    return None
+
+
+def sweep_figures(a) -> dict:
+    from t2iroute.testbed.checker import TestbedChecker
+    from t2iroute.testbed.scenes import parse_caption
+    from t2iroute.training.sweep import read_sweep
+
+    df = read_sweep(a.sweep)
+    df["level"] = [parse_caption(p).level for p in df.prompt]
+    ck = TestbedChecker()
+    root = Path(a.sweep)
+
+    def blank(path) -> bool:
+        from PIL import Image
+        with Image.open(path if Path(path).is_absolute() else root / path) as im:
+            return not ck.components(im.convert("RGB"))
+
+    has_images = "image_path" in df and df.image_path.notna().all()
+    if has_images:
+        df["blank"] = [blank(p) for p in df.image_path]
+    agg = dict(s_per_image=("latency_s", "mean"), cost_s=("cost_s", "mean"), nfe=("nfe", "mean"),
+               score=("score", "mean"), stopped=("stopped_early", "mean"))
+    if has_images:
+        agg["blank_share"] = ("blank", "mean")
+    tab = df.groupby("backend").agg(**agg).sort_values("cost_s")
+    for lev, g in df.groupby("level"):
+        tab[f"score_level{lev}"] = g.groupby("backend").score.mean()
+    out: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "sweep": str(a.sweep),
+                 "n_prompts": int(df.prompt_id.nunique()), "seeds": sorted(int(s) for s in df.seed.unique()),
+                 "backends": tab.round(4).reset_index().to_dict("records"), "early_stop": []}
+    piv = df.pivot_table(index=["prompt_id", "seed"], columns="backend", values=["score", "nfe", "latency_s"])
+    rng = np.random.default_rng(0)
+    for es in tab.index:
+        if _fixed_steps(es) is not None or not es.startswith("testbed_"):
+            continue
+        model = es.split("_")[1]
+        fixed = sorted((s, b) for b in tab.index if (m := _fixed_steps(b)) and m[0] == model for s in [m[1]])
+        if len(fixed) < 2:
+            continue
+        names = [b for _, b in fixed]
+
+        def delta(idx, x: str) -> float:
+            p = piv.iloc[idx]
+            xs = np.array([p[x][b].mean() for b in names])
+            ys = np.array([p["score"][b].mean() for b in names])
+            o = np.argsort(xs)
+            return float(p["score"][es].mean() - np.interp(p[x][es].mean(), xs[o], ys[o]))
+
+        all_idx = np.arange(len(piv))
+        row = {"backend": es, "nfe": round(float(tab.nfe[es]), 2), "score": round(float(tab.score[es]), 4)}
+        for x in ("nfe", "latency_s"):
+            boots = [delta(rng.integers(0, len(piv), len(piv)), x) for _ in range(a.bootstrap)]
+            row[f"delta_at_equal_{x}"] = round(delta(all_idx, x), 4)
+            row[f"delta_at_equal_{x}_ci95"] = [round(float(q), 4) for q in np.percentile(boots, [2.5, 97.5])]
+        out["early_stop"].append(row)
+    print(tab.round(3).to_string())
+    for r in out["early_stop"]:
+        print(f"{r['backend']}: score {r['score']} at {r['nfe']} NFE; vs fixed budgets at equal NFE "
+              f"{r['delta_at_equal_nfe']:+.3f} {r['delta_at_equal_nfe_ci95']}, at equal latency "
+              f"{r['delta_at_equal_latency_s']:+.3f} {r['delta_at_equal_latency_s_ci95']}")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def choices(a) -> dict:
+    from t2iroute.router import Router
+    from t2iroute.testbed.checker import TestbedChecker
+    from t2iroute.testbed.scenes import parse_caption
+    from t2iroute.training.prompts import read_prompts
+
+    router = Router.load(a.artifact)
+    df = read_prompts("testbed")
+    picks = [d.backend for d in router.route(df.prompt.tolist())]
+    df = df.assign(backend=picks, level=[parse_caption(p).level for p in df.prompt])
+    share = (df.groupby("level").backend.value_counts(normalize=True).round(3).unstack(fill_value=0))
+    out: dict = {"artifact": str(a.artifact), "n_prompts": len(df),
+                 "share_by_level": {int(k): v for k, v in share.to_dict("index").items()}, "examples": []}
+    ck = TestbedChecker()
+    for prompt in a.prompts:
+        gens = router.generate([prompt] * len(a.seeds), seed=list(a.seeds))
+        scores = [round(ck.score_one(g.image, prompt), 3) for g in gens]
+        out["examples"].append({"prompt": prompt, "backend": gens[0].backend, "seeds": list(a.seeds),
+                                "scores": scores, "blank": [not ck.components(g.image) for g in gens]})
+        if a.images:
+            Path(a.images).mkdir(parents=True, exist_ok=True)
+            for s, g in zip(a.seeds, gens):
+                g.image.save(Path(a.images) / f"{prompt.replace(' ', '_')}-seed{s}.png")
+    print(share.to_string())
+    for e in out["examples"]:
+        print(f"{e['prompt']!r} -> {e['backend']}: scores {e['scores']}, blank {sum(e['blank'])} of {len(e['blank'])}")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -203,6 +315,16 @@ def main(argv=None):
     t.add_argument("--artifact", required=True)
     t.add_argument("--n", type=int, default=100)
     t.add_argument("--out", default=None)
+    w = sub.add_parser("sweep")
+    w.add_argument("--sweep", required=True)
+    w.add_argument("--bootstrap", type=int, default=1000)
+    w.add_argument("--out", default=None)
+    h = sub.add_parser("choices")
+    h.add_argument("--artifact", required=True)
+    h.add_argument("--prompts", nargs="+", default=["a red circle", "a green triangle", "two dotted red squares"])
+    h.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    h.add_argument("--images", default=None, help="folder to save the example images in")
+    h.add_argument("--out", default=None)
     x = sub.add_parser("complexity")
     x.add_argument("--base-url", default=None, help="OpenAI-compatible LLM server (none: lexical only)")
     x.add_argument("--provider", default="openai")
@@ -212,7 +334,10 @@ def main(argv=None):
     x.add_argument("--timeout", type=float, default=30.0, help="seconds per LLM request")
     x.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    {"curves": curves, "timing": timing, "complexity": complexity}[a.cmd](a)
+    from t2iroute.quiet import quiet_libraries
+    quiet_libraries()  # no library progress bars or deprecation chatter in the report's output
+    return {"curves": curves, "timing": timing, "complexity": complexity, "sweep": sweep_figures,
+     "choices": choices}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -102,8 +102,25 @@ def test_trained_big_model_gains_with_steps_and_fits_its_own_captions():
         gens = b.generate(caps, seeds=list(range(len(caps))))
         scores[steps] = np.mean([ck.score_one(g.image, c) for g, c in zip(gens, caps)])
     wrong = np.mean([ck.score_one(g.image, c) for g, c in zip(gens, caps[3:] + caps[:3])])
-    assert scores[24] > scores[4], scores
-    assert scores[24] > wrong, (scores, wrong)
+    # measured with the shipped weights: 4 steps 0.62, 24 steps 0.84, shifted captions 0.17
+    assert scores[24] > scores[4] + 0.1, scores
+    assert scores[24] > wrong + 0.3, (scores, wrong)
+
+
+@pytest.mark.heavy
+def test_readme_prompts_are_drawn_not_blank():
+    """Issue 23: 'a red circle' and 'a green triangle' came out as blank canvases on every big
+    backend (classifier-free guidance overshooting an undertrained model). With the shipped
+    weights, the demo router's anchor (big, 16 steps, guidance 4) draws an object for every seed,
+    in the caption's colour, and the checker credits most of them."""
+    ck = TestbedChecker()
+    b = DiffusersBackend("big16", "testbed:big", steps=16, guidance_scale=4.0, height=64, width=64, batch_size=4)
+    for prompt, colour in (("a red circle", "red"), ("a green triangle", "green")):
+        gens = b.generate([prompt] * 4, seeds=[0, 1, 2, 3])
+        dets = [ck.detect(g.image) for g in gens]
+        assert all(dets), (prompt, dets)  # no blank canvas
+        assert all(d[0]["color"] == colour for d in dets), (prompt, dets)
+        assert np.mean([ck.score_one(g.image, prompt) for g in gens]) >= 0.5, prompt
 
 
 def test_bundled_testbed_prompts_parse_and_cover_the_levels():
