@@ -2,7 +2,10 @@
 actually draw, for validating the testbed checker against human labels.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python scripts/make_label_set.py [--out t2iroute/data/testbed-labels]
-        [--sheets /tmp/sheets] [--seed 0]
+        [--sheets /tmp/sheets] [--seed 0] [--per-level 18 71 71]
+    # the second set, drawn by the weights of commit 173b00a (the big model's fourth run):
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python scripts/make_label_set.py --out t2iroute/data/testbed-labels-2 \
+        --sheets /tmp/sheets2 --seed 1 --per-level 18 31 31
 
 Writes OUT/images/NNNN.png (64x64, as generated) and OUT/manifest.jsonl (index, file, prompt,
 backend, seed, level, intended objects parsed by the scene grammar). Contact sheets (6x4 grids,
@@ -42,11 +45,11 @@ def intended(prompt: str) -> dict:
                          "count": o.count} for o in sc.objects]}
 
 
-def select(seed: int) -> list[dict]:
+def select(seed: int, per_level: dict | None = None) -> list[dict]:
     rng = np.random.default_rng(seed)
     df = read_prompts("testbed")
     chosen = []
-    for level, n in N_PER_LEVEL.items():
+    for level, n in (per_level or N_PER_LEVEL).items():
         ps = df[df.label == level].prompt.tolist()
         idx = sorted(rng.choice(len(ps), size=n, replace=False)) if n < len(ps) else range(len(ps))
         chosen += [ps[i] for i in idx]
@@ -83,10 +86,12 @@ def main():
     ap.add_argument("--out", default=str(Path(t2iroute.__file__).parent / "data" / "testbed-labels"))
     ap.add_argument("--sheets", default="/tmp/sheets")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-level", type=int, nargs=3, default=list(N_PER_LEVEL.values()),
+                    metavar=("L1", "L2", "L3"), help="prompts drawn per level (default: 18 71 71)")
     a = ap.parse_args()
     out = Path(a.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    items = select(a.seed)
+    items = select(a.seed, dict(zip(N_PER_LEVEL, a.per_level)))
     conf = Path(t2iroute.__file__).parent / "conf" / "backends"
     images: dict[int, Image.Image] = {}
     for name in BACKENDS:

@@ -4,10 +4,11 @@
 2. the same, degraded the way the testbed models degrade (``checker.validate_degraded``);
 3. agreement with the hand-labelled images in ``t2iroute/data/testbed-labels`` (``checker.agreement``):
    all attributes, and those the person's labels decide; on all 170 images and on the even / odd
-   halves.
+   halves; and on the second set ``t2iroute/data/testbed-labels-2`` (90 images the current weights
+   drew, labelled blind after the thresholds were set: held out) and on both sets together.
 
     python scripts/validate_checker.py --out docs/measurements/testbed-checker.json
-    python scripts/validate_checker.py --compare /tmp/checker_v1.py   # also score an older checker file
+    python scripts/validate_checker.py --compare /tmp/checker_v1.py [...]   # also score older checker files
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+
+
+LABELS1 = Path(__file__).resolve().parents[1] / "t2iroute" / "data" / "testbed-labels"
+LABELS2 = LABELS1.with_name("testbed-labels-2")  # drawn by the current weights; labelled blind, after the tuning
 
 
 def _load(path: str):
@@ -31,29 +36,40 @@ def figures(ck, n: int) -> dict:
 
     out = {"perfect": C.validate(n=n, seed=1, checker=ck), "degraded": C.validate_degraded(n=n, seed=2, checker=ck)}
     out["labels"] = {s: C.agreement(checker=ck, subset=s) for s in ("all", "even", "odd")}
+    if (LABELS2 / "labels.jsonl").exists():
+        out["labels2"] = C.agreement(LABELS2, checker=ck)
+        out["labels_both"] = C.agreement([LABELS1, LABELS2], checker=ck)
     return out
+
+
+def _line(name: str, lab: dict) -> str:
+    return (f"  {name} ({lab['n_images']}): all attributes {lab['all_attributes']:.3f}, decided "
+            f"{lab['decided']['all_attributes']:.3f}; "
+            + ", ".join(f"{k} {v:.2f}" for k, v in lab["decided"]["per_attribute"].items())
+            + f"; blank {lab['blank']:.3f}; score MAE {lab['score_mae']:.3f}, r {lab['score_corr']:.2f}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=120, help="scenes per validation (levels 1-3 cycled)")
     p.add_argument("--out", default=None, help="save the figures as JSON here")
-    p.add_argument("--compare", default=None, help="a checker.py file (e.g. an older version) to score the same way")
+    p.add_argument("--compare", nargs="+", default=[], help="checker.py files (e.g. older versions) to score the same way")
     a = p.parse_args(argv)
     from t2iroute.testbed.checker import TestbedChecker
 
     res = {"checker": figures(TestbedChecker(), a.n)}
-    if a.compare:
-        res["compare"] = {"file": a.compare, **figures(_load(a.compare), a.n)}
+    for i, f in enumerate(a.compare):
+        res[f"compare{i or ''}"] = {"file": f, **figures(_load(f), a.n)}
     for name, f in res.items():
-        lab = f["labels"]["all"]
         print(f"{name}: perfect renders {f['perfect']['truth_all']:.3f}; breaks "
               + ", ".join(f"{k} {v:.2f}" for k, v in f["perfect"]["breaks"].items()))
         print("  degraded truth: " + ", ".join(f"{k} {v['truth']:.3f}" for k, v in f["degraded"].items()))
-        print(f"  labels (170): all attributes {lab['all_attributes']:.3f}, decided {lab['decided']['all_attributes']:.3f} "
-              f"(even {f['labels']['even']['decided']['all_attributes']:.3f}, odd {f['labels']['odd']['decided']['all_attributes']:.3f}); "
-              + ", ".join(f"{k} {v:.2f}" for k, v in lab["decided"]["per_attribute"].items())
-              + f"; blank {lab['blank']:.3f}; score MAE {lab['score_mae']:.3f}, r {lab['score_corr']:.2f}")
+        print(_line("labels, first set", f["labels"]["all"])
+              + f" (decided: even {f['labels']['even']['decided']['all_attributes']:.3f}, "
+              f"odd {f['labels']['odd']['decided']['all_attributes']:.3f})")
+        for key, title in (("labels2", "labels, second set (current weights)"), ("labels_both", "labels, both sets")):
+            if key in f:
+                print(_line(title, f[key]))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=1, default=float) + "\n")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -155,9 +158,36 @@ def test_checker_agrees_with_the_hand_labels():
     attributes the labels decide and its scores did not correlate with the labels' (r 0.01)."""
     f = agreement()
     assert f["n_images"] == 170
-    assert f["decided"]["all_attributes"] >= 0.82, f
+    assert f["decided"]["all_attributes"] >= 0.86, f
     assert f["blank"] >= 0.95 and f["score_corr"] >= 0.5, f
     assert min(f["decided"]["per_attribute"].values()) >= 0.7, f
+
+
+def test_checker_agrees_with_the_held_out_labels_of_the_current_weights():
+    """The second set: 90 images the shipped weights draw, labelled blind and kept out of the
+    thresholds' choice (issue 23's goal: >= 90% of the decided attributes)."""
+    root = Path(S.__file__).resolve().parents[1] / "data" / "testbed-labels-2"
+    f = agreement(root)
+    assert f["n_images"] == 90
+    assert f["decided"]["all_attributes"] >= 0.90, f
+    assert f["blank"] >= 0.95 and f["score_corr"] >= 0.6, f
+    both = agreement([root.with_name("testbed-labels"), root])
+    assert both["n_images"] == 260
+
+
+def test_a_small_soft_disc_is_a_circle_not_a_square():
+    """The demo router's "a red circle" (seed 0) is a 13 px disc with a soft edge that fills half
+    of its box's corners; the first shape rule (filled corners) called it a square."""
+    root = Path(S.__file__).resolve().parents[1] / "data" / "testbed-labels-2"
+    rows = {r["index"]: r for r in map(json.loads, (root / "labels.jsonl").read_text().splitlines())}
+    r = rows[82]
+    assert (r["prompt"], r["backend"], r["seed"]) == ("a red circle", "testbed_big_16", 0)
+    ck = TestbedChecker()
+    (det,) = ck.detect(Image.open(root / r["file"]))
+    assert (det["shape"], det["color"]) == ("circle", "red")
+    for cap in ("a red circle", "a large red circle", "a small red circle"):  # perfect renders keep both shapes apart
+        assert ck.detect(S.render(S.parse_caption(cap)))[0]["shape"] == "circle"
+        assert ck.detect(S.render(S.parse_caption(cap.replace("circle", "square"))))[0]["shape"] == "square"
 
 
 def test_the_red_disc_the_issue_reported_is_credited():
