@@ -442,8 +442,9 @@ def _check_config(cmd: str, cfg) -> None:
     if cmd == "sweep" and not int(cfg.shard) < int(cfg.num_shards):
         raise ConfigError(f"shard={cfg.shard} num_shards={cfg.num_shards}: need 0 <= shard < num_shards")
     pol = cfg.get("policy") if cmd in _TAKES_PROMPTS else None
-    if pol is not None and not OmegaConf.is_dict(pol):
-        raise ConfigError(f"policy={_show(pol)}: give a mapping, e.g. 'policy={{type: lam, lam: 0.1}}'")
+    if pol is not None and not OmegaConf.is_dict(pol) and not isinstance(pol, str):  # text: _policy_kwargs
+        raise ConfigError(f"policy={_show(pol)}: give a mapping, e.g. 'policy={{type: lam, lam: 0.1}}', "
+                          "or the text form, e.g. 'policy=\"budget=0.3\"'")
 
 
 def _omegaconf_message(e) -> str:
@@ -595,17 +596,30 @@ def _policy_kwargs(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from t2iroute.errors import ConfigError
-    from t2iroute.router.policy import policy_from_keywords
+    from t2iroute.router.policy import POLICY_KEYWORDS, parse_policy, policy_from_keywords
 
-    kw = {k: cfg.get(k) for k in ("lam", "budget", "quality_floor", "max_cost") if cfg.get(k) is not None}
+    kw = {k: cfg.get(k) for k in POLICY_KEYWORDS if cfg.get(k) is not None}
     for k, v in kw.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{k}={v}: a number is needed")
     if cfg.get("policy") is not None:
         pol = cfg.policy
-        kw["policy"] = OmegaConf.to_container(pol, resolve=True) if OmegaConf.is_config(pol) else pol
-        if not isinstance(kw["policy"], dict):
+        pol = OmegaConf.to_container(pol, resolve=True) if OmegaConf.is_config(pol) else pol
+        if isinstance(pol, str):  # the text form, as over HTTP: policy='budget=0.3'
+            try:
+                (key, pol), = parse_policy(pol).items()
+            except ValueError as e:
+                raise ConfigError(f"policy={_show(cfg.policy)}: {str(e).partition(': ')[2] or e}") from None
+            if key != "policy":
+                if key in kw:
+                    raise ConfigError(f"give at most one of lam=, budget=, quality_floor=, max_cost=, policy= "
+                                      f"(got {key}= twice)")
+                kw[key] = pol
+                pol = None
+        if pol is not None and not isinstance(pol, dict):
             raise ConfigError(f"policy={pol}: give a mapping, e.g. 'policy={{type: lam, lam: 0.1}}'")
+        if pol is not None:
+            kw["policy"] = pol
     if len(kw) > 1:
         raise ConfigError(f"give at most one of lam=, budget=, quality_floor=, max_cost=, policy= (got {sorted(kw)})")
     for k, v in kw.items():

@@ -89,6 +89,8 @@ POLICIES = {
     "target mean cost": ("budget", "lambda calibrated so that the prompts entered cost this on average"),
     "quality floor": ("quality_floor", "per prompt, the cheapest backend predicted to reach this quality"),
     "max cost": ("max_cost", "per prompt, the best predicted backend costing at most this"),
+    "policy text": ("policy", "any policy in the text form the CLI and the HTTP API take, e.g. budget=0.3 or "
+                    "policy={type: NAME, ...} (registered plug-in policies too)"),
     "artifact default": (None, "the policy the router was trained with"),
 }
 

@@ -72,6 +72,9 @@ with st.sidebar:
         policy_kw["max_cost"] = st.number_input(f"max cost per prompt ({unit})", min_value=0.0,
                                                 value=float(costs[len(costs) // 2]), step=cost_step, format="%.4f",
                                                 key="max_cost")
+    elif mode == "policy text":
+        policy_kw["policy"] = st.text_input("policy", value=f"lam={float(router.lam or 0.0):g}", key="policy_text",
+                                            help=logic.POLICIES["policy text"][1])
     elif mode == "quality floor":
         floor0, floor_help = logic.floor_setting(router)
         policy_kw["quality_floor"] = st.number_input(

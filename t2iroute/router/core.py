@@ -236,7 +236,7 @@ class Router:
     """
 
     def __init__(self, featurizer, predictor, backend_names: Sequence[str], costs: Sequence[float],
-                 *, lam: float | None = None, policy: Policy | Mapping | None = None,
+                 *, lam: float | None = None, policy: Policy | Mapping | str | None = None,
                  metric: str = "quality", higher_is_better: bool = True, anchor: str | None = None,
                  manifest: dict | None = None,
                  backends: Mapping[str, Any] | None = None,
@@ -250,6 +250,8 @@ class Router:
             raise ConfigError("one cost per backend is needed")
         if lam is not None and policy is not None:
             raise ConfigError("give lam or policy, not both")
+        if isinstance(policy, str):  # its text form, e.g. "budget=0.3" or "policy={type: NAME, ...}"
+            policy = policy_from_keywords(policy=policy)
         self.policy = self._resolve(build_policy(policy) if policy is not None else LambdaPolicy(lam or 0.0))
         self.metric = metric
         self.higher_is_better = bool(higher_is_better)
@@ -435,7 +437,7 @@ class Router:
 
     def route(self, prompts: str | Sequence[str], *, lam: float | None = None, budget: float | None = None,
               quality_floor: float | None = None, max_cost: float | None = None,
-              policy: Policy | Mapping | None = None) -> RouteDecision | list[RouteDecision]:
+              policy: Policy | Mapping | str | None = None) -> RouteDecision | list[RouteDecision]:
         """Route one prompt (-> RouteDecision) or a list (-> list).
 
         At most one policy per call; none: the router's default (:attr:`policy`).
@@ -444,7 +446,9 @@ class Router:
         * ``budget``: a target mean cost per prompt, lambda calibrated on these prompts;
         * ``quality_floor``: per prompt, the cheapest backend predicted to reach it (metric units);
         * ``max_cost``: per prompt, the best predicted backend costing at most this;
-        * ``policy``: any policy, as an object or a spec (``{"type": ..., ...}``, plug-ins too).
+        * ``policy``: any policy, as an object, a spec (``{"type": ..., ...}``, plug-ins too) or
+          the text form every interface shares (``"budget=0.3"``, ``"policy={type: NAME, ...}"``;
+          :func:`~t2iroute.router.policy.parse_policy`).
         """
         items, single = check_prompts(prompts)
         chosen = policy_from_keywords(lam=lam, budget=budget, quality_floor=quality_floor,
@@ -517,7 +521,7 @@ class Router:
 
     def generate(self, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0, lam: float | None = None,
                  budget: float | None = None, quality_floor: float | None = None,
-                 max_cost: float | None = None, policy: Policy | Mapping | None = None,
+                 max_cost: float | None = None, policy: Policy | Mapping | str | None = None,
                  backend: str | None = None, fallback: bool = True,
                  **opts) -> GenerateResult | list[GenerateResult]:
         """Route ``prompt`` (policy keywords as in :meth:`route`) and run the chosen backend.
@@ -553,7 +557,7 @@ class Router:
 
     def generate_iter(self, prompts: str | Sequence[str], *, seed: int | Sequence[int] = 0,
                       lam: float | None = None, budget: float | None = None, quality_floor: float | None = None,
-                      max_cost: float | None = None, policy: Policy | Mapping | None = None,
+                      max_cost: float | None = None, policy: Policy | Mapping | str | None = None,
                       backend: str | None = None, fallback: bool = True, **opts):
         """:meth:`generate` for many prompts, yielding ``(index, GenerateResult)`` as each
         backend group finishes (progress bars, writing images as they come). Arguments as there."""

@@ -411,9 +411,59 @@ def build_policy(spec: Policy | Mapping[str, Any]) -> Policy:
         raise ValueError(f"policy {dict(spec)}: {e}") from e
 
 
-def policy_from_keywords(*, policy: Policy | Mapping | None = None, **kw) -> Policy | None:
+#: the longest policy text :func:`parse_policy` reads (it may come from an HTTP request)
+MAX_POLICY_CHARS = 2000
+
+
+def parse_policy(text: str) -> dict[str, Any]:
+    """The one text form of a policy, the same as a command-line key, in an HTTP request
+    (``model="router:TEXT"``), in the app and in ``Router.route(policy=TEXT)``:
+    ``lam=0.05``, ``budget=0.3``, ``quality_floor=30``, ``max_cost=1.5`` or
+    ``policy={type: NAME, ...}`` (a YAML flow mapping: any registered policy, plug-ins too).
+
+    Returns the keyword :func:`policy_from_keywords` takes (``{"lam": 0.05}``,
+    ``{"policy": {"type": NAME, ...}}``); the policy's own checks run when it is built.
+    Raises ValueError naming the text."""
+    if not isinstance(text, str):
+        raise TypeError(f"a policy text must be a string, got {type(text).__name__}")
+    shown = text if len(text) <= 100 else text[:100] + "..."
+    if len(text) > MAX_POLICY_CHARS:
+        raise ValueError(f"policy {shown!r}: longer than {MAX_POLICY_CHARS} characters")
+    key, sep, value = text.strip().partition("=")
+    key = key.strip()
+    if not sep or key not in (*POLICY_KEYWORDS, "policy"):
+        raise ValueError(f"policy {shown!r}: use lam=X, budget=X, quality_floor=X, max_cost=X or "
+                         "policy={type: NAME, ...}")
+    if key == "policy":
+        import yaml
+
+        try:
+            spec = yaml.safe_load(value)  # data only: no tags that build objects
+        except yaml.YAMLError as e:
+            raise ValueError(f"policy {shown!r}: not a YAML mapping ({str(e).splitlines()[0]})") from None
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            raise ValueError(f"policy {shown!r}: give a mapping with a type, e.g. policy={{type: lam, lam: 0.1}}")
+        return {"policy": spec}
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"policy {shown!r}: {key} needs a number") from None
+    return {key: number}
+
+
+def policy_from_keywords(*, policy: Policy | Mapping | str | None = None, **kw) -> Policy | None:
     """The policy one request asks for: at most one of ``lam``, ``budget``, ``quality_floor``,
-    ``max_cost`` or ``policy`` (a Policy or a spec). None when none is given."""
+    ``max_cost`` or ``policy`` (a Policy, a spec, or its text form, :func:`parse_policy`). None
+    when none is given."""
+    if isinstance(policy, str):
+        parsed = parse_policy(policy)
+        if "policy" in parsed:
+            policy = parsed["policy"]
+        else:  # "lam=0.05": the keyword itself
+            others = sorted(k for k, v in kw.items() if v is not None)
+            if others:
+                raise ValueError(f"give at most one policy keyword, got {others + ['policy']}")
+            kw, policy = parsed, None
     given = {k: v for k, v in kw.items() if v is not None}
     unknown = sorted(set(given) - set(POLICY_KEYWORDS))
     if unknown:

@@ -4,7 +4,9 @@
 ``response_format``, ``model``) and answers in its shape, with the routing decision in an extra
 ``t2iroute`` field and in ``x-t2iroute-*`` headers. ``model`` selects the policy: ``router`` (the
 artifact's default), ``router:lam=0.05``, ``router:budget=2.0``, ``router:quality_floor=30``,
-``router:max_cost=1.5``, or a backend's name (forced). ``POST /v1/route`` returns decisions only;
+``router:max_cost=1.5``, ``router:policy={type: NAME, ...}`` (any registered policy, plug-ins too:
+the policy grammar of the command line and ``Router.route``, :func:`t2iroute.router.policy.parse_policy`),
+or a backend's name (forced). ``POST /v1/route`` returns decisions only;
 ``GET /v1/models`` lists router variants and backends; ``GET /health`` (liveness: ok as soon as the
 process serves); ``GET /ready`` (readiness: 503 until the warm-up has loaded every backend and the
 featurizer, then 200); ``GET /metrics`` (Prometheus text); ``GET /openapi.json`` (the request and
@@ -34,12 +36,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from t2iroute.router.policy import POLICY_KEYWORDS
+
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # 1 MiB
 MAX_ROUTE_PROMPTS = 256  # prompts one /v1/route request may hold (serve's max_route_prompts)
 ROUTE_CHUNK = 16  # prompts routed per step of a long /v1/route under a per-prompt policy
-POLICY_KEYS = ("lam", "budget", "quality_floor", "max_cost")
 
 
 class RequestError(Exception):
@@ -61,30 +64,30 @@ def parse_model(model: Any, backends: list[str], costs=None,
     if model in backends:
         return {}, model
     if model.startswith("router:"):
-        key, _, value = model[len("router:"):].partition("=")
-        if key in POLICY_KEYS:
-            try:
-                v = float(value)
-            except ValueError:
-                raise RequestError(f"model {model[:100]!r}: {key} needs a number", "model") from None
-            nonneg = key != "quality_floor"
-            if v != v or v in (float("inf"), float("-inf")) or (nonneg and v < 0):
-                raise RequestError(f"model {model[:100]!r}: {key} must be a finite number" +
-                                   (" >= 0" if nonneg else ""), "model")
-            if costs is not None and key == "lam" and len(costs) and not math.isfinite(v * float(max(costs))):
-                raise RequestError(f"model {model[:100]!r}: lam {v:g} times the costs overflows", "model")
-            if costs is not None:
-                from t2iroute.router.policy import policy_from_keywords
+        from t2iroute.router.policy import parse_policy, policy_from_keywords
 
-                try:
-                    pol = policy_from_keywords(**{key: v})
-                    pol.check(costs)
-                    pol.check_quality_range(quality_range)
-                except (ValueError, TypeError) as e:
-                    raise RequestError(f"model {model[:100]!r}: {e}", "model") from None
-            return {key: v}, None
+        shown = repr(model[:100])
+        try:
+            kw = parse_policy(model[len("router:"):])  # the grammar of the CLI keys and Router.route
+        except ValueError as e:
+            raise RequestError(f"model {shown}: {str(e).partition(': ')[2] or e}", "model") from None
+        try:
+            pol = policy_from_keywords(**kw)  # the policy's own checks (finite numbers, its fields)
+        except (ValueError, TypeError) as e:
+            raise RequestError(f"model {shown}: {e}", "model") from None
+        v = kw.get("lam")
+        if costs is not None and v is not None and len(costs) and not math.isfinite(v * float(max(costs))):
+            raise RequestError(f"model {shown}: lam {v:g} times the costs overflows", "model")
+        if costs is not None:
+            try:
+                pol.check(costs)
+                pol.check_quality_range(quality_range)
+            except (ValueError, TypeError) as e:
+                raise RequestError(f"model {shown}: {e}", "model") from None
+        return kw, None
     raise RequestError(f"unknown model {model[:100]!r}: use router, router:lam=X, router:budget=X, "
-                       f"router:quality_floor=X, router:max_cost=X or a backend ({', '.join(backends)})", "model")
+                       f"router:quality_floor=X, router:max_cost=X, router:policy={{type: NAME, ...}} "
+                       f"or a backend ({', '.join(backends)})", "model")
 
 
 class _Metrics:
@@ -410,7 +413,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
     object_ = {"type": "object"}
     prompt_schema = {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": r"\S"}
     model_schema = {"type": ["string", "null"], "description": "router, router:lam=X, router:budget=X, "
-                    "router:quality_floor=X, router:max_cost=X or a backend", "examples": ["router", *backends]}
+                    "router:quality_floor=X, router:max_cost=X, router:policy={type: NAME, ...} or a backend", "examples": ["router", *backends]}
     formats = ["b64_json", "url"] if image_root is not None else ["b64_json"]
     gen_request = {"type": "object", "required": ["prompt"], "properties": {
         "prompt": prompt_schema,
@@ -454,7 +457,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
         authorize(request)
         cost = dict(zip(router.backend_names, map(float, router.costs)))
         data = [{"id": "router", "object": "model", "owned_by": "t2iroute", "policy": router.policy.describe()}]
-        data += [{"id": f"router:{k}=X", "object": "model", "owned_by": "t2iroute"} for k in POLICY_KEYS]
+        data += [{"id": f"router:{k}=X", "object": "model", "owned_by": "t2iroute"} for k in POLICY_KEYWORDS]
         data += [{"id": b, "object": "model", "owned_by": "t2iroute", "predicted_cost": cost[b],
                   "cost_unit": router.cost_unit, "configured": b in router.backends} for b in backends]
         return {"object": "list", "data": data}
