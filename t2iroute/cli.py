@@ -677,27 +677,19 @@ def _clean_temp_images(folder: str) -> None:
 def _write_image(image, out: str, fmt: str, key: str = "out") -> None:
     """Write ``image`` to ``out`` atomically: a reader never sees half an image, and an older file
     survives a failure. Mode 0644 with the usual umask."""
-    import tempfile
-
     from t2iroute.errors import ConfigError
+    from t2iroute.paths import atomic_path
 
     folder = os.path.dirname(os.path.abspath(out))
-    tmp = None
     try:
         os.makedirs(folder, exist_ok=True)  # 0777 & ~umask: 0755 with the usual umask
         _clean_temp_images(folder)
-        fd, tmp = tempfile.mkstemp(prefix=f".t2iroute-{os.getpid()}-", suffix=os.path.splitext(out)[1], dir=folder)
-        os.close(fd)
-        image.save(tmp, format=fmt)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600
-        os.replace(tmp, out)
+        with atomic_path(os.path.abspath(out), prefix=".t2iroute-", mode=0o666 & ~umask) as tmp:
+            image.save(tmp, format=fmt)
     except OSError as e:
         raise ConfigError(f"{key}={out}: cannot write the image ({e.strerror or e})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _generate(cfg, prompts: list[str]) -> None:

@@ -1,9 +1,12 @@
-"""Where bundled data and ../shared live."""
+"""Where bundled data and ../shared live, and writing a file so that readers never see half of it."""
 
 from __future__ import annotations
 
 import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLED_DATA = PACKAGE_DIR / "data"
@@ -43,3 +46,34 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, prefix: str = ".tmp-", mode: int | None = None) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write: when the block ends without an error it replaces
+    ``path`` in one rename (a reader sees the old file or the new one, never a part); on any error
+    it is removed and ``path`` is left as it was. Its name is ``PREFIX{pid}-{random}-{name}``, so
+    a cleaner can tell a dead process's leftovers. ``mode``: chmod before the rename (``None``: as
+    created, 0600 for ``tempfile``-made files, 0644 for ``open``'s with the usual umask).
+
+        with atomic_path(out) as tmp:
+            df.to_parquet(tmp)
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:12]}-{path.name}")
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` with :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

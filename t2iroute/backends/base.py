@@ -75,6 +75,19 @@ class Backend(Protocol):
     def generate(self, prompts: Sequence[str], *, seeds: Sequence[int], **opts) -> list[Generation]: ...
 
 
+def free_accelerator_memory(device: str | None = None) -> None:
+    """After a failed generation (often out of memory): drop the failed call's tensors and give
+    cached GPU memory back before the next try. ``device``: the backend's (a CPU one frees only
+    Python's garbage); None: any CUDA device torch has. Never imports torch."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and (device is None or str(device).startswith("cuda")) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_backends(backends: Mapping[str, Any]) -> dict[str, Any]:
     """Call ``load()`` on each backend that has one (backends sharing weights load them once).
 

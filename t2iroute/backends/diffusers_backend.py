@@ -14,9 +14,9 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from t2iroute.backends.base import DiffusionInfo, Generation
+from t2iroute.backends.base import DiffusionInfo, Generation, free_accelerator_memory
 from t2iroute.backends.stopping import ConvergenceStopper, StopConfig, X0Capture
 from t2iroute.errors import ConfigError
 
@@ -144,9 +144,17 @@ def _dtype_keyword() -> str:
     return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
 
 
+def pipeline_key(spec: Mapping[str, Any]) -> tuple:
+    """The weights a diffusers backend's spec needs, with :class:`DiffusersBackend`'s defaults:
+    backends with one key share one loaded pipeline (in a process, and one worker on Ray)."""
+    return (str(spec.get("model")), spec.get("dtype", "float32"), spec.get("device", "cpu"), spec.get("variant"),
+            spec.get("use_safetensors"))
+
+
 def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
                    use_safetensors: bool | None = None) -> _Shared:
-    key = (model, dtype, device, variant, use_safetensors)
+    key = pipeline_key({"model": model, "dtype": dtype, "device": device, "variant": variant,
+                        "use_safetensors": use_safetensors})
     with _PIPELINES_LOCK:
         if key not in _PIPELINES:
             from t2iroute._compat import ensure_torchvision
@@ -329,7 +337,7 @@ class DiffusersBackend:
             if len(ps) == 1:
                 raise
             log.warning("backend %s: out of memory at batch %d; retrying as two batches", self.name, len(ps))
-        _free_memory(self.device)  # past the except block: the failed call's tensors are dropped
+        free_accelerator_memory(self.device)  # past the except block: the failed call's tensors are dropped
         h = len(ps) // 2
         return self._generate_batch(ps[:h], ss[:h], opts) + self._generate_batch(ps[h:], ss[h:], opts)
 
@@ -371,13 +379,3 @@ class DiffusersBackend:
                 steps_run=steps_run, steps_budget=self.steps, nfe=steps_run * (2 if cfg else 1),
                 stopped_early=bool(stopper is not None and stopper.stop_step is not None)),
             config=self.config()) for p, s, img in zip(ps, ss, images)]
-
-
-def _free_memory(device: str) -> None:
-    import gc
-
-    gc.collect()
-    if str(device).startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()

@@ -125,8 +125,9 @@ def model_group(name: str, spec: Mapping[str, Any]) -> str:
     spec = dict(spec)
     kind = spec.get("type", "diffusers")
     if kind == "diffusers":
-        return json.dumps([kind, str(spec.get("model")), spec.get("dtype", "float32"), spec.get("device", "cpu"),
-                           spec.get("variant"), spec.get("use_safetensors")])
+        from t2iroute.backends.diffusers_backend import pipeline_key
+
+        return json.dumps([kind, *pipeline_key(spec)])
     return json.dumps([kind, name])
 
 

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from t2iroute.paths import atomic_path
+
 log = logging.getLogger(__name__)
 
 #: Short names for models that install offline from PyPI.
@@ -197,11 +199,8 @@ class EmbeddingCache:
                 log.warning("embedding cache: cannot write to %s (%s); continuing uncached", self.folder, e)
 
     def _write(self, keys: list[str], emb: np.ndarray) -> None:
-        name = f"shard-{uuid.uuid4().hex}.npz"
-        tmp = self.folder / f".tmp-{name}"
-        with open(tmp, "wb") as fh:
+        with atomic_path(self.folder / f"shard-{uuid.uuid4().hex}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, keys=np.asarray(keys, dtype="<U40"), emb=np.asarray(emb, np.float32))
-        os.replace(tmp, self.folder / name)
 
 
 class SentenceEmbeddingFeaturizer:

@@ -34,6 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
+from t2iroute.paths import atomic_path, atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 #: Bump when the export changes in a way that old exported folders must not be reused.
@@ -59,14 +61,6 @@ def onnx_root() -> Path:
     return default_cache_dir().parent / "onnx"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- export (torch, once) ---------------------------------------------------------------------
@@ -140,7 +134,7 @@ def export_model(model: str, folder: Path, *, max_seq_length: int | None, normal
             os.replace(qint8, folder / "model.onnx")
         else:
             os.replace(fp32, folder / "model.onnx")
-        _write_atomic(folder / "tokenizer.json", backend.to_str().encode("utf-8"))
+        atomic_write_bytes(folder / "tokenizer.json", backend.to_str().encode("utf-8"))
         meta = {
             "export_version": EXPORT_VERSION,
             "model": model,
@@ -155,7 +149,7 @@ def export_model(model: str, folder: Path, *, max_seq_length: int | None, normal
             "model_bytes": os.path.getsize(folder / "model.onnx"),
             "exported_with": _versions(("torch", "sentence-transformers", "transformers", "onnx", "onnxruntime")),
         }
-        _write_atomic(meta_file, json.dumps(meta, indent=2).encode("utf-8"))
+        atomic_write_bytes(meta_file, json.dumps(meta, indent=2).encode("utf-8"))
     finally:
         for f in (fp32, qint8):
             f.unlink(missing_ok=True)
@@ -299,12 +293,8 @@ def _copy_export(src: Path, dst: Path) -> OnnxSentenceEncoder | None:
     try:
         dst.mkdir(parents=True, exist_ok=True)
         for name in ("tokenizer.json", "model.onnx", "meta.json"):  # meta.json last, as an export
-            tmp = dst / f".tmp-{uuid.uuid4().hex}-{name}"
-            try:
+            with atomic_path(dst / name) as tmp:
                 shutil.copyfile(src / name, tmp)
-                os.replace(tmp, dst / name)
-            finally:
-                tmp.unlink(missing_ok=True)
         return OnnxSentenceEncoder(dst)
     except Exception as e:  # noqa: BLE001 -- the source went away or was damaged: export instead
         log.info("embedding: cannot copy the ONNX model from %s (%s); exporting it", src, e)

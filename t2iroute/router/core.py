@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from t2iroute.backends.base import DiffusionShortcuts
+from t2iroute.backends.base import DiffusionShortcuts, free_accelerator_memory
 from t2iroute.errors import ConfigError, GenerationError
 from t2iroute.router.policy import (
     LambdaPolicy, Policy, anchor_quality, build_policy, calibrate_lambda, policy_from_keywords,
@@ -128,15 +128,6 @@ class GenerateResult(DiffusionShortcuts):
         d["fallbacks"] = self.fallbacks
         d["decision"] = self.decision.to_dict()
         return d
-
-
-def _free_accelerator_memory() -> None:
-    """After a failure (often out of memory) give cached GPU memory back before the next backend."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _check_seeds(seed: Any, n: int) -> list[int]:
@@ -611,7 +602,7 @@ class Router:
                     # Only here, past the except block, has the traceback (and with it the failed call's
                     # tensors) been dropped: emptying the CUDA cache inside it freed nothing (measured on
                     # an H200: 48 GiB stayed reserved after a failed 256 GiB allocation).
-                    _free_accelerator_memory()
+                    free_accelerator_memory()
                     for i in idx:
                         failures[i].append({"backend": name, "error": error})
                         attempt[i] += 1

@@ -25,6 +25,8 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from t2iroute.paths import atomic_path
+
 log = logging.getLogger(__name__)
 
 KEY = ("prompt_id", "backend", "seed")
@@ -47,13 +49,8 @@ def finished_keys(table_dir: Path) -> set[tuple]:
 def _write_part(table_dir: Path, rows: list[dict], shard: int) -> Path:
     table_dir.mkdir(parents=True, exist_ok=True)
     name = f"part-{shard:04d}-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = table_dir / f".tmp-{os.getpid()}-{name}"
-    try:
+    with atomic_path(table_dir / name) as tmp:
         pd.DataFrame(rows).to_parquet(tmp, index=False)
-        os.replace(tmp, table_dir / name)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return table_dir / name
 
 
