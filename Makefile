@@ -3,6 +3,7 @@
 #              them and generate an image (CPU, offline)
 # make test  - install into .venv and run the fast test suite (both cores)
 # make test-heavy - the heavy tests (Ray clusters, real-size fp16 pipelines, kill-and-resume): .ci/run's second step
+# make lint  - ruff over the code and tests (pyflakes + pycodestyle's error classes): .ci/run runs it
 # make app   - serve the Streamlit app on 127.0.0.1:8501 with the demo router (after make demo)
 VENV ?= .venv
 TESTBED_BACKENDS := testbed_big_4,testbed_big_8,testbed_big_16,testbed_big_32_es,testbed_small_8
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo app test test-heavy bench-cems clean
+.PHONY: venv demo app test test-heavy lint bench-cems clean
 
 venv: $(VENV)/.installed
 
@@ -53,6 +54,9 @@ test: venv
 
 test-heavy: venv
 	$(PY) -m pytest -q -n 2 -m heavy
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 # The issue's benchmark: CEMS 10k (needs ../shared/data), seeds 0-4, clip and nima.
 bench-cems: venv

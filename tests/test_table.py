@@ -196,7 +196,7 @@ def test_bench_and_train_on_a_five_column_table(table, tmp_path, capsys):
     tiny = "type: diffusers, model: tiny, steps: 2, height: 64, width: 64"
     assert main(["train", "data=custom", f"data.path={path}", "data.costs={mid: 0.5}", "features=[lexical]",
                  "predictor=ridge", f"+backends.fast={{{tiny}, cost_s: 0.2}}",
-                 f"+backends.slow={{type: openai_images, model: m, base_url: 'http://127.0.0.1:9/v1', cost: 2}}",
+                 "+backends.slow={type: openai_images, model: m, base_url: 'http://127.0.0.1:9/v1', cost: 2}",
                  f"out_dir={tmp_path / 't2'}"]) == 0
     r = Router.load(tmp_path / "t2" / "router")
     assert dict(zip(r.backend_names, r.costs)) == {"fast": 0.2, "mid": 0.5, "slow": 2.0}

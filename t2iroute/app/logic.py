@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
 from t2iroute.errors import ConfigError, T2IRouteError
