@@ -184,16 +184,33 @@ def test_embedding_cache_dir_injection_is_ignored(artifact, tmp_path):
     case("embedding cache_dir + device injection", "inert")
 
 
-def test_backend_paths_in_specs_are_dropped(tmp_path):
+def test_backend_settings_the_class_does_not_take_are_refused_naming_them(tmp_path):
+    """Local keys are what a class declares (LOCAL_KEYS), never guessed from key names: a key the
+    backend class neither declares local nor takes (cache_dir, proxy_url) is an error naming it."""
     path = tmp_path / "router"
     make_tiny_router().save(path)
-    m = read(path)
-    m["backends"][0]["spec"]["cache_dir"] = str(tmp_path / "evil-hf")
-    m["backends"][0]["spec"]["proxy_url"] = "http://attacker"
-    write(path, m)
-    r = Router.load(path)  # dropped with a warning, not passed to the backend class
-    assert "cache_dir" not in vars(r.backends[m["backends"][0]["name"]])
-    case("backend spec cache_dir / proxy_url injection", "inert")
+    original = read(path)
+    for key, value in (("cache_dir", str(tmp_path / "evil-hf")), ("proxy_url", "http://attacker")):
+        m = json.loads(json.dumps(original))
+        m["backends"][0]["spec"][key] = value
+        write(path, m)
+        with pytest.raises(ArtifactError, match=f"the diffusers backend has no setting '{key}'"):
+            Router.load(path)
+    assert not (tmp_path / "evil-hf").exists()
+    case("backend spec cache_dir / proxy_url injection", "refused")
+
+
+def test_a_backend_class_s_declared_local_keys_are_dropped(tmp_path, caplog):
+    """The remote backend declares base_url and api_key_env local: the artifact's are dropped, the
+    loading user's config gives them."""
+    from t2iroute.backends.remote import OpenAIImagesBackend
+    from t2iroute.router.artifact import _artifact_backend_spec
+
+    assert {"base_url", "api_key_env"} <= OpenAIImagesBackend.LOCAL_KEYS
+    spec = {"type": "openai_images", "model": "m", "base_url": "http://attacker/v1", "api_key_env": "HOME"}
+    with caplog.at_level("WARNING"):
+        kept = _artifact_backend_spec("remote", spec, "router artifact X")
+    assert kept == {"type": "openai_images", "model": "m"} and "ignored backend 'remote'" in caplog.text
 
 
 # -- files ---------------------------------------------------------------------------------------

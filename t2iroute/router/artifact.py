@@ -14,9 +14,10 @@ An artifact is data that strangers share. Loading one
 * never runs code from it: every object is rebuilt from a registered class named in the
   manifest (built-ins and the plug-ins the loading user installed);
 * never contacts a server and never writes anywhere: endpoints, credentials, cache folders and
-  other paths are the loading user's settings (``local=`` / the config / the environment). A
-  featurizer's ``LOCAL_KEYS`` (and any key that looks like a URL, host, path, folder, file, key,
-  token or password) are dropped from the manifest with a warning;
+  other paths are the loading user's settings (``local=`` / the config / the environment). Each
+  featurizer and backend class declares them in ``LOCAL_KEYS`` (never guessed from key names):
+  they are dropped from the manifest with a warning; a key the class neither declares local nor
+  takes is refused, naming it;
 * reads only the files the manifest lists, and lists only what the format needs:
   ``predictor/arrays.npz`` plus ``predictor/<name>.txt`` models, plain names, no ``..``, no
   absolute paths, no symlinks, no special files, each under :data:`MAX_FILE_BYTES` (checked
@@ -106,9 +107,6 @@ MAX_COST = 1e15
 _FILE_NAME = re.compile(r"predictor/(arrays\.npz|[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.txt)")
 _REQUIRED_FILES = ("predictor/arrays.npz",)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-#: Parameter names never taken from an artifact, whatever the class says (defence in depth).
-_LOCAL_LOOKING = re.compile(r"(url|uri|host|port|endpoint|path|dir|folder|file|socket|proxy|key|token|secret|"
-                            r"passw|cred|auth|header|transport|cookie|env)", re.I)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -550,8 +548,29 @@ def _load_arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
         raise ArtifactError(f"router artifact {path}: predictor/arrays.npz unreadable ({e})") from e
 
 
-def _is_local_key(cls, key: str) -> bool:
-    return key in getattr(cls, "LOCAL_KEYS", frozenset()) or bool(_LOCAL_LOOKING.search(key))
+def _part_settings(cls) -> tuple[frozenset, frozenset | None]:
+    """What a featurizer or backend class declares: its ``LOCAL_KEYS`` (the loading user's own
+    settings: endpoints, credentials, cache folders and other paths, devices), and the settings it
+    takes (its constructor's keywords; None when it takes any, ``**kwargs``)."""
+    import inspect
+
+    local = frozenset(getattr(cls, "LOCAL_KEYS", ()))
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return local, None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return local, None
+    return local, frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _check_known(what: str, keys, local: frozenset, known: frozenset | None) -> None:
+    """An artifact key that the part neither declares local nor takes is an error naming it."""
+    if known is None:
+        return
+    unknown = sorted(k for k in keys if k not in local and k not in known)
+    if unknown:
+        raise ValueError(f"{what} has no setting '{unknown[0]}' (it takes {sorted(known - local - {'name'})})")
 
 
 def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None = None, *,
@@ -559,8 +578,8 @@ def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None
     """Build the featurizer an artifact names, with the loading user's local settings.
 
     From the artifact: model names, rubric, sizes, timeouts. Dropped from it (with a warning
-    when set): every key the class lists in ``LOCAL_KEYS`` and any key that looks like a place
-    or a secret. Bounded (one warning when changed): the timing a class bounds with its
+    when set): every key the class lists in ``LOCAL_KEYS``; refused: a key the class neither
+    lists there nor takes. Bounded (one warning when changed): the timing a class bounds with its
     ``bound_artifact_settings`` (the LLM's deadline, timeout, retries: an artifact cannot make a
     route wait for ever). From ``local`` (featurizer type -> settings, the user's config): such
     keys, and the class's ``USER_KEYS`` (timing the loading user sets, e.g. ``{"llm":
@@ -576,7 +595,9 @@ def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None
         if not isinstance(name, str):
             raise ValueError(f"featurizer part without a type name ({name!r:.60})")
         cls = registry.get("featurizers", name)
-        dropped = {k: v for k, v in part.items() if _is_local_key(cls, k)}
+        local_keys, known = _part_settings(cls)
+        _check_known(f"the {name} featurizer", part, local_keys, known)
+        dropped = {k: v for k, v in part.items() if k in local_keys}
         for k in dropped:
             part.pop(k)
         set_ = {k: v for k, v in dropped.items() if v not in (None, "", False)}
@@ -585,7 +606,7 @@ def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None
                         "your config and environment, not from an artifact", where, name, sorted(set_))
         mine = local.pop(name, {})
         user_keys = frozenset(getattr(cls, "USER_KEYS", ()))
-        wrong = sorted(k for k in mine if not _is_local_key(cls, k) and k not in user_keys)
+        wrong = sorted(k for k in mine if k not in local_keys and k not in user_keys)
         if wrong:
             settable = sorted(set(getattr(cls, "LOCAL_KEYS", ())) | user_keys)
             raise ValueError(f"{name}.{wrong[0]} cannot be set when loading a router: the artifact's "
@@ -607,12 +628,15 @@ def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None
 def _artifact_backend_spec(name: str, spec: dict, where: str) -> dict:
     from t2iroute import registry
 
-    cls = registry.get("backends", str(spec.get("type", "diffusers")))
-    dropped = sorted(k for k, v in spec.items() if _is_local_key(cls, k) and v not in (None, "", False))
+    kind = str(spec.get("type", "diffusers"))
+    cls = registry.get("backends", kind)
+    local_keys, known = _part_settings(cls)
+    _check_known(f"the {kind} backend", [k for k in spec if k != "type"], local_keys, known)
+    dropped = sorted(k for k, v in spec.items() if k in local_keys and v not in (None, "", False))
     if dropped:
         log.warning("%s: ignored backend '%s' settings %s: paths and endpoints come from your config", where,
                     name, dropped)
-    return {k: v for k, v in spec.items() if not _is_local_key(cls, k)}
+    return {k: v for k, v in spec.items() if k not in local_keys}
 
 
 def load_router(path, *, backends: Mapping[str, Any] | None = None,

@@ -525,7 +525,6 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
             return error(500, f"generation failed: {type(e).__name__}: {e}")
         finally:
             leave_queue()
-        items = []
         for r in results:
             metrics.images.labels(r.backend).inc()
             metrics.routed.labels(r.decision.backend).inc()
@@ -534,16 +533,9 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
                 metrics.fallbacks.labels(f["backend"]).inc()
             for part in r.decision.imputed:
                 metrics.imputed.labels(part).inc()
-            buf = io.BytesIO()
-            r.image.save(buf, format="PNG")
-            if fmt == "b64_json":
-                items.append({"b64_json": base64.b64encode(buf.getvalue()).decode("ascii"),
-                              "revised_prompt": None})
-            else:
-                name = f"{uuid.uuid4().hex}.png"
-                image_root.mkdir(parents=True, exist_ok=True)
-                (image_root / name).write_bytes(buf.getvalue())
-                items.append({"url": str(request.base_url).rstrip("/") + f"/images/{name}", "revised_prompt": None})
+        # PNG encoding (tens of ms for a 512 px image) and writes: off the event loop
+        items = await run_in_threadpool(_image_items, [r.image for r in results], fmt, image_root,
+                                        str(request.base_url).rstrip("/"))
         first = results[0]
         info = {"backend": first.backend, "routed_backend": first.decision.backend, "policy": first.decision.policy,
                 "images": [{k: v for k, v in r.to_dict().items() if k != "decision"} for r in results],
@@ -570,6 +562,25 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
             return FileResponse(path, media_type="image/png")
 
     return app
+
+
+def _image_items(images, fmt: str, image_root: Path | None, base_url: str) -> list[dict]:
+    """The response's ``data``: each image as base64 PNG, or written (atomically) under
+    ``image_root`` and given as a URL. Blocking: run it in a thread."""
+    from t2iroute.paths import atomic_write_bytes
+
+    items = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        if fmt == "b64_json":
+            items.append({"b64_json": base64.b64encode(buf.getvalue()).decode("ascii"), "revised_prompt": None})
+        else:
+            name = f"{uuid.uuid4().hex}.png"
+            image_root.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(image_root / name, buf.getvalue())
+            items.append({"url": f"{base_url}/images/{name}", "revised_prompt": None})
+    return items
 
 
 def _short(value: Any) -> str:
