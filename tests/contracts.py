@@ -2,7 +2,7 @@
 
 A new backend, scorer, featurizer, predictor or policy proves itself by subclassing the matching
 mixin in a test module and implementing its ``make_*`` method; every ``test_*`` here then runs
-against it. The mixins check the contracts of DESIGN.md, nothing specific to one implementation.
+against it. The mixins check the contracts of docs/design.md, nothing specific to one implementation.
 """
 
 from __future__ import annotations

@@ -32,12 +32,13 @@ PROMPTS = ["a red circle", "two dotted red squares", "a green triangle", "three 
 
 
 def readme_commands(text: str) -> list[tuple[int, str]]:
-    """(line number, command) of every ``t2iroute`` command line in the README's bash blocks that
-    names the demo router, or ``artifact=DIR`` inside the "Command line and app" section."""
+    """(line number, command) of every ``t2iroute`` command line in the bash blocks of a README or
+    docs page that names the demo router, or ``artifact=DIR`` inside a "Command line and app"
+    section (or page)."""
     out, section, fence, held = [], "", None, ""
     for n, line in enumerate(text.splitlines(), 1):
-        if line.startswith("## "):
-            section = line[3:]
+        if line.startswith(("# ", "## ")):
+            section = line.split(" ", 1)[1]
         if line.startswith("```"):
             fence, held = (None if fence is not None else line[3:].strip()), ""
             continue
@@ -66,11 +67,21 @@ def _argv(line: str, artifact: Path) -> tuple[dict[str, str], list[str]]:
     return env, words[i + 1:]
 
 
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def documented_commands() -> list[tuple[str, int, str]]:
+    """(file, line, command) of every documented command that names the demo router (README and docs)."""
+    return [(f.relative_to(ROOT).as_posix(), n, c) for f in DOCS for n, c in readme_commands(f.read_text(encoding="utf-8"))]
+
+
 def test_readme_commands_are_found():
-    cmds = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
+    cmds = [(n, c) for _, n, c in documented_commands()]
+    assert {_argv(c, Path("A"))[1][0] for _, c in readme_commands((ROOT / "README.md").read_text())} >= {
+        "route", "generate", "serve"}
     subs = {_argv(c, Path("A"))[1][0] for _, c in cmds}
     assert {"route", "generate", "serve"} <= subs, cmds
-    assert not any("outputs/demo/tiny" in ln for ln in (ROOT / "README.md").read_text().splitlines()
+    assert not any("outputs/demo/tiny" in ln for f in DOCS for ln in f.read_text().splitlines()
                    if "--artifact" in ln or "artifact=" in ln), "make demo does not make outputs/demo/tiny"
 
 
@@ -104,9 +115,9 @@ def test_every_readme_command_runs_against_a_demo_like_router(demo_like_router, 
     monkeypatch.setenv("T2IROUTE_THREADS", "1")  # torch's CPU threads (README commands run as written)
     (tmp_path / "prompts.txt").write_text("a red circle\ntwo dogs\n")  # the prompts_file= example's file
     capsys.readouterr()
-    cmds = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
+    cmds = documented_commands()
     assert len(cmds) >= 6, cmds
-    for n, line in cmds:
+    for f, n, line in cmds:
         env, argv = _argv(line, demo_like_router)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
@@ -114,7 +125,7 @@ def test_every_readme_command_runs_against_a_demo_like_router(demo_like_router, 
             argv = argv + ["--cfg", "job"] if argv[0] == "serve" else ["--help"]
         rc = main(argv)
         cap = capsys.readouterr()
-        assert rc == 0, f"README line {n}: {line}\n{cap.err}"
+        assert rc == 0, f"{f} line {n}: {line}\n{cap.err}"
         if argv[0] in ("route", "generate") and "--cfg" not in argv:
             json.loads(cap.out)  # the command's JSON result
         for w in argv:

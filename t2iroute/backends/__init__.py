@@ -1,7 +1,7 @@
 """Text-to-image backends: protocol, diffusers backend, early stopping, tiny models.
 
 A backend plug-in that builds diffusers pipelines imports diffusers through
-:func:`import_diffusers` (see the README's "Plug-ins" section).
+:func:`import_diffusers` (see docs/plugins.md).
 """
 
 from t2iroute.backends.base import Backend, DiffusionInfo, Generation, build_backend, build_backends

@@ -48,7 +48,7 @@ stated (fraction of matched components of that size), ``texture`` 1 when stated 
 2/64 of the image along the named axis, in the named direction).
 
 Validated three ways (:func:`validate`, :func:`validate_degraded`, :func:`agreement` against the
-hand-labelled images in ``t2iroute/data/testbed-labels``); the figures are in the README.
+hand-labelled images in ``t2iroute/data/testbed-labels``); the figures are in docs/testbed.md.
 
 Prompts outside the generator's grammar score 0.0 (documented rule: the checker only judges its
 own grammar); pass ``strict=True`` to raise the parser's ValueError instead.

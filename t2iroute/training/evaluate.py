@@ -1,6 +1,6 @@
 """Evaluation of routers on a held-out quality matrix.
 
-Vocabulary (DESIGN.md): the router's quality-cost curve over lambda; every single backend as a
+Vocabulary (docs/design.md): the router's quality-cost curve over lambda; every single backend as a
 point; the oracle (true best backend per prompt, also swept over lambda); the random mix of
 backends (their upper convex hull: a coin flip between two backends lands anywhere on the line
 between them). Headline figures:
