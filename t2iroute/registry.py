@@ -1,9 +1,10 @@
-"""One lazy registry for every swappable part: backends, scorers, featurizers, predictors, policies.
+"""One lazy registry for every swappable part: backends, scorers, featurizers, predictors, policies,
+and model sources (what a diffusers backend's ``model: NAME:REF`` names).
 
 Built-in entries are ``"module:Class"`` strings, imported only when first used. Third-party
 packages add entries through Python entry points in the groups ``t2iroute.backends``,
-``t2iroute.scorers``, ``t2iroute.featurizers``, ``t2iroute.predictors`` and
-``t2iroute.policies``::
+``t2iroute.scorers``, ``t2iroute.featurizers``, ``t2iroute.predictors``, ``t2iroute.policies``
+and ``t2iroute.model_sources``::
 
     # a plug-in's pyproject.toml
     [project.entry-points."t2iroute.policies"]
@@ -23,7 +24,7 @@ from typing import Any, Mapping
 
 from t2iroute.errors import ConfigError
 
-KINDS = ("backends", "scorers", "featurizers", "predictors", "policies")
+KINDS = ("backends", "scorers", "featurizers", "predictors", "policies", "model_sources")
 
 #: kind -> name -> "module:Class" (or the class itself, for entries registered in process)
 BUILTIN: dict[str, dict[str, Any]] = {
@@ -55,10 +56,16 @@ BUILTIN: dict[str, dict[str, Any]] = {
         "max_cost": "t2iroute.router.policy:MaxCostPolicy",
         "fixed": "t2iroute.router.policy:FixedPolicy",
     },
+    # a diffusers backend's ``model: NAME:REF`` asks the source NAME for REF: a local pipeline folder
+    # or a pipeline object (see t2iroute.backends.diffusers_backend.resolve_model)
+    "model_sources": {
+        "tiny": "t2iroute.backends.tiny:tiny_source",
+        "testbed": "t2iroute.testbed.models:testbed_source",
+    },
 }
 
 _SINGULAR = {"backends": "backend", "scorers": "scorer", "featurizers": "featurizer",
-             "predictors": "predictor", "policies": "policy"}
+             "predictors": "predictor", "policies": "policy", "model_sources": "model source"}
 _EXTRA: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
 
 

@@ -15,8 +15,28 @@ from t2iroute.errors import ConfigError
 def test_every_builtin_entry_imports():
     for kind in registry.KINDS:
         for name in registry.BUILTIN[kind]:
-            cls = registry.get(kind, name)
-            assert isinstance(cls, type), (kind, name)
+            target = registry.get(kind, name)
+            # parts are classes; a model source is a function NAME:REF -> a folder or a pipeline
+            assert isinstance(target, type) if kind != "model_sources" else callable(target), (kind, name)
+
+
+def test_model_sources_resolve_the_testbed_and_tiny_and_plug_ins(tmp_path):
+    """The generic diffusers loader asks the model_sources registry for NAME:REF; it knows no names itself."""
+    from t2iroute.backends.diffusers_backend import resolve_model
+    from t2iroute.testbed.models import weights_dir
+
+    assert resolve_model("testbed:big") == str(weights_dir("big"))
+    assert resolve_model("org/some-model") == "org/some-model" and resolve_model(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(ConfigError, match="unknown testbed model 'huge'"):
+        resolve_model("testbed:huge")
+    with pytest.raises(ConfigError, match="is a seed"):
+        resolve_model("tiny:x")
+    registry.register("model_sources", "zoo", lambda ref: tmp_path / ref)  # a user's own model zoo
+    try:
+        assert resolve_model("zoo:sd15") == str(tmp_path / "sd15")
+    finally:
+        registry._EXTRA["model_sources"].pop("zoo")
+    assert resolve_model("zoo:sd15") == "zoo:sd15"  # unregistered: a name like any other
 
 
 def test_unknown_names_suggest_and_list():

@@ -151,6 +151,22 @@ def pipeline_key(spec: Mapping[str, Any]) -> tuple:
             spec.get("use_safetensors"))
 
 
+def resolve_model(model: str):
+    """``NAME:REF`` (or ``NAME``) where NAME is a registered model source (``tiny``, ``testbed``,
+    plug-ins under the entry-point group ``t2iroute.model_sources``): what the source gives for
+    REF, a local pipeline folder or a pipeline object. Anything else (a hub id, a folder) as is."""
+    from t2iroute import registry
+
+    name, _, ref = str(model).partition(":")
+    if name not in registry.names("model_sources"):
+        return model
+    try:
+        got = registry.get("model_sources", name)(ref)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
+    return str(got) if isinstance(got, os.PathLike) else got
+
+
 def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
                    use_safetensors: bool | None = None) -> _Shared:
     key = pipeline_key({"model": model, "dtype": dtype, "device": device, "variant": variant,
@@ -164,22 +180,14 @@ def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
 
             from t2iroute import quiet
 
-            if model.startswith("tiny"):  # tiny, tiny:SEED -- random weights built in process
-                from t2iroute.backends.tiny import tiny_pipeline
-
-                seed = int(model.split(":", 1)[1]) if ":" in model else 0
-                pipe = tiny_pipeline(seed)
+            quiet.apply()  # the loading bars and warnings: only with verbose=true (CLI, workers)
+            resolved = resolve_model(model)
+            if not isinstance(resolved, str):  # a model source built the pipeline itself
+                pipe = resolved
             else:
                 from diffusers import AutoPipelineForText2Image
 
-                quiet.apply()  # the loading bars and warnings: only with verbose=true (CLI, workers)
-                if model.startswith("testbed:"):  # testbed:big, testbed:small -- trained, shipped
-                    from t2iroute.testbed.models import weights_dir
-
-                    try:
-                        model = str(weights_dir(model.split(":", 1)[1]))
-                    except (ValueError, FileNotFoundError) as e:
-                        raise ConfigError(str(e)) from e
+                model = resolved
                 kw: dict[str, Any] = {_dtype_keyword(): getattr(torch, dtype), **_safety_checker_kwargs(model)}
                 if variant:
                     if os.path.isdir(model):
@@ -210,8 +218,10 @@ def register_pipeline(model: str, pipe, *, dtype: str = "float32", device: str =
     """Make backends naming ``model`` (with this dtype, device...) use an already built ``pipe``
     (benchmarks of random-weight pipelines of a real architecture)."""
     pipe.set_progress_bar_config(disable=True)
+    key = pipeline_key({"model": model, "dtype": dtype, "device": device, "variant": variant,
+                        "use_safetensors": use_safetensors})
     with _PIPELINES_LOCK:
-        _PIPELINES[(model, dtype, device, variant, use_safetensors)] = _Shared(pipe)
+        _PIPELINES[key] = _Shared(pipe)
 
 
 def unload_pipeline(model: str, **key) -> None:

@@ -77,6 +77,15 @@ def tiny_components(seed: int = 0, scheduler: str = "ddim"):
     }
 
 
+def tiny_source(ref: str):
+    """The ``tiny`` model source: ``model: tiny`` or ``tiny:SEED``, random weights built in process."""
+    try:
+        seed = int(ref) if ref else 0
+    except ValueError:
+        raise ValueError(f"model 'tiny:{ref}': the part after 'tiny:' is a seed (an integer)") from None
+    return tiny_pipeline(seed)
+
+
 def tiny_pipeline(seed: int = 0, scheduler: str = "ddim"):
     components = tiny_components(seed, scheduler)  # first: it makes diffusers' pipelines importable
     from diffusers import StableDiffusionPipeline

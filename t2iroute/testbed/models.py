@@ -49,6 +49,11 @@ def weights_dir(name: str) -> Path:
     return path
 
 
+def testbed_source(ref: str) -> str:
+    """The ``testbed`` model source: ``model: testbed:big`` / ``testbed:small``, the shipped folders."""
+    return str(weights_dir(ref))
+
+
 def grammar_words() -> list[str]:
     words = {"a", "an", "two", "three", *S.SIZES, *S.TEXTURES, *S.COLORS}
     words |= {s for s in S.SHAPES} | {s + "s" for s in S.SHAPES}
