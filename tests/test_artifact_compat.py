@@ -1,58 +1,42 @@
-"""Artifacts written by t2iroute before format 2 (tests/data/v1-*, made by the previous main)."""
+"""Artifact formats: t2iroute has no release yet, so it reads only the current format (3). An
+artifact written before (tests/data/v1-ridge-router, format 1) is refused, saying which versions
+this t2iroute reads; the pre-release migrations are gone (CHANGELOG.md)."""
 
 import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from t2iroute import Router
 from t2iroute.errors import ArtifactError
-from t2iroute.router.artifact import FORMAT_VERSION
+from t2iroute.router.artifact import FORMAT_VERSION, READABLE_VERSIONS
 
 DATA = Path(__file__).parent / "data"
-V1 = json.loads((DATA / "v1-predictions.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["ridge", "stack"])
-def test_format_1_artifacts_load_and_predict_the_same(name):
-    r = Router.load(DATA / f"v1-{name}-router")
-    assert r.manifest["upgraded_from_version"] == 1
-    assert r.higher_is_better is True
-    Q, _ = r.predict(V1["prompts"])
-    np.testing.assert_allclose(Q, V1[name], rtol=1e-9)
+def test_only_the_current_format_is_read():
+    assert READABLE_VERSIONS == (FORMAT_VERSION,) == (3,)
 
 
-def test_format_1_lambda_becomes_the_default_policy():
-    r = Router.load(DATA / "v1-ridge-router")
-    assert r.policy.spec() == {"type": "lam", "lam": 0.5} and r.lam == 0.5
-    d = r.route("two birds on a wire")
-    assert d.policy == {"type": "lam", "lam": 0.5} and d.lam == 0.5
-    assert r.route("two birds on a wire", max_cost=0.6).backend in ("fast", "mid")
-
-
-def test_resaving_a_format_1_artifact_writes_the_current_format(tmp_path):
-    r = Router.load(DATA / "v1-stack-router")
-    r.save(tmp_path / "r2")
-    m = json.loads((tmp_path / "r2" / "manifest.json").read_text())
-    assert m["format_version"] == FORMAT_VERSION and m["policy"]["type"] == "lam" and "lambda" not in m
-    assert "kind" not in json.dumps(m["predictor"]) and "kind" not in json.dumps(m["featurizer"])
-    again = Router.load(tmp_path / "r2")
-    np.testing.assert_allclose(again.predict(V1["prompts"])[0], V1["stack"], rtol=1e-9)
-
-
-def test_unknown_format_version_and_bad_policy_are_artifact_errors(tmp_path):
+@pytest.mark.parametrize("version", [1, 2, 4, 99])
+def test_other_format_versions_are_refused_naming_the_versions_read(tmp_path, version):
     path = tmp_path / "r"
     shutil.copytree(DATA / "v1-ridge-router", path)
     m = json.loads((path / "manifest.json").read_text())
-    m["format_version"] = 99
+    m["format_version"] = version
     (path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ArtifactError, match="format version 99"):
+    with pytest.raises(ArtifactError, match=rf"format version {version} but this t2iroute reads versions \[3\]"):
         Router.load(path)
-    from t2iroute.router.artifact import upgrade_v1
 
-    m = {**upgrade_v1(m), "format_version": 2, "policy": {"type": "nonsense"}}
-    (path / "manifest.json").write_text(json.dumps(m))
+
+def test_a_current_artifact_with_an_unknown_policy_is_an_artifact_error(tmp_path):
+    from tests.test_artifact_security import make_tiny_router, read, write
+
+    path = tmp_path / "r"
+    make_tiny_router().save(path)
+    m = read(path)
+    m["policy"] = {"type": "nonsense"}
+    write(path, m)
     with pytest.raises(ArtifactError, match="unknown policy type 'nonsense'"):
         Router.load(path)

@@ -480,15 +480,15 @@ def test_a_pin_refuses_a_format_downgrade(artifact, version, capsys):
     m["format_version"] = version  # older formats carry no verified digest: keep the publisher's
     m["backends"][0]["cost"] = 0.0  # and edit what the downgrade hides
     (artifact / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ArtifactError, match=f"pinned to manifest_sha256 {published}, but its manifest is "
-                                            f"format version {version}") as e:
+    with pytest.raises(ArtifactError, match=f"format version {version} but this t2iroute reads versions") as e:
         Router.load(artifact, expected_sha256=published)
     assert str(artifact) in str(e.value)
     capsys.readouterr()
     rc = main(["route", "a cat", f"artifact={artifact}", f"artifact_sha256={published}"])
     out = capsys.readouterr()
     assert rc != 0 and out.out == "" and f"format version {version}" in out.err
-    assert Router.load(artifact).costs[0] == 0.0  # unpinned, an old format still loads (with a warning)
+    with pytest.raises(ArtifactError, match=f"format version {version}"):  # pinned or not: only format 3 is read
+        Router.load(artifact)
     case(f"format downgraded to {version}, publisher's digest kept, pinned", "refused")
 
 

@@ -70,7 +70,7 @@ def test_calibration_hits_budget_on_held_out_data():
         calibrate_lambda(q_val, costs, target_mean_cost=0.01)
     # quality floor: the largest lambda keeping validation quality above the floor
     floor = Y[2000:3000].max(1).mean() - 0.8
-    lam = calibrate_lambda(q_val, costs, quality_floor=floor, scores=Y[2000:3000])
+    lam = calibrate_lambda(q_val, costs, mean_quality_floor=floor, scores=Y[2000:3000])
     ch = (q_val - lam * costs).argmax(1)
     assert Y[2000:3000][np.arange(1000), ch].mean() >= floor - 1e-9
 
@@ -127,8 +127,11 @@ def test_damaged_artifacts_fail_clearly(router, tmp_path):
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="format version 99"):
         Router.load(path)
-    m["format_version"] = 1
+    from t2iroute.router.artifact import manifest_digest
+
+    m["format_version"] = 3
     m["n_features"] = 5
+    m["manifest_sha256"] = manifest_digest(m)  # an edit that keeps the manifest consistent
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match="featurizer gives 24 features"):
         Router.load(path)
@@ -158,7 +161,7 @@ def test_api_bad_input_is_named(router):
     with pytest.raises(ValueError, match="budget must be a finite number"):
         router.route("a cat", budget=float("nan"))
     with pytest.raises(ValueError, match="mean_quality_floor must be a finite number"):
-        router.calibrate(["a cat", "a dog"], quality_floor=float("nan"))
+        router.calibrate(["a cat", "a dog"], mean_quality_floor=float("nan"))
     with pytest.raises(ValueError, match="budget .*finite"):
         router.calibrate(["a cat", "a dog"], target_mean_cost=float("inf"))
     with pytest.raises(ValueError, match=r"prompt #0 \('caf\\udce9'\) is not valid text"):

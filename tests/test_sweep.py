@@ -148,7 +148,6 @@ def test_temp_parts_of_killed_sweeps_are_never_data_and_are_cleaned(tmp_path):
     dead = 2 ** 22 + 4321  # above the default pid_max: no such process
     pd.DataFrame({"prompt_id": ["p"], "prompt": ["a cat"], "backend": ["b"], "seed": [0], "clip": [0.3],
                   "cost": [1.0]}).to_parquet(table / f".tmp-{dead}-part-0000-x.parquet")
-    (table / ".tmp-part-0000-old.parquet").write_bytes(b"PAR1 half written")  # older naming, no pid
     live = table / f".tmp-{os.getpid()}-part-0000-live.parquet"
     live.write_bytes(b"being written")
     with pytest.raises(TableError, match="holds no parquet files"):

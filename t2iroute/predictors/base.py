@@ -279,7 +279,7 @@ class QualityPredictor(_Estimator):
 
         if not isinstance(meta, dict):
             raise StateError("predictor meta", f"must be a mapping, got {type(meta).__name__}")
-        name = meta.get("type", meta.get("kind"))  # "kind": artifacts of format version 1
+        name = meta.get("type")
         params = meta.get("params")
         if not isinstance(params, dict):
             raise StateError("predictor meta: 'params'", f"must be a mapping, got {params!r:.60}")

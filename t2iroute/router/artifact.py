@@ -24,8 +24,8 @@ An artifact is data that strangers share. Loading one
   before a byte is hashed). Other files in the folder are ignored (never opened);
 * checks every file's sha256 and the manifest's own (``manifest_sha256``: catches damage and
   edits by hand; pin ``expected_sha256=`` to the value a publisher gave you to know the
-  artifact is the one published: a pinned artifact must be format 3, whose manifest_sha256 is
-  verified, so a copy downgraded to format 1 or 2 is refused), refuses NaN, infinite, negative
+  artifact is the one published; only format 3 is read, every manifest's checksum is verified),
+  refuses NaN, infinite, negative
   and huge (> :data:`MAX_COST`) costs, numbers JSON cannot hold, manifests nested deeper than
   :data:`MAX_DEPTH`, and numbers where names belong;
 * checks the predictor's state before using it (see ``QualityPredictor.from_state``): array
@@ -91,7 +91,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "t2iroute-router"
 FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (3,)  # no release yet: earlier formats were never published (CHANGELOG)
 _PACKAGES = ("t2iroute", "numpy", "scikit-learn", "lightgbm", "sentence-transformers", "torch")
 
 #: Bounds checked before reading: one file, all files together, the manifest, JSON nesting,
@@ -361,7 +361,7 @@ def _depth(x: Any) -> int:
 
 
 def read_manifest(path, *, expected_sha256: str | None = None) -> dict:
-    """The validated manifest of the artifact folder ``path`` (format 1 upgraded in memory).
+    """The validated manifest of the artifact folder ``path``.
 
     ``expected_sha256``: the manifest_sha256 the publisher gave; the manifest must be format 3
     (whose digest is verified) and carry exactly this digest.
@@ -398,26 +398,12 @@ def read_manifest(path, *, expected_sha256: str | None = None) -> dict:
             f"router artifact {path}: format version {v} but this t2iroute reads versions "
             f"{list(READABLE_VERSIONS)}; retrain the router or install a matching t2iroute"
         )
-    if pin is not None and v < 3:
-        raise ArtifactError(
-            f"router artifact {path}: pinned to manifest_sha256 {pin}, but its manifest is format version {v}, "
-            f"whose manifest_sha256 nothing verifies; a pinned artifact must be format {FORMAT_VERSION} (a "
-            "published artifact downgraded to an older format? ask its publisher for a current one)")
-    if v >= 3:
-        want = manifest.get("manifest_sha256")
-        if not isinstance(want, str) or manifest_digest(manifest) != want:
-            raise ArtifactError(f"router artifact {path}: manifest.json is damaged or edited "
-                                "(manifest_sha256 does not match its content)")
-        if pin is not None and want != pin:
-            raise ArtifactError(f"router artifact {path}: manifest_sha256 {want} is not the expected {pin}")
-    else:
-        log.warning("router artifact %s has format version %s, written before manifests carried a checksum: "
-                    "its manifest is not integrity-checked (save it again with this t2iroute)", path, v)
-    if v == 1:
-        try:
-            manifest = upgrade_v1(manifest)
-        except ArtifactError as e:
-            raise ArtifactError(f"router artifact {path}: {e}") from None
+    want = manifest.get("manifest_sha256")
+    if not isinstance(want, str) or manifest_digest(manifest) != want:
+        raise ArtifactError(f"router artifact {path}: manifest.json is damaged or edited "
+                            "(manifest_sha256 does not match its content)")
+    if pin is not None and want != pin:
+        raise ArtifactError(f"router artifact {path}: manifest_sha256 {want} is not the expected {pin}")
     for key in ("backends", "featurizer", "predictor", "files", "policy", "n_features"):
         if key not in manifest:
             raise ArtifactError(f"router artifact {path}: manifest.json lacks '{key}'")
@@ -485,29 +471,6 @@ def _check_values(m: dict, path: Path) -> None:
     missing = [f for f in _REQUIRED_FILES if f not in files]
     if missing:
         raise bad(f"'files' lacks {missing}")
-
-
-def _kind_to_type(x):
-    if isinstance(x, dict):
-        return {("type" if k == "kind" else k): _kind_to_type(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_kind_to_type(v) for v in x]
-    return x
-
-
-def upgrade_v1(manifest: dict) -> dict:
-    """A format-1 manifest in format 2's shape (in memory; the files are not rewritten)."""
-    m = dict(manifest)
-    if "lambda" in m:
-        lam = m.pop("lambda")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)):
-            raise ArtifactError(f"format-1 manifest: lambda {lam!r:.60} is not a number")
-        m["policy"] = {"type": "lam", "lam": float(lam)}
-    m["higher_is_better"] = True  # version 1 knew higher-is-better metrics only
-    m["featurizer"] = _kind_to_type(m.get("featurizer"))
-    m["predictor"] = _kind_to_type(m.get("predictor"))
-    m["upgraded_from_version"] = 1
-    return m
 
 
 def _read_files(path: Path, files: Mapping[str, str]) -> dict[str, bytes]:

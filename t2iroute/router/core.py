@@ -494,12 +494,10 @@ class Router:
         return out[0] if single else out
 
     def calibrate(self, prompts: Sequence[str], target_mean_cost: float | None = None, *,
-                  mean_quality_floor: float | None = None, quality_floor: float | None = None) -> float:
+                  mean_quality_floor: float | None = None) -> float:
         """Make the default policy the lambda rule whose lambda meets the budget on these prompts
         (a target mean cost, or a floor on the mean predicted quality); returns lambda."""
         items, _ = check_prompts(prompts)
-        if quality_floor is not None:  # the old name of mean_quality_floor
-            mean_quality_floor = quality_floor if mean_quality_floor is None else mean_quality_floor
         Q, _ = self.predict(items)
         floor = None if mean_quality_floor is None else self.sign * float(mean_quality_floor)
         lam = calibrate_lambda(self.routing_quality(Q), self.costs, target_mean_cost=target_mean_cost,

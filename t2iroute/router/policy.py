@@ -333,7 +333,6 @@ def calibrate_lambda(
     target_mean_cost: float | None = None,
     mean_quality_floor: float | None = None,
     scores: np.ndarray | None = None,
-    quality_floor: float | None = None,
 ) -> float:
     """Lambda for a budget, from predictions on calibration prompts.
 
@@ -341,12 +340,7 @@ def calibrate_lambda(
     cheapest quality-maximizing policy within budget). ``mean_quality_floor``: the largest lambda
     whose MEAN quality (true ``scores`` if given, else predicted) stays >= the floor (oriented:
     higher is better). Mean cost falls monotonically with lambda, so a bisection finds it.
-    ``quality_floor`` is the old name of ``mean_quality_floor``.
     """
-    if quality_floor is not None:
-        if mean_quality_floor is not None:
-            raise ValueError("give mean_quality_floor (quality_floor is its old name), not both")
-        mean_quality_floor = quality_floor
     if (target_mean_cost is None) == (mean_quality_floor is None):
         raise ValueError("give exactly one of target_mean_cost and mean_quality_floor")
     if target_mean_cost is not None:

@@ -74,7 +74,7 @@ def clean_temp_parts(table_dir: Path) -> list[Path]:
     removed = []
     for p in Path(table_dir).glob(".tmp-*"):
         m = re.match(r"\.tmp-(\d+)-", p.name)
-        if m is None or not pid_alive(int(m.group(1))):  # no pid: written by t2iroute before 0.2
+        if m is not None and not pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
