@@ -180,13 +180,14 @@ def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
 
             from t2iroute import quiet
 
+            from diffusers import AutoPipelineForText2Image
+
+            # after importing diffusers: its progress switches are module state
             quiet.apply()  # the loading bars and warnings: only with verbose=true (CLI, workers)
             resolved = resolve_model(model)
             if not isinstance(resolved, str):  # a model source built the pipeline itself
                 pipe = resolved
             else:
-                from diffusers import AutoPipelineForText2Image
-
                 model = resolved
                 kw: dict[str, Any] = {_dtype_keyword(): getattr(torch, dtype), **_safety_checker_kwargs(model)}
                 if variant:
