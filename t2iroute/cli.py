@@ -654,40 +654,13 @@ def _image_format(out: str) -> str:
     return fmt
 
 
-def _clean_temp_images(folder: str) -> None:
-    """Remove temp images that killed ``generate`` runs left in ``folder`` (``.t2iroute-PID-*``
-    whose process is gone; older unnamed ones after an hour)."""
-    from t2iroute.paths import pid_alive
-
-    try:
-        names = [n for n in os.listdir(folder) if n.startswith(".t2iroute-") and not n.startswith(".t2iroute-probe")]
-    except OSError:
-        return
-    for n in names:
-        p = os.path.join(folder, n)
-        m = re.match(r"\.t2iroute-(\d+)-", n)
-        try:
-            stale = not pid_alive(int(m.group(1))) if m else time.time() - os.lstat(p).st_mtime > 3600
-            if stale and os.path.isfile(p) and not os.path.islink(p):
-                os.unlink(p)
-        except OSError:
-            pass
-
-
 def _write_image(image, out: str, fmt: str, key: str = "out") -> None:
-    """Write ``image`` to ``out`` atomically: a reader never sees half an image, and an older file
-    survives a failure. Mode 0644 with the usual umask."""
+    """:func:`t2iroute.router.batch.write_image`, an OSError named by the key that gave ``out``."""
     from t2iroute.errors import ConfigError
-    from t2iroute.paths import atomic_path
+    from t2iroute.router.batch import write_image
 
-    folder = os.path.dirname(os.path.abspath(out))
     try:
-        os.makedirs(folder, exist_ok=True)  # 0777 & ~umask: 0755 with the usual umask
-        _clean_temp_images(folder)
-        umask = os.umask(0)
-        os.umask(umask)
-        with atomic_path(os.path.abspath(out), prefix=".t2iroute-", mode=0o666 & ~umask) as tmp:
-            image.save(tmp, format=fmt)
+        write_image(image, out, fmt)
     except OSError as e:
         raise ConfigError(f"{key}={out}: cannot write the image ({e.strerror or e})") from None
 
@@ -712,7 +685,9 @@ def _generate(cfg, prompts: list[str]) -> None:
     result["router_load_s"] = load_s  # artifact + featurizer models (the pipeline's load is in wall_s only)
     _write_image(res.image, out, fmt)  # before scoring: a scorer that fails now loses no image
     if scorer is not None:
-        result.update(_score_one(scorer, res.image, prompts[0]))
+        from t2iroute.router.batch import score_one
+
+        result.update(score_one(scorer, res.image, prompts[0]))
     result["out"] = out
     result["wall_s"] = time.perf_counter() - t0  # the whole command: loads, routing, image, scoring, writing
     _emit(result)
@@ -738,143 +713,34 @@ def _cli_scorer(cfg):
     return load_scorer(OmegaConf.to_container(cfg.scorer, resolve=True), name)
 
 
-def _score_one(scorer, image, prompt: str) -> dict:
-    """``{"score": {metric: value}}``; a scorer that fails on this image gives ``{metric: null}``
-    and ``score_error`` (why), with a warning: the image is written already, no score is made up."""
-    try:
-        return {"score": {scorer.metric: float(scorer.score([image], [prompt])[0])}}
-    except Exception as e:  # noqa: BLE001 -- the image stands; the score is unavailable, and says why
-        why = " ".join(str(e).split()) or type(e).__name__
-        log.warning("score unavailable (%s): %s", scorer.metric, why)
-        return {"score": {scorer.metric: None}, "score_error": f"{type(e).__name__}: {why}"}
-
-
-GENERATIONS = "generations.jsonl"
-
-
-def _finished(path: Path, items: list[str], seed: int) -> dict[int, dict]:
-    """The images an earlier run of the same prompts wrote into out_dir (index -> its JSON line);
-    refuses a folder that holds another run's images. A half-written last line (a killed run) is cut."""
-    from t2iroute.errors import ConfigError
-
-    if not path.exists():
-        return {}
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):  # killed mid-line: drop the partial record
-        raw = raw[: raw.rfind(b"\n") + 1]
-        path.write_bytes(raw)
-    done = {}
-    for n, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
-        try:
-            rec = json.loads(line)
-            i, prompt, s = int(rec["index"]), rec["decision"]["prompt"], int(rec["seed"])
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"out_dir={path.parent}: {GENERATIONS} line {n} is not a t2iroute generate "
-                              "record; use another out_dir") from None
-        if i >= len(items) or items[i] != prompt or s != seed:
-            what = (f"image {i} of {len(items)}" if i >= len(items) else
-                    f"prompt {prompt[:40]!r} where this run has {items[i][:40]!r}" if items[i] != prompt else
-                    f"seed {s} where this run has seed={seed}")
-            raise ConfigError(f"out_dir={path.parent} holds another run's images ({GENERATIONS} line {n}: {what}); "
-                              "use another out_dir, or the same prompts and seed to resume it")
-        if (path.parent / str(rec.get("file", ""))).is_file():
-            done[i] = rec
-    return done
-
-
-def _run_policy(router, policy: dict, items: list[str], done: dict[int, dict]) -> dict:
-    """The policy keywords for every chunk of a run: a policy that calibrates on the prompts routed
-    together (a budget's lambda) is resolved ONCE on all the run's prompts, before chunking, so
-    that chunk boundaries do not change decisions; a resumed run reuses the lambda its finished
-    images were decided with (their records in generations.jsonl), so that it decides as an
-    uninterrupted run would have. Policies deciding prompt by prompt pass through."""
-    import copy
-
-    from t2iroute.router.policy import LambdaPolicy, policy_from_keywords
-
-    pol = policy_from_keywords(**policy) or router.policy
-    if getattr(pol, "per_prompt", False) or not hasattr(pol, "resolve"):
-        return policy
-    pol = router._resolve(pol)
-    Q, _ = router.predict(items)
-    oriented = pol.oriented(router.sign)
-    resolved = oriented.resolve(router.routing_quality(Q), router.costs)
-    if not isinstance(resolved, LambdaPolicy) or resolved is oriented:
-        return policy  # nothing calibrated that a lambda holds: chunks decide as before
-    want = resolved.spec()
-    for rec in sorted(done.values(), key=lambda r: r["index"]):
-        d = rec.get("decision") or {}
-        spec = {k: v for k, v in (d.get("policy") or {}).items() if k != "lam"}
-        lam = d.get("lambda")
-        if spec == want and isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam):
-            resolved = copy.copy(resolved)
-            resolved.lam = float(lam)
-            break
-    return {"policy": resolved}
-
-
 def _generate_many(cfg, prompts: list[str]) -> None:
-    """Several prompts: OUT/NNNN.png and one JSON line per image in OUT/generations.jsonl, written
-    as each backend group finishes; a re-run of the same prompts and seed skips what is there."""
-    from collections import Counter
-
-    from tqdm import tqdm
-
+    """Several prompts: :class:`t2iroute.router.batch.FolderRun` into out_dir (resumable)."""
     from t2iroute.errors import ConfigError, GenerationError
+    from t2iroute.router.batch import RECORDS, FolderRun
 
     if not cfg.get("out_dir"):
         raise ConfigError("out_dir=DIR is needed for several prompts (or prompts_file=): the images go to "
-                          "DIR/0000.png, DIR/0001.png ... and their records to DIR/" + GENERATIONS)
+                          "DIR/0000.png, DIR/0001.png ... and their records to DIR/" + RECORDS)
     _require_artifact(cfg)
     items = _cli_prompts(cfg, prompts)
     policy = _policy_kwargs(cfg)
-    seed = int(cfg.seed)
-    out_dir = Path(str(cfg.out_dir))
-    width = max(4, len(str(len(items) - 1)))
-    done = _finished(out_dir / GENERATIONS, items, seed)
-    todo = [i for i in range(len(items)) if i not in done]
+    run = FolderRun(str(cfg.out_dir), items, int(cfg.seed))  # refuses another run's folder before loading
     t0 = time.perf_counter()
-    scorer = _cli_scorer(cfg) if todo else None  # loaded before any image is made
+    scorer = _cli_scorer(cfg) if run.todo else None  # loaded before any image is made
     t1 = time.perf_counter()
-    router = _cli_router(cfg) if todo else None
+    router = _cli_router(cfg) if run.todo else None
     load_s = time.perf_counter() - t1
-    if router is not None:
-        policy = _run_policy(router, policy, items, done)
-    show = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
-    bar = tqdm(total=len(items), initial=len(done), unit="img", file=sys.stderr, disable=not show,
-               desc="generate", dynamic_ncols=True)
-    counts, failed = Counter(), []
-    t_gen = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    chunk = int(cfg.chunk_size)
-    with open(out_dir / GENERATIONS, "a", encoding="utf-8") as fh:
-        for c in range(0, len(todo), chunk):
-            idx = todo[c:c + chunk]
-            try:
-                for j, res in router.generate_iter([items[i] for i in idx], seed=seed, backend=cfg.get("backend"),
-                                                   fallback=bool(cfg.fallback), **policy):
-                    i = idx[j]
-                    name = f"{i:0{width}d}.png"
-                    _write_image(res.image, str(out_dir / name), "PNG", key="out_dir")
-                    scored = _score_one(scorer, res.image, items[i]) if scorer is not None else {}
-                    fh.write(json.dumps({"index": i, "file": name, **res.to_dict(), **scored}) + "\n")
-                    fh.flush()
-                    counts[res.backend] += 1
-                    bar.update(1)
-            except GenerationError as e:  # the chunk's other images are written; go on with the next
-                failed.append(str(e))
-    bar.close()
-    gen_s = time.perf_counter() - t_gen
-    made = sum(counts.values())
-    summary = {"out_dir": str(out_dir), "records": str(out_dir / GENERATIONS), "prompts": len(items),
-               "generated": made, "skipped_finished": len(done), "failed": len(todo) - made,
-               "by_backend": dict(sorted(counts.items())), "router_load_s": load_s, "generate_s": gen_s,
-               "images_per_s": made / gen_s if made and gen_s > 0 else None,
-               "wall_s": time.perf_counter() - t0}
-    _emit(summary)
-    if failed:
-        raise GenerationError(f"{len(todo) - made} of {len(items)} images failed (the others are in "
-                              f"{out_dir}): {failed[0]}")
+    summary = run.run(router, policy=policy, backend=cfg.get("backend"), fallback=bool(cfg.fallback), scorer=scorer,
+                      chunk_size=int(cfg.chunk_size),
+                      progress=sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress),
+                      write=lambda image, out, fmt: _write_image(image, out, fmt, key="out_dir"))
+    summary = {**summary, "router_load_s": load_s, "wall_s": time.perf_counter() - t0}
+    order = ["out_dir", "records", "prompts", "generated", "skipped_finished", "failed", "by_backend",
+             "router_load_s", "generate_s", "images_per_s", "wall_s"]
+    _emit({k: summary[k] for k in order})
+    if run.failures:
+        raise GenerationError(f"{summary['failed']} of {len(items)} images failed (the others are in "
+                              f"{run.out_dir}): {run.failures[0]}")
 
 
 def _serve(cfg) -> None:
