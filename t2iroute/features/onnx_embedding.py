@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from t2iroute.features.sentence_models import default_cache_dir, load_sentence_transformer
 from t2iroute.paths import atomic_path, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ def onnx_runtime_available() -> bool:
 def onnx_root() -> Path:
     """``<cache root>/onnx``: the root is ``$T2IROUTE_CACHE``, or ``t2iroute`` under
     ``$XDG_CACHE_HOME`` or ``~/.cache`` (the environment of the user who loads, never a spec)."""
-    from t2iroute.features.embedding import default_cache_dir
-
     return default_cache_dir().parent / "onnx"
 
 
@@ -85,8 +84,6 @@ def export_model(model: str, folder: Path, *, max_seq_length: int | None, normal
     Raises whatever goes wrong (no torch, an untraceable model...); the caller falls back.
     """
     import torch
-
-    from t2iroute.features.embedding import load_sentence_transformer
 
     st = load_sentence_transformer(model, device="cpu", max_seq_length=max_seq_length, source=source)
     first = st[0]

@@ -20,78 +20,26 @@ import copy
 import itertools
 import logging
 import time
-from typing import Any
 
 import numpy as np
 
+from t2iroute.curves import cost_to_reach, lambda_grid, quality_at_cost, router_curve
 from t2iroute.predictors.base import (
     QualityPredictor, StateError, build_predictor, load_nested, state_array, state_number,
 )
+# the candidates and their spec resolution live below base (base's resolve_blocks uses them);
+# DEFAULT_CANDIDATES, candidate_spec and resolve_candidates are imported from here as ever
+from t2iroute.predictors.candidates import (  # noqa: F401 -- resolve_candidates: re-exported
+    DEFAULT_CANDIDATES, _drop_blocks, candidate_spec, resolve_candidates,
+)
+from t2iroute.rules import anchor_quality
 
 log = logging.getLogger(__name__)
-
-#: the default candidates: (name, spec, minimum training rows)
-DEFAULT_CANDIDATES: list[dict[str, Any]] = [
-    {"name": "knn25", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 25, "block": "embedding"}},
-    {"name": "knn50", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 50, "block": "embedding"}},
-    {"name": "knn100", "min_rows": 200, "spec": {"type": "knn", "n_neighbors": 100, "block": "embedding"}},
-    {"name": "knn25_all", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 25}},
-    {"name": "knn50_all", "min_rows": 0, "spec": {"type": "knn", "n_neighbors": 50}},
-    {"name": "knn100_all", "min_rows": 200, "spec": {"type": "knn", "n_neighbors": 100}},
-    {"name": "ridge", "min_rows": 0, "spec": {"type": "ridge", "alpha": 1000.0, "block": "embedding"}},
-    {"name": "lgbm", "min_rows": 1000, "max_rows": 2000, "spec": {"type": "lgbm"}},  # the stack's, above
-    {"name": "stack", "min_rows": 2000, "config": "stack"},  # conf/predictor/stack.yaml
-]
-
-
-def candidate_spec(c: dict) -> dict:
-    """A candidate's predictor spec: ``spec``, or ``config: NAME`` for conf/predictor/NAME.yaml."""
-    if "spec" in c:
-        return copy.deepcopy(dict(c["spec"]))
-    if "config" in c:
-        import yaml
-
-        from t2iroute.paths import CONF_DIR
-
-        path = CONF_DIR / "predictor" / f"{c['config']}.yaml"
-        if not path.is_file():
-            raise ValueError(f"auto predictor: candidate config {c['config']!r} not found ({path})")
-        return dict(yaml.safe_load(path.read_text()))
-    raise ValueError(f"auto predictor: candidate {c} has neither 'spec' nor 'config'")
-
-
-def resolve_candidates(spec: dict, blocks: dict, resolve) -> dict:
-    """Resolve ``block`` keys in each candidate of an auto spec; a block that is not configured
-    makes that candidate use every feature column instead."""
-    from t2iroute.errors import ConfigError
-
-    out = []
-    for c in spec.get("candidates") or DEFAULT_CANDIDATES:
-        c = dict(c)
-        sp = candidate_spec(c)
-        try:
-            sp = resolve(sp, blocks)
-        except ConfigError:
-            sp = resolve(_drop_blocks(sp), blocks)
-        c.pop("config", None)
-        c["spec"] = sp
-        out.append(c)
-    return {**spec, "candidates": out}
-
-
-def _drop_blocks(x):
-    if isinstance(x, dict):
-        return {k: _drop_blocks(v) for k, v in x.items() if k != "block"}
-    if isinstance(x, list):
-        return [_drop_blocks(v) for v in x]
-    return x
 
 
 def routing_figures(q_hat: np.ndarray, scores: np.ndarray, costs: np.ndarray, n_lambdas: int = 100) -> dict:
     """Cost saved at equal quality and quality gain at equal cost of routing ``q_hat`` over a
     lambda grid, judged on ``scores`` (both oriented: higher is better)."""
-    from t2iroute.curves import cost_to_reach, lambda_grid, quality_at_cost, router_curve
-
     q_hat = np.asarray(q_hat, float)
     scores = np.asarray(scores, float)
     costs = np.asarray(costs, float)
@@ -173,8 +121,6 @@ class AutoPredictor(QualityPredictor):
     def _fit_core(self, X, Y, texts=None):
         from sklearn.base import clone
         from sklearn.model_selection import KFold
-
-        from t2iroute.router.policy import anchor_quality
 
         n, k = Y.shape
         costs = self._fit_costs if self._fit_costs is not None else np.ones(k)

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from t2iroute import registry
 from t2iroute.errors import ConfigError
+from t2iroute.predictors.candidates import resolve_candidates
 
 State = tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]
 
@@ -229,9 +231,10 @@ class QualityPredictor(_Estimator):
         self.n_outputs_ = Y.shape[1]
         if getattr(self, "relative", False) and Y.shape[1] > 1:
             center = Y.mean(axis=1, keepdims=True)
-            from t2iroute.predictors.linear import RidgePredictor
-
-            self.mean_model_ = RidgePredictor(alpha=10.0, relative=False).fit(X, center[:, 0])
+            # the registry's ridge (t2iroute.predictors.linear, a subclass of this class), which
+            # from_state rebuilds the mean model with too
+            ridge = registry.get("predictors", "ridge")
+            self.mean_model_ = ridge(alpha=10.0, relative=False).fit(X, center[:, 0])
             self._fit_core(X, Y - center, texts)
         else:
             self.mean_model_ = None
@@ -275,8 +278,6 @@ class QualityPredictor(_Estimator):
     def from_state(cls, meta: dict, arrays: dict, texts: dict) -> "QualityPredictor":
         """Rebuild a predictor from :meth:`get_state`'s output, checking it first: every count,
         shape and value a prediction relies on (a :class:`StateError` names what is wrong)."""
-        from t2iroute import registry
-
         if not isinstance(meta, dict):
             raise StateError("predictor meta", f"must be a mapping, got {type(meta).__name__}")
         name = meta.get("type")
@@ -329,8 +330,6 @@ def _jsonable(x):
 def resolve_blocks(spec, blocks: dict[str, slice]):
     """Replace ``block: <featurizer name>`` in a predictor spec (recursively) by ``feature_slice``."""
     if isinstance(spec, dict) and spec.get("type") == "auto":
-        from t2iroute.predictors.auto import resolve_candidates
-
         return resolve_candidates(spec, blocks, resolve_blocks)
     if isinstance(spec, dict):
         spec = {k: resolve_blocks(v, blocks) for k, v in spec.items()}
@@ -359,6 +358,4 @@ def resolve_blocks(spec, blocks: dict[str, slice]):
 
 def build_predictor(spec: dict | None) -> QualityPredictor:
     """``{"type": "lgbm", ...params}`` -> an unfitted predictor (any registered type)."""
-    from t2iroute import registry
-
     return registry.build("predictors", spec if spec is not None else {"type": "lgbm"})

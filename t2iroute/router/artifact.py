@@ -108,6 +108,17 @@ _FILE_NAME = re.compile(r"predictor/(arrays\.npz|[A-Za-z0-9_][A-Za-z0-9_.-]{0,20
 _REQUIRED_FILES = ("predictor/arrays.npz",)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
+#: The class :func:`load_router` builds: :class:`t2iroute.router.core.Router`, which hands itself
+#: over (:func:`_set_router_class`) as it is defined. Core imports this module for ``Router.save``
+#: and ``Router.load``, so this module does not import core (no import cycle); it is set before any
+#: load, since importing this module imports the ``t2iroute.router`` package, and with it core, first.
+_ROUTER_CLASS: type | None = None
+
+
+def _set_router_class(cls: type) -> None:
+    global _ROUTER_CLASS
+    _ROUTER_CLASS = cls
+
 
 def package_versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
@@ -617,8 +628,10 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
     from t2iroute.backends import build_backend
     from t2iroute.errors import ConfigError
     from t2iroute.predictors.base import QualityPredictor, StateError
-    from t2iroute.router.core import Router
 
+    Router = _ROUTER_CLASS
+    if Router is None:  # pragma: no cover -- t2iroute.router.core sets it, and the package imports core
+        raise RuntimeError("t2iroute.router.core is not imported: no Router class to load an artifact into")
     path = _artifact_path(path)
     manifest = read_manifest(path, expected_sha256=expected_sha256)
     data = _read_files(path, manifest["files"])

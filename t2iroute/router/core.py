@@ -17,6 +17,7 @@ import numpy as np
 
 from t2iroute.backends.base import DiffusionShortcuts, free_accelerator_memory
 from t2iroute.errors import ConfigError, GenerationError
+from t2iroute.router.artifact import _set_router_class, load_router, save_router
 from t2iroute.router.policy import (
     LambdaPolicy, Policy, anchor_quality, build_policy, calibrate_lambda, policy_from_keywords,
 )
@@ -621,8 +622,6 @@ class Router:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path, **extra) -> None:
-        from t2iroute.router.artifact import save_router
-
         save_router(self, path, **extra)
 
     @classmethod
@@ -630,6 +629,9 @@ class Router:
              local: Mapping[str, Mapping[str, Any]] | None = None, expected_sha256: str | None = None) -> "Router":
         """Load an artifact folder; see :func:`t2iroute.router.artifact.load_router`. ``local``
         (featurizer type -> settings) carries the loading user's endpoints and cache folders."""
-        from t2iroute.router.artifact import load_router
-
         return load_router(path, backends=backends, local=local, expected_sha256=expected_sha256)
+
+
+# the artifact format builds this class when it loads one; it cannot import this module, which
+# imports it (see t2iroute.router.artifact._ROUTER_CLASS)
+_set_router_class(Router)

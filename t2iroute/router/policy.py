@@ -29,29 +29,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+# the pure decision rules live below every layer (t2iroute.curves and predictors.auto use them too);
+# they are imported from here as ever: ``from t2iroute.router.policy import route_scores, anchor_quality``
+from t2iroute.rules import anchor_quality, route_scores  # noqa: F401 -- anchor_quality: re-exported
+
 log = logging.getLogger(__name__)
-
-
-def route_scores(q_hat: np.ndarray, costs: np.ndarray, lam: float) -> np.ndarray:
-    """argmax_k q_hat[i, k] - lam * c_k; ties go to the cheaper backend."""
-    util = np.asarray(q_hat, float) - lam * np.asarray(costs, float)[None, :]
-    order = np.argsort(costs, kind="stable")
-    return order[np.argmax(util[:, order], axis=1)]
-
-
-def anchor_quality(q_oriented: np.ndarray, anchor: int) -> np.ndarray:
-    """Oriented quality with the ``anchor`` backend raised to each row's best prediction (plus a
-    hair): every lambda rule then routes to the anchor at lambda 0 and leaves it only for a
-    backend predicted to be as good, or cheaper at a predicted loss that lambda pays for.
-
-    Anchored on the best single backend, the router's family of policies contains that backend
-    itself, so routing never has to lose to it; the ordering of prompts by predicted loss, which
-    is what cost savings come from, is unchanged.
-    """
-    q = np.array(q_oriented, dtype=float, copy=True)
-    if q.size:
-        q[:, anchor] = q.max(axis=1) + 1e-9 * (1.0 + float(np.abs(q).max()))
-    return q
 
 
 def _cost_rank(costs: np.ndarray, n: int) -> np.ndarray:
