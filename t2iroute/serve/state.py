@@ -1,0 +1,172 @@
+"""One server's state: the router, its limits, the queue, the warm-up and the batcher.
+
+:func:`t2iroute.serve.app.create_app` builds one :class:`ServerState` and stores it on
+``app.state.t2iroute``; the handlers of :mod:`t2iroute.serve.openai_api` and
+:mod:`t2iroute.serve.native_api` get it with the :func:`get_state` dependency."""
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from t2iroute.serve.errors import RequestError
+from t2iroute.serve.metrics import RetryCollector, ServerMetrics
+from t2iroute.serve.models import RequestModels
+from t2iroute.serve.validation import check_key
+
+log = logging.getLogger("t2iroute.serve.app")  # the server's one logger (as before the split)
+
+
+class ServerState:
+    """What the handlers share. ``inflight``: generation and route requests accepted and not yet
+    answered (at most ``max_queue``); ``ready``: set once the warm-up is over (at once without one)."""
+
+    def __init__(self, router, *, api_keys: list[str] | None, image_dir: str | None, max_queue: int, max_n: int,
+                 batch_window_s: float, engine: str, max_route_prompts: int, warmup: bool,
+                 on_ready: Callable[[dict], Any] | None):
+        self.router, self.api_keys, self.engine = router, api_keys, engine
+        self.max_queue, self.max_n, self.max_route_prompts = max_queue, max_n, int(max_route_prompts)
+        self.batch_window_s = batch_window_s
+        self.backends = list(router.backend_names)
+        self.sizes = {f"{getattr(b, 'width', 0)}x{getattr(b, 'height', 0)}" for b in router.backends.values()}
+        self.image_root = Path(image_dir) if image_dir else None
+        self.models = RequestModels(backends=self.backends, sizes=self.sizes, max_n=self.max_n,
+                                    url=self.image_root is not None, max_route_prompts=self.max_route_prompts)
+        self.metrics = ServerMetrics(self.backends)
+        self.metrics.registry.register(RetryCollector(router))
+        self._lock = threading.Lock()
+        self.inflight = 0
+        self.warmup, self.on_ready = bool(warmup), on_ready
+        self.ready = threading.Event()
+        self.warm_started, self.warmup_s, self.failed = False, None, {}
+        self.pending: dict = {}  # (policy, forced backend) -> jobs waiting for the batch window
+        if not warmup:
+            self.ready.set()
+
+    # -- the queue (generation and route requests together) ----------------------------------------
+
+    def enter_queue(self) -> None:
+        with self._lock:
+            if self.inflight >= self.max_queue:
+                raise RequestError(f"the queue is full ({self.max_queue} requests); retry shortly", None, status=429,
+                                   headers={"Retry-After": "1"})
+            self.inflight += 1
+            self.metrics.queue.set(self.inflight)
+
+    def leave_queue(self) -> None:
+        with self._lock:
+            self.inflight -= 1
+            self.metrics.queue.set(self.inflight)
+
+    @contextlib.contextmanager
+    def queue_slot(self):
+        """A place in the queue for the ``with`` block (429 when it is full)."""
+        self.enter_queue()
+        try:
+            yield
+        finally:
+            self.leave_queue()
+
+    # -- the warm-up -----------------------------------------------------------------------------
+
+    def start_warmup(self) -> None:
+        """Loads the featurizer and every backend in a background thread (once)."""
+        with self._lock:
+            if self.warm_started:
+                return
+            self.warm_started = True
+        threading.Thread(target=self._run_warmup, name="t2iroute-warmup", daemon=True).start()
+
+    def _run_warmup(self) -> None:
+        from t2iroute.backends.base import load_backends
+
+        router, failed = self.router, self.failed
+        t0 = time.perf_counter()
+        try:
+            router.warmup()
+        except Exception as e:  # noqa: BLE001 -- routing reports it again on the first request
+            failed["featurizer"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+            log.warning("warm-up: the featurizer cannot load: %s", failed["featurizer"])
+        loaded = load_backends(router.backends)
+        failed.update({k: v for k, v in loaded.items() if isinstance(v, str)})
+        self.warmup_s = time.perf_counter() - t0
+        self.metrics.warmup_s.set(self.warmup_s)
+        n_ok = sum(not isinstance(v, str) for v in loaded.values())
+        log.info("warm-up: the featurizer and %d backend(s) loaded in %.1f s%s", n_ok, self.warmup_s,
+                 f"; failed: {sorted(failed)}" if failed else "")
+        self.ready.set()
+        if self.on_ready is not None:
+            try:
+                self.on_ready(self.ready_info())
+            except Exception as e:  # noqa: BLE001
+                log.warning("warm-up: on_ready raised %s: %s", type(e).__name__, e)
+
+    def ready_info(self) -> dict:
+        """What ``/ready`` reports (:class:`t2iroute.serve.models.Readiness`)."""
+        info = {"status": "ready" if self.ready.is_set() else "warming_up", "warmup": self.warmup,
+                "warmup_s": self.warmup_s}
+        if self.failed:
+            info["failed"] = dict(self.failed)
+        return info
+
+    async def wait_ready(self) -> None:
+        while not self.ready.is_set():
+            await asyncio.sleep(0.05)
+
+    # -- batching: requests with the same model within batch_window_s share one Router.generate ----
+
+    async def submit(self, prompts: list[str], seeds: list[int], policy: dict, forced: str | None) -> list:
+        """The ``GenerateResult`` of each prompt, generated with the requests that arrive within the
+        batch window under the same policy and forced backend; raises when a prompt got no image."""
+        key = (tuple(sorted(policy.items())), forced)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if key not in self.pending:
+            self.pending[key] = []
+            loop.create_task(self._flush(key))
+        self.pending[key].append({"prompts": prompts, "seeds": seeds, "future": fut})
+        return await fut
+
+    async def _flush(self, key) -> None:
+        await asyncio.sleep(self.batch_window_s)
+        jobs = self.pending.pop(key)
+        policy, forced = dict(key[0]), key[1]
+        prompts = [p for j in jobs for p in j["prompts"]]
+        seeds = [s for j in jobs for s in j["seeds"]]
+        self.metrics.batches.inc()
+        if len(jobs) > 1:
+            self.metrics.batched.inc(len(jobs))
+        try:  # generation blocks: off the event loop
+            results = await run_in_threadpool(self.router.generate, prompts, seed=seeds, backend=forced, **policy)
+            error = None
+        except Exception as e:  # noqa: BLE001 -- a request keeps its images if all of them were made
+            results, error = getattr(e, "results", None) or [None] * len(prompts), e
+        k = 0
+        for j in jobs:
+            mine = results[k:k + len(j["prompts"])]
+            k += len(j["prompts"])
+            if not j["future"].done():
+                if all(r is not None for r in mine):
+                    j["future"].set_result(mine)
+                else:
+                    j["future"].set_exception(error or RuntimeError("no image"))
+
+
+async def get_state(request: Request) -> ServerState:
+    """The app's :class:`ServerState` (a FastAPI dependency)."""
+    return request.app.state.t2iroute
+
+
+State = Annotated[ServerState, Depends(get_state)]
+
+
+async def authorize(request: Request) -> None:
+    """401 unless the request carries one of the server's API keys (none set: every request passes).
+    A dependency of every endpoint but ``/health``, ``/ready``, ``/metrics`` and ``/openapi.json``."""
+    check_key(request.headers.get("authorization", ""), request.app.state.t2iroute.api_keys)
