@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo app test test-heavy lint docs bench-cems clean
+.PHONY: venv demo app test test-heavy lint docs cli-reference bench-cems clean
 
 venv: $(VENV)/.installed
 
@@ -61,6 +61,10 @@ lint: venv
 
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# docs/reference/cli.md from the typed configs (tests/test_cli_promises.py fails when it is stale)
+cli-reference: venv
+	$(VENV)/bin/python -c "from t2iroute.cli.help import reference_markdown as r; print(r(), end='')" > docs/reference/cli.md
 
 # The issue's benchmark: CEMS 10k (needs ../shared/data), seeds 0-4, clip and nima.
 bench-cems: venv

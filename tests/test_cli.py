@@ -4,13 +4,13 @@ import os
 import pytest
 from hydra import compose, initialize_config_dir
 
-from t2iroute.cli import _register_resolvers, main
+from t2iroute.cli import main, register
 from t2iroute.paths import CONF_DIR
 from tests.conftest import make_table
 
 
 def _compose(name, overrides):
-    _register_resolvers()
+    register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
 
@@ -96,7 +96,8 @@ def test_generate_budget_resumed_decides_as_an_uninterrupted_run(tiny_artifact, 
     """budget= over 24 prompts in chunks of 5: lambda is calibrated once on all the run's prompts
     (not per chunk), kept with the run, and a run stopped after 7 images then resumed makes the
     same decisions and the same images as one that was never stopped."""
-    import t2iroute.cli as cli
+    import t2iroute.cli.route as cli_route
+    from t2iroute.cli.checks import bad
 
     words = ["a cat", "two red cars left of a tree", "a bowl", "three dogs on a sofa", "a blue kite",
              "a castle at dusk with five towers", "a cup", "two birds", "a robot holding a sign that says hi",
@@ -108,17 +109,17 @@ def test_generate_budget_resumed_decides_as_an_uninterrupted_run(tiny_artifact, 
     capsys.readouterr()
     # the same run, stopped after 7 images (the 8th cannot be written), then run again
     resumed = tmp_path / "resumed"
-    real, n = cli._write_image, {"images": 0}
+    real, n = cli_route.write_image, {"images": 0}
 
     def failing_write(image, out, fmt, key="out"):
         if n["images"] == 7:
-            raise cli._bad(key, out, "disk full (simulated)")
+            raise bad(key, out, "disk full (simulated)")
         n["images"] += 1
         return real(image, out, fmt, key)
 
-    monkeypatch.setattr(cli, "_write_image", failing_write)
+    monkeypatch.setattr(cli_route, "write_image", failing_write)
     assert main([*args, f"out_dir={resumed}"]) == 2
-    monkeypatch.setattr(cli, "_write_image", real)
+    monkeypatch.setattr(cli_route, "write_image", real)
     assert len(_records(resumed)) == 7
     assert main([*args, f"out_dir={resumed}"]) == 0
     summary = json.loads(capsys.readouterr().out)

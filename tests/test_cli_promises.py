@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from t2iroute.cli import COMMANDS, _split_prompts, main
+from t2iroute.cli import COMMANDS, main
+from t2iroute.cli import split_prompts as _split_prompts
 from tests.conftest import make_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,8 +337,9 @@ def test_help_lists_every_key_with_a_description(cmd, capsys):
 
 
 def _group_names(cmd):
-    dflt = OmegaConf.to_container(OmegaConf.load(ROOT / "t2iroute" / "conf" / f"{cmd}.yaml").defaults)
-    return {next(iter(d)) for d in dflt if isinstance(d, dict)} - {"hydra"}
+    from t2iroute.cli.schema import defaults_list
+
+    return {next(iter(d)) for d in defaults_list(cmd) if isinstance(d, dict)} - {"hydra"}
 
 
 def test_top_and_app_help(capsys):
@@ -380,7 +382,7 @@ def test_scorer_that_cannot_load_fails_before_generating(tiny_artifact, tmp_path
 def test_score_failing_at_scoring_time_keeps_the_image(tiny_artifact, tmp_path, capsys, caplog, monkeypatch):
     """A scorer that loads but fails on the image: the image is written, the score is null with
     the reason (never made up), one warning; several prompts: each record carries its score."""
-    import t2iroute.cli as cli
+    import t2iroute.cli.route as cli_route
 
     class Broken:
         metric, higher_is_better = "clip", True
@@ -388,7 +390,7 @@ def test_score_failing_at_scoring_time_keeps_the_image(tiny_artifact, tmp_path, 
         def score(self, images, prompts):
             raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(cli, "_cli_scorer", lambda cfg: Broken())
+    monkeypatch.setattr(cli_route, "load_scorer", lambda cfg: Broken())
     out = tmp_path / "a.png"
     assert main(["generate", "a red car", f"artifact={tiny_artifact}", f"out={out}", "backend=fast"]) == 0
     cap = capsys.readouterr()
@@ -458,9 +460,10 @@ def test_one_default_llm_port_everywhere(monkeypatch):
     assert f'"--port", type=int, default={port})' in inspect.getsource(llm_server)
     assert yaml.safe_load((CONF_DIR / "features" / "llm.yaml").read_text())["base_url"] is None
     assert llm.OpenAIProvider("m").base_url == f"http://127.0.0.1:{port}/v1"  # what base_url: null resolves to
-    for name in ("route", "generate", "serve"):
-        text = (CONF_DIR / f"{name}.yaml").read_text()
-        assert "8090" not in text and f":{port}/v1" in text, name
+    from t2iroute.cli.schema import Llm
+
+    text = Llm.__dataclass_fields__["base_url"].metadata["help"]  # route, generate and serve's llm.base_url
+    assert "8090" not in text and f":{port}/v1" in text
 
 
 def test_a_reader_that_stops_early_gets_no_traceback():
@@ -471,3 +474,20 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     p.stdout.close()  # before the command has imported anything, so its first write meets a closed pipe
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141 and "Traceback" not in err, err
+
+
+def test_cli_reference_page_is_generated_from_the_schema():
+    """docs/reference/cli.md is what the typed configs say now (`make cli-reference` writes it), and
+    every key the schema declares is listed there and in --help, with the same help text."""
+    from t2iroute.cli.help import command_help, reference_markdown
+    from t2iroute.cli.schema import CONFIGS
+    from t2iroute.cli.typed import keys
+
+    page = (ROOT / "docs" / "reference" / "cli.md").read_text(encoding="utf-8")
+    assert page == reference_markdown(), "docs/reference/cli.md is stale: run make cli-reference"
+    for cmd, cls in CONFIGS.items():
+        text = command_help(cmd)
+        for k in keys(cls):
+            if not k.section:
+                assert f"| `{k.name}` |" in page and k.help.replace("|", "\\|") in page, (cmd, k.name)
+                assert f"  {k.name}=" in text, (cmd, k.name)

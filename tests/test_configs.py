@@ -83,9 +83,12 @@ def test_feature_configs_build(name):
 @pytest.mark.parametrize("entry", ["bench", "train", "sweep", "route", "generate"])
 def test_entry_configs_share_the_hydra_settings(entry):
     cfg = _compose(entry, ["data=agiqa3k"] if entry in ("bench", "train") else [])
-    assert "hydra" not in OmegaConf.to_container(OmegaConf.load(CONF / f"{entry}.yaml"))
-    dflt = OmegaConf.load(CONF / f"{entry}.yaml").defaults
-    assert any(isinstance(d, dict) and "hydra" in d for d in OmegaConf.to_container(dflt)), dflt
+    from t2iroute.cli.schema import node
+
+    entry_node = node(entry)  # the command's typed config as stored for Hydra
+    assert "hydra" not in entry_node
+    dflt = entry_node["defaults"]
+    assert any(isinstance(d, dict) and "hydra" in d for d in dflt), dflt
     assert cfg is not None
 
 

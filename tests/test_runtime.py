@@ -13,7 +13,8 @@ from PIL import Image
 from t2iroute import GenerateResult, Router
 from t2iroute.backends import DiffusionInfo, Generation
 from t2iroute.backends.diffusers_backend import _PIPELINES
-from t2iroute.cli import _split_prompts, main
+from t2iroute.cli import main
+from t2iroute.cli import split_prompts as _split_prompts
 from t2iroute.errors import ArtifactError, ConfigError, GenerationError
 from tests.conftest import TINY_SPECS, make_table
 

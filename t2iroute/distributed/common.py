@@ -6,12 +6,18 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from t2iroute.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def option(default, help: str, **meta):
+    """A field of an options dataclass with its help text and range (``ge``, ``le``): the CLI's
+    schema (:mod:`t2iroute.cli.schema`) reads them for ``--help`` and its checks."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
@@ -26,14 +32,18 @@ class RayOptions:
     otherwise; 0.5 puts two models on one GPU).
     """
 
-    address: str = "local"
-    num_cpus: int | None = None
-    workers_per_model: int = 1
-    num_cpus_per_worker: float = 1.0
-    num_gpus_per_worker: float | None = None
-    max_retries: int = 2
-    max_in_flight: int = 2
-    object_store_memory: int | None = None
+    address: str = option("local", "local: a Ray instance on this machine for the run; auto: the cluster `ray start "
+                          "--head` runs here; HOST:PORT or ray://HOST:10001: a remote head")
+    num_cpus: int | None = option(None, "address=local only: the CPUs it offers (default: all)", ge=1)
+    workers_per_model: int = option(1, "actors per model; an actor loads the model once and runs every step budget "
+                                       "of it", ge=1)
+    num_cpus_per_worker: float = option(1.0, "CPUs each actor reserves (also its torch threads)", ge=0)
+    num_gpus_per_worker: float | None = option(None, "GPUs each actor reserves; null: 1 if the model's backends say "
+                                                     "device cuda, else 0; 0.5: two per GPU", ge=0)
+    max_retries: int = option(2, "times a unit is re-run after its worker died, then it goes to failures.jsonl", ge=0)
+    max_in_flight: int = option(2, "units queued on one actor at a time (keeps it busy between units)", ge=1)
+    object_store_memory: int | None = option(None, "address=local only: bytes of Ray's object store (default: "
+                                                   "Ray's)", ge=1 << 20)
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> "RayOptions":

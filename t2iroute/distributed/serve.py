@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from t2iroute.distributed.common import group_label, groups_of, import_ray, options_from, worker_verbose
+from t2iroute.distributed.common import group_label, groups_of, import_ray, option, options_from, worker_verbose
 from t2iroute.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,22 +35,28 @@ APP_NAME = "t2iroute"
 
 @dataclass
 class RayServeOptions:
-    """``ray.*`` keys of ``t2iroute serve engine=ray`` (conf/serve.yaml documents each)."""
+    """``ray.*`` keys of ``t2iroute serve engine=ray``, each with its help text and range."""
 
-    address: str = "local"
-    num_cpus: int | None = None
-    router_replicas: int = 1
-    router_num_cpus: float = 0.0
-    num_cpus_per_replica: float = 1.0
-    num_gpus_per_replica: float | None = None
-    min_replicas: int = 1
-    max_replicas: int = 1
-    target_ongoing_requests: float = 2.0
-    max_ongoing_requests: int = 4
-    retry_window_s: float = 120.0
-    timeout_s: float = 600.0
-    health_check_period_s: float = 2.0
-    object_store_memory: int | None = None
+    address: str = option("local", "local: a Ray instance on this machine; auto: the cluster `ray start --head` "
+                          "runs here; HOST:PORT: a remote head")
+    num_cpus: int | None = option(None, "address=local only: the CPUs it offers (default: all)", ge=1)
+    router_replicas: int = option(1, "replicas of the HTTP router (on this machine: the artifact and image_dir are "
+                                     "here)", ge=1)
+    router_num_cpus: float = option(0.0, "CPUs each router replica reserves (routing is light; 0 leaves them to the "
+                                         "models)", ge=0)
+    num_cpus_per_replica: float = option(1.0, "CPUs each model replica reserves (also its torch threads)", ge=0)
+    num_gpus_per_replica: float | None = option(None, "GPUs each model replica reserves; null: 1 if the model's "
+                                                      "backends say device cuda, else 0", ge=0)
+    min_replicas: int = option(1, "replicas per model; max_replicas above it turns on Serve's autoscaling", ge=1)
+    max_replicas: int = option(1, "the most replicas per model (autoscaling above min_replicas)", ge=1)
+    target_ongoing_requests: float = option(2.0, "autoscaling target: requests in progress per model replica", ge=0)
+    max_ongoing_requests: int = option(4, "requests one model replica holds at once; more wait in the router", ge=1)
+    retry_window_s: float = option(120.0, "a call whose model replica died is sent again (backoff up to 2 s) this "
+                                          "long, then falls back", ge=0)
+    timeout_s: float = option(600.0, "the most one backend call may take, retries included", ge=0)
+    health_check_period_s: float = option(2.0, "how often Serve checks a model replica (a dead one is replaced)", ge=0)
+    object_store_memory: int | None = option(None, "address=local only: bytes of Ray's object store (default: "
+                                                   "Ray's)", ge=1 << 20)
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> "RayServeOptions":
@@ -243,3 +249,53 @@ def model_deployments(name: str = APP_NAME) -> list[str]:
 
     status = serve.status().applications.get(name)
     return sorted(n for n in (status.deployments if status else {}) if n.startswith("model-"))
+
+
+def serve_until_signalled(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: RayServeOptions, *,
+                          host: str = "127.0.0.1", port: int = 8000, local: Mapping[str, Any] | None = None,
+                          app_kwargs: Mapping[str, Any] | None = None, expected_sha256: str | None = None,
+                          warmup: bool = True, on_started=None) -> None:
+    """``t2iroute serve engine=ray``: load the artifact here first (a bad artifact or backend
+    config fails before anything is deployed), :func:`start`, call ``on_started(info)``, answer
+    until SIGINT/SIGTERM, then tear the deployments down. ``backend_specs`` override the
+    artifact's. Replicas finish the requests they hold; a signal sent to the whole process group
+    (Ctrl-C, ``timeout``) also stops Ray's own processes, and shutting down can then hang: after
+    120 s (30 s for Ray itself) the process exits."""
+    import signal
+    import sys
+    import threading
+
+    from t2iroute.router.core import Router
+
+    router = Router.load(str(artifact), backends=dict(backend_specs) or None, local=local,
+                         expected_sha256=expected_sha256)
+    specs = {**router.backend_specs, **backend_specs}
+    started = start(os.path.abspath(str(artifact)), specs, opts, host=host, port=port, local=local,
+                    app_kwargs=app_kwargs, expected_sha256=expected_sha256, warmup=warmup)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs handlers of its own
+        signal.signal(sig, lambda *_: stop.set())
+    if on_started is not None:
+        on_started({"backends": router.backend_names, "models": model_deployments()})
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        import ray
+        from ray import serve
+
+        if not _within(serve.shutdown, 120) or (started and not _within(ray.shutdown, 30)):
+            log.warning("serve: Ray did not shut down in time (its processes were signalled too); exiting")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+
+def _within(fn, seconds: float) -> bool:
+    """Run ``fn`` in a daemon thread; False if it has not returned after ``seconds``."""
+    import threading
+
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive()
