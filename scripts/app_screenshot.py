@@ -15,7 +15,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from t2iroute.app.serve import served_app
+from t2iroute.testing.app import served_app
 
 PROMPTS = "three small striped blue squares left of a dotted green triangle\na red circle\ntwo large checked yellow triangles"
 

@@ -49,8 +49,8 @@ def gpu_mem_mb(device: str):
 
 def random_pipeline(arch: str, seed: int = 0):
     """A real architecture (sd15: UNet 860M + CLIP ViT-L; sdxl: UNet 2.6B + two text encoders)
-    with random weights: :func:`t2iroute.backends.fixtures.build_pipeline` at full size."""
-    from t2iroute.backends.fixtures import build_pipeline
+    with random weights: :func:`t2iroute.testing.pipelines.build_pipeline` at full size."""
+    from t2iroute.testing.pipelines import build_pipeline
 
     return build_pipeline(arch, size="full", seed=seed, safety_checker=False)
 
@@ -193,7 +193,7 @@ def gpu_suite(args) -> dict:
 
     from t2iroute.backends import build_backend
     from t2iroute.backends import diffusers_backend as db
-    from t2iroute.backends.fixtures import build_pipeline
+    from t2iroute.testing.pipelines import build_pipeline
     from t2iroute.training.prompts import read_prompts
 
     dev = args.device

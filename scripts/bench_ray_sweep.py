@@ -56,10 +56,10 @@ def main(argv=None) -> int:
 
     from t2iroute import threads
     from t2iroute.backends import build_backends
-    from t2iroute.distributed import run_sweep_ray
+    from t2iroute.sweeps.ray import run_sweep_ray
     from t2iroute.scoring import build_scorer
     from t2iroute.training.prompts import read_prompts
-    from t2iroute.training.sweep import read_sweep, run_sweep
+    from t2iroute.sweeps.local import read_sweep, run_sweep
 
     specs = {n: _spec(n) for n in a.backends.split(",")}
     scorer_spec = OmegaConf.to_container(OmegaConf.load(CONF / "scorer" / "clip_tiny.yaml"), resolve=True)

@@ -172,7 +172,7 @@ def probe_availability(artifact, tally):
     import httpx
 
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     router = Router.load(artifact)
     route = router.route

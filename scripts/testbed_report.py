@@ -62,7 +62,7 @@ def curves(a) -> dict:
     from t2iroute.backends.diffusers_backend import DiffusersBackend
     from t2iroute.testbed.checker import TestbedChecker
     from t2iroute.threads import configure
-    from t2iroute.training.sweep import read_sweep, run_sweep
+    from t2iroute.sweeps.local import read_sweep, run_sweep
 
     configure(a.threads, force=True)
     prompts = _prompts(a.per_level, a.offset)
@@ -160,7 +160,7 @@ def complexity(a) -> dict:
 
 def timing(a) -> dict:
     from t2iroute.router import Router
-    from t2iroute.training.sweep import read_sweep
+    from t2iroute.sweeps.local import read_sweep
 
     df = read_sweep(a.sweep)
     cost = df.groupby("backend").agg(cost_s=("cost_s", "mean"), latency_s=("latency_s", "mean"),
@@ -199,7 +199,7 @@ def _fixed_steps(name: str) -> tuple[str, int] | None:
 def sweep_figures(a) -> dict:
     from t2iroute.testbed.checker import TestbedChecker
     from t2iroute.testbed.scenes import parse_caption
-    from t2iroute.training.sweep import read_sweep
+    from t2iroute.sweeps.local import read_sweep
 
     df = read_sweep(a.sweep)
     df["level"] = [parse_caption(p).level for p in df.prompt]

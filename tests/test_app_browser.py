@@ -36,7 +36,7 @@ def test_route_and_generate_in_chromium(tiny_artifact, tmp_path):
     _need_browser()
     from playwright.sync_api import expect, sync_playwright
 
-    from t2iroute.app.serve import served_app
+    from t2iroute.testing.app import served_app
 
     shot = tmp_path / "app.png"
     with served_app(artifact=tiny_artifact, log_path=tmp_path / "streamlit.log") as url, sync_playwright() as p:

@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from t2iroute.paths import atomic_path, atomic_write_bytes
-from t2iroute.training.sweep import clean_temp_parts
+from t2iroute.sweeps.local import clean_temp_parts
 
 
 def test_success_replaces_the_file_in_one_rename(tmp_path):

@@ -299,7 +299,7 @@ def test_cfg_job_and_searchpath_still_work(table, tmp_path, capsys):
 def test_sweep_progress_goes_to_stderr(tmp_path, capsys):
     import pandas as pd
 
-    from t2iroute.training.sweep import run_sweep
+    from t2iroute.sweeps.local import run_sweep
 
     empty = pd.DataFrame({c: pd.Series([], dtype=str) for c in ("prompt_id", "prompt", "source")})
     run_sweep({"b": object()}, empty, [0], object(), tmp_path, progress=False)

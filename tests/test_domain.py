@@ -119,7 +119,7 @@ def test_cli_refuses_an_out_of_range_floor_in_one_line(trained, capsys):
 def test_http_refuses_an_out_of_range_floor_naming_model(trained):
     from starlette.testclient import TestClient
 
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     with TestClient(create_app(Router.load(trained))) as c:
         r = c.post("/v1/route", json={"prompt": "a cat", "model": "router:quality_floor=5"})

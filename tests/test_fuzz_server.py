@@ -1,8 +1,8 @@
 """Schemathesis against the server's OpenAPI schema (issue 22, item 5): no generated request, valid
 or not, gets a 5xx; every answer is one the schema declares, in the declared shape; every 4xx body
 names the field or the limit. In process over ASGI for both engines' app (``engine=process``:
-:func:`t2iroute.serve.create_app`; ``engine=ray``: the router deployment's
-:class:`~t2iroute.distributed.serve.RouterServer`, whose backends are handles to model replicas,
+:func:`t2iroute.serving.create_app`; ``engine=ray``: the router deployment's
+:class:`~t2iroute.serving.ray.RouterServer`, whose backends are handles to model replicas,
 here handles answered in this process). ``tests/test_serve.py`` runs a few examples over HTTP
 against live servers of both engines, and ``scripts/probe_server.py`` many more.
 
@@ -50,7 +50,7 @@ def tiny_router(artifact):
 
 def process_app(artifact, image_dir, **kw):
     """``engine=process``: create_app around the tiny artifact's router, keys on."""
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     return create_app(tiny_router(artifact), api_keys=[KEY], image_dir=str(image_dir), **kw)
 
@@ -74,7 +74,7 @@ class _Method:
 
 class LocalHandle:
     """A stand-in for a model deployment's handle: ``handle.generate.remote(...).result()`` runs the
-    group's backends in this process (what :class:`~t2iroute.distributed.serve.ModelServer` does
+    group's backends in this process (what :class:`~t2iroute.serving.ray.ModelServer` does
     on its replica)."""
 
     def __init__(self, specs):
@@ -85,8 +85,8 @@ class LocalHandle:
 
 def ray_app(artifact, image_dir, **kw):
     """``engine=ray``: the router deployment's ASGI app, as Serve's ingress gets it."""
-    from t2iroute.distributed.common import groups_of
-    from t2iroute.distributed.serve import RouterServer
+    from t2iroute.cluster import groups_of
+    from t2iroute.serving.ray import RouterServer
 
     specs = tiny_router(artifact).backend_specs
     handles, group_of = {}, {}

@@ -93,7 +93,7 @@ def test_cli_refuses_two_policies_given_as_text_and_key(tiny_artifact, capsys):
 
 def test_a_plug_in_policy_works_over_http(tiny_artifact, thrifty):
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
     from tests.test_serve import _start
 
     srv, t, url = _start(create_app(Router.load(tiny_artifact)))

@@ -126,8 +126,8 @@ def test_ray_workers_get_the_drivers_flag_and_no_colour_codes_off_a_terminal(res
     """The sweep actor applies the flag it is given (called here in process: no cluster), a driver
     that never set one gives its workers quiet, and Ray's colour prefixes are off when stderr is
     not a terminal."""
-    from t2iroute.distributed import common
-    from t2iroute.distributed.sweep import SweepWorker
+    from t2iroute import cluster as common
+    from t2iroute.sweeps.ray import SweepWorker
     from tests.conftest import TINY_SPECS
 
     quiet = restore_quiet

@@ -13,10 +13,10 @@ else:
     ray = pytest.importorskip("ray")
 
 from t2iroute.backends import build_backends  # noqa: E402
-from t2iroute.distributed import run_sweep_ray  # noqa: E402
+from t2iroute.sweeps.ray import run_sweep_ray  # noqa: E402
 from t2iroute.scoring import build_scorer  # noqa: E402
 from t2iroute.training.prompts import read_prompts  # noqa: E402
-from t2iroute.training.sweep import read_sweep, run_sweep  # noqa: E402
+from t2iroute.sweeps.local import read_sweep, run_sweep  # noqa: E402
 from t2iroute.training.table import read_table  # noqa: E402
 
 from tests.test_sweep import TINY, TINY_CLIP, kill_sweep_then_rerun  # noqa: E402

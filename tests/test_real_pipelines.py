@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from t2iroute.backends import build_backend
 from t2iroute.backends import diffusers_backend as db
-from t2iroute.backends import fixtures
+from t2iroute.testing import pipelines as fixtures
 from t2iroute.errors import ConfigError
 from t2iroute.paths import CONF_DIR
 from tests.test_cli import _compose

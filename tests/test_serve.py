@@ -32,7 +32,7 @@ def server(request, tmp_path_factory, tiny_artifact):
         ray = pytest.importorskip("ray")
         from ray import serve
 
-        from t2iroute.distributed import serve as ray_serve
+        from t2iroute.serving import ray as ray_serve
 
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2 ** 20, log_to_driver=False)
         port = _free_port()
@@ -44,7 +44,7 @@ def server(request, tmp_path_factory, tiny_artifact):
             serve.shutdown()
             ray.shutdown()
         return
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     srv, t, url = _start(create_app(router, api_keys=["sk-test"], image_dir=image_dir))
     assert isinstance(router, Router)
@@ -138,7 +138,7 @@ def test_a_model_replica_killed_during_a_request_loop_loses_no_request(server):
 
     from ray import serve
 
-    from t2iroute.distributed import serve as ray_serve
+    from t2iroute.serving import ray as ray_serve
 
     url, router = server
     handle = serve.get_deployment_handle(ray_serve.model_deployments()[0], app_name=ray_serve.APP_NAME)
@@ -177,7 +177,7 @@ def test_a_backend_raising_on_its_replica_falls_back_and_is_not_retried(server, 
     from ray import serve
 
     from t2iroute import Router
-    from t2iroute.distributed import serve as ray_serve
+    from t2iroute.serving import ray as ray_serve
 
     url, _ = server
     (tmp_path / "not-a-model").mkdir()
@@ -206,7 +206,7 @@ def test_a_backend_raising_on_its_replica_falls_back_and_is_not_retried(server, 
 @pytest.mark.parametrize("server", ["ray"], indirect=True)
 def test_replicas_the_cluster_can_never_hold_are_refused_before_deploying(server, tiny_artifact):
     from t2iroute import Router
-    from t2iroute.distributed import serve as ray_serve
+    from t2iroute.serving import ray as ray_serve
     from t2iroute.errors import ConfigError
 
     url, _ = server
@@ -273,7 +273,7 @@ def _start(app):
 
 def test_remote_backend_routes_across_a_second_server_and_falls_back_when_it_stops(tiny_artifact, monkeypatch):
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     remote_srv, thread, url = _start(create_app(Router.load(tiny_artifact), api_keys=["sk-remote"]))
     monkeypatch.setenv("REMOTE_KEY", "sk-remote")
@@ -320,7 +320,7 @@ def test_concurrent_requests_with_one_model_share_a_batch(tiny_artifact):
     from concurrent.futures import ThreadPoolExecutor
 
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     srv, t, url = _start(create_app(Router.load(tiny_artifact), batch_window_s=0.3))
     try:
@@ -433,7 +433,7 @@ def _slow_router(tiny_artifact, per_prompt_s: float):
 
 
 def test_a_big_route_request_does_not_hold_up_a_single_prompt_one(tiny_artifact):
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     srv, t, url = _start(create_app(_slow_router(tiny_artifact, 0.005)))
     try:
@@ -460,7 +460,7 @@ def test_a_big_route_request_does_not_hold_up_a_single_prompt_one(tiny_artifact)
 def test_route_prompts_per_request_are_bounded_and_route_requests_count_in_the_queue(tiny_artifact):
     from concurrent.futures import ThreadPoolExecutor
 
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     srv, t, url = _start(create_app(_slow_router(tiny_artifact, 0.2), max_queue=2, max_route_prompts=8))
     try:
@@ -482,7 +482,7 @@ def test_route_prompts_per_request_are_bounded_and_route_requests_count_in_the_q
 
 def test_an_unexpected_error_is_one_json_500_and_the_connection_survives(tiny_artifact, caplog):
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     router = Router.load(tiny_artifact)
 
@@ -492,7 +492,7 @@ def test_an_unexpected_error_is_one_json_500_and_the_connection_survives(tiny_ar
     router.route = broken
     srv, t, url = _start(create_app(router))
     try:
-        with httpx.Client(timeout=30) as c, caplog.at_level("ERROR", logger="t2iroute.serve.app"):
+        with httpx.Client(timeout=30) as c, caplog.at_level("ERROR", logger="t2iroute.serving.app"):
             first = c.get(url + "/health")
             r = c.post(url + "/v1/route", json={"prompt": "a cat"})
             assert r.status_code == 500
@@ -500,7 +500,7 @@ def test_an_unexpected_error_is_one_json_500_and_the_connection_survives(tiny_ar
                                          "type": "server_error", "param": None, "code": None}
             again = c.get(url + "/health")
             assert again.status_code == 200 and _port_of(again) == _port_of(first)
-        lines = [rec.getMessage() for rec in caplog.records if rec.name == "t2iroute.serve.app"]
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "t2iroute.serving.app"]
         assert lines == ["POST /v1/route: 500: RuntimeError: disk on fire"]
         assert 't2iroute_requests_total{endpoint="/v1/route",status="500"} 1.0' in httpx.get(url + "/metrics").text
     finally:
@@ -519,7 +519,7 @@ def test_serve_refuses_a_max_route_prompts_that_is_not_a_count(tiny_artifact, ca
 def test_parse_model_refuses_what_no_routing_can_meet():
     import numpy as np
 
-    from t2iroute.serve.app import RequestError, parse_model
+    from t2iroute.serving.app import RequestError, parse_model
 
     costs, names = np.array([0.5, 2.0]), ["a", "b"]
     assert parse_model("router:budget=0.5", names, costs) == ({"budget": 0.5}, None)
@@ -538,7 +538,7 @@ def test_warmup_loads_every_backend_before_ready_and_requests_meanwhile_wait(tin
     200; a generation sent during the warm-up waits and succeeds; after it every backend's
     pipeline is loaded (the first request loads nothing)."""
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     router = Router.load(tiny_artifact)
     gate, loading = threading.Event(), threading.Event()
@@ -586,7 +586,7 @@ def test_warmup_loads_every_backend_before_ready_and_requests_meanwhile_wait(tin
 
 def test_without_warmup_the_server_is_ready_at_once_and_loads_on_first_use(tiny_artifact):
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     router = Router.load(tiny_artifact)
     srv, t, url = _start(create_app(router))
@@ -601,7 +601,7 @@ def test_without_warmup_the_server_is_ready_at_once_and_loads_on_first_use(tiny_
 
 def test_a_backend_that_cannot_load_is_listed_in_ready_and_the_server_still_serves(tiny_artifact):
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     router = Router.load(tiny_artifact)
 

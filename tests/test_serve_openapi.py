@@ -1,4 +1,4 @@
-"""The server's OpenAPI schema documents its API from the pydantic models of t2iroute.serve.models:
+"""The server's OpenAPI schema documents its API from the pydantic models of t2iroute.serving.models:
 every endpoint, the request bodies' fields with this server's bounds, the answers' shapes, the
 error object, and the bearer scheme where a key is needed. In process, no sockets."""
 
@@ -14,7 +14,7 @@ H = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def app(tiny_artifact, tmp_path_factory):
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     return create_app(Router.load(tiny_artifact), api_keys=[KEY], image_dir=str(tmp_path_factory.mktemp("img")),
                       max_n=3, max_route_prompts=5)
@@ -63,7 +63,7 @@ def test_the_generation_request_model_has_its_fields_and_this_servers_bounds(app
 
 def test_without_an_image_dir_url_is_not_offered_and_no_key_is_asked(tiny_artifact):
     from t2iroute import Router
-    from t2iroute.serve import create_app
+    from t2iroute.serving import create_app
 
     schema = create_app(Router.load(tiny_artifact)).openapi()
     assert "/images/{name}" not in schema["paths"] and "securitySchemes" not in schema["components"]

@@ -12,7 +12,7 @@ import pytest
 from t2iroute.backends import build_backends
 from t2iroute.scoring import build_scorer
 from t2iroute.training.prompts import read_prompts
-from t2iroute.training.sweep import finished_keys, merge_tables, read_sweep, run_sweep
+from t2iroute.sweeps.local import finished_keys, merge_tables, read_sweep, run_sweep
 from t2iroute.training.table import read_table
 
 TINY_CLIP = {"type": "clip", "model": "tiny-clip", "pretrained": None, "model_config": {

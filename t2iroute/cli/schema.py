@@ -2,7 +2,7 @@
 
 Each command's config is a dataclass below: a field's type, default, range (``ge``, ``le``) and
 help text are declared once, here (``ray.*``: the options dataclasses of
-:mod:`t2iroute.distributed`). From them come the config Hydra composes (stored in its
+:mod:`t2iroute.cluster` and :mod:`t2iroute.serving.ray`). From them come the config Hydra composes (stored in its
 ConfigStore under the command's name, with the config groups of ``conf/``), ``--help``, the
 reference page (``docs/reference/cli.md``) and the checks that refuse a bad value with one line
 naming it, before anything loads.
@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Literal, Optional
 
 from t2iroute.cli import checks as ck
 from t2iroute.cli.typed import Group, check_of, key, keys, section
-from t2iroute.distributed.common import RayOptions
-from t2iroute.distributed.serve import RayServeOptions
+from t2iroute.cluster import RayOptions
+from t2iroute.serving.ray import RayServeOptions
 
 
 # -- the sections and keys several commands share --------------------------------------------------

@@ -21,7 +21,7 @@ def serve(cfg) -> None:
     try:
         import uvicorn
 
-        from t2iroute.serve import create_app
+        from t2iroute.serving import create_app
     except ImportError as e:
         raise ConfigError(f"serve needs FastAPI and uvicorn: pip install 't2iroute[serve]' ({e})") from None
     app_kwargs = {"api_keys": keys, "image_dir": cfg.get("image_dir"), "max_queue": int(cfg.max_queue),
@@ -46,7 +46,7 @@ def serve_ray(cfg, app_kwargs) -> None:
     """engine=ray: the library deploys on Ray Serve and answers until SIGINT/SIGTERM."""
     from omegaconf import OmegaConf
 
-    from t2iroute.distributed import serve as ray_serve
+    from t2iroute.serving import ray as ray_serve
 
     opts = ray_serve.RayServeOptions.from_mapping(OmegaConf.to_container(cfg.ray, resolve=True)
                                                   if cfg.get("ray") else {})

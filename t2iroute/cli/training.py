@@ -49,7 +49,7 @@ def sweep(cfg) -> None:
     from t2iroute.backends import build_backends
     from t2iroute.errors import ConfigError
     from t2iroute.training.prompts import read_prompts
-    from t2iroute.training.sweep import run_sweep
+    from t2iroute.sweeps.local import run_sweep
 
     specs = OmegaConf.to_container(cfg.backends, resolve=True) if cfg.get("backends") else {}
     if not specs:
@@ -59,7 +59,8 @@ def sweep(cfg) -> None:
     scorer_spec = OmegaConf.to_container(cfg.scorer, resolve=True)
     extra = {}
     if cfg.get("launcher", "local") == "ray":
-        from t2iroute.distributed import RayOptions, run_sweep_ray
+        from t2iroute.cluster import RayOptions
+        from t2iroute.sweeps.ray import run_sweep_ray
 
         opts = RayOptions.from_mapping(OmegaConf.to_container(cfg.ray, resolve=True) if cfg.get("ray") else {})
         res = run_sweep_ray(specs, prompts, seeds, scorer_spec, cfg.out_dir, shard=int(cfg.shard),

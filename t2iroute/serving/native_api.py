@@ -8,9 +8,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from t2iroute.router.policy import policy_from_keywords
-from t2iroute.serve.models import Health, Readiness, RouteDecision, RouteList, RouteRequest, request_body, responses
-from t2iroute.serve.state import State, authorize
-from t2iroute.serve.validation import check_route, read_body
+from t2iroute.serving.models import Health, Readiness, RouteDecision, RouteList, RouteRequest, request_body, responses
+from t2iroute.serving.state import State, authorize
+from t2iroute.serving.validation import check_route, read_body
 
 ROUTE_CHUNK = 16  # prompts routed per step of a long /v1/route under a per-prompt policy
 

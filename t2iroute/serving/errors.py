@@ -1,6 +1,6 @@
 """Errors the server answers with: :class:`RequestError` and the OpenAI-style error object.
 
-Imports nothing from FastAPI (``t2iroute.serve.app`` stays importable without the ``serve`` extra);
+Imports nothing from FastAPI (``t2iroute.serving.app`` stays importable without the ``serve`` extra);
 :func:`error_response` imports Starlette when called."""
 
 from typing import Any
@@ -22,7 +22,7 @@ def error_type(status: int) -> str:
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
-    """``{"error": {"message", "type", "param", "code"}}`` (:class:`t2iroute.serve.models.ErrorResponse`)."""
+    """``{"error": {"message", "type", "param", "code"}}`` (:class:`t2iroute.serving.models.ErrorResponse`)."""
     return {"error": {"message": message, "type": error_type(status), "param": param, "code": None}}
 
 

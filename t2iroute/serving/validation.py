@@ -1,11 +1,11 @@
 """What the server checks in a request, by hand, before it builds the request model.
 
-Each check raises :class:`~t2iroute.serve.errors.RequestError` with the message, status and
+Each check raises :class:`~t2iroute.serving.errors.RequestError` with the message, status and
 ``param`` that clients (and ``tests/test_serve.py``, ``tests/test_fuzz_server.py``) see: a body
 over :data:`MAX_BODY`, malformed or too deeply nested JSON, a field of the wrong type or out of
 range, a ``model`` no routing can meet, a wrong API key. Pydantic's own validation would answer
 some of these differently (a 422, other words), so the request models of
-:mod:`t2iroute.serve.models` are built from the values checked here (``model_construct``) and
+:mod:`t2iroute.serving.models` are built from the values checked here (``model_construct``) and
 document the API in the OpenAPI schema. Imports nothing from FastAPI."""
 
 import json
@@ -13,7 +13,7 @@ import math
 import secrets
 from typing import Any
 
-from t2iroute.serve.errors import RequestError, short
+from t2iroute.serving.errors import RequestError, short
 
 MAX_BODY = 1 << 20  # 1 MiB
 MAX_ROUTE_PROMPTS = 256  # prompts one /v1/route request may hold (serve's max_route_prompts)

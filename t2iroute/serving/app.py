@@ -22,21 +22,21 @@ long route under a per-prompt policy is routed in pieces, so a single-prompt req
 behind it. Anything unexpected is one JSON 500 with a generic message (and one log line): the
 connection stays usable, no traceback reaches the client.
 
-The modules: :mod:`~t2iroute.serve.openai_api` (the OpenAI-compatible endpoints) and
-:mod:`~t2iroute.serve.native_api` (route, health, readiness, metrics) hold the handlers on
-FastAPI ``APIRouter`` objects; they get the server's :class:`~t2iroute.serve.state.ServerState` (the router,
+The modules: :mod:`~t2iroute.serving.openai_api` (the OpenAI-compatible endpoints) and
+:mod:`~t2iroute.serving.native_api` (route, health, readiness, metrics) hold the handlers on
+FastAPI ``APIRouter`` objects; they get the server's :class:`~t2iroute.serving.state.ServerState` (the router,
 limits, queue, warm-up, batcher, API keys, image directory) from ``app.state``;
-:mod:`~t2iroute.serve.validation` checks requests by hand, :mod:`~t2iroute.serve.models` holds the
-pydantic models of requests and answers (the OpenAPI schema), :mod:`~t2iroute.serve.errors` the
-error object, :mod:`~t2iroute.serve.metrics` the Prometheus metrics. This module assembles them.
+:mod:`~t2iroute.serving.validation` checks requests by hand, :mod:`~t2iroute.serving.models` holds the
+pydantic models of requests and answers (the OpenAPI schema), :mod:`~t2iroute.serving.errors` the
+error object, :mod:`~t2iroute.serving.metrics` the Prometheus metrics. This module assembles them.
 """
 
 
 import contextlib
 import logging
 
-from t2iroute.serve.errors import RequestError, error_response
-from t2iroute.serve.validation import MAX_BODY, MAX_ROUTE_PROMPTS, parse_model
+from t2iroute.serving.errors import RequestError, error_response
+from t2iroute.serving.validation import MAX_BODY, MAX_ROUTE_PROMPTS, parse_model
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
     are generated as one ``Router.generate`` call (routed together, grouped by backend, batched by
     each backend's ``batch_size``); each request gets its own images back. A ``router:budget=``
     request calibrates lambda over the requests it was batched with. ``engine`` is reported by
-    ``/health`` (``ray``: the backends are Ray Serve deployments, see :mod:`t2iroute.distributed.serve`).
+    ``/health`` (``ray``: the backends are Ray Serve deployments, see :mod:`t2iroute.serving.ray`).
 
     ``max_queue`` bounds the generation and route requests in progress together (more get 429);
     ``max_route_prompts`` the prompts of one ``/v1/route`` request (more get 400); ``max_n`` the
@@ -75,9 +75,9 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
     from fastapi import FastAPI
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from t2iroute.serve.native_api import probe_router, route_router
-    from t2iroute.serve.openai_api import images_router, openai_router
-    from t2iroute.serve.state import ServerState
+    from t2iroute.serving.native_api import probe_router, route_router
+    from t2iroute.serving.openai_api import images_router, openai_router
+    from t2iroute.serving.state import ServerState
 
     if int(max_route_prompts) < 1 or int(max_queue) < 1 or int(max_n) < 1:
         raise ValueError("max_route_prompts, max_queue and max_n must be at least 1")
@@ -142,13 +142,13 @@ async def _http_error(request, e):
 
 def _openapi(app) -> dict:
     """The app's OpenAPI schema (built once): the routes' answers and errors, the request models
-    with this server's bounds (:class:`t2iroute.serve.models.RequestModels`), and, with API keys
+    with this server's bounds (:class:`t2iroute.serving.models.RequestModels`), and, with API keys
     on, the bearer scheme on each endpoint that needs a key."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
         from fastapi.routing import APIRoute
 
-        from t2iroute.serve.state import authorize
+        from t2iroute.serving.state import authorize
 
         state = app.state.t2iroute
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)

@@ -2,7 +2,7 @@
 
 Deployments of the application ``t2iroute``:
 
-* ``router``: the FastAPI app of :func:`t2iroute.serve.create_app` (same endpoints, batching
+* ``router``: the FastAPI app of :func:`t2iroute.serving.create_app` (same endpoints, batching
   window, fallback, metrics) around the artifact's :class:`~t2iroute.Router`, whose backends are
   handles to the model deployments below. It runs on the node that started the server (the
   artifact and ``image_dir`` are that machine's); ``ray.router_replicas`` of it.
@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from t2iroute.distributed.common import group_label, groups_of, import_ray, option, options_from, worker_verbose
+from t2iroute.cluster import group_label, groups_of, import_ray, option, options_from, worker_verbose
 from t2iroute.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class RayServeOptions:
         return o
 
     def sweep_options(self):
-        from t2iroute.distributed.common import RayOptions
+        from t2iroute.cluster import RayOptions
 
         return RayOptions(address=self.address, num_cpus=self.num_cpus, object_store_memory=self.object_store_memory,
                           num_gpus_per_worker=self.num_gpus_per_replica)
@@ -148,7 +148,7 @@ class RouterServer:
                  verbose: bool = False):
         from t2iroute.quiet import quiet_libraries
         from t2iroute.router.core import Router
-        from t2iroute.serve import create_app
+        from t2iroute.serving import create_app
 
         quiet_libraries(verbose, worker=True)  # the driver's verbose flag (the featurizer's models load here)
 
@@ -178,7 +178,7 @@ def build_app(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opt
     ray = import_ray()
     from ray import serve
 
-    from t2iroute.distributed.common import check_fits
+    from t2iroute.cluster import check_fits
 
     threads = max(1, int(opts.num_cpus_per_replica))
     handles, group_of = {}, {}
@@ -218,7 +218,7 @@ def start(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: R
     """Deploy and start answering on http://HOST:PORT/ROUTE_PREFIX (returns once every replica is
     up: with ``warmup``, once every model replica has loaded its pipeline) as the Serve application
     ``name``. True when this call started Ray here (the caller shuts it down)."""
-    from t2iroute.distributed.common import connect
+    from t2iroute.cluster import connect
 
     if not backend_specs:
         raise ConfigError("engine=ray: the router has no backend configs to deploy (pass backends=[...])")

@@ -1,4 +1,4 @@
-"""Sweeps: prompts x backends x seeds -> images -> scores -> rows of a quality table.
+"""The sequential sweep (``launcher=local``) and the table format every sweep writes: prompts x backends x seeds -> images -> scores -> rows of a quality table.
 
 Output: ``OUT/quality.parquet``, a parquet dataset folder of part files. Each chunk of finished
 work is one part file written atomically (temp file + rename), so killing a sweep at any moment
@@ -190,7 +190,7 @@ def record_failures(out_dir, bname: str, its: Sequence[tuple], error: str, trace
 def run_sweep(backends: Mapping[str, object], prompts: pd.DataFrame, seeds: Sequence[int], scorer, out_dir,
               *, shard: int = 0, num_shards: int = 1, chunk_size: int = 8, keep_images: bool = False,
               progress: bool = True, on_result=None) -> SweepResult:
-    """The sequential sweep, in this process (``launcher=ray``: :func:`t2iroute.distributed.run_sweep_ray`).
+    """The sequential sweep, in this process (``launcher=ray``: :func:`t2iroute.sweeps.ray.run_sweep_ray`).
     ``on_result`` is called after each finished unit with ``{"backend", "n", "pid"}``."""
     if scorer is None:
         raise ValueError("a sweep needs a scorer (scorer=clip)")

@@ -13,12 +13,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from t2iroute.router.policy import POLICY_KEYWORDS
-from t2iroute.serve.errors import RequestError, error_response
-from t2iroute.serve.models import ImageGenerationRequest, ImagesResponse, ModelList, request_body, responses
-from t2iroute.serve.state import State, authorize
-from t2iroute.serve.validation import check_generation, read_body
+from t2iroute.serving.errors import RequestError, error_response
+from t2iroute.serving.models import ImageGenerationRequest, ImagesResponse, ModelList, request_body, responses
+from t2iroute.serving.state import State, authorize
+from t2iroute.serving.validation import check_generation, read_body
 
-log = logging.getLogger("t2iroute.serve.app")  # the server's one logger (as before the split)
+log = logging.getLogger("t2iroute.serving.app")  # the server's one logger (as before the split)
 
 openai_router = APIRouter(dependencies=[Depends(authorize)])
 images_router = APIRouter(dependencies=[Depends(authorize)])

@@ -28,9 +28,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from t2iroute.distributed.common import (RayOptions, check_fits, connect, group_label, groups_of, import_ray,
+from t2iroute.cluster import (RayOptions, check_fits, connect, group_label, groups_of, import_ray,
                                          worker_verbose)
-from t2iroute.training.sweep import (SweepResult, UnitResult, _write_part, plan_sweep, record_failures, run_unit,
+from t2iroute.sweeps.local import (SweepResult, UnitResult, _write_part, plan_sweep, record_failures, run_unit,
                                      work_units)
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def run_sweep_ray(backend_specs: Mapping[str, Mapping[str, Any]], prompts: pd.Da
                   chunk_size: int = 8, keep_images: bool = False, progress: bool = True,
                   ray_options: RayOptions | Mapping[str, Any] | None = None,
                   on_result: Callable[[dict], None] | None = None, verbose: bool | None = None) -> SweepResult:
-    """The sweep of :func:`t2iroute.training.sweep.run_sweep` on a Ray cluster: the same rows,
+    """The sweep of :func:`t2iroute.sweeps.local.run_sweep` on a Ray cluster: the same rows,
     part files and resume. Backends and the scorer are given as configs (each actor builds its
     own). ``on_result`` is called on the driver after each finished unit with ``{"backend",
     "n", "pid"}`` (the pid of the actor that made it). ``verbose``: the libraries' progress bars and

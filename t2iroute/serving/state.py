@@ -1,8 +1,8 @@
 """One server's state: the router, its limits, the queue, the warm-up and the batcher.
 
-:func:`t2iroute.serve.app.create_app` builds one :class:`ServerState` and stores it on
-``app.state.t2iroute``; the handlers of :mod:`t2iroute.serve.openai_api` and
-:mod:`t2iroute.serve.native_api` get it with the :func:`get_state` dependency."""
+:func:`t2iroute.serving.app.create_app` builds one :class:`ServerState` and stores it on
+``app.state.t2iroute``; the handlers of :mod:`t2iroute.serving.openai_api` and
+:mod:`t2iroute.serving.native_api` get it with the :func:`get_state` dependency."""
 
 import asyncio
 import contextlib
@@ -15,12 +15,12 @@ from typing import Annotated, Any, Callable
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from t2iroute.serve.errors import RequestError
-from t2iroute.serve.metrics import RetryCollector, ServerMetrics
-from t2iroute.serve.models import RequestModels
-from t2iroute.serve.validation import check_key
+from t2iroute.serving.errors import RequestError
+from t2iroute.serving.metrics import RetryCollector, ServerMetrics
+from t2iroute.serving.models import RequestModels
+from t2iroute.serving.validation import check_key
 
-log = logging.getLogger("t2iroute.serve.app")  # the server's one logger (as before the split)
+log = logging.getLogger("t2iroute.serving.app")  # the server's one logger (as before the split)
 
 
 class ServerState:
@@ -108,7 +108,7 @@ class ServerState:
                 log.warning("warm-up: on_ready raised %s: %s", type(e).__name__, e)
 
     def ready_info(self) -> dict:
-        """What ``/ready`` reports (:class:`t2iroute.serve.models.Readiness`)."""
+        """What ``/ready`` reports (:class:`t2iroute.serving.models.Readiness`)."""
         info = {"status": "ready" if self.ready.is_set() else "warming_up", "warmup": self.warmup,
                 "warmup_s": self.warmup_s}
         if self.failed:

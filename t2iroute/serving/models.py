@@ -1,7 +1,7 @@
 """Pydantic models of the HTTP API: the request bodies and the answers, as ``GET /openapi.json``
 documents them.
 
-The handlers do not let pydantic validate a request: :mod:`t2iroute.serve.validation` checks the
+The handlers do not let pydantic validate a request: :mod:`t2iroute.serving.validation` checks the
 raw body by hand (every refusal keeps its OpenAI-style error, status and message naming the field)
 and builds the request model from the checked values. A request model's bounds that depend on
 the server (``n`` up to ``max_n``, the backends' sizes, ``url`` only with an ``image_dir``, the
