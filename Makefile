@@ -3,7 +3,8 @@
 #              them and generate an image (CPU, offline)
 # make test  - install into .venv and run the fast test suite (both cores)
 # make test-heavy - the heavy tests (Ray clusters, real-size fp16 pipelines, kill-and-resume): .ci/run's second step
-# make lint  - ruff over the code and tests (pyflakes + pycodestyle's error classes): .ci/run runs it
+# make test-all - both
+# make lint  - ruff over the code and tests (pyflakes + pycodestyle's error classes) and ruff's format check: .ci/run runs it
 # make docs  - build the docs site (docs/, mkdocs.yml) into site/ with --strict: .ci/run runs it
 # make app   - serve the Streamlit app on 127.0.0.1:8501 with the demo router (after make demo)
 VENV ?= .venv
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo app test test-heavy lint docs cli-reference bench-cems clean
+.PHONY: venv demo app test test-heavy test-all lint docs cli-reference bench-cems clean
 
 venv: $(VENV)/.installed
 
@@ -56,8 +57,12 @@ test: venv
 test-heavy: venv
 	$(PY) -m pytest -q -n 2 -m heavy
 
+# everything: the fast suite, then the heavy tests (what .ci/run runs, with lint and docs between)
+test-all: test test-heavy
+
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

@@ -7,6 +7,7 @@ A package would declare it as an entry point instead (pyproject):
     cheapest_within = "my_pkg.policies:CheapestWithin"
 and then `model="router:policy={type: cheapest_within, slack: 0.05}"` works over HTTP too.
 """
+
 import sys
 
 import numpy as np

@@ -1,7 +1,8 @@
 """Route prompts and generate one image with a router artifact.
 
-    python examples/route_and_generate.py outputs/demo/testbed/router [OUT.png]
+python examples/route_and_generate.py outputs/demo/testbed/router [OUT.png]
 """
+
 import sys
 
 from t2iroute import Router

@@ -1,6 +1,6 @@
 """Mean and spread of bench figures over several output folders (one per seed).
 
-    python scripts/aggregate_bench.py outputs/bench/cems10k-clip-seed*  [--json out.json]
+python scripts/aggregate_bench.py outputs/bench/cems10k-clip-seed*  [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,9 +34,13 @@ def main() -> None:
         for who in ("router", "oracle"):
             for k in FIGURES:
                 v = np.array([np.nan if r[who][k] is None else r[who][k] for r in runs], float)
-                row[f"{who}.{k}"] = {"mean": float(np.nanmean(v)), "min": float(np.nanmin(v)),
-                                     "max": float(np.nanmax(v)), "std": float(np.nanstd(v)),
-                                     "n_undefined": int(np.isnan(v).sum())}
+                row[f"{who}.{k}"] = {
+                    "mean": float(np.nanmean(v)),
+                    "min": float(np.nanmin(v)),
+                    "max": float(np.nanmax(v)),
+                    "std": float(np.nanstd(v)),
+                    "n_undefined": int(np.isnan(v).sum()),
+                }
         for k in ("route_throughput_prompts_per_s", "route_single_ms_p50"):
             v = [r[k] for r in runs if r.get(k) is not None]
             if v:

@@ -17,7 +17,9 @@ from playwright.sync_api import expect, sync_playwright
 
 from t2iroute.testing.app import served_app
 
-PROMPTS = "three small striped blue squares left of a dotted green triangle\na red circle\ntwo large checked yellow triangles"
+PROMPTS = (
+    "three small striped blue squares left of a dotted green triangle\na red circle\ntwo large checked yellow triangles"
+)
 
 
 def main() -> None:
@@ -25,14 +27,17 @@ def main() -> None:
     ap.add_argument("--artifact", default="outputs/demo/testbed/router")
     ap.add_argument("--bench", default="outputs/demo/testbed-bench")
     ap.add_argument("--out", default="docs")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="route under 'target mean cost' at this cost per prompt (default: the artifact's policy)")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="route under 'target mean cost' at this cost per prompt (default: the artifact's policy)",
+    )
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    with served_app(artifact=Path(a.artifact).resolve(), bench=Path(a.bench).resolve()) as url, \
-            sync_playwright() as p:
+    with served_app(artifact=Path(a.artifact).resolve(), bench=Path(a.bench).resolve()) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=a.chromium, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1900})
         page.goto(url)

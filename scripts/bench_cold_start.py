@@ -155,8 +155,7 @@ def cold_start(args) -> dict:
     py = sys.executable
     artifact = str(Path(args.artifact).resolve())
     base, routed = _env(None), _env(args.runtime)
-    st_import = ("from t2iroute._compat import ensure_torchvision; ensure_torchvision(); "
-                 "import sentence_transformers")
+    st_import = "from t2iroute._compat import ensure_torchvision; ensure_torchvision(); import sentence_transformers"
     cases = {
         "a. import numpy": ([py, "-c", "import numpy"], base, False),
         "b. import torch": ([py, "-c", "import torch"], base, False),
@@ -180,12 +179,13 @@ def cold_start(args) -> dict:
     inner = results["e. Router.load + route"].get("inner_median")
     if inner:
         last = results["e. Router.load + route"]["inner_last"]
-        print(f"\ne inside the subprocess (median): load {inner['load_s']:.3f} s, first route "
-              f"{inner['first_route_s']:.3f} s, both {inner['inner_s']:.3f} s; embedding runtime "
-              f"{last['embed_runtime']}, torch imported: {last['torch_imported']}, "
-              f"sentence_transformers imported: {last['sentence_transformers_imported']}")
-    return {"mode": "cold_start", "artifact": artifact, "runs": args.runs, "runtime": args.runtime,
-            "results": results}
+        print(
+            f"\ne inside the subprocess (median): load {inner['load_s']:.3f} s, first route "
+            f"{inner['first_route_s']:.3f} s, both {inner['inner_s']:.3f} s; embedding runtime "
+            f"{last['embed_runtime']}, torch imported: {last['torch_imported']}, "
+            f"sentence_transformers imported: {last['sentence_transformers_imported']}"
+        )
+    return {"mode": "cold_start", "artifact": artifact, "runs": args.runs, "runtime": args.runtime, "results": results}
 
 
 def agreement(args) -> dict:
@@ -200,35 +200,47 @@ def agreement(args) -> dict:
         for rt in ("torch", "onnx"):
             out = Path(tmp) / f"{rt}.json"
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-c", _ROUTE_MANY, artifact, str(pfile), str(out)],
-                               env=_env(rt), capture_output=True, text=True)
+            r = subprocess.run(
+                [sys.executable, "-c", _ROUTE_MANY, artifact, str(pfile), str(out)],
+                env=_env(rt),
+                capture_output=True,
+                text=True,
+            )
             if r.returncode != 0:
                 sys.exit(f"bench_cold_start: routing with {RUNTIME_ENV}={rt} failed:\n{r.stderr[-3000:]}")
             got[rt] = json.loads(out.read_text())
             got[rt]["wall_s"] = time.perf_counter() - t0
     a, b = got["torch"]["decisions"], got["onnx"]["decisions"]
     same = [x["backend"] == y["backend"] for x, y in zip(a, b)]
-    dq = [abs(x["predicted_quality"][k] - y["predicted_quality"][k])
-          for x, y in zip(a, b) for k in x["predicted_quality"]]
+    dq = [
+        abs(x["predicted_quality"][k] - y["predicted_quality"][k]) for x, y in zip(a, b) for k in x["predicted_quality"]
+    ]
     counts = {rt: {} for rt in got}
     for rt in got:
         for d in got[rt]["decisions"]:
             counts[rt][d["backend"]] = counts[rt].get(d["backend"], 0) + 1
     res = {
-        "mode": "agreement", "artifact": artifact, "n_prompts": len(prompts),
+        "mode": "agreement",
+        "artifact": artifact,
+        "n_prompts": len(prompts),
         "identical_fraction": sum(same) / len(same) if same else None,
         "embed_runtime": {rt: got[rt]["embed_runtime"] for rt in got},
         "backend_counts": counts,
         "predicted_quality_abs_diff": {"mean": statistics.fmean(dq), "max": max(dq)} if dq else None,
-        "disagreements": [{"prompt": p, "torch": x["backend"], "onnx": y["backend"]}
-                          for p, x, y, s in zip(prompts, a, b, same) if not s][:20],
+        "disagreements": [
+            {"prompt": p, "torch": x["backend"], "onnx": y["backend"]}
+            for p, x, y, s in zip(prompts, a, b, same)
+            if not s
+        ][:20],
         "wall_s": {rt: got[rt]["wall_s"] for rt in got},
     }
     for rt in got:
         if got[rt]["embed_runtime"] and set(got[rt]["embed_runtime"]) != {rt}:
             print(f"warning: asked for {rt}, the embedding ran under {got[rt]['embed_runtime']}", file=sys.stderr)
-    print(f"{len(prompts)} GenEval prompts: {sum(same)} identical decisions "
-          f"({100 * res['identical_fraction']:.1f}%) between torch and onnx embeddings")
+    print(
+        f"{len(prompts)} GenEval prompts: {sum(same)} identical decisions "
+        f"({100 * res['identical_fraction']:.1f}%) between torch and onnx embeddings"
+    )
     print(f"backend counts: torch {counts['torch']}, onnx {counts['onnx']}")
     if dq:
         print(f"|predicted quality difference|: mean {statistics.fmean(dq):.4g}, max {max(dq):.4g}")
@@ -260,8 +272,13 @@ def embedding(args) -> dict:
         c = (vecs[a] * vecs[b]).sum(1) / (np.linalg.norm(vecs[a], axis=1) * np.linalg.norm(vecs[b], axis=1))
         return {"mean": float(c.mean()), "min": float(c.min()), "p05": float(np.quantile(c, 0.05))}
 
-    pairs = [("onnx fp32", "torch fp32"), ("onnx int8", "torch int8"), ("onnx int8", "torch fp32"),
-             ("torch int8", "torch fp32"), ("onnx fp32", "torch int8")]
+    pairs = [
+        ("onnx fp32", "torch fp32"),
+        ("onnx int8", "torch int8"),
+        ("onnx int8", "torch fp32"),
+        ("torch int8", "torch fp32"),
+        ("onnx fp32", "torch int8"),
+    ]
     cosines = {f"{a} vs {b}": cos(a, b) for a, b in pairs}
     for k, c in cosines.items():
         print(f"cosine {k:25s} mean {c['mean']:.5f}  p05 {c['p05']:.5f}  min {c['min']:.5f}")
@@ -273,10 +290,18 @@ def main(argv=None) -> int:
     ap.add_argument("--artifact", help="a router artifact folder (t2iroute train ... -> OUT/router)")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per command (median); default 3")
     ap.add_argument("--runtime", choices=("torch", "onnx"), help=f"set {RUNTIME_ENV} for d and e")
-    ap.add_argument("--agreement", type=int, metavar="PROMPTS_N",
-                    help="route the first N GenEval prompts under torch and onnx; fraction of equal decisions")
-    ap.add_argument("--embedding", type=int, metavar="N",
-                    help="embedding throughput and cosine agreement on the first N PartiPrompts (no artifact)")
+    ap.add_argument(
+        "--agreement",
+        type=int,
+        metavar="PROMPTS_N",
+        help="route the first N GenEval prompts under torch and onnx; fraction of equal decisions",
+    )
+    ap.add_argument(
+        "--embedding",
+        type=int,
+        metavar="N",
+        help="embedding throughput and cosine agreement on the first N PartiPrompts (no artifact)",
+    )
     ap.add_argument("--out", help="write the results here as JSON")
     args = ap.parse_args(argv)
     machine = machine_info()  # the load average before the runs

@@ -70,8 +70,12 @@ def machine() -> dict:
 
     import torch
 
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     try:
         import diffusers
 
@@ -136,13 +140,20 @@ def throughput_suite(args) -> dict:
             be.generate(prompts[:b], seeds=seeds[:b])  # warm this batch shape
             out = []
             dt = _timed(lambda: out.extend(be.generate(prompts, seeds=seeds)), spec["device"])
-            row["batch"][str(b)] = {"img_s": len(prompts) / dt,
-                                    "speedup_vs_one_at_a_time": (len(prompts) / dt) / row["one_at_a_time_img_s"],
-                                    "mean_nfe": float(np.mean([g.nfe for g in out]))}
+            row["batch"][str(b)] = {
+                "img_s": len(prompts) / dt,
+                "speedup_vs_one_at_a_time": (len(prompts) / dt) / row["one_at_a_time_img_s"],
+                "mean_nfe": float(np.mean([g.nfe for g in out])),
+            }
         result["backends"][name] = row
-        print(f"{name:18s} one at a time {row['one_at_a_time_img_s']:6.2f} img/s | " + " | ".join(
-            f"batch {b}: {v['img_s']:6.2f} img/s (x{v['speedup_vs_one_at_a_time']:.2f})" for b, v in row["batch"].items()),
-            file=sys.stderr)
+        print(
+            f"{name:18s} one at a time {row['one_at_a_time_img_s']:6.2f} img/s | "
+            + " | ".join(
+                f"batch {b}: {v['img_s']:6.2f} img/s (x{v['speedup_vs_one_at_a_time']:.2f})"
+                for b, v in row["batch"].items()
+            ),
+            file=sys.stderr,
+        )
     if args.artifact:
         from t2iroute import Router
 
@@ -156,11 +167,19 @@ def throughput_suite(args) -> dict:
         dt_list = _timed(lambda: res.extend(router.generate(prompts, seed=0)), args.device)
         from collections import Counter
 
-        result["router"] = {"artifact": str(args.artifact), "batch_size": max(sizes),
-                            "one_at_a_time_img_s": len(prompts) / dt_one, "list_img_s": len(prompts) / dt_list,
-                            "speedup": dt_one / dt_list, "by_backend": dict(Counter(r.backend for r in res))}
-        print(f"router: one at a time {len(prompts) / dt_one:.2f} img/s, a list {len(prompts) / dt_list:.2f} img/s "
-              f"(x{dt_one / dt_list:.2f}) {result['router']['by_backend']}", file=sys.stderr)
+        result["router"] = {
+            "artifact": str(args.artifact),
+            "batch_size": max(sizes),
+            "one_at_a_time_img_s": len(prompts) / dt_one,
+            "list_img_s": len(prompts) / dt_list,
+            "speedup": dt_one / dt_list,
+            "by_backend": dict(Counter(r.backend for r in res)),
+        }
+        print(
+            f"router: one at a time {len(prompts) / dt_one:.2f} img/s, a list {len(prompts) / dt_list:.2f} img/s "
+            f"(x{dt_one / dt_list:.2f}) {result['router']['by_backend']}",
+            file=sys.stderr,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(result, indent=2))
@@ -214,16 +233,30 @@ def gpu_suite(args) -> dict:
         with torch.device(dev):  # random init on the device: seconds, not minutes, for 3.5B parameters
             pipe = build_pipeline(arch, size="tiny" if dry else "full", safety_checker=False)
         pipe = pipe.to(dev, getattr(torch, dtype))
-        r["params_m"] = {k: sum(p.numel() for p in getattr(pipe, k).parameters()) / 1e6
-                         for k in ("unet", "vae", "text_encoder", "text_encoder_2") if getattr(pipe, k, None) is not None}
+        r["params_m"] = {
+            k: sum(p.numel() for p in getattr(pipe, k).parameters()) / 1e6
+            for k in ("unet", "vae", "text_encoder", "text_encoder_2")
+            if getattr(pipe, k, None) is not None
+        }
         r["mem_one_copy_mb"] = mem() - m0
         model = f"random-{arch}"
         db.register_pipeline(model, pipe, dtype=dtype, device=dev)
 
         def backend(name, steps, batch_size=1, early=None):
-            return build_backend(name, {"model": model, "steps": steps, "height": px, "width": px, "dtype": dtype,
-                                        "device": dev, "guidance_scale": guidance, "batch_size": batch_size,
-                                        "early_stop": early})
+            return build_backend(
+                name,
+                {
+                    "model": model,
+                    "steps": steps,
+                    "height": px,
+                    "width": px,
+                    "dtype": dtype,
+                    "device": dev,
+                    "guidance_scale": guidance,
+                    "batch_size": batch_size,
+                    "early_stop": early,
+                },
+            )
 
         def per_image(b, n=3):
             b.generate(prompts[:1], seeds=[0])  # warm
@@ -239,7 +272,10 @@ def gpu_suite(args) -> dict:
         for sig in ("latent", "pixel"):
             t_es = per_image(backend(f"es_{sig}", hi, early={**never, "signal": sig}))
             over = (t_es - t_hi) / hi
-            r[f"early_stop_overhead_{sig}"] = {"ms_per_step": 1000 * over, "share_of_step": over / step if step > 0 else None}
+            r[f"early_stop_overhead_{sig}"] = {
+                "ms_per_step": 1000 * over,
+                "share_of_step": over / step if step > 0 else None,
+            }
         # memory: N budgets of one model share the pipeline; N copies would cost N times the weights
         n_budgets = 5
         before = mem()
@@ -247,10 +283,13 @@ def gpu_suite(args) -> dict:
             backend(f"share{k}", 2 + k).generate(prompts[:1], seeds=[0])
         if cuda:
             torch.cuda.synchronize()
-        r["memory"] = {"n_budgets": n_budgets, "one_copy_mb": r["mem_one_copy_mb"],
-                       "n_budgets_shared_extra_mb": mem() - before, "pipelines_loaded_for_model":
-                       sum(1 for k in db._PIPELINES if k[0] == model),
-                       "n_copies_mb": n_budgets * r["mem_one_copy_mb"]}
+        r["memory"] = {
+            "n_budgets": n_budgets,
+            "one_copy_mb": r["mem_one_copy_mb"],
+            "n_budgets_shared_extra_mb": mem() - before,
+            "pipelines_loaded_for_model": sum(1 for k in db._PIPELINES if k[0] == model),
+            "n_copies_mb": n_budgets * r["mem_one_copy_mb"],
+        }
         m1 = mem()
         with torch.device(dev):
             copy = build_pipeline(arch, size="tiny" if dry else "full", seed=1, safety_checker=False)
@@ -270,8 +309,11 @@ def gpu_suite(args) -> dict:
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             dt = _timed(lambda: be.generate(prompts[:n_batch], seeds=list(range(n_batch))), dev)
-            r["throughput"][f"batch_{b}"] = {"img_s": n_batch / dt, "speedup": dt1 / dt,
-                                             "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
+            r["throughput"][f"batch_{b}"] = {
+                "img_s": n_batch / dt,
+                "speedup": dt1 / dt,
+                "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+            }
         # routing one prompt (lexical features + ridge over a bundled table, on the CPU) vs the cheapest image
         if arch == "sd15":
             r["routing"] = routing_share(prompts, t_lo, f"{arch} at {lo} steps")
@@ -281,9 +323,12 @@ def gpu_suite(args) -> dict:
             torch.cuda.empty_cache()
         result["archs"][arch] = r
         _write_gpu_result(result, args.out, time.perf_counter() - t_start)  # partial results survive a timeout
-        print(f"{arch}: {r['ms_per_step']:.1f} ms/step, ES overhead latent "
-              f"{r['early_stop_overhead_latent']['ms_per_step']:.2f} ms/step, pixel "
-              f"{r['early_stop_overhead_pixel']['ms_per_step']:.2f}; throughput {r['throughput']}", file=sys.stderr)
+        print(
+            f"{arch}: {r['ms_per_step']:.1f} ms/step, ES overhead latent "
+            f"{r['early_stop_overhead_latent']['ms_per_step']:.2f} ms/step, pixel "
+            f"{r['early_stop_overhead_pixel']['ms_per_step']:.2f}; throughput {r['throughput']}",
+            file=sys.stderr,
+        )
     path = _write_gpu_result(result, args.out, time.perf_counter() - t_start)
     print(json.dumps(result, indent=2))
     print(f"wrote {path}", file=sys.stderr)
@@ -313,8 +358,14 @@ def routing_share(prompts, cheapest_s: float, cheapest: str) -> dict:
     costs = yaml.safe_load((Path(CONF_DIR) / "data" / "agiqa3k.yaml").read_text())["costs"]
     M = pivot(read_table(bundled("quality/agiqa3k.csv.gz")), "mos_align", costs=costs)
     f = build_featurizer({"lexical": {}})
-    router = Router(f, RidgePredictor().fit(f.transform(list(M.prompts)), M.scores), M.backends, M.costs, lam=0.1,
-                    metric="mos_align")
+    router = Router(
+        f,
+        RidgePredictor().fit(f.transform(list(M.prompts)), M.scores),
+        M.backends,
+        M.costs,
+        lam=0.1,
+        metric="mos_align",
+    )
     router.route(prompts[0])
     times = []
     for p in prompts[:50]:
@@ -322,19 +373,30 @@ def routing_share(prompts, cheapest_s: float, cheapest: str) -> dict:
         router.route(p)
         times.append(time.perf_counter() - t0)
     p50 = float(np.median(times))
-    return {"features": "lexical", "route_p50_ms": 1000 * p50, "cheapest_image_s": cheapest_s,
-            "cheapest": cheapest, "share_of_cheapest_image": p50 / cheapest_s}
+    return {
+        "features": "lexical",
+        "route_p50_ms": 1000 * p50,
+        "cheapest_image_s": cheapest_s,
+        "cheapest": cheapest,
+        "share_of_cheapest_image": p50 / cheapest_s,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny", help="hub id, local folder, or tiny")
     ap.add_argument("--arch", choices=["sd15", "sdxl"], help="random weights in this real architecture")
-    ap.add_argument("--suite", choices=["throughput", "gpu"],
-                    help="throughput: batch 1/4/8 vs one at a time on --backends; gpu: the prepared GPU "
-                         "figures (SD 1.5 512 px + SDXL 1024 px, fp16) into OUT/gen-<gpu>.json")
-    ap.add_argument("--backends", default="tiny_20,testbed_small_8,testbed_big_8",
-                    help="--suite throughput: shipped backend configs to measure")
+    ap.add_argument(
+        "--suite",
+        choices=["throughput", "gpu"],
+        help="throughput: batch 1/4/8 vs one at a time on --backends; gpu: the prepared GPU "
+        "figures (SD 1.5 512 px + SDXL 1024 px, fp16) into OUT/gen-<gpu>.json",
+    )
+    ap.add_argument(
+        "--backends",
+        default="tiny_20,testbed_small_8,testbed_big_8",
+        help="--suite throughput: shipped backend configs to measure",
+    )
     ap.add_argument("--batch-sizes", default="1,4,8")
     ap.add_argument("--n-images", type=int, default=16, help="--suite throughput: images per measurement")
     ap.add_argument("--artifact", help="--suite throughput: also a router artifact's generate(list) vs one by one")
@@ -347,8 +409,9 @@ def main() -> None:
     ap.add_argument("--scheduler", default="ddim")
     ap.add_argument("--n-prompts", type=int, default=8)
     ap.add_argument("--out", default="outputs/bench-gen")
-    ap.add_argument("--second-copy", action="store_true",
-                    help="also load a second copy of the model, to show what sharing saves")
+    ap.add_argument(
+        "--second-copy", action="store_true", help="also load a second copy of the model, to show what sharing saves"
+    )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.suite == "throughput":
@@ -377,9 +440,20 @@ def main() -> None:
         db.register_pipeline(model, pipe, dtype=args.dtype, device=args.device)
 
     def backend(name, steps, early=None):
-        return build_backend(name, {"model": model, "steps": steps, "scheduler": args.scheduler,
-                                    "height": args.size, "width": args.size, "dtype": args.dtype,
-                                    "device": args.device, "guidance_scale": 7.5, "early_stop": early})
+        return build_backend(
+            name,
+            {
+                "model": model,
+                "steps": steps,
+                "scheduler": args.scheduler,
+                "height": args.size,
+                "width": args.size,
+                "dtype": args.dtype,
+                "device": args.device,
+                "guidance_scale": 7.5,
+                "early_stop": early,
+            },
+        )
 
     budgets = [int(b) for b in args.budgets.split(",")]
     # -- memory: one budget loaded vs N budgets of the same model -------------------------------
@@ -390,18 +464,35 @@ def main() -> None:
     for b in others:
         b.generate(prompts[:1], seeds=[0])
     rss_all = rss_mb()
-    memory = {"rss_before_load_mb": rss0, "rss_one_budget_mb": rss_one,
-              f"rss_{len(budgets)}_budgets_mb": rss_all, "pipelines_loaded": db.loaded_pipelines(),
-              "extra_rss_for_more_budgets_mb": rss_all - rss_one, "gpu_mb": gpu_mem_mb(args.device)}
+    memory = {
+        "rss_before_load_mb": rss0,
+        "rss_one_budget_mb": rss_one,
+        f"rss_{len(budgets)}_budgets_mb": rss_all,
+        "pipelines_loaded": db.loaded_pipelines(),
+        "extra_rss_for_more_budgets_mb": rss_all - rss_one,
+        "gpu_mb": gpu_mem_mb(args.device),
+    }
     if args.second_copy:  # what one more budget would cost WITHOUT sharing: a second copy of the model
         import torch
 
-        pipe2 = (random_pipeline(args.arch, 1) if args.arch else __import__(
-            "t2iroute.backends.tiny", fromlist=["tiny_pipeline"]).tiny_pipeline(1))
+        pipe2 = (
+            random_pipeline(args.arch, 1)
+            if args.arch
+            else __import__("t2iroute.backends.tiny", fromlist=["tiny_pipeline"]).tiny_pipeline(1)
+        )
         pipe2 = pipe2.to(args.device, getattr(torch, args.dtype))
         db.register_pipeline(model + "#copy", pipe2, dtype=args.dtype, device=args.device)
-        build_backend("copy", {"model": model + "#copy", "steps": 2, "height": args.size, "width": args.size,
-                               "dtype": args.dtype, "device": args.device}).generate(prompts[:1], seeds=[0])
+        build_backend(
+            "copy",
+            {
+                "model": model + "#copy",
+                "steps": 2,
+                "height": args.size,
+                "width": args.size,
+                "dtype": args.dtype,
+                "device": args.device,
+            },
+        ).generate(prompts[:1], seeds=[0])
         memory["extra_rss_for_a_second_copy_mb"] = rss_mb() - rss_all
         db.unload_pipeline(model + "#copy")
         del pipe2
@@ -425,11 +516,15 @@ def main() -> None:
         gens = b.generate(prompts, seeds=seeds)
         dt = (time.perf_counter() - t0) / len(prompts)
         fid = [fidelity(g.image, r) for g, r in zip(gens, ref)]
-        stop[tau] = {"latency_s": dt, "mean_steps": float(np.mean([g.steps_run for g in gens])),
-                     "mean_nfe": float(np.mean([g.nfe for g in gens])),
-                     "stopped_early_frac": float(np.mean([g.stopped_early for g in gens])),
-                     "steps_saved_pct": 100 * (1 - np.mean([g.steps_run for g in gens]) / args.full),
-                     "psnr_db": float(np.mean([f[0] for f in fid])), "cos": float(np.mean([f[1] for f in fid]))}
+        stop[tau] = {
+            "latency_s": dt,
+            "mean_steps": float(np.mean([g.steps_run for g in gens])),
+            "mean_nfe": float(np.mean([g.nfe for g in gens])),
+            "stopped_early_frac": float(np.mean([g.stopped_early for g in gens])),
+            "steps_saved_pct": 100 * (1 - np.mean([g.steps_run for g in gens]) / args.full),
+            "psnr_db": float(np.mean([f[0] for f in fid])),
+            "cos": float(np.mean([f[1] for f in fid])),
+        }
     # fixed budgets at the same mean steps as each stopping rule (the right baseline)
     matched = {}
     for tau, s in stop.items():
@@ -439,18 +534,29 @@ def main() -> None:
             gens = b.generate(prompts, seeds=seeds)
             fixed[n] = {"steps_run": n, "nfe": gens[0].nfe, "images": gens}
         fid = [fidelity(g.image, r) for g, r in zip(fixed[n]["images"], ref)]
-        matched[tau] = {"steps": n, "psnr_db": float(np.mean([f[0] for f in fid])),
-                        "cos": float(np.mean([f[1] for f in fid]))}
+        matched[tau] = {
+            "steps": n,
+            "psnr_db": float(np.mean([f[0] for f in fid])),
+            "cos": float(np.mean([f[1] for f in fid])),
+        }
     for n, f in fixed.items():
         fid = [fidelity(g.image, r) for g, r in zip(f.pop("images"), ref)]
         f["psnr_db"] = float(np.mean([x[0] for x in fid]))
         f["cos"] = float(np.mean([x[1] for x in fid]))
-    result = {"model": args.arch or args.model, "device": args.device, "dtype": args.dtype, "size": args.size,
-              "scheduler": args.scheduler, "n_prompts": len(prompts), "full_budget": args.full,
-              "memory": memory, "fixed": {str(k): v for k, v in sorted(fixed.items())},
-              "early_stop": {str(k): v for k, v in stop.items()},
-              "fixed_at_matched_mean_steps": {str(k): v for k, v in matched.items()},
-              "peak_rss_mb": peak_rss_mb()}
+    result = {
+        "model": args.arch or args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "size": args.size,
+        "scheduler": args.scheduler,
+        "n_prompts": len(prompts),
+        "full_budget": args.full,
+        "memory": memory,
+        "fixed": {str(k): v for k, v in sorted(fixed.items())},
+        "early_stop": {str(k): v for k, v in stop.items()},
+        "fixed_at_matched_mean_steps": {str(k): v for k, v in matched.items()},
+        "peak_rss_mb": peak_rss_mb(),
+    }
     (out / "generation.json").write_text(json.dumps(result, indent=2))
     try:
         import matplotlib

@@ -70,38 +70,78 @@ def main(argv=None) -> int:
     phases = []
 
     def record(name, wall, steady, rows, **extra):
-        phases.append({"phase": name, "wall_s": round(wall, 2), "images_per_s": round(n_images / wall, 3),
-                       "steady_images_per_s": None if steady is None else round(steady, 3), "rows": rows, **extra})
+        phases.append(
+            {
+                "phase": name,
+                "wall_s": round(wall, 2),
+                "images_per_s": round(n_images / wall, 3),
+                "steady_images_per_s": None if steady is None else round(steady, 3),
+                "rows": rows,
+                **extra,
+            }
+        )
         print(json.dumps(phases[-1]), flush=True)
 
     for n_threads in (1, 2):
         threads.configure(n_threads, force=True)
         stamps = []
         t0 = time.perf_counter()
-        run_sweep(build_backends(specs), prompts, seeds, build_scorer(scorer_spec), tmp / f"seq{n_threads}",
-                  chunk_size=a.chunk_size, progress=False,
-                  on_result=lambda ev: stamps.append((time.perf_counter(), ev["n"])))
+        run_sweep(
+            build_backends(specs),
+            prompts,
+            seeds,
+            build_scorer(scorer_spec),
+            tmp / f"seq{n_threads}",
+            chunk_size=a.chunk_size,
+            progress=False,
+            on_result=lambda ev: stamps.append((time.perf_counter(), ev["n"])),
+        )
         wall = time.perf_counter() - t0
-        record(f"sequential, {n_threads} torch thread{'s' * (n_threads > 1)}", wall, _steady(stamps),
-               len(read_sweep(tmp / f"seq{n_threads}")), startup_s=round(stamps[0][0] - t0, 2))
+        record(
+            f"sequential, {n_threads} torch thread{'s' * (n_threads > 1)}",
+            wall,
+            _steady(stamps),
+            len(read_sweep(tmp / f"seq{n_threads}")),
+            startup_s=round(stamps[0][0] - t0, 2),
+        )
     for w in [int(x) for x in a.workers.split(",")]:
         stamps = []
         t0 = time.perf_counter()
-        run_sweep_ray(specs, prompts, seeds, scorer_spec, tmp / f"ray{w}", chunk_size=a.chunk_size, progress=False,
-                      ray_options={"address": "local", "num_cpus": os.cpu_count(), "workers_per_model": w},
-                      on_result=lambda ev: stamps.append((time.perf_counter(), ev["n"])))
+        run_sweep_ray(
+            specs,
+            prompts,
+            seeds,
+            scorer_spec,
+            tmp / f"ray{w}",
+            chunk_size=a.chunk_size,
+            progress=False,
+            ray_options={"address": "local", "num_cpus": os.cpu_count(), "workers_per_model": w},
+            on_result=lambda ev: stamps.append((time.perf_counter(), ev["n"])),
+        )
         wall = time.perf_counter() - t0
-        record(f"ray, {w} worker{'s' * (w > 1)} (1 CPU each)", wall, _steady(stamps), len(read_sweep(tmp / f"ray{w}")),
-               startup_s=round(stamps[0][0] - t0, 2) if stamps else None)
+        record(
+            f"ray, {w} worker{'s' * (w > 1)} (1 CPU each)",
+            wall,
+            _steady(stamps),
+            len(read_sweep(tmp / f"ray{w}")),
+            startup_s=round(stamps[0][0] - t0, 2) if stamps else None,
+        )
     base = phases[0]
     for p in phases:
         p["ratio_vs_sequential"] = round(p["images_per_s"] / base["images_per_s"], 2)
         if p["steady_images_per_s"] is not None:
             p["steady_ratio_vs_sequential"] = round(p["steady_images_per_s"] / base["steady_images_per_s"], 2)
         assert p["rows"] == base["rows"] == n_images, p
-    out = {"machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
-           "backends": list(specs), "prompts": len(prompts), "seeds": seeds, "images": n_images,
-           "chunk_size": a.chunk_size, "scorer": "clip_tiny", "phases": phases}
+    out = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
+        "backends": list(specs),
+        "prompts": len(prompts),
+        "seeds": seeds,
+        "images": n_images,
+        "chunk_size": a.chunk_size,
+        "scorer": "clip_tiny",
+        "phases": phases,
+    }
     print(json.dumps(out, indent=2))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,18 @@ def worker(threads: str, k: int, n: int) -> dict:
     os.environ["T2IROUTE_THREADS"] = {"torch": "0", "auto": ""}.get(threads, threads)
     from t2iroute.backends import build_backends
 
-    specs = {f"g{i}": {"type": "diffusers", "model": f"tiny:{i}", "steps": 10, "scheduler": "ddim",
-                       "guidance_scale": 5.0, "height": 64, "width": 64} for i in range(k)}
+    specs = {
+        f"g{i}": {
+            "type": "diffusers",
+            "model": f"tiny:{i}",
+            "steps": 10,
+            "scheduler": "ddim",
+            "guidance_scale": 5.0,
+            "height": 64,
+            "width": 64,
+        }
+        for i in range(k)
+    }
     backends = build_backends(specs)
     for b in backends.values():
         b.generate(["warm up"], seeds=[0])
@@ -45,8 +55,14 @@ def worker(threads: str, k: int, n: int) -> dict:
     for t in ts:
         t.join()
     wall = time.perf_counter() - t0
-    return {"threads": threads, "torch_threads": torch.get_num_threads(), "concurrent": k,
-            "images": k * n, "wall_s": wall, "images_per_s": k * n / wall}
+    return {
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "concurrent": k,
+        "images": k * n,
+        "wall_s": wall,
+        "images_per_s": k * n / wall,
+    }
 
 
 def main() -> None:
@@ -65,8 +81,12 @@ def main() -> None:
         try:
             for k in (1, 2, 4):
                 for s in SETTINGS:
-                    out = subprocess.run([sys.executable, __file__, "--worker", s, str(k), str(a.images)],
-                                         capture_output=True, text=True, timeout=1800)
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--worker", s, str(k), str(a.images)],
+                        capture_output=True,
+                        text=True,
+                        timeout=1800,
+                    )
                     if out.returncode:
                         raise SystemExit(out.stderr[-3000:])
                     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -79,16 +99,21 @@ def main() -> None:
     base = next(r for r in rows if r["threads"] == "torch" and r["concurrent"] == 1 and r["load"] == "idle")
     for r in rows:
         r["ratio_vs_torch_default_1_idle"] = r["images_per_s"] / base["images_per_s"]
-    res = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {cores} cores",
-           "note": "ratios against torch's default threads, one generation, idle, same run", "rows": rows}
+    res = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {cores} cores",
+        "note": "ratios against torch's default threads, one generation, idle, same run",
+        "rows": rows,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as fh:
         json.dump(res, fh, indent=1)
     print(f"{'load':18s} {'k':>2s} " + " ".join(f"{s:>8s}" for s in SETTINGS))
     for load in ("idle", f"{cores} busy processes"):
         for k in (1, 2, 4):
-            cells = [next(r for r in rows if r["load"] == load and r["concurrent"] == k and r["threads"] == s)
-                     for s in SETTINGS]
+            cells = [
+                next(r for r in rows if r["load"] == load and r["concurrent"] == k and r["threads"] == s)
+                for s in SETTINGS
+            ]
             print(f"{load:18s} {k:2d} " + " ".join(f"{c['ratio_vs_torch_default_1_idle']:8.2f}" for c in cells))
 
 

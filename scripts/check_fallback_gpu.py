@@ -30,8 +30,17 @@ def _table(n: int = 200, seed: int = 0) -> pd.DataFrame:
         p = f"{words[i % len(words)]} number {i}"
         hard = any(t in p for t in ("two", "three", "sign"))
         for b, c, bonus in (("fast", 0.1, 0.0), ("mid", 0.5, 0.5), ("huge", 1.0, 2.0 if hard else 0.2)):
-            rows.append(dict(prompt_id=f"p{i}", prompt=p, backend=b, metric="clip", score=30 + bonus + rng.normal(0, 0.3),
-                             cost_s=c, source="synthetic"))
+            rows.append(
+                dict(
+                    prompt_id=f"p{i}",
+                    prompt=p,
+                    backend=b,
+                    metric="clip",
+                    score=30 + bonus + rng.normal(0, 0.3),
+                    cost_s=c,
+                    source="synthetic",
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -51,9 +60,11 @@ def main() -> None:
     from t2iroute.training.table import pivot
 
     tiny = dict(type="diffusers", model="tiny", scheduler="ddim", guidance_scale=5.0, device=a.device)
-    specs = {"fast": {**tiny, "steps": 4, "height": 64, "width": 64},
-             "mid": {**tiny, "steps": 8, "height": 64, "width": 64},
-             "huge": {**tiny, "steps": 8, "height": a.huge, "width": a.huge}}
+    specs = {
+        "fast": {**tiny, "steps": 4, "height": 64, "width": 64},
+        "mid": {**tiny, "steps": 8, "height": 64, "width": 64},
+        "huge": {**tiny, "steps": 8, "height": a.huge, "width": a.huge},
+    }
     M = pivot(_table(), "clip")
     f = build_featurizer({"lexical": {}})
     pred = RidgePredictor().fit(f.transform(list(M.prompts)), M.scores)
@@ -92,7 +103,9 @@ def main() -> None:
         par = list(ex.map(lambda j: (j, np.asarray(router.generate(j[0], seed=1, backend=j[1]).image)), jobs))
     report["threads"] = {
         "jobs": len(jobs),
-        "max_abs_pixel_diff_vs_serial": int(max(np.abs(serial[j].astype(int) - img.astype(int)).max() for j, img in par)),
+        "max_abs_pixel_diff_vs_serial": int(
+            max(np.abs(serial[j].astype(int) - img.astype(int)).max() for j, img in par)
+        ),
         "loaded_pipelines": loaded_pipelines(),
     }
     (out / "fallback.json").write_text(json.dumps(report, indent=2))

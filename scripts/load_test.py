@@ -26,8 +26,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-PROMPTS = ["a cat", "two birds on a wire", "three apples", "a robot", "a castle", "city at night",
-           "a sign saying 'hello'", "portrait of a woman"]
+PROMPTS = [
+    "a cat",
+    "two birds on a wire",
+    "three apples",
+    "a robot",
+    "a castle",
+    "city at night",
+    "a sign saying 'hello'",
+    "portrait of a woman",
+]
 
 
 def free_port() -> int:
@@ -40,8 +48,9 @@ def serve(artifact, **keys):
     port = free_port()
     argv = [sys.executable, "-m", "t2iroute.cli", "serve", f"artifact={artifact}", f"port={port}"]
     argv += [f"{k}={v}" for k, v in keys.items()]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    p = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     p.stdout.readline()
     import httpx
 
@@ -84,9 +93,14 @@ def summary(rows, seconds) -> dict:
     ok = [lat for lat, o in rows if o == "200"]
     from collections import Counter
 
-    return {"requests": len(rows), "ok": len(ok), "requests_per_s": len(ok) / seconds,
-            "p50_s": float(np.percentile(ok, 50)) if ok else None, "p99_s": float(np.percentile(ok, 99)) if ok else None,
-            "outcomes": dict(Counter(o for _, o in rows))}
+    return {
+        "requests": len(rows),
+        "ok": len(ok),
+        "requests_per_s": len(ok) / seconds,
+        "p50_s": float(np.percentile(ok, 50)) if ok else None,
+        "p99_s": float(np.percentile(ok, 99)) if ok else None,
+        "outcomes": dict(Counter(o for _, o in rows)),
+    }
 
 
 def metric(url, name) -> float:
@@ -138,6 +152,7 @@ def main() -> None:
             if r.status_code == 429:  # as clients do: wait as told
                 time.sleep(float(r.headers.get("retry-after", 1)))
             return str(r.status_code)
+
         return call
 
     def warm(url):
@@ -171,8 +186,12 @@ def main() -> None:
     p.communicate(timeout=120)
     out = summary(rows, T)
     cut = {k: v for k, v in out["outcomes"].items() if k not in ("200", "ConnectError")}
-    res["sigterm_during_load"] = {**out, "exit_code": p.returncode,
-                                  "cut_off_mid_request": sum(cut.values()), "note": "ConnectError: after the server closed"}
+    res["sigterm_during_load"] = {
+        **out,
+        "exit_code": p.returncode,
+        "cut_off_mid_request": sum(cut.values()),
+        "note": "ConnectError: after the server closed",
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

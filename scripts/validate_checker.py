@@ -43,17 +43,21 @@ def figures(ck, n: int) -> dict:
 
 
 def _line(name: str, lab: dict) -> str:
-    return (f"  {name} ({lab['n_images']}): all attributes {lab['all_attributes']:.3f}, decided "
-            f"{lab['decided']['all_attributes']:.3f}; "
-            + ", ".join(f"{k} {v:.2f}" for k, v in lab["decided"]["per_attribute"].items())
-            + f"; blank {lab['blank']:.3f}; score MAE {lab['score_mae']:.3f}, r {lab['score_corr']:.2f}")
+    return (
+        f"  {name} ({lab['n_images']}): all attributes {lab['all_attributes']:.3f}, decided "
+        f"{lab['decided']['all_attributes']:.3f}; "
+        + ", ".join(f"{k} {v:.2f}" for k, v in lab["decided"]["per_attribute"].items())
+        + f"; blank {lab['blank']:.3f}; score MAE {lab['score_mae']:.3f}, r {lab['score_corr']:.2f}"
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=120, help="scenes per validation (levels 1-3 cycled)")
     p.add_argument("--out", default=None, help="save the figures as JSON here")
-    p.add_argument("--compare", nargs="+", default=[], help="checker.py files (e.g. older versions) to score the same way")
+    p.add_argument(
+        "--compare", nargs="+", default=[], help="checker.py files (e.g. older versions) to score the same way"
+    )
     a = p.parse_args(argv)
     from t2iroute.testbed.checker import TestbedChecker
 
@@ -61,12 +65,16 @@ def main(argv=None) -> int:
     for i, f in enumerate(a.compare):
         res[f"compare{i or ''}"] = {"file": f, **figures(_load(f), a.n)}
     for name, f in res.items():
-        print(f"{name}: perfect renders {f['perfect']['truth_all']:.3f}; breaks "
-              + ", ".join(f"{k} {v:.2f}" for k, v in f["perfect"]["breaks"].items()))
+        print(
+            f"{name}: perfect renders {f['perfect']['truth_all']:.3f}; breaks "
+            + ", ".join(f"{k} {v:.2f}" for k, v in f["perfect"]["breaks"].items())
+        )
         print("  degraded truth: " + ", ".join(f"{k} {v['truth']:.3f}" for k, v in f["degraded"].items()))
-        print(_line("labels, first set", f["labels"]["all"])
-              + f" (decided: even {f['labels']['even']['decided']['all_attributes']:.3f}, "
-              f"odd {f['labels']['odd']['decided']['all_attributes']:.3f})")
+        print(
+            _line("labels, first set", f["labels"]["all"])
+            + f" (decided: even {f['labels']['even']['decided']['all_attributes']:.3f}, "
+            f"odd {f['labels']['odd']['decided']['all_attributes']:.3f})"
+        )
         for key, title in (("labels2", "labels, second set (current weights)"), ("labels_both", "labels, both sets")):
             if key in f:
                 print(_line(title, f[key]))

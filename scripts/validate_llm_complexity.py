@@ -55,8 +55,9 @@ def main() -> None:
         row["lexical.n_words"] = spearmanr(lex[:, FEATURE_NAMES.index("n_words")], labels).statistic
         row["lexical.estimate"] = spearmanr([lexical_estimate(x)["complexity"] for x in prompts], labels).statistic
         for rubric in ("score", "full"):
-            f = LLMComplexityFeaturizer(a.provider, a.model, base_url=a.base_url, rubric=rubric,
-                                        deadline_s=None)  # a whole set: no per-call deadline
+            f = LLMComplexityFeaturizer(
+                a.provider, a.model, base_url=a.base_url, rubric=rubric, deadline_s=None
+            )  # a whole set: no per-call deadline
             n = len(prompts) if rubric == "score" or not a.full_limit else min(a.full_limit, len(prompts))
             idx = np.random.default_rng(0).permutation(len(prompts))[:n]
             t0 = time.perf_counter()
@@ -68,7 +69,9 @@ def main() -> None:
             row[f"llm.{rubric}.prompts_per_s"] = n / dt
             row[f"llm.{rubric}.imputed"] = int(X[:, names.index("imputed")].sum())
             row[f"llm.{rubric}.complexity"] = spearmanr(X[:, names.index("complexity")], lab).statistic
-            row[f"llm.{rubric}.expected_complexity"] = spearmanr(X[:, names.index("expected_complexity")], lab).statistic
+            row[f"llm.{rubric}.expected_complexity"] = spearmanr(
+                X[:, names.index("expected_complexity")], lab
+            ).statistic
             t0 = time.perf_counter()
             f.transform([prompts[i] for i in idx])
             row[f"llm.{rubric}.warm_cache_prompts_per_s"] = n / (time.perf_counter() - t0)

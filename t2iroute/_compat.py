@@ -49,8 +49,10 @@ def ensure_torchvision() -> None:
                 _LIB.define(schema)
             except RuntimeError:
                 pass  # already defined
-        log.info("torchvision's C operators are missing (CUDA torchvision beside CPU torch); "
-                 "declared their schemas so that torchvision imports")
+        log.info(
+            "torchvision's C operators are missing (CUDA torchvision beside CPU torch); "
+            "declared their schemas so that torchvision imports"
+        )
         import torchvision  # noqa: F401,F811
     _threads()
     _DONE = True

@@ -32,18 +32,26 @@ class RayOptions:
     otherwise; 0.5 puts two models on one GPU).
     """
 
-    address: str = option("local", "local: a Ray instance on this machine for the run; auto: the cluster `ray start "
-                          "--head` runs here; HOST:PORT or ray://HOST:10001: a remote head")
+    address: str = option(
+        "local",
+        "local: a Ray instance on this machine for the run; auto: the cluster `ray start "
+        "--head` runs here; HOST:PORT or ray://HOST:10001: a remote head",
+    )
     num_cpus: int | None = option(None, "address=local only: the CPUs it offers (default: all)", ge=1)
-    workers_per_model: int = option(1, "actors per model; an actor loads the model once and runs every step budget "
-                                       "of it", ge=1)
+    workers_per_model: int = option(
+        1, "actors per model; an actor loads the model once and runs every step budget of it", ge=1
+    )
     num_cpus_per_worker: float = option(1.0, "CPUs each actor reserves (also its torch threads)", ge=0)
-    num_gpus_per_worker: float | None = option(None, "GPUs each actor reserves; null: 1 if the model's backends say "
-                                                     "device cuda, else 0; 0.5: two per GPU", ge=0)
+    num_gpus_per_worker: float | None = option(
+        None,
+        "GPUs each actor reserves; null: 1 if the model's backends say device cuda, else 0; 0.5: two per GPU",
+        ge=0,
+    )
     max_retries: int = option(2, "times a unit is re-run after its worker died, then it goes to failures.jsonl", ge=0)
     max_in_flight: int = option(2, "units queued on one actor at a time (keeps it busy between units)", ge=1)
-    object_store_memory: int | None = option(None, "address=local only: bytes of Ray's object store (default: "
-                                                   "Ray's)", ge=1 << 20)
+    object_store_memory: int | None = option(
+        None, "address=local only: bytes of Ray's object store (default: Ray's)", ge=1 << 20
+    )
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> "RayOptions":
@@ -53,8 +61,9 @@ class RayOptions:
                 raise ConfigError(f"ray.{k}={getattr(opts, k)}: need at least 1")
         if int(opts.max_retries) < 0:
             raise ConfigError(f"ray.max_retries={opts.max_retries}: need 0 or more")
-        if float(opts.num_cpus_per_worker) < 0 or (opts.num_gpus_per_worker is not None
-                                                    and float(opts.num_gpus_per_worker) < 0):
+        if float(opts.num_cpus_per_worker) < 0 or (
+            opts.num_gpus_per_worker is not None and float(opts.num_gpus_per_worker) < 0
+        ):
             raise ConfigError("ray.num_cpus_per_worker and ray.num_gpus_per_worker must be >= 0")
         if not str(opts.address).strip():
             raise ConfigError("ray.address='': give local, auto, HOST:PORT or ray://HOST:PORT")
@@ -119,13 +128,18 @@ def connect(opts: RayOptions) -> bool:
         ray.init(address="local", **kw)  # a new instance, never a cluster that happens to run here
     else:
         if opts.num_cpus is not None:
-            log.warning("ray.num_cpus=%s applies to a local instance only; the cluster at %s has its own",
-                        opts.num_cpus, opts.address)
+            log.warning(
+                "ray.num_cpus=%s applies to a local instance only; the cluster at %s has its own",
+                opts.num_cpus,
+                opts.address,
+            )
         try:
             ray.init(address=str(opts.address), **kw)
         except Exception as e:  # noqa: BLE001 -- ConnectionError, ValueError: say which address
-            raise ConfigError(f"ray.address={opts.address}: cannot join that Ray cluster ({type(e).__name__}: {e}); "
-                              "start one with `ray start --head`, or use ray.address=local") from None
+            raise ConfigError(
+                f"ray.address={opts.address}: cannot join that Ray cluster ({type(e).__name__}: {e}); "
+                "start one with `ray start --head`, or use ray.address=local"
+            ) from None
     return True
 
 
@@ -161,6 +175,8 @@ def check_fits(cpus: float, gpus: float, *, what: str, keys: str, count: int = 1
     total = ray.cluster_resources()
     have_cpu, have_gpu = float(total.get("CPU", 0)), float(total.get("GPU", 0))
     if cpus * count > have_cpu + 1e-9 or gpus * count > have_gpu + 1e-9:
-        raise ConfigError(f"{what}: {cpus * count:g} CPUs and {gpus * count:g} GPUs needed; "
-                          f"the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs: lower {keys}"
-                          + (" (or give the backends device: cpu)" if gpus and not have_gpu else ""))
+        raise ConfigError(
+            f"{what}: {cpus * count:g} CPUs and {gpus * count:g} GPUs needed; "
+            f"the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs: lower {keys}"
+            + (" (or give the backends device: cpu)" if gpus and not have_gpu else "")
+        )

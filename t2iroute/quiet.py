@@ -19,8 +19,12 @@ import warnings
 _VERBOSE: dict[str, bool | None] = {"verbose": None}
 
 _NOISY = r"(diffusers|transformers|huggingface_hub|peft|accelerate|open_clip|timm|torchvision)(\.|$)"
-_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
-        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
 
 
 class _RandomWeightsNotice(logging.Filter):
@@ -28,8 +32,9 @@ class _RandomWeightsNotice(logging.Filter):
     random weights: a worker would print it once per actor, for every actor."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno < logging.ERROR
-                    and str(record.msg).startswith("No pretrained weights loaded for model"))
+        return not (
+            record.levelno < logging.ERROR and str(record.msg).startswith("No pretrained weights loaded for model")
+        )
 
 
 def quiet_libraries(verbose: bool = False, *, worker: bool = False) -> None:

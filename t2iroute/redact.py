@@ -13,15 +13,30 @@ from urllib.parse import quote, quote_plus
 
 _REDACTIONS = [
     # an Authorization-like header, as text or JSON: the whole value
-    (re.compile(r"""(?i)((?:proxy-)?authorization|x-api-key|api-key|cookie|set-cookie)(["']?\s*[:=]\s*["']?)"""
-                r"""[^"'\r\n,}]*"""), r"\1\2[redacted]"),
+    (
+        re.compile(
+            r"""(?i)((?:proxy-)?authorization|x-api-key|api-key|cookie|set-cookie)(["']?\s*[:=]\s*["']?)"""
+            r"""[^"'\r\n,}]*"""
+        ),
+        r"\1\2[redacted]",
+    ),
     (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=\-]+"), r"\1\2[redacted]"),
     (re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9_\-]{6,}"), r"\1-[redacted]"),
-    (re.compile(r"""(?i)\b((?:api[_-]?)?key|token|access[_-]?token|secret|password|passwd|pwd|sig|signature|"""
-                r"""auth)=([^&\s"'#]+)"""), r"\1=[redacted]"),
+    (
+        re.compile(
+            r"""(?i)\b((?:api[_-]?)?key|token|access[_-]?token|secret|password|passwd|pwd|sig|signature|"""
+            r"""auth)=([^&\s"'#]+)"""
+        ),
+        r"\1=[redacted]",
+    ),
     # a secret-looking field as text, JSON or YAML: password: x, "token": "x", secret=x
-    (re.compile(r"(?i)\b((?:x-)?api[_-]?key|password|passwd|secret|(?:access[_-]?)?token)"
-                r"(['\"]?\s*[=:]\s*['\"]?)[^\s'\",;&)}\]]+"), r"\1\2[redacted]"),
+    (
+        re.compile(
+            r"(?i)\b((?:x-)?api[_-]?key|password|passwd|secret|(?:access[_-]?)?token)"
+            r"(['\"]?\s*[=:]\s*['\"]?)[^\s'\",;&)}\]]+"
+        ),
+        r"\1\2[redacted]",
+    ),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@]+@"), r"\1[redacted]@"),
 ]
 

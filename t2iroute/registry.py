@@ -64,8 +64,14 @@ BUILTIN: dict[str, dict[str, Any]] = {
     },
 }
 
-_SINGULAR = {"backends": "backend", "scorers": "scorer", "featurizers": "featurizer",
-             "predictors": "predictor", "policies": "policy", "model_sources": "model source"}
+_SINGULAR = {
+    "backends": "backend",
+    "scorers": "scorer",
+    "featurizers": "featurizer",
+    "predictors": "predictor",
+    "policies": "policy",
+    "model_sources": "model source",
+}
 _EXTRA: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
 
 
@@ -110,8 +116,10 @@ def get(kind: str, name: str):
         try:
             return eps[name].load()
         except Exception as e:
-            raise ConfigError(f"{_SINGULAR[kind]} type '{name}': its entry point {eps[name].value} "
-                              f"does not load ({type(e).__name__}: {e})") from e
+            raise ConfigError(
+                f"{_SINGULAR[kind]} type '{name}': its entry point {eps[name].value} "
+                f"does not load ({type(e).__name__}: {e})"
+            ) from e
     if not isinstance(target, str):
         return target
     mod, _, cls = target.partition(":")
@@ -128,8 +136,10 @@ def build(kind: str, spec: Mapping[str, Any] | None, *, default: str | None = No
     params = dict(spec or {})
     params.pop("_target_", None)
     if "kind" in params and "type" not in params:
-        raise ConfigError(f"{_SINGULAR[kind]} config {dict(spec or {})}: the discriminator key is 'type', "
-                          f"not 'kind' (type: {params['kind']})")
+        raise ConfigError(
+            f"{_SINGULAR[kind]} config {dict(spec or {})}: the discriminator key is 'type', "
+            f"not 'kind' (type: {params['kind']})"
+        )
     name = params.pop("type", default)
     if name is None:
         raise ConfigError(f"{_SINGULAR[kind]} config {dict(spec or {})} has no 'type'; known: {names(kind)}")

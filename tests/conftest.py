@@ -11,12 +11,24 @@ from t2iroute._compat import ensure_torchvision  # noqa: E402
 
 ensure_torchvision()  # tests import diffusers and open_clip directly
 
-WORDS = ["cat", "dog", "red car", "two birds", "a castle", "blue sky", "three apples", "city at night",
-         "portrait of a woman", "robot", "forest", "a bowl of soup", "a sign saying 'hello'"]
+WORDS = [
+    "cat",
+    "dog",
+    "red car",
+    "two birds",
+    "a castle",
+    "blue sky",
+    "three apples",
+    "city at night",
+    "portrait of a woman",
+    "robot",
+    "forest",
+    "a bowl of soup",
+    "a sign saying 'hello'",
+]
 
 
-def make_table(n_prompts=120, backends=("fast", "slow", "mid"), costs=(0.1, 1.0, 0.5), seed=0,
-               sources=("A", "B")):
+def make_table(n_prompts=120, backends=("fast", "slow", "mid"), costs=(0.1, 1.0, 0.5), seed=0, sources=("A", "B")):
     """A synthetic quality table where 'slow' is better on prompts with 'two'/'three'/'sign'."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -27,9 +39,17 @@ def make_table(n_prompts=120, backends=("fast", "slow", "mid"), costs=(0.1, 1.0,
         for b, c in zip(backends, costs):
             base = 30 + rng.normal(0, 0.3)
             bonus = {"fast": 0.0, "mid": 0.5, "slow": 2.0 if hard else 0.2}.get(b, 0.0)
-            rows.append(dict(prompt_id=f"p{i}", prompt=prompt, backend=b, metric="clip",
-                             score=base + bonus, cost_s=c * (1 + rng.normal(0, 0.01)),
-                             source=sources[i % len(sources)]))
+            rows.append(
+                dict(
+                    prompt_id=f"p{i}",
+                    prompt=prompt,
+                    backend=b,
+                    metric="clip",
+                    score=base + bonus,
+                    cost_s=c * (1 + rng.normal(0, 0.01)),
+                    source=sources[i % len(sources)],
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -51,9 +71,11 @@ def _cache_dir(tmp_path, monkeypatch):
 
 
 TINY = dict(type="diffusers", model="tiny", scheduler="ddim", guidance_scale=5.0, height=64, width=64)
-TINY_SPECS = {"fast": {**TINY, "steps": 2}, "mid": {**TINY, "steps": 4},
-              "slow": {**TINY, "steps": 8, "early_stop": {"threshold": 0.5, "window": 1, "patience": 1,
-                                                          "min_fraction": 0.25}}}
+TINY_SPECS = {
+    "fast": {**TINY, "steps": 2},
+    "mid": {**TINY, "steps": 4},
+    "slow": {**TINY, "steps": 8, "early_stop": {"threshold": 0.5, "window": 1, "patience": 1, "min_fraction": 0.25}},
+}
 
 
 def make_tiny_router(*, specs=TINY_SPECS, lam=0.0):
@@ -81,8 +103,10 @@ class BlankBackend:
 
         from t2iroute.backends.base import Generation
 
-        return [Generation(image=Image.new("RGB", (8, 8)), prompt=p, seed=s, backend=self.name, latency_s=0.0)
-                for p, s in zip(prompts, seeds)]
+        return [
+            Generation(image=Image.new("RGB", (8, 8)), prompt=p, seed=s, backend=self.name, latency_s=0.0)
+            for p, s in zip(prompts, seeds)
+        ]
 
 
 @pytest.fixture(scope="session")

@@ -174,8 +174,9 @@ class PredictorContract:
             assert np.asarray(v).dtype != object
         assert all(isinstance(t, str) for t in text_files.values())
         again = QualityPredictor.from_state(meta, arrays, text_files)
-        np.testing.assert_allclose(self._predict(again, X[:9], texts[:9]), self._predict(fitted, X[:9], texts[:9]),
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            self._predict(again, X[:9], texts[:9]), self._predict(fitted, X[:9], texts[:9]), rtol=1e-6, atol=1e-6
+        )
 
     def test_registered(self, fitted):
         from t2iroute import registry

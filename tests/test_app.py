@@ -93,11 +93,14 @@ def test_generate_baseline_and_routed_side_by_side(monkeypatch, tiny_artifact):
     assert len(at.get("image")) == 0
 
 
-@pytest.mark.parametrize("prompt, msg", [
-    ("", "no prompt"),
-    ("   \n  ", "no prompt"),
-    ("x" * 10_000, "10000 characters"),
-])
+@pytest.mark.parametrize(
+    "prompt, msg",
+    [
+        ("", "no prompt"),
+        ("   \n  ", "no prompt"),
+        ("x" * 10_000, "10000 characters"),
+    ],
+)
 def test_bad_prompt_shows_error_and_app_recovers(monkeypatch, tiny_artifact, prompt, msg):
     at = _app(monkeypatch, tiny_artifact)
     at.text_area(key="prompts").input(prompt).run()
@@ -166,8 +169,17 @@ def test_a_scorer_that_cannot_load_is_an_error_box_before_any_image(monkeypatch,
 def bench_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     make_table(n_prompts=200).to_parquet(tmp / "table.parquet")
-    rc = main(["bench", "data=custom", f"data.path={tmp / 'table.parquet'}", "features=[lexical]",
-               "predictor=ridge", "throughput.enabled=false", f"out_dir={tmp / 'out'}"])
+    rc = main(
+        [
+            "bench",
+            "data=custom",
+            f"data.path={tmp / 'table.parquet'}",
+            "features=[lexical]",
+            "predictor=ridge",
+            "throughput.enabled=false",
+            f"out_dir={tmp / 'out'}",
+        ]
+    )
     assert rc == 0
     return tmp / "out"
 

@@ -40,8 +40,9 @@ def test_route_and_generate_in_chromium(tiny_artifact, tmp_path):
 
     shot = tmp_path / "app.png"
     with served_app(artifact=tiny_artifact, log_path=tmp_path / "streamlit.log") as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path=_chromium(), headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
             page.goto(url)

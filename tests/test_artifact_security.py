@@ -116,8 +116,9 @@ def llm_artifact(tmp_path, monkeypatch):
 
     monkeypatch.setenv("T2IROUTE_LLM_BASE_URL", f"http://127.0.0.1:{dead_port()}/v1")
     M = pivot(make_table(), "clip")
-    f = build_featurizer({"lexical": {}, "llm": {"rubric": "score", "cache": False, "timeout": 0.5,
-                                                 "retries": 0, "progress": False}})
+    f = build_featurizer(
+        {"lexical": {}, "llm": {"rubric": "score", "cache": False, "timeout": 0.5, "retries": 0, "progress": False}}
+    )
     pred = RidgePredictor().fit(f.transform(list(M.prompts)), M.scores)
     path = tmp_path / "llm-router"
     Router(f, pred, M.backends, M.costs, lam=0.0, metric="clip").save(path)
@@ -132,9 +133,14 @@ def test_endpoint_swap_sends_nothing_and_writes_nothing(llm_artifact, tmp_path, 
     try:
         m = read(llm_artifact)
         part = next(p for p in m["featurizer"]["featurizers"] if p["type"] == "llm")
-        part.update(provider=provider, base_url=f"http://127.0.0.1:{listener.port}/v1",
-                    host=f"http://127.0.0.1:{listener.port}", api_key="stolen",
-                    cache_path=str(evil), cache=True)
+        part.update(
+            provider=provider,
+            base_url=f"http://127.0.0.1:{listener.port}/v1",
+            host=f"http://127.0.0.1:{listener.port}",
+            api_key="stolen",
+            cache_path=str(evil),
+            cache=True,
+        )
         write(llm_artifact, m)
         # the loading user's own settings: a dead server, a secret key, their cache
         monkeypatch.setenv("OPENAI_API_KEY", "sk-users-secret")
@@ -168,8 +174,15 @@ def test_local_settings_come_from_the_loading_user(llm_artifact, tmp_path):
 
 def test_embedding_cache_dir_injection_is_ignored(artifact, tmp_path):
     m = read(artifact)
-    m["featurizer"]["featurizers"].append({"type": "embedding", "model": "all-MiniLM-L6-v2", "dim": 384,
-                                           "cache_dir": str(tmp_path / "evil-emb"), "device": "cuda:7"})
+    m["featurizer"]["featurizers"].append(
+        {
+            "type": "embedding",
+            "model": "all-MiniLM-L6-v2",
+            "dim": 384,
+            "cache_dir": str(tmp_path / "evil-emb"),
+            "device": "cuda:7",
+        }
+    )
     m["n_features"] += 384
     write(artifact, m)
     # the predictor expects the old width: the load fails on that, after dropping the paths
@@ -214,9 +227,18 @@ def test_a_backend_class_s_declared_local_keys_are_dropped(tmp_path, caplog):
 
 
 # -- files ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("rel", ["../../etc/passwd", "/etc/passwd", "predictor/../../x.txt",
-                                 "predictor/sub/x.txt", "manifest.json", "predictor/.hidden.txt",
-                                 "predictor/x.py"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "predictor/../../x.txt",
+        "predictor/sub/x.txt",
+        "manifest.json",
+        "predictor/.hidden.txt",
+        "predictor/x.py",
+    ],
+)
 def test_files_outside_the_format_are_refused(artifact, rel):
     m = read(artifact)
     m["files"][rel] = "0" * 64
@@ -232,8 +254,10 @@ def test_no_existence_oracle(artifact, tmp_path):
     msgs = []
     for target in (secret, tmp_path / "absent.txt"):
         m = read(artifact)
-        m["files"] = {"predictor/arrays.npz": m["files"]["predictor/arrays.npz"],
-                      os.path.relpath(target, artifact): "0" * 64}
+        m["files"] = {
+            "predictor/arrays.npz": m["files"]["predictor/arrays.npz"],
+            os.path.relpath(target, artifact): "0" * 64,
+        }
         write(artifact, m)
         with pytest.raises(ArtifactError) as e:
             Router.load(artifact)
@@ -296,7 +320,9 @@ def test_removed_files_entries_are_refused(tmp_path):
     path = tmp_path / "router"
     r = make_tiny_router()
     M = pivot(make_table(), "clip")
-    r.predictor = LGBMPredictor(params={"n_estimators": 5}, n_jobs=1).fit(r.featurizer.transform(list(M.prompts)), M.scores)
+    r.predictor = LGBMPredictor(params={"n_estimators": 5}, n_jobs=1).fit(
+        r.featurizer.transform(list(M.prompts)), M.scores
+    )
     r.save(path)
     m = read(path)
     booster = next(k for k in m["files"] if k.endswith(".txt"))
@@ -385,16 +411,19 @@ def test_bad_costs_are_refused(artifact, cost):
     case(f"cost {cost!r}", "refused")
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("n_features", "24", "n_features"),
-    ("n_features", -1, "n_features"),
-    ("higher_is_better", "yes", "higher_is_better"),
-    ("anchor", 3, "anchor"),
-    ("format_version", True, "format version"),
-    ("backends", [], "backends"),
-    ("policy", "lam", "policy"),
-    ("files", [], "files"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("n_features", "24", "n_features"),
+        ("n_features", -1, "n_features"),
+        ("higher_is_better", "yes", "higher_is_better"),
+        ("anchor", 3, "anchor"),
+        ("format_version", True, "format version"),
+        ("backends", [], "backends"),
+        ("policy", "lam", "policy"),
+        ("files", [], "files"),
+    ],
+)
 def test_wrong_value_types_are_refused(artifact, field, value, match):
     m = read(artifact)
     m[field] = value
@@ -442,7 +471,7 @@ def test_unknown_featurizer_type_is_refused_without_import(artifact):
 def test_oversize_files_are_refused_before_hashing(artifact):
     npz = artifact / "predictor" / "arrays.npz"
     with open(npz, "r+b") as f:
-        f.truncate(3 * 2 ** 30)  # sparse: 3 GiB that take no disk
+        f.truncate(3 * 2**30)  # sparse: 3 GiB that take no disk
     t0 = time.perf_counter()
     with pytest.raises(ArtifactError, match="more than the"):
         Router.load(artifact)
@@ -450,7 +479,7 @@ def test_oversize_files_are_refused_before_hashing(artifact):
     case("3 GiB sparse file", "refused")
     mf = artifact / "manifest.json"
     with open(mf, "r+b") as f:
-        f.truncate(64 * 2 ** 20)
+        f.truncate(64 * 2**20)
     with pytest.raises(ArtifactError, match="manifest.json has .* more than"):
         Router.load(artifact)
     case("64 MiB manifest", "refused")
@@ -460,11 +489,11 @@ def test_zip_bomb_arrays_are_refused(artifact, monkeypatch):
     import t2iroute.router.artifact as art
 
     npz = artifact / "predictor" / "arrays.npz"
-    np.savez_compressed(npz, big=np.zeros(2 ** 22))  # 32 MiB unpacked, ~30 KiB packed
+    np.savez_compressed(npz, big=np.zeros(2**22))  # 32 MiB unpacked, ~30 KiB packed
     m = read(artifact)
     rehash(artifact, m)
     write(artifact, m)
-    monkeypatch.setattr(art, "MAX_FILE_BYTES", 2 ** 24)
+    monkeypatch.setattr(art, "MAX_FILE_BYTES", 2**24)
     with pytest.raises(ArtifactError, match="unpacks to"):
         Router.load(artifact)
     case("compressed arrays that unpack past the bound", "refused")
@@ -509,8 +538,9 @@ def lgbm_artifact_base(tmp_path_factory):
 
     r = make_tiny_router(specs=None)
     M = pivot(make_table(), "clip")
-    r.predictor = LGBMPredictor(params={"n_estimators": 3, "num_leaves": 4, "min_child_samples": 5},
-                                n_jobs=1).fit(r.featurizer.transform(list(M.prompts)), M.scores)
+    r.predictor = LGBMPredictor(params={"n_estimators": 3, "num_leaves": 4, "min_child_samples": 5}, n_jobs=1).fit(
+        r.featurizer.transform(list(M.prompts)), M.scores
+    )
     path = tmp_path_factory.mktemp("lgbm") / "router"
     r.save(path)
     return path
@@ -550,6 +580,7 @@ def _set(key, value, tree=0, token=None):
         else:
             toks[token] = value
         lines[i] = f"{key}=" + " ".join(toks)
+
     return edit
 
 
@@ -583,8 +614,11 @@ CRAFTED_MODELS = [
     ("objective=poisson", _set("objective", "poisson", tree=-1), "objective 'poisson'"),
     ("Tree=5 out of order", lambda ls: ls.__setitem__(ls.index("Tree=1"), "Tree=5"), "expected 'Tree=1'"),
     ("unknown header line", lambda ls: ls.insert(2, "linear_tree=1"), "unknown header line"),
-    ("truncated (no end of trees)", lambda ls: ls.__delitem__(slice(ls.index("end of trees"), None)),
-     "no 'end of trees'"),
+    (
+        "truncated (no end of trees)",
+        lambda ls: ls.__delitem__(slice(ls.index("end of trees"), None)),
+        "no 'end of trees'",
+    ),
     ("a NUL byte", lambda ls: ls.insert(3, "\x00"), "characters a LightGBM model text never has"),
 ]
 
@@ -622,16 +656,25 @@ for path in sys.argv[1:]:
 
 def test_crafted_lightgbm_texts_do_not_abort_the_process(lgbm_artifact_base, tmp_path):
     """The issue's reproductions in a child process: before the fix each one ended it with rc 134."""
-    edits = [_set("split_feature", "99999999", token=0), _set("tree_sizes", "489 5400 519", tree=-1),
-             _set("num_leaves", "999999999")]
+    edits = [
+        _set("split_feature", "99999999", token=0),
+        _set("tree_sizes", "489 5400 519", tree=-1),
+        _set("num_leaves", "999999999"),
+    ]
     paths = []
     for k, edit in enumerate(edits):
         paths.append(tmp_path / f"r{k}")
         shutil.copytree(lgbm_artifact_base, paths[-1])
         craft_model(paths[-1], edit)
     root = Path(__file__).resolve().parents[1]
-    p = subprocess.run([sys.executable, "-c", CHILD, *map(str, paths)], cwd=root, capture_output=True,
-                       text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    p = subprocess.run(
+        [sys.executable, "-c", CHILD, *map(str, paths)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
     assert "[Fatal]" not in p.stderr and "terminate called" not in p.stderr
     lines = p.stdout.splitlines()
@@ -657,7 +700,8 @@ def test_checked_model_texts_predict_exactly_as_lightgbm():
     Xt[::7, 1] = np.nan
     for params, cat in [({}, [4]), ({"linear_tree": True}, "auto"), ({"min_child_samples": 1000}, "auto")]:
         m = lgb.LGBMRegressor(n_estimators=15, num_leaves=6, verbose=-1, n_jobs=1, **params).fit(
-            X, y, categorical_feature=cat)
+            X, y, categorical_feature=cat
+        )
         text = checked_model_text(m.booster_.model_to_string(), 5)
         again = lgb.Booster(model_str=text)
         assert np.array_equal(again.predict(Xt), m.booster_.predict(Xt)), params
@@ -685,6 +729,7 @@ def _at(value, i=0):
         a = a.astype(float)
         a.flat[i] = value
         return a
+
     return fn
 
 
@@ -727,9 +772,11 @@ def test_nested_arrays_and_models_are_named_as_stored(tmp_path):
 
     base = build_artifacts(tmp_path / "base")["stack"]
     path = tmp_path / "stack"
-    for fn, match in [(_at(np.nan), "array 'base0__X' holds NaN"),
-                      (lambda a: a * 2, "array 'base0__X' holds rows longer than 1"),  # kNN rows are unit length
-                      (lambda a: None, r"predictor state invalid \(in base0: array 'X' is missing\)")]:
+    for fn, match in [
+        (_at(np.nan), "array 'base0__X' holds NaN"),
+        (lambda a: a * 2, "array 'base0__X' holds rows longer than 1"),  # kNN rows are unit length
+        (lambda a: None, r"predictor state invalid \(in base0: array 'X' is missing\)"),
+    ]:
         shutil.rmtree(path, ignore_errors=True)
         shutil.copytree(base, path)
         _edit_arrays(path, "base0__X", fn)
@@ -750,8 +797,11 @@ def test_nested_arrays_and_models_are_named_as_stored(tmp_path):
 def test_non_finite_predictions_are_never_routed(artifact, monkeypatch):
     r = Router.load(artifact)
     monkeypatch.setattr(r.predictor, "predict", lambda X, texts=None: np.full((len(X), 3), np.nan))
-    with pytest.raises(ArtifactError, match=f"router artifact {artifact}: its predictor gave NaN or infinite "
-                                            r"quality for \['fast', 'mid', 'slow'\]"):
+    with pytest.raises(
+        ArtifactError,
+        match=f"router artifact {artifact}: its predictor gave NaN or infinite "
+        r"quality for \['fast', 'mid', 'slow'\]",
+    ):
         r.route("a cat")
 
 
@@ -764,8 +814,9 @@ def test_huge_costs_are_refused(artifact, literal):
     write(artifact, m)  # as an author: with its digest (1e999 cannot even be digested: written after)
     text = (artifact / "manifest.json").read_text().replace("12345.5", literal)
     (artifact / "manifest.json").write_text(text)
-    with pytest.raises(ArtifactError, match="beyond the range of a number|too large to hold|costs must be "
-                                            "numbers from 0 to 1e\\+15") as e:
+    with pytest.raises(
+        ArtifactError, match="beyond the range of a number|too large to hold|costs must be numbers from 0 to 1e\\+15"
+    ) as e:
         Router.load(artifact)
     assert str(artifact) in str(e.value)
     case(f"cost {literal} (a JSON literal)", "refused")
@@ -779,9 +830,14 @@ def test_saving_refuses_costs_loading_would_refuse(tmp_path):
     assert not (tmp_path / "router").exists()
 
 
-@pytest.mark.parametrize("policy,match", [({"type": "budget", "budget": 1e-6}, "below the cheapest"),
-                                          ({"type": "max_cost", "max_cost": 0.0}, "below the cheapest"),
-                                          ({"type": "lam", "lam": 1e308}, "overflows")])
+@pytest.mark.parametrize(
+    "policy,match",
+    [
+        ({"type": "budget", "budget": 1e-6}, "below the cheapest"),
+        ({"type": "max_cost", "max_cost": 0.0}, "below the cheapest"),
+        ({"type": "lam", "lam": 1e308}, "overflows"),
+    ],
+)
 def test_default_policies_that_cannot_route_are_refused(artifact, policy, match):
     m = read(artifact)
     m["policy"] = policy
@@ -806,8 +862,7 @@ def _with_embedding(path: Path, model: str, dim: bool = True) -> None:
 @pytest.mark.parametrize("model", ["/tmp", "../models/x", "~/models/x", "./x", "a/b/c", "C:\\models\\x", ""])
 def test_embedding_model_paths_are_refused(artifact, model):
     _with_embedding(artifact, model, dim=False)
-    with pytest.raises(ArtifactError, match="featurizer spec unusable \\(embedding model .* is not a model "
-                                            "name") as e:
+    with pytest.raises(ArtifactError, match="featurizer spec unusable \\(embedding model .* is not a model name") as e:
         Router.load(artifact)
     assert str(artifact) in str(e.value) and "\n" not in str(e.value)
     case(f"embedding model path {model!r}", "refused")
@@ -830,17 +885,30 @@ def test_embedding_hub_ids_are_refused_without_contacting_the_hub(artifact, tmp_
     _with_embedding(artifact, "someorg/somemodel", dim=dim)
     listener = Listener()
     try:
-        env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{listener.port}",
-               "HF_HUB_CACHE": str(tmp_path / "empty-hub"), "HF_HOME": str(tmp_path / "hf-home")}
-        p = subprocess.run([sys.executable, "-c", HUB_CHILD, str(artifact)], cwd=Path(__file__).resolve().parents[1],
-                           capture_output=True, text=True, timeout=180, env=env)
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "0",
+            "HF_ENDPOINT": f"http://127.0.0.1:{listener.port}",
+            "HF_HUB_CACHE": str(tmp_path / "empty-hub"),
+            "HF_HOME": str(tmp_path / "hf-home"),
+        }
+        p = subprocess.run(
+            [sys.executable, "-c", HUB_CHILD, str(artifact)],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
         time.sleep(0.2)
     finally:
         listener.close()
     assert listener.connections == 0, p.stdout + p.stderr[-1000:]
-    assert p.returncode == 0 and p.stdout.startswith(f"refused: router artifact {artifact}: featurizer spec "
-                                                     "unusable (embedding model 'someorg/somemodel' is not on "
-                                                     "this machine"), p.stdout + p.stderr[-1000:]
+    assert p.returncode == 0 and p.stdout.startswith(
+        f"refused: router artifact {artifact}: featurizer spec "
+        "unusable (embedding model 'someorg/somemodel' is not on "
+        "this machine"
+    ), p.stdout + p.stderr[-1000:]
     case(f"embedding model a hub id ({'with' if dim else 'without'} dim)", "refused")
 
 
@@ -920,7 +988,7 @@ def test_save_refuses_to_replace_what_is_not_an_artifact(tmp_path):
 def test_leftovers_of_killed_saves_are_cleaned(tmp_path):
     path = tmp_path / "router"
     make_tiny_router().save(path)
-    dead = 2 ** 22 + 12345  # above pid_max's default: no such process
+    dead = 2**22 + 12345  # above pid_max's default: no such process
     for name in (f".router.tmp-{dead}-abc", f".router.old-{dead}-xyz"):
         (tmp_path / name / "predictor").mkdir(parents=True)
     alive = tmp_path / f".router.tmp-{os.getpid()}-live"

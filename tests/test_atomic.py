@@ -1,4 +1,5 @@
 """t2iroute.paths.atomic_path: the one write-then-rename every writer of files uses."""
+
 import os
 import stat
 

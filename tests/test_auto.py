@@ -11,8 +11,9 @@ from t2iroute.cli import main
 from t2iroute.router.policy import anchor_quality, route_scores
 from tests.conftest import make_table
 
-FAST_CANDIDATES = ("predictor.candidates=[{name: knn10, spec: {type: knn, n_neighbors: 10}},"
-                   "{name: ridge, spec: {type: ridge}}]")
+FAST_CANDIDATES = (
+    "predictor.candidates=[{name: knn10, spec: {type: knn, n_neighbors: 10}},{name: ridge, spec: {type: ridge}}]"
+)
 
 
 def _noise_table(n=150, seed=0):
@@ -21,8 +22,17 @@ def _noise_table(n=150, seed=0):
     rows = []
     for i in range(n):
         for b, c, mu in (("fast", 0.1, 29.0), ("mid", 0.5, 29.5), ("slow", 1.0, 30.0)):
-            rows.append(dict(prompt_id=f"p{i}", prompt=f"prompt number {i} {'cat' if i % 2 else 'dog'}",
-                             backend=b, metric="clip", score=mu + rng.normal(0, 1.0), cost_s=c, source="A"))
+            rows.append(
+                dict(
+                    prompt_id=f"p{i}",
+                    prompt=f"prompt number {i} {'cat' if i % 2 else 'dog'}",
+                    backend=b,
+                    metric="clip",
+                    score=mu + rng.normal(0, 1.0),
+                    cost_s=c,
+                    source="A",
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -37,8 +47,10 @@ def test_auto_picks_a_learnable_predictor(tmp_path, capsys):
     path = tmp_path / "t.csv"
     make_table(n_prompts=200).to_csv(path, index=False)
     out = tmp_path / "train"
-    assert main(["train", "data=custom", f"data.path={path}", "features=[lexical]", FAST_CANDIDATES,
-                 f"out_dir={out}"]) == 0
+    assert (
+        main(["train", "data=custom", f"data.path={path}", "features=[lexical]", FAST_CANDIDATES, f"out_dir={out}"])
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["predictor"]["beats_best_single_cv"] is True
     m = json.loads((out / "router" / "manifest.json").read_text())
@@ -57,8 +69,10 @@ def test_auto_admits_when_nothing_beats_the_best_single(tmp_path, capsys):
     path = tmp_path / "noise.csv"
     _noise_table().to_csv(path, index=False)
     out = tmp_path / "train"
-    assert main(["train", "data=custom", f"data.path={path}", "features=[lexical]", FAST_CANDIDATES,
-                 f"out_dir={out}"]) == 0
+    assert (
+        main(["train", "data=custom", f"data.path={path}", "features=[lexical]", FAST_CANDIDATES, f"out_dir={out}"])
+        == 0
+    )
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
     assert printed["predictor"]["beats_best_single_cv"] is False
@@ -74,8 +88,20 @@ def test_bench_with_auto_never_loses_on_noise(tmp_path):
     path = tmp_path / "noise.csv"
     _noise_table(n=200, seed=0).to_csv(path, index=False)
     out = tmp_path / "bench"
-    assert main(["bench", "data=custom", f"data.path={path}", "features=[lexical]", FAST_CANDIDATES,
-                 "throughput.enabled=false", f"out_dir={out}"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "data=custom",
+                f"data.path={path}",
+                "features=[lexical]",
+                FAST_CANDIDATES,
+                "throughput.enabled=false",
+                f"out_dir={out}",
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     assert s["predictor_selection"]["beats_best_single_cv"] is False
     assert s["router"]["quality_gain_at_equal_cost"] >= -1e-9 and s["router"]["cost_saved_pct"] >= -1e-9
@@ -94,8 +120,17 @@ def test_anchor_auto_lets_cross_validation_unanchor_on_big_tables():
         hard = i % 10 < 3
         prompt = f"{'two birds and three apples' if hard else 'a cat'} number {i}"
         for b, c, bonus in (("fast", 0.1, 0.0), ("mid", 0.5, 0.5), ("slow", 1.0, 2.0 if hard else -1.0)):
-            rows.append(dict(prompt_id=f"p{i}", prompt=prompt, backend=b, metric="clip",
-                             score=30 + bonus + rng.normal(0, 0.1), cost_s=c, source="A"))
+            rows.append(
+                dict(
+                    prompt_id=f"p{i}",
+                    prompt=prompt,
+                    backend=b,
+                    metric="clip",
+                    score=30 + bonus + rng.normal(0, 0.1),
+                    cost_s=c,
+                    source="A",
+                )
+            )
     M = pivot(validate_table(pd.DataFrame(rows)), "clip")
     X = build_featurizer({"lexical": {}}).transform(list(M.prompts))
     spec = {"type": "auto", "candidates": [{"name": "ridge", "spec": {"type": "ridge", "alpha": 1.0}}]}

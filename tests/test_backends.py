@@ -38,8 +38,15 @@ def test_deterministic_per_seed():
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler", "lcm", "pndm"])
 def test_stop_decodes_x0_of_the_stopping_step(scheduler):
-    b = build_backend("t", {**SMALL, "steps": 20, "scheduler": scheduler,
-                            "early_stop": {"threshold": 10.0, "patience": 1, "window": 1, "min_fraction": 0.25}})
+    b = build_backend(
+        "t",
+        {
+            **SMALL,
+            "steps": 20,
+            "scheduler": scheduler,
+            "early_stop": {"threshold": 10.0, "patience": 1, "window": 1, "min_fraction": 0.25},
+        },
+    )
     pipe = b.pipe
     seen = {}
     orig = pipe.vae.decode
@@ -84,8 +91,21 @@ def test_pixel_signal_is_the_share_of_decoded_pixels_that_changed(monkeypatch):
 
     from t2iroute.backends import stopping
 
-    b = build_backend("t", {**SMALL, "steps": 8, "early_stop": {
-        "signal": "pixel", "pixel_delta": 0.05, "threshold": 1.01, "patience": 1, "window": 1, "min_fraction": 0.5}})
+    b = build_backend(
+        "t",
+        {
+            **SMALL,
+            "steps": 8,
+            "early_stop": {
+                "signal": "pixel",
+                "pixel_delta": 0.05,
+                "threshold": 1.01,
+                "patience": 1,
+                "window": 1,
+                "min_fraction": 0.5,
+            },
+        },
+    )
     pipe = b.pipe
     n_decodes, orig = [], pipe.vae.decode
     monkeypatch.setattr(pipe.vae, "decode", lambda z, *a, **k: (n_decodes.append(1), orig(z, *a, **k))[1])
@@ -127,8 +147,7 @@ def test_step_budgets_share_one_pipeline(tmp_path):
 
     folder = save_tiny_pipeline(tmp_path / "tiny-sd")
     before = loaded_pipelines()
-    bs = build_backends({f"sd_{n}": {"model": str(folder), "steps": n, "height": 32, "width": 32}
-                         for n in (2, 3, 4)})
+    bs = build_backends({f"sd_{n}": {"model": str(folder), "steps": n, "height": 32, "width": 32} for n in (2, 3, 4)})
     gens = {n: b.generate(["a cat"], seeds=[0])[0] for n, b in bs.items()}  # loads via from_pretrained
     assert loaded_pipelines() == before + 1
     assert len({id(b.pipe) for b in bs.values()}) == 1

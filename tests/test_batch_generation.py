@@ -12,8 +12,16 @@ from t2iroute.backends.diffusers_backend import DiffusersBackend
 from t2iroute.errors import GenerationError
 from tests.conftest import TINY
 
-PROMPTS = ["a cat", "two birds on a wire", "a sign saying 'hello'", "three apples", "a robot",
-           "portrait of a woman", "a castle", "city at night"]
+PROMPTS = [
+    "a cat",
+    "two birds on a wire",
+    "a sign saying 'hello'",
+    "three apples",
+    "a robot",
+    "portrait of a woman",
+    "a castle",
+    "city at night",
+]
 
 
 class _Recorder:
@@ -26,10 +34,17 @@ class _Recorder:
         self.calls.append(list(prompts))
         if self.fail is not None:
             raise self.fail
-        return [Generation(image=Image.new("RGB", (8, 8), (s % 255, 0, 0)), prompt=p, seed=s, backend=self.name,
-                           latency_s=0.5 / len(prompts),
-                           diffusion=DiffusionInfo(steps_run=3, steps_budget=4, nfe=6, stopped_early=True))
-                for p, s in zip(prompts, seeds)]
+        return [
+            Generation(
+                image=Image.new("RGB", (8, 8), (s % 255, 0, 0)),
+                prompt=p,
+                seed=s,
+                backend=self.name,
+                latency_s=0.5 / len(prompts),
+                diffusion=DiffusionInfo(steps_run=3, steps_budget=4, nfe=6, stopped_early=True),
+            )
+            for p, s in zip(prompts, seeds)
+        ]
 
 
 def test_a_list_is_routed_once_grouped_by_backend_and_returned_in_input_order(tiny_artifact):
@@ -56,8 +71,9 @@ def test_a_failing_group_falls_back_prompt_by_prompt_to_each_ones_next_choice(ti
     router = Router.load(tiny_artifact)
     decisions = router.route(PROMPTS, lam=0.5)
     first = max({d.backend for d in decisions}, key=lambda b: sum(d.backend == b for d in decisions))
-    router.backends = {b: _Recorder(b, fail=RuntimeError("CUDA out of memory") if b == first else None)
-                       for b in router.backend_names}
+    router.backends = {
+        b: _Recorder(b, fail=RuntimeError("CUDA out of memory") if b == first else None) for b in router.backend_names
+    }
     res = router.generate(PROMPTS, lam=0.5)
     for r, d in zip(res, decisions):
         if d.backend == first:
@@ -78,8 +94,7 @@ def test_a_prompt_no_backend_makes_raises_after_the_others_with_them_kept(tiny_a
     # one backend down, no fallback: its prompts are lost, the others are kept on the error
     decisions = router.route(PROMPTS, lam=0.5)
     down = decisions[0].backend
-    router.backends = {b: _Recorder(b, fail=MemoryError("no RAM") if b == down else None)
-                       for b in router.backend_names}
+    router.backends = {b: _Recorder(b, fail=MemoryError("no RAM") if b == down else None) for b in router.backend_names}
     with pytest.raises(GenerationError) as e:
         router.generate(PROMPTS, lam=0.5, fallback=False)
     kept = e.value.results
@@ -115,8 +130,10 @@ def test_early_stopping_in_a_batch_counts_each_image_the_steps_the_batch_ran():
     gens = build_backend("es_b", {**spec, "batch_size": 4}).generate(PROMPTS[:4], seeds=[0, 1, 2, 3])
     assert len({g.steps_run for g in gens}) == 1  # the batch stops once all have converged
     assert all(g.nfe == 2 * g.steps_run for g in gens)
-    alone = [build_backend("es_1", {**spec, "batch_size": 1}).generate([p], seeds=[s])[0]
-             for p, s in zip(PROMPTS[:4], [0, 1, 2, 3])]
+    alone = [
+        build_backend("es_1", {**spec, "batch_size": 1}).generate([p], seeds=[s])[0]
+        for p, s in zip(PROMPTS[:4], [0, 1, 2, 3])
+    ]
     assert gens[0].steps_run == max(g.steps_run for g in alone)  # the slowest image sets the batch's steps
 
 
@@ -152,6 +169,7 @@ def test_out_of_memory_splits_the_batch_until_it_fits():
 
 # -- the command line ------------------------------------------------------------------------------
 
+
 def test_cli_generates_several_prompts_into_out_dir_and_resumes(tiny_artifact, tmp_path, capsys):
     import json
 
@@ -159,8 +177,16 @@ def test_cli_generates_several_prompts_into_out_dir_and_resumes(tiny_artifact, t
 
     out = tmp_path / "imgs"
     prompts = ["a cat", "two birds on a wire", "three apples", "a robot", "a castle"]
-    argv = ["generate", *prompts, f"artifact={tiny_artifact}", f"out_dir={out}", "lam=0.5", "seed=3",
-            "progress=true", "chunk_size=2"]
+    argv = [
+        "generate",
+        *prompts,
+        f"artifact={tiny_artifact}",
+        f"out_dir={out}",
+        "lam=0.5",
+        "seed=3",
+        "progress=true",
+        "chunk_size=2",
+    ]
     assert main(argv) == 0
     cap = capsys.readouterr()
     summary = json.loads(cap.out)
@@ -205,13 +231,16 @@ def test_cli_prompts_file_and_forced_backend(tiny_artifact, tmp_path, capsys):
     f = tmp_path / "prompts.txt"
     f.write_text("a cat\n\ntwo dogs\nthree apples\n")
     out = tmp_path / "o"
-    assert main(["generate", f"artifact={tiny_artifact}", f"prompts_file={f}", f"out_dir={out}",
-                 "backend=fast"]) == 0
+    assert main(["generate", f"artifact={tiny_artifact}", f"prompts_file={f}", f"out_dir={out}", "backend=fast"]) == 0
     cap = capsys.readouterr()
     s = json.loads(cap.out)
     assert s["by_backend"] == {"fast": 3} and cap.err == ""  # no bar when stderr is no terminal
     recs = [json.loads(ln) for ln in (out / "generations.jsonl").read_text().splitlines()]
-    assert [r["decision"]["prompt"] for r in sorted(recs, key=lambda r: r["index"])] == ["a cat", "two dogs", "three apples"]
+    assert [r["decision"]["prompt"] for r in sorted(recs, key=lambda r: r["index"])] == [
+        "a cat",
+        "two dogs",
+        "three apples",
+    ]
 
 
 @pytest.mark.slow
@@ -222,8 +251,12 @@ def test_gpu_benchmark_script_dry_runs_on_cpu(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "scripts/bench_generation.py", "--suite", "gpu", "--device", "cpu",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "scripts/bench_generation.py", "--suite", "gpu", "--device", "cpu", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "gen-cpu-dry.json").read_text())
     assert res["dry_run"] and set(res["archs"]) == {"sd15", "sdxl"}

@@ -34,16 +34,41 @@ def test_bench_end_to_end_on_custom_table(tmp_path, capsys):
     path = tmp_path / "table.parquet"
     make_table(n_prompts=200).to_parquet(path)
     out = tmp_path / "bench"
-    rc = main(["bench", "data=custom", f"data.path={path}", "features=[lexical]",
-               "predictor=lgbm", "predictor.params.n_estimators=50", "throughput.n_batch=50",
-               "throughput.n_single=5", f"out_dir={out}"])
+    rc = main(
+        [
+            "bench",
+            "data=custom",
+            f"data.path={path}",
+            "features=[lexical]",
+            "predictor=lgbm",
+            "predictor.params.n_estimators=50",
+            "throughput.n_batch=50",
+            "throughput.n_single=5",
+            f"out_dir={out}",
+        ]
+    )
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
-    for key in ("metric", "n_train", "n_test", "backends", "best_single", "oracle", "router", "by_source",
-                "route_throughput_prompts_per_s", "calibration"):
+    for key in (
+        "metric",
+        "n_train",
+        "n_test",
+        "backends",
+        "best_single",
+        "oracle",
+        "router",
+        "by_source",
+        "route_throughput_prompts_per_s",
+        "calibration",
+    ):
         assert key in s, key
-    for key in ("quality_at_best_single_cost", "quality_gain_at_equal_cost", "cost_to_match_best_single",
-                "cost_saved_pct", "aiq"):
+    for key in (
+        "quality_at_best_single_cost",
+        "quality_gain_at_equal_cost",
+        "cost_to_match_best_single",
+        "cost_saved_pct",
+        "aiq",
+    ):
         assert key in s["router"], key
     assert set(s["by_source"]) == {"A", "B"}
     assert s["n_train"] + s["n_test"] == 200
@@ -58,8 +83,17 @@ def test_train_writes_a_loadable_artifact(tmp_path, capsys):
     path = tmp_path / "table.csv"
     make_table(n_prompts=150).to_csv(path, index=False)
     out = tmp_path / "train"
-    rc = main(["train", "data=custom", f"data.path={path}", "features=[lexical]", "predictor=ridge",
-               "router.budget=0.4", f"out_dir={out}"])
+    rc = main(
+        [
+            "train",
+            "data=custom",
+            f"data.path={path}",
+            "features=[lexical]",
+            "predictor=ridge",
+            "router.budget=0.4",
+            f"out_dir={out}",
+        ]
+    )
     assert rc == 0
     from t2iroute import Router
 
@@ -68,15 +102,19 @@ def test_train_writes_a_loadable_artifact(tmp_path, capsys):
     assert r.manifest["metrics"]["at_default_policy"]["test_mean_cost"] <= 0.6
 
 
-@pytest.mark.parametrize("override, msg", [
-    ("data.path=/nonexistent/table.csv", "no such file"),
-    ("metric=nima", "metric 'nima' not in the table"),
-])
+@pytest.mark.parametrize(
+    "override, msg",
+    [
+        ("data.path=/nonexistent/table.csv", "no such file"),
+        ("metric=nima", "metric 'nima' not in the table"),
+    ],
+)
 def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, override, msg):
     path = tmp_path / "table.csv"
     make_table(n_prompts=40).to_csv(path, index=False)
-    rc = main(["bench", "data=custom", f"data.path={path}", "features=[lexical]", override,
-               f"out_dir={tmp_path / 'o'}"])
+    rc = main(
+        ["bench", "data=custom", f"data.path={path}", "features=[lexical]", override, f"out_dir={tmp_path / 'o'}"]
+    )
     assert rc == 2
     assert msg in capsys.readouterr().err
 
@@ -99,9 +137,20 @@ def test_generate_budget_resumed_decides_as_an_uninterrupted_run(tiny_artifact, 
     import t2iroute.cli.route as cli_route
     from t2iroute.cli.checks import bad
 
-    words = ["a cat", "two red cars left of a tree", "a bowl", "three dogs on a sofa", "a blue kite",
-             "a castle at dusk with five towers", "a cup", "two birds", "a robot holding a sign that says hi",
-             "an apple", "four green boats", "a lamp"]
+    words = [
+        "a cat",
+        "two red cars left of a tree",
+        "a bowl",
+        "three dogs on a sofa",
+        "a blue kite",
+        "a castle at dusk with five towers",
+        "a cup",
+        "two birds",
+        "a robot holding a sign that says hi",
+        "an apple",
+        "four green boats",
+        "a lamp",
+    ]
     prompts = [f"{w} #{i}" for i, w in enumerate(words * 2)]
     args = ["generate", *prompts, f"artifact={tiny_artifact}", "budget=0.5", "seed=1", "chunk_size=5"]
     whole = tmp_path / "whole"

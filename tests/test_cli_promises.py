@@ -79,7 +79,7 @@ def _bad_inputs(art, table, tmp, unwritable):
         (["generate", "a cat", a, png, "seed=abc"], ["seed=abc", "integer"]),
         (["generate", "a cat", a, png, "seed=1.5"], ["seed=1.5", "integer"]),
         (["generate", "a cat", a, png, "seed=2**70"], ["seed=2**70", "integer"]),
-        (["generate", "a cat", a, png, f"seed={2 ** 70}"], [f"seed={2 ** 70}", "2**63-1"]),
+        (["generate", "a cat", a, png, f"seed={2**70}"], [f"seed={2**70}", "2**63-1"]),
         (["generate", "a cat", a, png, "seed=-1"], ["seed=-1"]),
         (["generate", "a cat", a, png, "fallback=maybe"], ["fallback=maybe", "true or false"]),
         (["route", "a cat", a, "lam=abc"], ["lam=abc", "number"]),
@@ -87,7 +87,7 @@ def _bad_inputs(art, table, tmp, unwritable):
         (["route", "a cat", a, "max_cost=nan"], ["max_cost=nan", "finite"]),
         (["route", "a cat", a, "verbose=maybe"], ["verbose=maybe"]),
         (["sweep", "seeds=[abc]"], ["seeds=[abc]", "integer"]),
-        (["sweep", f"seeds=[0,{2 ** 70}]"], ["seeds=[0,", "2**63-1"]),
+        (["sweep", f"seeds=[0,{2**70}]"], ["seeds=[0,", "2**63-1"]),
         (["sweep", "seeds=[]"], ["seeds=[]"]),
         (["sweep", "chunk_size=0"], ["chunk_size=0", ">= 1"]),
         (["sweep", "limit=abc"], ["limit=abc"]),
@@ -135,13 +135,16 @@ def _bad_inputs(art, table, tmp, unwritable):
         (["generate", "a cat", a, png, "llm.retries=-1"], ["llm.retries=-1"]),
         (["serve", a, "llm.concurrency=0"], ["llm.concurrency=0"]),
         (["serve", a, "llm.backoff_s=-1"], ["llm.backoff_s=-1"]),
-        (["route", "a cat", a, "llm.api_key_env=T2IROUTE_TEST_NO_SUCH_VAR"],
-         ["llm.api_key_env=T2IROUTE_TEST_NO_SUCH_VAR", "not set"]),
+        (
+            ["route", "a cat", a, "llm.api_key_env=T2IROUTE_TEST_NO_SUCH_VAR"],
+            ["llm.api_key_env=T2IROUTE_TEST_NO_SUCH_VAR", "not set"],
+        ),
     ]
 
 
-def test_bad_inputs_exit_2_with_one_line_naming_the_input(tiny_artifact, table, tmp_path, unwritable,
-                                                          capsys, monkeypatch):
+def test_bad_inputs_exit_2_with_one_line_naming_the_input(
+    tiny_artifact, table, tmp_path, unwritable, capsys, monkeypatch
+):
     from t2iroute.router.core import Router
 
     def no_load(*a, **k):
@@ -151,8 +154,11 @@ def test_bad_inputs_exit_2_with_one_line_naming_the_input(tiny_artifact, table, 
     failed = []
     runs = tmp_path / "runs"
     for argv, needles in _bad_inputs(tiny_artifact, table, tmp_path, unwritable):
-        if argv[0] in ("bench", "train", "sweep") and not any(a.startswith("out_dir=") for a in argv) \
-                and "--" not in argv:
+        if (
+            argv[0] in ("bench", "train", "sweep")
+            and not any(a.startswith("out_dir=") for a in argv)
+            and "--" not in argv
+        ):
             argv = argv + [f"out_dir={runs}"]
         rc, line = _one_line(capsys, argv)
         if rc != 2 or not line.startswith(f"t2iroute {argv[0]}: error: ") or not all(n in line for n in needles):
@@ -185,9 +191,16 @@ def test_entry_point_bad_input_one_line(tiny_artifact, tmp_path):
         (["serve", f"artifact={tiny_artifact}", "llm.base_url=notaurl"], "llm.base_url=notaurl"),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    procs = [subprocess.Popen([os.fsencode(x) for x in base] + [os.fsencode(x) for x in argv],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
-             for argv, _ in cases]
+    procs = [
+        subprocess.Popen(
+            [os.fsencode(x) for x in base] + [os.fsencode(x) for x in argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=tmp_path,
+        )
+        for argv, _ in cases
+    ]
     for p, (argv, needle) in zip(procs, cases):
         out, err = p.communicate(timeout=180)
         err = err.decode("utf-8", "replace")
@@ -212,15 +225,35 @@ def test_llm_settings_reach_the_loader_on_every_artifact_command(cmd, tiny_artif
 
     monkeypatch.setattr(Router, "load", classmethod(fake_load))
     monkeypatch.setenv("T2IROUTE_TEST_LLM_KEY", "sk-test")
-    argv = {"route": ["route", "a cat"], "generate": ["generate", "a cat", f"out={tmp_path / 'x.png'}"],
-            "serve": ["serve"]}[cmd]
-    rc = main([*argv, f"artifact={tiny_artifact}", "llm.base_url=http://127.0.0.1:9/v1", "llm.deadline_s=5",
-               "llm.timeout=2", "llm.retries=1", "llm.backoff_s=0.1", "llm.concurrency=3",
-               "llm.api_key_env=T2IROUTE_TEST_LLM_KEY"])
+    argv = {
+        "route": ["route", "a cat"],
+        "generate": ["generate", "a cat", f"out={tmp_path / 'x.png'}"],
+        "serve": ["serve"],
+    }[cmd]
+    rc = main(
+        [
+            *argv,
+            f"artifact={tiny_artifact}",
+            "llm.base_url=http://127.0.0.1:9/v1",
+            "llm.deadline_s=5",
+            "llm.timeout=2",
+            "llm.retries=1",
+            "llm.backoff_s=0.1",
+            "llm.concurrency=3",
+            "llm.api_key_env=T2IROUTE_TEST_LLM_KEY",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "stopped after load" in err and "sk-test" not in err
-    assert seen["local"]["llm"] == {"base_url": "http://127.0.0.1:9/v1", "deadline_s": 5, "timeout": 2, "retries": 1,
-                                    "backoff_s": 0.1, "concurrency": 3, "api_key_env": "T2IROUTE_TEST_LLM_KEY"}
+    assert seen["local"]["llm"] == {
+        "base_url": "http://127.0.0.1:9/v1",
+        "deadline_s": 5,
+        "timeout": 2,
+        "retries": 1,
+        "backoff_s": 0.1,
+        "concurrency": 3,
+        "api_key_env": "T2IROUTE_TEST_LLM_KEY",
+    }
 
 
 def test_generate_success_is_quiet_json_and_world_readable(tiny_artifact, tmp_path):
@@ -228,13 +261,28 @@ def test_generate_success_is_quiet_json_and_world_readable(tiny_artifact, tmp_pa
     tiny random CLIP, no loading bars); the image 0644 in a new 0755 folder; costs with their unit."""
     out = tmp_path / "new" / "car.png"
     out.parent.mkdir(mode=0o755)
-    dead = 2 ** 22 + 777  # above the default pid_max: a killed run's leftover
+    dead = 2**22 + 777  # above the default pid_max: a killed run's leftover
     (out.parent / f".t2iroute-{dead}-x.png").write_bytes(b"half an image")
     live = out.parent / f".t2iroute-{os.getpid()}-y.png"  # a run in progress keeps its temp file
     live.write_bytes(b"being written")
-    r = subprocess.run([sys.executable, "-m", "t2iroute.cli", "generate", "a red car", f"artifact={tiny_artifact}",
-                        f"out={out}", "scorer=clip_tiny", "backend=fast"], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=lambda: os.umask(0o022))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t2iroute.cli",
+            "generate",
+            "a red car",
+            f"artifact={tiny_artifact}",
+            f"out={out}",
+            "scorer=clip_tiny",
+            "backend=fast",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        preexec_fn=lambda: os.umask(0o022),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     g = json.loads(r.stdout)
@@ -245,8 +293,16 @@ def test_generate_success_is_quiet_json_and_world_readable(tiny_artifact, tmp_pa
 
 
 def test_prompts_after_double_dash(tiny_artifact, capsys):
-    argv = ["route", f"artifact={tiny_artifact}", "lam=0", "--", "style=oil painting of a cat", "--no-text logo",
-            "~tilde", "lam=1"]
+    argv = [
+        "route",
+        f"artifact={tiny_artifact}",
+        "lam=0",
+        "--",
+        "style=oil painting of a cat",
+        "--no-text logo",
+        "~tilde",
+        "lam=1",
+    ]
     assert main(argv) == 0
     ds = json.loads(capsys.readouterr().out)
     assert [d["prompt"] for d in ds] == ["style=oil painting of a cat", "--no-text logo", "~tilde", "lam=1"]
@@ -260,14 +316,37 @@ def test_multirun_prints_json_lines(tiny_artifact, table, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(ln)["backend"] for ln in lines] == ["mid", "fast"]
     out = tmp_path / "m"
-    assert main(["bench", "data=custom", f"data.path={table}", *FAST_BENCH, "-m", "seed=0,1",
-                 f"out_dir={out}/s${{seed}}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "data=custom",
+                f"data.path={table}",
+                *FAST_BENCH,
+                "-m",
+                "seed=0,1",
+                f"out_dir={out}/s${{seed}}",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(ln)["seed"] for ln in lines] == [0, 1]
     assert (out / "s0" / "summary.json").exists() and (out / "s1" / "summary.json").exists()
     # every run is checked before the first starts
-    rc, line = _one_line(capsys, ["bench", "data=custom", f"data.path={table}", *FAST_BENCH, "-m", "seed=0,abc",
-                                  f"out_dir={tmp_path / 'n'}/s${{seed}}"])
+    rc, line = _one_line(
+        capsys,
+        [
+            "bench",
+            "data=custom",
+            f"data.path={table}",
+            *FAST_BENCH,
+            "-m",
+            "seed=0,abc",
+            f"out_dir={tmp_path / 'n'}/s${{seed}}",
+        ],
+    )
     assert rc == 2 and "seed=abc" in line and not (tmp_path / "n").exists()
 
 
@@ -279,8 +358,20 @@ def test_bench_and_train_quiet_unless_verbose_with_cost_unit(table, tmp_path, ca
     assert "INFO" in next((tmp_path / "q").glob("*.log")).read_text()  # the log file keeps INFO
     assert main(base + [f"out_dir={tmp_path / 'v'}", "verbose=true"]) == 0
     assert "[INFO]" in capsys.readouterr().err
-    assert main(["train", "data=custom", f"data.path={table}", "features=[lexical]", "predictor=ridge",
-                 f"out_dir={tmp_path / 't'}", "data.cost_unit=usd"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "data=custom",
+                f"data.path={table}",
+                "features=[lexical]",
+                "predictor=ridge",
+                f"out_dir={tmp_path / 't'}",
+                "data.cost_unit=usd",
+            ]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert cap.err == "" and json.loads(cap.out)["cost_unit"] == "usd"
 
@@ -291,8 +382,18 @@ def test_cfg_job_and_searchpath_still_work(table, tmp_path, capsys):
     conf = tmp_path / "conf" / "data"
     conf.mkdir(parents=True)
     (conf / "mine.yaml").write_text(f"name: mine\npath: {table}\nmetric: clip\nbackends: null\ncosts: {{}}\n")
-    assert main(["bench", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "data=mine", *FAST_BENCH,
-                 f"out_dir={tmp_path / 'o'}"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                "data=mine",
+                *FAST_BENCH,
+                f"out_dir={tmp_path / 'o'}",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["data"] == "mine"
 
 
@@ -355,8 +456,7 @@ def test_documented_bench_and_train_commands_name_their_data():
     lines = []
     for p in [ROOT / "README.md", ROOT / "Makefile", *sorted((ROOT / "docs").glob("*.md"))]:
         if p.exists():
-            lines += [ln for ln in p.read_text().splitlines()
-                      if re.search(r"bin/t2iroute (bench|train)\b", ln)]
+            lines += [ln for ln in p.read_text().splitlines() if re.search(r"bin/t2iroute (bench|train)\b", ln)]
     assert lines and all("data=" in ln for ln in lines), [ln for ln in lines if "data=" not in ln]
 
 
@@ -371,8 +471,10 @@ def test_scorer_that_cannot_load_fails_before_generating(tiny_artifact, tmp_path
     monkeypatch.setattr(Router, "generate", lambda self, *a, **k: calls.append(a))
     monkeypatch.setattr(Router, "generate_iter", lambda self, *a, **k: calls.append(a) or iter(()))
     bad = ["scorer=clip", f"scorer.pretrained={tmp_path / 'no-such-clip.pt'}"]
-    for argv in (["generate", "a red car", f"out={tmp_path / 'a.png'}"],
-                 ["generate", "a red car", "two dogs", f"out_dir={tmp_path / 'many'}"]):
+    for argv in (
+        ["generate", "a red car", f"out={tmp_path / 'a.png'}"],
+        ["generate", "a red car", "two dogs", f"out_dir={tmp_path / 'many'}"],
+    ):
         rc, line = _one_line(capsys, [*argv, f"artifact={tiny_artifact}", *bad])
         assert rc == 2 and "scorer=clip: cannot load" in line and "no such checkpoint file" in line, line
         assert "need no download: clip_tiny (random weights), testbed_check" in line, line
@@ -396,12 +498,25 @@ def test_score_failing_at_scoring_time_keeps_the_image(tiny_artifact, tmp_path, 
     cap = capsys.readouterr()
     g = json.loads(cap.out)
     assert out.is_file() and g["score"] == {"clip": None} and "out of memory" in g["score_error"]
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == \
-        ["score unavailable (clip): out of memory"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "score unavailable (clip): out of memory"
+    ]
     monkeypatch.undo()
     d = tmp_path / "many"
-    assert main(["generate", "a red car", "two dogs", f"artifact={tiny_artifact}", f"out_dir={d}", "backend=fast",
-                 "scorer=testbed_check"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a red car",
+                "two dogs",
+                f"artifact={tiny_artifact}",
+                f"out_dir={d}",
+                "backend=fast",
+                "scorer=testbed_check",
+            ]
+        )
+        == 0
+    )
     recs = [json.loads(ln) for ln in (d / "generations.jsonl").read_text().splitlines()]
     assert len(recs) == 2 and all(isinstance(r["score"]["testbed_check"], float) for r in recs)
 
@@ -413,11 +528,11 @@ def test_version_and_python_m(capsys):
     want = f"t2iroute {version('t2iroute')}"
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == want
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "t2iroute", "--version"], capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "t2iroute", "--version"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert r.returncode == 0 and r.stdout.strip() == want and r.stderr == ""
-    r = subprocess.run([sys.executable, "-m", "t2iroute", "rout"], capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-m", "t2iroute", "rout"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
     assert "did you mean route?" in r.stderr
 

@@ -98,8 +98,20 @@ def test_run_folder_keeps_its_config(tmp_path):
 
     make_table().to_csv(tmp_path / "t.csv", index=False)
     out = tmp_path / "run"
-    assert main(["bench", "data=custom", f"data.path={tmp_path / 't.csv'}", "features=[lexical]", "predictor=knn",
-                 "throughput.enabled=false", f"out_dir={out}"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "data=custom",
+                f"data.path={tmp_path / 't.csv'}",
+                "features=[lexical]",
+                "predictor=knn",
+                "throughput.enabled=false",
+                f"out_dir={out}",
+            ]
+        )
+        == 0
+    )
     saved = OmegaConf.load(out / "config.yaml")
     assert saved.predictor.type == "knn" and saved.data.path == str(tmp_path / "t.csv")
     assert saved.out_dir == str(out)

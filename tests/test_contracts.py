@@ -3,13 +3,24 @@
 import pytest
 
 from tests.contracts import (
-    BackendContract, FeaturizerContract, PolicyContract, PredictorContract, ScorerContract,
+    BackendContract,
+    FeaturizerContract,
+    PolicyContract,
+    PredictorContract,
+    ScorerContract,
 )
 from tests.conftest import TINY
 
-TINY_CLIP = {"type": "clip", "model": "tiny-clip", "pretrained": None, "model_config": {
-    "embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}}
+TINY_CLIP = {
+    "type": "clip",
+    "model": "tiny-clip",
+    "pretrained": None,
+    "model_config": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+}
 
 
 # -- backends -------------------------------------------------------------------------------
@@ -24,8 +35,10 @@ class TestDiffusersBackendEarlyStop(BackendContract):
     def make_backend(self):
         from t2iroute.backends import build_backend
 
-        return build_backend("tiny_8_es", {**TINY, "steps": 8, "early_stop": {
-            "threshold": 0.5, "window": 1, "patience": 1, "min_fraction": 0.25}})
+        return build_backend(
+            "tiny_8_es",
+            {**TINY, "steps": 8, "early_stop": {"threshold": 0.5, "window": 1, "patience": 1, "min_fraction": 0.25}},
+        )
 
 
 # -- scorers --------------------------------------------------------------------------------
@@ -57,8 +70,9 @@ class TestLLMUnreachable(FeaturizerContract):
     def make_featurizer(self):
         from t2iroute.features.base import build_one
 
-        return build_one("llm", {"base_url": "http://127.0.0.1:9/v1", "cache": False, "retries": 0,
-                                 "timeout": 1, "progress": False})
+        return build_one(
+            "llm", {"base_url": "http://127.0.0.1:9/v1", "cache": False, "retries": 0, "timeout": 1, "progress": False}
+        )
 
 
 # -- predictors -----------------------------------------------------------------------------
@@ -96,18 +110,30 @@ class TestStack(PredictorContract):
     def make_predictor(self):
         from t2iroute.predictors import build_predictor
 
-        return build_predictor({"type": "stack", "n_folds": 3, "base": [
-            {"type": "knn", "n_neighbors": 10, "relative": False}, {"type": "ridge", "relative": False}],
-            "final": [{"type": "ridge", "alpha": 1.0}]})
+        return build_predictor(
+            {
+                "type": "stack",
+                "n_folds": 3,
+                "base": [{"type": "knn", "n_neighbors": 10, "relative": False}, {"type": "ridge", "relative": False}],
+                "final": [{"type": "ridge", "alpha": 1.0}],
+            }
+        )
 
 
 class TestAuto(PredictorContract):
     def make_predictor(self):
         from t2iroute.predictors import build_predictor
 
-        return build_predictor({"type": "auto", "n_folds": 3, "candidates": [
-            {"name": "knn10", "spec": {"type": "knn", "n_neighbors": 10}},
-            {"name": "ridge", "spec": {"type": "ridge"}}]})
+        return build_predictor(
+            {
+                "type": "auto",
+                "n_folds": 3,
+                "candidates": [
+                    {"name": "knn10", "spec": {"type": "knn", "n_neighbors": 10}},
+                    {"name": "ridge", "spec": {"type": "ridge"}},
+                ],
+            }
+        )
 
     def fit_kwargs(self):
         return {"costs": [0.1, 0.5, 1.0]}
@@ -151,7 +177,8 @@ class TestFixedPolicy(PolicyContract):
         return build_policy({"type": "fixed", "backend": "mid"})
 
 
-@pytest.mark.parametrize("mixin", [BackendContract, ScorerContract, FeaturizerContract, PredictorContract,
-                                   PolicyContract])
+@pytest.mark.parametrize(
+    "mixin", [BackendContract, ScorerContract, FeaturizerContract, PredictorContract, PolicyContract]
+)
 def test_mixins_are_not_collected_on_their_own(mixin):
     assert not mixin.__name__.startswith("Test")

@@ -23,8 +23,15 @@ from t2iroute.router.domain import MAX_REFERENCE, Domain
 from t2iroute.router.policy import check_quality_floor
 
 from .conftest import make_table, make_tiny_router
-from .test_fuzz_artifact import FUZZ, HypothesisChooser, read_arrays, read_manifest, try_case, write_arrays, \
-    write_manifest
+from .test_fuzz_artifact import (
+    FUZZ,
+    HypothesisChooser,
+    read_arrays,
+    read_manifest,
+    try_case,
+    write_arrays,
+    write_manifest,
+)
 
 FAR = "Ωµ∑ xyzzy quux frobnicate " * 8  # nothing like the synthetic table's prompts
 
@@ -44,8 +51,17 @@ def trained(tmp_path_factory):
     """A router trained by `t2iroute train` on a 0-1 metric (lexical features, ridge)."""
     tmp = tmp_path_factory.mktemp("domain")
     _unit_table().to_parquet(tmp / "t.parquet")
-    rc = main(["train", "data=custom", f"data.path={tmp / 't.parquet'}", "metric=check", "features=[lexical]",
-               "predictor=ridge", f"out_dir={tmp / 'out'}"])
+    rc = main(
+        [
+            "train",
+            "data=custom",
+            f"data.path={tmp / 't.parquet'}",
+            "metric=check",
+            "features=[lexical]",
+            "predictor=ridge",
+            f"out_dir={tmp / 'out'}",
+        ]
+    )
     assert rc == 0
     return tmp / "out" / "router"
 
@@ -134,8 +150,18 @@ def test_http_refuses_an_out_of_range_floor_naming_model(trained):
 
 def test_training_refuses_an_out_of_range_default_floor(tmp_path, capsys):
     _unit_table(60).to_parquet(tmp_path / "t.parquet")
-    rc = main(["train", "data=custom", f"data.path={tmp_path / 't.parquet'}", "metric=check", "features=[lexical]",
-               "predictor=ridge", f"out_dir={tmp_path / 'out'}", "router.quality_floor=5"])
+    rc = main(
+        [
+            "train",
+            "data=custom",
+            f"data.path={tmp_path / 't.parquet'}",
+            "metric=check",
+            "features=[lexical]",
+            "predictor=ridge",
+            f"out_dir={tmp_path / 'out'}",
+            "router.quality_floor=5",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "router.quality_floor" in err and "observed range" in err
     assert not (tmp_path / "out" / "router").exists()
@@ -234,22 +260,25 @@ def _edit_arrays(path, fn):
     write_manifest(path, read_manifest(path))
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda m: m["metric_range"].update(observed=[1.0, 0.0]), "metric_range.observed must have low <= high"),
-    (lambda m: m["metric_range"].update(observed=["0", 1]), "metric_range.observed must be"),
-    (lambda m: m["metric_range"].update(observed=[0.0]), "metric_range.observed must be"),
-    (lambda m: m["metric_range"].update(observed=[0.0, 1e999]), "damaged"),  # json writes Infinity
-    (lambda m: m["metric_range"].update(bounds=[True, 1]), "metric_range.bounds must be"),
-    (lambda m: m["metric_range"].pop("observed"), "metric_range lacks 'observed'"),
-    (lambda m: m.update(metric_range=[0, 1]), "'metric_range' must be a mapping"),
-    (lambda m: m["domain"].update(threshold=-1.0), "domain.threshold"),
-    (lambda m: m["domain"].update(threshold="1"), "domain.threshold"),
-    (lambda m: m["domain"].update(columns=[0, 10 ** 6]), "beyond the"),
-    (lambda m: m["domain"].update(columns=[3, 2]), "domain.columns"),
-    (lambda m: m["domain"].update(space="../x"), "domain.space"),
-    (lambda m: m["domain"].update(n_reference=1), "n_reference 1"),
-    (lambda m: m.pop("domain"), "the manifest has no 'domain'"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: m["metric_range"].update(observed=[1.0, 0.0]), "metric_range.observed must have low <= high"),
+        (lambda m: m["metric_range"].update(observed=["0", 1]), "metric_range.observed must be"),
+        (lambda m: m["metric_range"].update(observed=[0.0]), "metric_range.observed must be"),
+        (lambda m: m["metric_range"].update(observed=[0.0, 1e999]), "damaged"),  # json writes Infinity
+        (lambda m: m["metric_range"].update(bounds=[True, 1]), "metric_range.bounds must be"),
+        (lambda m: m["metric_range"].pop("observed"), "metric_range lacks 'observed'"),
+        (lambda m: m.update(metric_range=[0, 1]), "'metric_range' must be a mapping"),
+        (lambda m: m["domain"].update(threshold=-1.0), "domain.threshold"),
+        (lambda m: m["domain"].update(threshold="1"), "domain.threshold"),
+        (lambda m: m["domain"].update(columns=[0, 10**6]), "beyond the"),
+        (lambda m: m["domain"].update(columns=[3, 2]), "domain.columns"),
+        (lambda m: m["domain"].update(space="../x"), "domain.space"),
+        (lambda m: m["domain"].update(n_reference=1), "n_reference 1"),
+        (lambda m: m.pop("domain"), "the manifest has no 'domain'"),
+    ],
+)
 def test_bad_range_or_domain_in_the_manifest_is_refused(copy, edit, match):
     if "1e999" in match or match == "damaged":
         m = read_manifest(copy)
@@ -262,17 +291,23 @@ def test_bad_range_or_domain_in_the_manifest_is_refused(copy, edit, match):
     assert str(copy) in str(e.value)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda a: a["router_domain__reference"].__setitem__((0, 0), np.nan), "finite"),
-    (lambda a: a.update(router_domain__reference=a["router_domain__reference"][:, :-1]), "columns"),
-    (lambda a: a.update(router_domain__reference=a["router_domain__reference"].astype(np.int64)), "floats"),
-    (lambda a: a.update(router_domain__reference=a["router_domain__reference"][0]), "2-d"),
-    (lambda a: a.update(router_domain__scale=np.zeros_like(a["router_domain__scale"])), "scale must be > 0"),
-    (lambda a: a.update(router_domain__center=a["router_domain__center"][:-1]), "center has shape"),
-    (lambda a: a.pop("router_domain__scale"), "router_domain__scale' is missing"),
-    (lambda a: a.update(router_domain__extra=np.zeros(3)), "router_domain__extra"),
-    (lambda a: a.update(router_domain__reference=a["router_domain__reference"].astype(np.float64) * 1e300), "finite"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda a: a["router_domain__reference"].__setitem__((0, 0), np.nan), "finite"),
+        (lambda a: a.update(router_domain__reference=a["router_domain__reference"][:, :-1]), "columns"),
+        (lambda a: a.update(router_domain__reference=a["router_domain__reference"].astype(np.int64)), "floats"),
+        (lambda a: a.update(router_domain__reference=a["router_domain__reference"][0]), "2-d"),
+        (lambda a: a.update(router_domain__scale=np.zeros_like(a["router_domain__scale"])), "scale must be > 0"),
+        (lambda a: a.update(router_domain__center=a["router_domain__center"][:-1]), "center has shape"),
+        (lambda a: a.pop("router_domain__scale"), "router_domain__scale' is missing"),
+        (lambda a: a.update(router_domain__extra=np.zeros(3)), "router_domain__extra"),
+        (
+            lambda a: a.update(router_domain__reference=a["router_domain__reference"].astype(np.float64) * 1e300),
+            "finite",
+        ),
+    ],
+)
 def test_bad_domain_arrays_are_refused(copy, edit, match):
     _edit_arrays(copy, edit)
     with pytest.raises(ArtifactError, match=match) as e:

@@ -7,7 +7,6 @@ from t2iroute.training.evaluate import (
     cost_to_reach,
     pareto_frontier,
     quality_at_cost,
-
     summarize,
     upper_hull,
 )

@@ -60,8 +60,26 @@ FAULTS = {
     "echo_field": ("outside",),
     "echo_404": ("404",),
 }
-QUICK = ("ok", "refused", "500", "404", "garbage", "wrong_shape", "out_of_range", "prose", "redirect", "echo",
-         "echo_500", "echo_garbage", "echo_field", "echo_404", "huge", "huge_chunked", "reset", "truncated")
+QUICK = (
+    "ok",
+    "refused",
+    "500",
+    "404",
+    "garbage",
+    "wrong_shape",
+    "out_of_range",
+    "prose",
+    "redirect",
+    "echo",
+    "echo_500",
+    "echo_garbage",
+    "echo_field",
+    "echo_404",
+    "huge",
+    "huge_chunked",
+    "reset",
+    "truncated",
+)
 
 
 # -- an artifact with LLM features ------------------------------------------------------------------
@@ -73,8 +91,9 @@ def make_llm_artifact(path, provider: str = "openai", **timing) -> Path:
     from t2iroute.predictors import RidgePredictor
     from t2iroute.router.artifact import manifest_digest
 
-    f = build_featurizer({"lexical": {}, "llm": {"provider": provider, "model": "m", "cache": False,
-                                                 "progress": False}})
+    f = build_featurizer(
+        {"lexical": {}, "llm": {"provider": provider, "model": "m", "cache": False, "progress": False}}
+    )
     rng = np.random.default_rng(0)
     X = rng.random((30, len(f.feature_names_)))
     Router(f, RidgePredictor().fit(X, rng.random((30, 2))), ["cheap", "dear"], [0.1, 1.0]).save(path)
@@ -167,8 +186,17 @@ def request_bound(f: LLMComplexityFeaturizer, n_prompts: int) -> int:
     return min(n_prompts, GARBLED_AFTER + f.concurrency) * (f.retries + 1)
 
 
-def run_case(artifact, mode: str, *, provider: str = "openai", user: dict | None = None, via: str = "api",
-             deadline: float | None = None, n_prompts: int = 6, tmp: str | os.PathLike | None = None) -> dict:
+def run_case(
+    artifact,
+    mode: str,
+    *,
+    provider: str = "openai",
+    user: dict | None = None,
+    via: str = "api",
+    deadline: float | None = None,
+    n_prompts: int = 6,
+    tmp: str | os.PathLike | None = None,
+) -> dict:
     """Route ``n_prompts`` prompts with the LLM featurizer against the fake server in ``mode``.
 
     ``artifact``: a router artifact with LLM features; ``user``: the loading user's llm settings
@@ -202,8 +230,15 @@ def run_case(artifact, mode: str, *, provider: str = "openai", user: dict | None
                 os.environ["T2IROUTE_PROBE_LLM_KEY"] = SECRET
                 os.environ["T2IROUTE_CACHE"] = str(tmp or ".")
                 where = f"llm.host={srv.root}" if provider == "ollama" else f"llm.base_url={srv.base}"
-                argv = ["route", f"artifact={artifact}", where, "llm.api_key_env=T2IROUTE_PROBE_LLM_KEY",
-                        *[f"llm.{k}={v}" for k, v in user.items()], "--", *prompts]
+                argv = [
+                    "route",
+                    f"artifact={artifact}",
+                    where,
+                    "llm.api_key_env=T2IROUTE_PROBE_LLM_KEY",
+                    *[f"llm.{k}={v}" for k, v in user.items()],
+                    "--",
+                    *prompts,
+                ]
                 stdout = io.StringIO()
                 with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(out):
                     rc = main(argv)
@@ -292,8 +327,9 @@ def _assert_held(res):
     assert res["held"], (res["mode"], res["failures"])
 
 
-@pytest.mark.parametrize("mode", ["hang", "trickle", "trickle_headers", "huge_chunked", "garbage", "redirect",
-                                  "echo", "echo_500"])
+@pytest.mark.parametrize(
+    "mode", ["hang", "trickle", "trickle_headers", "huge_chunked", "garbage", "redirect", "echo", "echo_500"]
+)
 def test_a_hostile_artifacts_route_holds_the_users_deadline(mode, hostile_artifacts):
     """deadline_s null, timeout 3600, retries 10^6 in the artifact; deadline_s=1 from the user."""
     _assert_held(run_case(hostile_artifacts["openai"], mode, user={"deadline_s": 1.0}))
@@ -332,9 +368,12 @@ def test_the_artifacts_timing_is_bounded_and_the_users_wins(hostile_artifacts, c
     assert len(bounded) == 1 and "deadline_s null -> 60" in bounded[0] and "retries 1000000 -> 5" in bounded[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        r = Router.load(hostile_artifacts["openai"], local={"llm": {"deadline_s": 5, "timeout": 2, "retries": 1,
-                                                                     "backoff_s": 0.1, "concurrency": 1,
-                                                                     "cache": False}})
+        r = Router.load(
+            hostile_artifacts["openai"],
+            local={
+                "llm": {"deadline_s": 5, "timeout": 2, "retries": 1, "backoff_s": 0.1, "concurrency": 1, "cache": False}
+            },
+        )
     llm = r.featurizer.parts[-1]
     assert (llm.deadline_s, llm.timeout, llm.retries, llm.backoff_s, llm.concurrency) == (5.0, 2.0, 1, 0.1, 1)
     assert not [rec for rec in caplog.records if "bounded" in rec.getMessage()]  # the user set them all
@@ -343,12 +382,17 @@ def test_the_artifacts_timing_is_bounded_and_the_users_wins(hostile_artifacts, c
     assert r.featurizer.parts[-1].deadline_s == 5.0
 
 
-@pytest.mark.parametrize("bad, needle", [
-    ({"deadline_s": 0}, "llm.deadline_s=0"), ({"timeout": "abc"}, "llm.timeout='abc'"),
-    ({"retries": -1}, "llm.retries=-1"), ({"base_url": "notaurl"}, "llm.base_url=notaurl"),
-    ({"base_url": "http://u:pw@127.0.0.1/v1"}, "llm.base_url=http://[redacted]@127.0.0.1/v1"),
-    ({"rubric": "score"}, "llm.rubric cannot be set when loading"),
-])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ({"deadline_s": 0}, "llm.deadline_s=0"),
+        ({"timeout": "abc"}, "llm.timeout='abc'"),
+        ({"retries": -1}, "llm.retries=-1"),
+        ({"base_url": "notaurl"}, "llm.base_url=notaurl"),
+        ({"base_url": "http://u:pw@127.0.0.1/v1"}, "llm.base_url=http://[redacted]@127.0.0.1/v1"),
+        ({"rubric": "score"}, "llm.rubric cannot be set when loading"),
+    ],
+)
 def test_the_users_bad_llm_settings_are_refused_naming_the_key(bad, needle, hostile_artifacts):
     from t2iroute import Router
     from t2iroute.errors import ArtifactError
@@ -364,13 +408,26 @@ def test_an_echoed_key_never_reaches_the_logs_of_a_bad_reply(caplog):
 
     for mode in ("echo", "echo_500", "echo_garbage", "echo_field", "echo_404"):
         with fake_llm(mode) as srv, caplog.at_level(logging.DEBUG):
-            f = LLMComplexityFeaturizer(model="m", base_url=srv.base, api_key=SECRET, cache=False, progress=False,
-                                        deadline_s=2.0, retries=1, backoff_s=0.0)
+            f = LLMComplexityFeaturizer(
+                model="m",
+                base_url=srv.base,
+                api_key=SECRET,
+                cache=False,
+                progress=False,
+                deadline_s=2.0,
+                retries=1,
+                backoff_s=0.0,
+            )
             f.transform(["a cat", "a dog"])
         assert srv.headers and srv.headers[0]["Authorization"] == f"Bearer {SECRET}"
         assert SECRET not in caplog.text and SECRET not in json.dumps(f.last_stats_), mode
-    for text in (f"Authorization: Bearer {SECRET}", f"bearer {SECRET[:12]}", f"api_key={SECRET[:12]}",
-                 f"x-api-key: '{SECRET[:12]}'", f"http://user:{SECRET[:12]}@h/v1"):
+    for text in (
+        f"Authorization: Bearer {SECRET}",
+        f"bearer {SECRET[:12]}",
+        f"api_key={SECRET[:12]}",
+        f"x-api-key: '{SECRET[:12]}'",
+        f"http://user:{SECRET[:12]}@h/v1",
+    ):
         assert SECRET[:12] not in redact(text) and "[redacted]" in redact(text), text
 
 
@@ -388,9 +445,14 @@ def test_any_artifact_timing_is_bounded_or_defaulted():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    json_value = st.one_of(st.none(), st.booleans(), st.integers(-10 ** 12, 10 ** 12),
-                           st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5),
-                           st.lists(st.integers(), max_size=2))
+    json_value = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**12), 10**12),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=5),
+        st.lists(st.integers(), max_size=2),
+    )
 
     @settings(max_examples=300, deadline=None, derandomize=True, database=None)
     @given(st.dictionaries(st.sampled_from(sorted(ARTIFACT_BOUNDS)), json_value))
@@ -412,8 +474,18 @@ def test_check_url_accepts_only_plain_http_urls():
 
     for good in ("http://127.0.0.1:8080/v1", "https://llm.example.org/v1/", "http://[::1]:9/v1", "http://h"):
         assert check_url(good) == good
-    for bad in ("notaurl", "ftp://h/v1", "http://u:p@h/v1", "http://h/v1?x=1", "http://h:99999/v1", "http://",
-                "http://h v1", "//h/v1", "http://h#f", ""):
+    for bad in (
+        "notaurl",
+        "ftp://h/v1",
+        "http://u:p@h/v1",
+        "http://h/v1?x=1",
+        "http://h:99999/v1",
+        "http://",
+        "http://h v1",
+        "//h/v1",
+        "http://h#f",
+        "",
+    ):
         with pytest.raises(ValueError, match="base_url="):
             check_url(bad)
 

@@ -67,13 +67,31 @@ LITERAL = "__literal__"  # a string value replaced by a raw JSON literal after t
 def weird_value(c, names=("fast", "mid", "slow")):
     kind = c.choice(["int", "float", "str", "none", "bool", "list", "dict", "deep", "literal"])
     if kind == "int":
-        return c.choice([0, 1, -1, 2, 3, 24, 23, 25, 1000, 10 ** 6, -(10 ** 6), 2 ** 31, 2 ** 63, 10 ** 30])
+        return c.choice([0, 1, -1, 2, 3, 24, 23, 25, 1000, 10**6, -(10**6), 2**31, 2**63, 10**30])
     if kind == "float":
-        return c.choice([0.0, -0.0, 0.5, -1.5, 1e-300, 5e-324, 1e15, 1e16, 1e300, 1.7e308, float("nan"),
-                         float("inf")])
+        return c.choice([0.0, -0.0, 0.5, -1.5, 1e-300, 5e-324, 1e15, 1e16, 1e300, 1.7e308, float("nan"), float("inf")])
     if kind == "str":
-        return c.choice(["", "x", "lam", "budget", "ridge", "knn", "lgbm", "stack", "auto", "lexical",
-                         "os:system", "../etc/passwd", "/etc/passwd", "a" * 300, "0.1", "3", *names])
+        return c.choice(
+            [
+                "",
+                "x",
+                "lam",
+                "budget",
+                "ridge",
+                "knn",
+                "lgbm",
+                "stack",
+                "auto",
+                "lexical",
+                "os:system",
+                "../etc/passwd",
+                "/etc/passwd",
+                "a" * 300,
+                "0.1",
+                "3",
+                *names,
+            ]
+        )
     if kind == "none":
         return None
     if kind == "bool":
@@ -112,7 +130,7 @@ def write_manifest(path: Path, m) -> None:
     while f'"{LITERAL}' in text:  # raw literals (1e999, NaN...) that json.dumps cannot write
         start = text.index(f'"{LITERAL}')
         end = text.index('"', start + 1)
-        text = text[:start] + text[start + 1 + len(LITERAL):end] + text[end + 1:]
+        text = text[:start] + text[start + 1 + len(LITERAL) : end] + text[end + 1 :]
     (path / "manifest.json").write_text(text)
 
 
@@ -178,16 +196,28 @@ def mutate_manifest(path: Path, c) -> str:
         desc = f"format_version = {v!r}"
     elif op == "cost":
         i = c.integer(0, len(names) - 1)
-        bk[i]["cost"] = v = c.choice([0, 0.0, -1, -1e-9, 1e15, 1e16, 1e300, True, "0.1", None, [],
-                                                 LITERAL + "1e999", LITERAL + "NaN", 5e-324])
+        bk[i]["cost"] = v = c.choice(
+            [0, 0.0, -1, -1e-9, 1e15, 1e16, 1e300, True, "0.1", None, [], LITERAL + "1e999", LITERAL + "NaN", 5e-324]
+        )
         desc = f"backend {i} cost = {v!r}"
     elif op == "policy":
         x = c.choice([0.0, 1e-6, 0.5, 1.0, 1e3, 1e300, -1.0, "1", None])
-        m["policy"] = v = c.choice([
-            {"type": "lam", "lam": x}, {"type": "budget", "budget": x}, {"type": "quality_floor", "quality_floor": x},
-            {"type": "max_cost", "max_cost": x}, {"type": "fixed", "backend": c.choice(names + ["nope", 3])},
-            {"type": "nonsense"}, {"type": "lam"}, {"lam": 1.0}, "lam", None, [], {"type": "lam", "lam": x, "extra": 1},
-        ])
+        m["policy"] = v = c.choice(
+            [
+                {"type": "lam", "lam": x},
+                {"type": "budget", "budget": x},
+                {"type": "quality_floor", "quality_floor": x},
+                {"type": "max_cost", "max_cost": x},
+                {"type": "fixed", "backend": c.choice(names + ["nope", 3])},
+                {"type": "nonsense"},
+                {"type": "lam"},
+                {"lam": 1.0},
+                "lam",
+                None,
+                [],
+                {"type": "lam", "lam": x, "extra": 1},
+            ]
+        )
         desc = f"policy = {v!r:.60}"
     else:  # the published digest kept while the format goes back (the pin must still hold)
         m["format_version"] = c.choice([1, 2])
@@ -202,8 +232,25 @@ def mutate_arrays(path: Path, c) -> str:
     arrays = read_arrays(path)
     key = c.choice(sorted(arrays))
     a = arrays[key]
-    op = c.choice(["nan", "inf", "zeros", "huge", "drop_row", "drop_col", "add_axis", "flatten", "transpose",
-                   "empty", "scalar", "dtype", "delete", "extra", "one_value"])
+    op = c.choice(
+        [
+            "nan",
+            "inf",
+            "zeros",
+            "huge",
+            "drop_row",
+            "drop_col",
+            "add_axis",
+            "flatten",
+            "transpose",
+            "empty",
+            "scalar",
+            "dtype",
+            "delete",
+            "extra",
+            "one_value",
+        ]
+    )
     if op in ("nan", "inf", "one_value") and a.size and a.dtype.kind in "fiu":
         a = a.astype(np.float64).copy()
         i = c.integer(0, a.size - 1)
@@ -247,9 +294,39 @@ def mutate_arrays(path: Path, c) -> str:
     return f"array {key}: {op}"
 
 
-_NUMBERS = ["0", "1", "-1", "2", "3", "11", "12", "255", "-2", "99999999", "-99999999", "2147483647",
-            "2147483648", "-2147483649", "4294967296", "1e308", "1e999", "-1e999", "nan", "inf", "-inf",
-            "0.5", "-0", "1e-320", "abc", "", "1.5", "23", "24", "131072", "131073"]
+_NUMBERS = [
+    "0",
+    "1",
+    "-1",
+    "2",
+    "3",
+    "11",
+    "12",
+    "255",
+    "-2",
+    "99999999",
+    "-99999999",
+    "2147483647",
+    "2147483648",
+    "-2147483649",
+    "4294967296",
+    "1e308",
+    "1e999",
+    "-1e999",
+    "nan",
+    "inf",
+    "-inf",
+    "0.5",
+    "-0",
+    "1e-320",
+    "abc",
+    "",
+    "1.5",
+    "23",
+    "24",
+    "131072",
+    "131073",
+]
 
 
 def mutate_model_text(path: Path, c) -> str:
@@ -259,8 +336,22 @@ def mutate_model_text(path: Path, c) -> str:
     body_end = lines.index("end of trees") if "end of trees" in lines else len(lines)
     i = c.integer(0, max(0, body_end - 1))
     line = lines[i]
-    op = c.choice(["token", "token", "token", "bump", "drop_token", "dup_token", "drop_line", "dup_line",
-                   "swap_lines", "rename_key", "garbage", "truncate"])
+    op = c.choice(
+        [
+            "token",
+            "token",
+            "token",
+            "bump",
+            "drop_token",
+            "dup_token",
+            "drop_line",
+            "dup_line",
+            "swap_lines",
+            "rename_key",
+            "garbage",
+            "truncate",
+        ]
+    )
     key, eq, value = line.partition("=")
     toks = value.split(" ") if eq else []
     if op in ("token", "bump", "drop_token", "dup_token") and toks:
@@ -291,8 +382,20 @@ def mutate_model_text(path: Path, c) -> str:
         lines[i] = key[:-1] + "=" + value
         desc = f"{f.name} line {i} key {key!r} renamed"
     elif op == "garbage":
-        g = c.choice(["garbage", "Tree=7", "Tree=0", "end of trees", "=", "num_leaves=2", "tree_sizes=1 1",
-                      "objective=poisson", "\x00", "é"])
+        g = c.choice(
+            [
+                "garbage",
+                "Tree=7",
+                "Tree=0",
+                "end of trees",
+                "=",
+                "num_leaves=2",
+                "tree_sizes=1 1",
+                "objective=poisson",
+                "\x00",
+                "é",
+            ]
+        )
         lines.insert(i, g)
         desc = f"{f.name} line {i}: {g!r} inserted"
     else:
@@ -311,7 +414,7 @@ MUTATORS = {"manifest": mutate_manifest, "arrays": mutate_arrays, "model_text": 
 
 # -- the promise ------------------------------------------------------------------------------------
 def outcome(path: Path, **load_kw) -> str:
-    """"refused" or "routed"; raises AssertionError when the promise does not hold."""
+    """ "refused" or "routed"; raises AssertionError when the promise does not hold."""
     try:
         r = Router.load(path, **load_kw)
     except ArtifactError as e:
@@ -355,7 +458,8 @@ def build_artifacts(root: Path) -> dict[str, Path]:
     r.predictor = StackPredictor(
         base=[{"type": "knn", "n_neighbors": 5}, {"type": "tfidf_ridge"}],
         final={"type": "lgbm", "params": {"n_estimators": 3, "num_leaves": 4, "min_child_samples": 5}, "n_jobs": 1},
-        n_folds=2).fit(r.featurizer.transform(list(M.prompts)), M.scores, texts=list(M.prompts))
+        n_folds=2,
+    ).fit(r.featurizer.transform(list(M.prompts)), M.scores, texts=list(M.prompts))
     out["stack"] = root / "stack"
     r.save(out["stack"])
     return out
@@ -366,8 +470,9 @@ def artifacts(tmp_path_factory):
     return build_artifacts(tmp_path_factory.mktemp("fuzz"))
 
 
-FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=True,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    derandomize=True, database=None, deadline=None, print_blob=True, suppress_health_check=list(HealthCheck)
+)
 
 
 def _run(base: Path, kind: str, data):
@@ -405,8 +510,9 @@ def test_pinned_artifacts_refuse_every_mutation(artifacts, data):
     """With the publisher's digest pinned, any change at all is refused (a pin is a pin)."""
     base = artifacts[data.draw(st.sampled_from(["ridge", "stack"]))]
     pin = read_manifest(base)["manifest_sha256"]
-    kind = data.draw(st.sampled_from(["manifest", "arrays", "model_text"] if base.name == "stack"
-                                     else ["manifest", "arrays"]))
+    kind = data.draw(
+        st.sampled_from(["manifest", "arrays", "model_text"] if base.name == "stack" else ["manifest", "arrays"])
+    )
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "artifact"
         shutil.copytree(base, path)

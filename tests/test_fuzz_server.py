@@ -21,8 +21,10 @@ schemathesis = pytest.importorskip("schemathesis")
 KEY = "sk-fuzz"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 #: words a 4xx message names its field or limit with, where ``error.param`` is null
-_NAMED = re.compile(r"API key|body|JSON|queue|prompt|image|route|method|max_route_prompts|model|size|seed|"
-                    r"response_format|\bn\b")
+_NAMED = re.compile(
+    r"API key|body|JSON|queue|prompt|image|route|method|max_route_prompts|model|size|seed|"
+    r"response_format|\bn\b"
+)
 
 
 def error_problem(status: int, body: Any) -> str | None:
@@ -93,14 +95,30 @@ def ray_app(artifact, image_dir, **kw):
     for key, group in groups_of(specs).items():
         handles[key] = LocalHandle(group)
         group_of.update({name: key for name in group})
-    server = RouterServer(str(artifact), specs, handles, group_of, None,
-                          {"api_keys": [KEY], "image_dir": str(image_dir), **kw}, retry_window_s=5.0, timeout_s=60.0)
+    server = RouterServer(
+        str(artifact),
+        specs,
+        handles,
+        group_of,
+        None,
+        {"api_keys": [KEY], "image_dir": str(image_dir), **kw},
+        retry_window_s=5.0,
+        timeout_s=60.0,
+    )
     return server.__serve_build_asgi_app__()
 
 
-def fuzz(schema, *, max_examples: int, headers: dict | None = None, modes=("positive", "negative"),
-         derandomize: bool = True, seed: int | None = None, call: Callable | None = None,
-         budget_s: float | None = None) -> tuple[int, list[str]]:
+def fuzz(
+    schema,
+    *,
+    max_examples: int,
+    headers: dict | None = None,
+    modes=("positive", "negative"),
+    derandomize: bool = True,
+    seed: int | None = None,
+    call: Callable | None = None,
+    budget_s: float | None = None,
+) -> tuple[int, list[str]]:
     """Every operation of ``schema`` x ``modes``, ``max_examples`` generated requests each:
     (requests sent, problems). A problem is a 5xx, a status or body the schema does not declare,
     or a 4xx that names no field. ``call(case) -> response`` sends one (default: ``case.call``)."""
@@ -112,7 +130,10 @@ def fuzz(schema, *, max_examples: int, headers: dict | None = None, modes=("posi
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
-        content_type_conformance, negative_data_rejection, response_schema_conformance, status_code_conformance,
+        content_type_conformance,
+        negative_data_rejection,
+        response_schema_conformance,
+        status_code_conformance,
     )
 
     tried, problems = 0, []
@@ -145,14 +166,24 @@ def fuzz(schema, *, max_examples: int, headers: dict | None = None, modes=("posi
     for result in schema.get_all_operations():
         op = result.ok()
         for mode in modes:
-            checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-                      response_schema_conformance]
+            checks = [
+                not_a_server_error,
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ]
             if mode == "negative":
                 checks.append(negative_data_rejection)
             label = f"{op.method.upper()} {op.path} ({mode})"
             run = given(case=op.as_strategy(generation_mode=GenerationMode(mode)))(_bind(one, checks, label))
-            run = settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize,
-                           suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])(run)
+            run = settings(
+                max_examples=max_examples,
+                deadline=None,
+                database=None,
+                derandomize=derandomize,
+                suppress_health_check=list(HealthCheck),
+                phases=[Phase.explicit, Phase.generate],
+            )(run)
             if seed is not None:
                 run = hseed(seed)(run)
             try:
@@ -166,13 +197,16 @@ def fuzz(schema, *, max_examples: int, headers: dict | None = None, modes=("posi
 def _bind(one, checks, label):
     def run(case):
         one(case, checks, label)
+
     return run
 
 
 @pytest.fixture(scope="module")
 def apps(tiny_artifact, tmp_path_factory):
-    return {"process": process_app(tiny_artifact, tmp_path_factory.mktemp("images-process")),
-            "ray": ray_app(tiny_artifact, tmp_path_factory.mktemp("images-ray"))}
+    return {
+        "process": process_app(tiny_artifact, tmp_path_factory.mktemp("images-process")),
+        "ray": ray_app(tiny_artifact, tmp_path_factory.mktemp("images-ray")),
+    }
 
 
 @pytest.mark.parametrize("engine", ["process", "ray"])
@@ -197,11 +231,19 @@ def test_schemathesis_without_a_key_gets_401_everywhere_but_health(apps):
 
     tried, problems = fuzz(schema, max_examples=5, modes=("positive",), call=call)
     assert not problems, "\n".join(problems[:20])
-    assert {path for path, _ in seen} >= {"/health", "/metrics", "/v1/models", "/v1/route",
-                                          "/v1/images/generations", "/images/{name}"}
+    assert {path for path, _ in seen} >= {
+        "/health",
+        "/metrics",
+        "/v1/models",
+        "/v1/route",
+        "/v1/images/generations",
+        "/images/{name}",
+    }
     for path, status in seen:
         assert (status == 200) if path in ("/health", "/ready", "/metrics", "/openapi.json") else (status == 401), (
-            path, status)
+            path,
+            status,
+        )
 
 
 def test_the_ray_router_deployment_serves_the_same_app(apps, tiny_artifact, tmp_path):

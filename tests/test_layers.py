@@ -1,6 +1,7 @@
 """The layering contract (pyproject's [tool.importlinter], issue 24): runtime packages never import
 training, serving, the app or the CLI, and each layer imports only those below it; and no two
 modules import each other, directly or through others."""
+
 import os
 import shutil
 import subprocess
@@ -26,8 +27,11 @@ def test_the_package_keeps_its_layers():
 
 def test_an_upward_import_breaks_the_contract(tmp_path):
     """A copy of the package (code only) where the router imports training: lint-imports fails and names it."""
-    shutil.copytree(ROOT / "t2iroute", tmp_path / "t2iroute",
-                    ignore=lambda d, names: [n for n in names if n in ("data", "weights", "conf", "__pycache__")])
+    shutil.copytree(
+        ROOT / "t2iroute",
+        tmp_path / "t2iroute",
+        ignore=lambda d, names: [n for n in names if n in ("data", "weights", "conf", "__pycache__")],
+    )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     core = tmp_path / "t2iroute" / "router" / "core.py"
     core.write_text(core.read_text() + "\n\ndef _upward():\n    from t2iroute.training import train  # noqa: F401\n")

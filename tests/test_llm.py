@@ -23,8 +23,17 @@ PROMPTS = ["a white wall", "three red kites over a crowded park at dusk", "two c
 
 
 def test_parse_and_validate():
-    good = json.dumps({"complexity": 3, "objects": 2, "attribute_bindings": 1, "spatial_relations": 0,
-                       "counting": 0, "text_to_render": 0, "detail_style": 2})
+    good = json.dumps(
+        {
+            "complexity": 3,
+            "objects": 2,
+            "attribute_bindings": 1,
+            "spatial_relations": 0,
+            "counting": 0,
+            "text_to_render": 0,
+            "detail_style": 2,
+        }
+    )
     assert parse_answer("```json\n" + good + "\n```", "full")["complexity"] == 3.0
     with pytest.raises(ValueError, match="outside"):
         parse_answer(good.replace('"complexity": 3', '"complexity": 9'), "full")
@@ -33,8 +42,17 @@ def test_parse_and_validate():
     assert parse_answer(" 4", "score") == {"complexity": 4.0}
     with pytest.raises(ValueError, match="no digit"):
         parse_answer("hard", "score")
-    lp = [{"token": "4", "logprob": np.log(0.5), "top_logprobs": [
-        {"token": "4", "logprob": np.log(0.5)}, {"token": "2", "logprob": np.log(0.5)}, {"token": "x", "logprob": -1}]}]
+    lp = [
+        {
+            "token": "4",
+            "logprob": np.log(0.5),
+            "top_logprobs": [
+                {"token": "4", "logprob": np.log(0.5)},
+                {"token": "2", "logprob": np.log(0.5)},
+                {"token": "x", "logprob": -1},
+            ],
+        }
+    ]
     assert expected_digit(lp) == pytest.approx(3.0)
     est = lexical_estimate('two red cats left of a sign saying "hi"')
     assert set(est) == set(FIELDS) and est["text_to_render"] == 1.0 and est["counting"] >= 1
@@ -56,8 +74,9 @@ def llama():
 def test_real_server_extraction_cache_and_fallback(llama, tmp_path, caplog):
     cache = tmp_path / "llm.sqlite"
     # no overall deadline while extracting: on a busy CPU the full rubric takes several s per prompt
-    f = LLMComplexityFeaturizer(base_url=llama["base"], cache_path=str(cache), rubric="full", deadline_s=None,
-                                timeout=120)  # a loaded 2-core machine answers slowly
+    f = LLMComplexityFeaturizer(
+        base_url=llama["base"], cache_path=str(cache), rubric="full", deadline_s=None, timeout=120
+    )  # a loaded 2-core machine answers slowly
     X = f.transform(PROMPTS)
     names = f.feature_names_
     assert X.shape == (3, len(FIELDS) + 2) and (X[:, names.index("imputed")] == 0).all()
@@ -70,13 +89,15 @@ def test_real_server_extraction_cache_and_fallback(llama, tmp_path, caplog):
     np.testing.assert_array_equal(g.transform(PROMPTS), X)
     assert g.last_stats_["cache_hits"] == 3 and g.last_stats_["asked"] == 0
     # the fast rubric works against the same server
-    s = LLMComplexityFeaturizer(base_url=llama["base"], cache_path=str(cache), rubric="score",
-                                deadline_s=None, timeout=120).transform(PROMPTS)
+    s = LLMComplexityFeaturizer(
+        base_url=llama["base"], cache_path=str(cache), rubric="score", deadline_s=None, timeout=120
+    ).transform(PROMPTS)
     assert (s[:, 0] >= 1).all() and (s[:, 0] <= 5).all() and (s[:, -1] == 0).all()
     # stop the server: cached prompts still served, new ones imputed with one warning
     llama["server"].stop()
-    h = LLMComplexityFeaturizer(base_url=llama["base"], cache_path=str(cache), rubric="full", retries=1,
-                                backoff_s=0.01, timeout=5)
+    h = LLMComplexityFeaturizer(
+        base_url=llama["base"], cache_path=str(cache), rubric="full", retries=1, backoff_s=0.01, timeout=5
+    )
     with caplog.at_level(logging.WARNING):
         Y = h.transform(PROMPTS + ["a brand new prompt about four green boats"])
     np.testing.assert_array_equal(Y[:3], X)
@@ -109,14 +130,27 @@ def test_router_trained_with_llm_features_routes_when_llm_is_down(table, tmp_pat
 
 
 def _ollama_client_featurizer(handler, tmp_path, **kw):
-    return LLMComplexityFeaturizer(provider="ollama", model="llama3.2", host="http://127.0.0.1:11434",
-                                   transport=httpx.MockTransport(handler), cache_path=str(tmp_path / "c.sqlite"),
-                                   backoff_s=0.0, **kw)
+    return LLMComplexityFeaturizer(
+        provider="ollama",
+        model="llama3.2",
+        host="http://127.0.0.1:11434",
+        transport=httpx.MockTransport(handler),
+        cache_path=str(tmp_path / "c.sqlite"),
+        backoff_s=0.0,
+        **kw,
+    )
 
 
 def _chat(content):
-    return httpx.Response(200, json={"model": "llama3.2", "created_at": "2026-01-01T00:00:00Z", "done": True,
-                                     "message": {"role": "assistant", "content": content}})
+    return httpx.Response(
+        200,
+        json={
+            "model": "llama3.2",
+            "created_at": "2026-01-01T00:00:00Z",
+            "done": True,
+            "message": {"role": "assistant", "content": content},
+        },
+    )
 
 
 def test_ollama_provider_parses_structured_output(tmp_path):

@@ -23,8 +23,15 @@ import pytest
 from t2iroute.features.llm import FIELDS, LLMCache, LLMComplexityFeaturizer
 
 PROMPTS = ["a white wall", "three red kites over a crowded park at dusk", "two cats left of a blue car"]
-ANSWER = {"complexity": 3, "objects": 2, "attribute_bindings": 1, "spatial_relations": 1, "counting": 1,
-          "text_to_render": 0, "detail_style": 2}
+ANSWER = {
+    "complexity": 3,
+    "objects": 2,
+    "attribute_bindings": 1,
+    "spatial_relations": 1,
+    "counting": 1,
+    "text_to_render": 0,
+    "detail_style": 2,
+}
 DEADLINE = 1.5
 SLACK = 1.5
 FAST = dict(timeout=0.5, deadline_s=DEADLINE, retries=2, backoff_s=0.5, concurrency=2, progress=False)
@@ -33,8 +40,14 @@ FAST = dict(timeout=0.5, deadline_s=DEADLINE, retries=2, backoff_s=0.5, concurre
 # -- a fake LLM server ---------------------------------------------------------------------------
 def _completion(path: str, content: str) -> bytes:
     if path.startswith("/api/"):  # ollama
-        return json.dumps({"model": "m", "created_at": "2026-01-01T00:00:00Z", "done": True,
-                           "message": {"role": "assistant", "content": content}}).encode()
+        return json.dumps(
+            {
+                "model": "m",
+                "created_at": "2026-01-01T00:00:00Z",
+                "done": True,
+                "message": {"role": "assistant", "content": content},
+            }
+        ).encode()
     return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}).encode()
 
 
@@ -98,18 +111,18 @@ class _Handler(BaseHTTPRequestHandler):
                 for i in range(len(head)):
                     if srv.release.wait(0.1):
                         break
-                    self.wfile.write(head[i:i + 1])
+                    self.wfile.write(head[i : i + 1])
                     self.wfile.flush()
             self.close_connection = True
         elif mode in ("huge", "huge_chunked"):  # 64 MiB of JSON-looking bytes, as fast as they go
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             if mode == "huge":
-                self.send_header("Content-Length", str(64 * 2 ** 20))
+                self.send_header("Content-Length", str(64 * 2**20))
             else:
                 self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            block = b'{"choices": [' + b" " * (2 ** 16 - 13)
+            block = b'{"choices": [' + b" " * (2**16 - 13)
             with contextlib.suppress(OSError):
                 for _ in range(1024):
                     if srv.release.is_set():
@@ -155,8 +168,17 @@ def fake_llm(mode, redirect_to: str = "http://127.0.0.2:9"):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        srv = type("Closed", (), {"requests": [], "headers": [], "sent": 0, "release": threading.Event(),
-                                  "root": f"http://127.0.0.1:{port}"})()
+        srv = type(
+            "Closed",
+            (),
+            {
+                "requests": [],
+                "headers": [],
+                "sent": 0,
+                "release": threading.Event(),
+                "root": f"http://127.0.0.1:{port}",
+            },
+        )()
         srv.base = srv.root + "/v1"
         yield srv
         return
@@ -164,8 +186,17 @@ def fake_llm(mode, redirect_to: str = "http://127.0.0.2:9"):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         s.listen(16)
-        srv = type("Blackhole", (), {"requests": [], "headers": [], "sent": 0, "release": threading.Event(),
-                                     "root": f"http://127.0.0.1:{s.getsockname()[1]}"})()
+        srv = type(
+            "Blackhole",
+            (),
+            {
+                "requests": [],
+                "headers": [],
+                "sent": 0,
+                "release": threading.Event(),
+                "root": f"http://127.0.0.1:{s.getsockname()[1]}",
+            },
+        )()
         srv.base = srv.root + "/v1"
         try:
             yield srv
@@ -328,21 +359,53 @@ def test_warmup_does_not_contact_the_server(tmp_path):
 def test_spec_keeps_timing_and_never_local_settings(monkeypatch):
     from t2iroute.features.base import build_one
 
-    f = LLMComplexityFeaturizer(base_url="http://10.0.0.1:1/v1", host="http://10.0.0.1:2", api_key="sk-secret",
-                                cache_path="/tmp/x.sqlite", progress=False, timeout=0.5, retries=1,
-                                concurrency=3, deadline_s=1.5, backoff_s=0.1, rubric="score")
+    f = LLMComplexityFeaturizer(
+        base_url="http://10.0.0.1:1/v1",
+        host="http://10.0.0.1:2",
+        api_key="sk-secret",
+        cache_path="/tmp/x.sqlite",
+        progress=False,
+        timeout=0.5,
+        retries=1,
+        concurrency=3,
+        deadline_s=1.5,
+        backoff_s=0.1,
+        rubric="score",
+    )
     spec = f.spec()
     assert not set(spec) & LLMComplexityFeaturizer.LOCAL_KEYS
-    assert LLMComplexityFeaturizer.LOCAL_KEYS == {"base_url", "host", "api_key", "api_key_env", "cache", "cache_path",
-                                                  "transport", "progress"}
+    assert LLMComplexityFeaturizer.LOCAL_KEYS == {
+        "base_url",
+        "host",
+        "api_key",
+        "api_key_env",
+        "cache",
+        "cache_path",
+        "transport",
+        "progress",
+    }
     assert "secret" not in json.dumps(spec) and "10.0.0.1" not in json.dumps(spec)
     assert {k: spec[k] for k in ("timeout", "retries", "concurrency", "deadline_s", "backoff_s")} == {
-        "timeout": 0.5, "retries": 1, "concurrency": 3, "deadline_s": 1.5, "backoff_s": 0.1}
+        "timeout": 0.5,
+        "retries": 1,
+        "concurrency": 3,
+        "deadline_s": 1.5,
+        "backoff_s": 0.1,
+    }
     g = build_one("llm", spec)
     assert (g.timeout, g.retries, g.concurrency, g.deadline_s, g.rubric) == (0.5, 1, 3, 1.5, "score")
     # an old artifact's spec (no timing keys, base_url and host stored) still builds, with defaults
-    old = build_one("llm", {"provider": "openai", "model": "smollm2", "base_url": "http://127.0.0.1:8090/v1",
-                            "host": None, "rubric": "full", "template_version": "rubric-v1"})
+    old = build_one(
+        "llm",
+        {
+            "provider": "openai",
+            "model": "smollm2",
+            "base_url": "http://127.0.0.1:8090/v1",
+            "host": None,
+            "rubric": "full",
+            "template_version": "rubric-v1",
+        },
+    )
     assert (old.timeout, old.retries, old.deadline_s) == (30.0, 2, 20.0)
 
 
@@ -386,8 +449,9 @@ def _filled_cache(path, prompts=PROMPTS, n_extra=2000):
 
 
 def _route(srv, path, caplog, **kw):
-    f = LLMComplexityFeaturizer(model="m", base_url=srv.base, cache_path=str(path), progress=False,
-                                timeout=2.0, deadline_s=5.0, **kw)
+    f = LLMComplexityFeaturizer(
+        model="m", base_url=srv.base, cache_path=str(path), progress=False, timeout=2.0, deadline_s=5.0, **kw
+    )
     t0 = time.perf_counter()
     with caplog.at_level(logging.WARNING):
         X = f.transform(PROMPTS)
@@ -407,7 +471,7 @@ def test_damaged_cache_is_set_aside_and_replaced(damage, tmp_path, caplog):
         _filled_cache(path)
         data = path.read_bytes()
         if damage == "truncated_half":
-            data = data[:len(data) // 2]
+            data = data[: len(data) // 2]
         elif damage == "truncated_50":
             data = data[:50]
         else:
@@ -512,16 +576,21 @@ def test_bad_cached_values_are_asked_again(tmp_path, caplog):
     f = _filled_cache(path, prompts=[], n_extra=3)
     good = {k: float(v) for k, v in ANSWER.items()}
     prompts = [f"prompt {i}" for i in range(7)]
-    bad = ["{not json", json.dumps([1, 2, 3]), json.dumps({"complexity": 3}),
-           json.dumps({**good, "complexity": 9}), json.dumps({**good, "objects": "many"}),
-           json.dumps({**good, "expected_complexity": float("nan")}), json.dumps("3")]
+    bad = [
+        "{not json",
+        json.dumps([1, 2, 3]),
+        json.dumps({"complexity": 3}),
+        json.dumps({**good, "complexity": 9}),
+        json.dumps({**good, "objects": "many"}),
+        json.dumps({**good, "expected_complexity": float("nan")}),
+        json.dumps("3"),
+    ]
     c = sqlite3.connect(path)
     c.executemany("INSERT INTO answers VALUES (?, ?)", [(f._key(p), v) for p, v in zip(prompts, bad)])
     c.commit()
     c.close()
     with fake_llm("ok") as srv:
-        g = LLMComplexityFeaturizer(model="m", base_url=srv.base, cache_path=str(path), progress=False,
-                                    deadline_s=5.0)
+        g = LLMComplexityFeaturizer(model="m", base_url=srv.base, cache_path=str(path), progress=False, deadline_s=5.0)
         with caplog.at_level(logging.WARNING):
             X = g.transform(prompts)
         assert (X[:, -1] == 0).all() and len(srv.requests) == 7
@@ -562,9 +631,20 @@ def test_router_warmup_never_asks_the_llm(tmp_path, monkeypatch):
 
     listener = Listener()
     try:
-        f = build_featurizer({"lexical": {}, "llm": {"rubric": "score", "cache": False, "progress": False,
-                                                     "base_url": f"http://127.0.0.1:{listener.port}/v1",
-                                                     "timeout": 0.3, "retries": 0, "deadline_s": 1.0}})
+        f = build_featurizer(
+            {
+                "lexical": {},
+                "llm": {
+                    "rubric": "score",
+                    "cache": False,
+                    "progress": False,
+                    "base_url": f"http://127.0.0.1:{listener.port}/v1",
+                    "timeout": 0.3,
+                    "retries": 0,
+                    "deadline_s": 1.0,
+                },
+            }
+        )
         X = np.random.default_rng(0).random((20, len(f.feature_names_)))
         r = Router(f, RidgePredictor().fit(X, np.random.default_rng(1).random((20, 2))), ["a", "b"], [0.1, 1.0])
         r.warmup()

@@ -44,8 +44,18 @@ def test_router_prefers_the_lower_score(tmp_path, capsys):
     path = tmp_path / "err.csv"
     _lower_is_better().to_csv(path, index=False)
     out = tmp_path / "train"
-    rc = main(["train", "data=custom", f"data.path={path}", "metric=my_error_rate", "data.higher_is_better=false",
-               "features=[lexical]", "predictor=ridge", f"out_dir={out}"])
+    rc = main(
+        [
+            "train",
+            "data=custom",
+            f"data.path={path}",
+            "metric=my_error_rate",
+            "data.higher_is_better=false",
+            "features=[lexical]",
+            "predictor=ridge",
+            f"out_dir={out}",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     r = Router.load(out / "router")
     assert r.higher_is_better is False and r.manifest["higher_is_better"] is False
@@ -67,8 +77,18 @@ def test_bench_summary_in_the_metrics_own_direction(tmp_path):
     t["higher_is_better"] = False
     t.to_csv(path, index=False)
     out = tmp_path / "bench"
-    rc = main(["bench", "data=custom", f"data.path={path}", "metric=my_error_rate", "features=[lexical]",
-               "predictor=ridge", "throughput.enabled=false", f"out_dir={out}"])
+    rc = main(
+        [
+            "bench",
+            "data=custom",
+            f"data.path={path}",
+            "metric=my_error_rate",
+            "features=[lexical]",
+            "predictor=ridge",
+            "throughput.enabled=false",
+            f"out_dir={out}",
+        ]
+    )
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["higher_is_better"] is False

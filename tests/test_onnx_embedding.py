@@ -81,10 +81,12 @@ def test_onnx_vectors_agree_with_torch(torch_vectors):
     c_q = cosines(int8, torch_vectors["int8"])
     c_qf = cosines(int8, torch_vectors[None])
     c_tq = cosines(torch_vectors["int8"], torch_vectors[None])
-    print(f"\ncosine, mean/min over {len(PROMPTS)} prompts: onnx fp32 vs torch fp32 "
-          f"{c_fp.mean():.5f}/{c_fp.min():.5f}; onnx int8 vs torch int8 {c_q.mean():.4f}/{c_q.min():.4f}; "
-          f"onnx int8 vs torch fp32 {c_qf.mean():.4f}/{c_qf.min():.4f}; "
-          f"torch int8 vs torch fp32 {c_tq.mean():.4f}/{c_tq.min():.4f}")
+    print(
+        f"\ncosine, mean/min over {len(PROMPTS)} prompts: onnx fp32 vs torch fp32 "
+        f"{c_fp.mean():.5f}/{c_fp.min():.5f}; onnx int8 vs torch int8 {c_q.mean():.4f}/{c_q.min():.4f}; "
+        f"onnx int8 vs torch fp32 {c_qf.mean():.4f}/{c_qf.min():.4f}; "
+        f"torch int8 vs torch fp32 {c_tq.mean():.4f}/{c_tq.min():.4f}"
+    )
     assert c_fp.min() > 0.9999  # the same computation
     # int8: two quantization schemes (measured mean 0.97, min 0.89 on 1,000 PartiPrompts)
     assert c_q.mean() > 0.93 and c_q.min() > 0.8
@@ -198,9 +200,11 @@ def test_unknown_model_fails_clearly_under_onnx(tmp_path, caplog):
 
 
 def test_onnx_path_imports_neither_torch_nor_sentence_transformers(onnx_cache):
-    code = ("from t2iroute.features.embedding import SentenceEmbeddingFeaturizer as S; "
-            "f=S(runtime='onnx', quantize='int8'); f.transform(['a red car']); import sys; "
-            "print('torch' in sys.modules, 'sentence_transformers' in sys.modules, f.onnx_exported_)")
+    code = (
+        "from t2iroute.features.embedding import SentenceEmbeddingFeaturizer as S; "
+        "f=S(runtime='onnx', quantize='int8'); f.transform(['a red car']); import sys; "
+        "print('torch' in sys.modules, 'sentence_transformers' in sys.modules, f.onnx_exported_)"
+    )
     env = {**os.environ, "T2IROUTE_CACHE": str(onnx_cache), "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -7,15 +7,25 @@ import pytest
 
 from t2iroute.cli import main
 from t2iroute.router.policy import (
-    BudgetPolicy, FixedPolicy, LambdaPolicy, MaxCostPolicy, QualityFloorPolicy, calibrate_lambda,
-    policy_from_keywords, route_scores,
+    BudgetPolicy,
+    FixedPolicy,
+    LambdaPolicy,
+    MaxCostPolicy,
+    QualityFloorPolicy,
+    calibrate_lambda,
+    policy_from_keywords,
+    route_scores,
 )
 from tests.conftest import make_tiny_router
 
 COSTS = np.array([0.1, 0.5, 1.0])
-Q = np.array([[30.0, 31.0, 33.0],    # slow is much better
-              [30.0, 30.2, 30.3],    # nearly equal
-              [32.0, 31.0, 30.0]])   # fast is best
+Q = np.array(
+    [
+        [30.0, 31.0, 33.0],  # slow is much better
+        [30.0, 30.2, 30.3],  # nearly equal
+        [32.0, 31.0, 30.0],
+    ]
+)  # fast is best
 
 
 def test_lambda_rule_and_ties():
@@ -160,15 +170,18 @@ def test_a_router_whose_default_policy_is_a_budget_reports_each_calls_lambda_acr
     assert not wrong, f"{len(wrong)} of 160 calls reported another call's lambda: {wrong[:5]}"
 
 
-@pytest.mark.parametrize("kw, value, msg", [
-    ("budget", 0.000001, r"budget 1e-06 is below the cheapest backend's cost"),
-    ("budget", 0.0, r"budget 0 is below the cheapest backend's cost"),
-    ("budget", -1.0, r"budget must be a finite number >= 0, got -1"),
-    ("budget", float("nan"), r"budget must be a finite number"),
-    ("max_cost", 0.0, r"max_cost 0 is below the cheapest backend's cost"),
-    ("max_cost", 1e-9, r"max_cost 1e-09 is below the cheapest backend's cost"),
-    ("max_cost", -0.5, r"max_cost must be a finite number >= 0, got -0.5"),
-])
+@pytest.mark.parametrize(
+    "kw, value, msg",
+    [
+        ("budget", 0.000001, r"budget 1e-06 is below the cheapest backend's cost"),
+        ("budget", 0.0, r"budget 0 is below the cheapest backend's cost"),
+        ("budget", -1.0, r"budget must be a finite number >= 0, got -1"),
+        ("budget", float("nan"), r"budget must be a finite number"),
+        ("max_cost", 0.0, r"max_cost 0 is below the cheapest backend's cost"),
+        ("max_cost", 1e-9, r"max_cost 1e-09 is below the cheapest backend's cost"),
+        ("max_cost", -0.5, r"max_cost must be a finite number >= 0, got -0.5"),
+    ],
+)
 def test_a_budget_or_cost_cap_no_backend_meets_is_a_value_error_naming_the_keyword(kw, value, msg):
     router = make_tiny_router()
     with pytest.raises(ValueError, match=msg):
@@ -187,8 +200,12 @@ def test_a_budget_or_cost_cap_no_backend_meets_is_a_value_error_naming_the_keywo
 def test_per_prompt_policies_route_a_list_in_pieces_alike():
     rng = np.random.default_rng(5)
     q = 30 + rng.normal(size=(30, 3))
-    for p in (LambdaPolicy(0.7), QualityFloorPolicy(30.2), MaxCostPolicy(0.6),
-              FixedPolicy("mid").with_backends(["fast", "mid", "slow"])):
+    for p in (
+        LambdaPolicy(0.7),
+        QualityFloorPolicy(30.2),
+        MaxCostPolicy(0.6),
+        FixedPolicy("mid").with_backends(["fast", "mid", "slow"]),
+    ):
         assert p.per_prompt
         whole = p.order(q, COSTS)
         assert (np.concatenate([p.order(q[:7], COSTS), p.order(q[7:], COSTS)]) == whole).all()
@@ -261,13 +278,16 @@ def test_policy_saved_as_default_and_loaded(tmp_path):
     assert again.route("two birds on a wire").backend == "mid" and again.lam is None
 
 
-@pytest.mark.parametrize("args, backend, ptype", [
-    (["lam=1000"], "fast", "lam"),
-    (["max_cost=0.6"], "mid", "max_cost"),
-    (["quality_floor=-1000"], "fast", "quality_floor"),
-    (["budget=0.2"], "fast", "budget"),
-    (["policy={type: fixed, backend: mid}"], "mid", "fixed"),
-])
+@pytest.mark.parametrize(
+    "args, backend, ptype",
+    [
+        (["lam=1000"], "fast", "lam"),
+        (["max_cost=0.6"], "mid", "max_cost"),
+        (["quality_floor=-1000"], "fast", "quality_floor"),
+        (["budget=0.2"], "fast", "budget"),
+        (["policy={type: fixed, backend: mid}"], "mid", "fixed"),
+    ],
+)
 def test_cli_policies(tiny_artifact, capsys, args, backend, ptype):
     rc = main(["route", "two birds on a wire", f"artifact={tiny_artifact}"] + args)
     assert rc == 0
@@ -275,12 +295,15 @@ def test_cli_policies(tiny_artifact, capsys, args, backend, ptype):
     assert d["backend"] == backend and d["policy"]["type"] == ptype
 
 
-@pytest.mark.parametrize("args, msg", [
-    (["lam=1", "max_cost=2"], "at most one"),
-    (["max_cost=0.01"], "below the cheapest"),
-    (["lam=-1"], "lam"),
-    (["policy={type: nope}"], "unknown policy type 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["lam=1", "max_cost=2"], "at most one"),
+        (["max_cost=0.01"], "below the cheapest"),
+        (["lam=-1"], "lam"),
+        (["policy={type: nope}"], "unknown policy type 'nope'"),
+    ],
+)
 def test_cli_policy_errors(tiny_artifact, capsys, args, msg):
     rc = main(["route", "a cat", f"artifact={tiny_artifact}"] + args)
     err = capsys.readouterr().err
@@ -302,8 +325,14 @@ def test_train_default_policies(tmp_path):
     assert main(base + ["router.budget=0.3", "router.lam=1", f"out_dir={tmp_path / 'c'}"]) == 2
 
 
-@pytest.mark.parametrize("override,match", [("router.lam=-1", "router.lam=-1"), ("router.budget=nan", "router.budget"),
-                                            ("'router.policy={type: nope}'", "unknown policy type 'nope'")])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("router.lam=-1", "router.lam=-1"),
+        ("router.budget=nan", "router.budget"),
+        ("'router.policy={type: nope}'", "unknown policy type 'nope'"),
+    ],
+)
 def test_bad_router_settings_are_refused_before_training(tmp_path, capsys, override, match):
     from t2iroute.cli import main
 
@@ -311,8 +340,17 @@ def test_bad_router_settings_are_refused_before_training(tmp_path, capsys, overr
 
     make_table(n_prompts=60).to_parquet(tmp_path / "t.parquet")
     out = tmp_path / "out"
-    rc = main(["train", "data=custom", f"data.path={tmp_path / 't.parquet'}", "features=[lexical]",
-               "predictor=ridge", f"out_dir={out}", override.strip("'")])
+    rc = main(
+        [
+            "train",
+            "data=custom",
+            f"data.path={tmp_path / 't.parquet'}",
+            "features=[lexical]",
+            "predictor=ridge",
+            f"out_dir={out}",
+            override.strip("'"),
+        ]
+    )
     assert rc == 2 and match in capsys.readouterr().err
     assert not (out / "router").exists()
 

@@ -1,5 +1,6 @@
 """One policy grammar (issue 24, item 2): the same text chooses the same policy in Router.route,
 on the command line, over HTTP (model="router:TEXT") and in the app, plug-in policies included."""
+
 import json
 
 import httpx
@@ -30,24 +31,33 @@ def thrifty():
     registry._EXTRA["policies"].pop("thrifty")
 
 
-@pytest.mark.parametrize("text, kw", [
-    ("lam=0.05", {"lam": 0.05}),
-    (" budget = 0.3 ", {"budget": 0.3}),
-    ("quality_floor=-2", {"quality_floor": -2.0}),
-    ("max_cost=1.5", {"max_cost": 1.5}),
-    ("policy={type: fixed, backend: mid}", {"policy": {"type": "fixed", "backend": "mid"}}),
-])
+@pytest.mark.parametrize(
+    "text, kw",
+    [
+        ("lam=0.05", {"lam": 0.05}),
+        (" budget = 0.3 ", {"budget": 0.3}),
+        ("quality_floor=-2", {"quality_floor": -2.0}),
+        ("max_cost=1.5", {"max_cost": 1.5}),
+        ("policy={type: fixed, backend: mid}", {"policy": {"type": "fixed", "backend": "mid"}}),
+    ],
+)
 def test_the_text_form_parses_to_one_keyword(text, kw):
     assert parse_policy(text) == kw
 
 
-@pytest.mark.parametrize("text, words", [
-    ("lam", "use lam=X"), ("speed=1", "use lam=X"), ("lam=fast", "lam needs a number"),
-    ("policy=[1, 2]", "mapping with a type"), ("policy={lam: 1}", "mapping with a type"),
-    ("policy={type: [", "not a YAML mapping"),
-    ("policy=!!python/object/apply:os.system [echo hi]", "not a YAML mapping"),  # data only, never code
-    ("lam=" + "1" * 3000, "longer than 2000"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("lam", "use lam=X"),
+        ("speed=1", "use lam=X"),
+        ("lam=fast", "lam needs a number"),
+        ("policy=[1, 2]", "mapping with a type"),
+        ("policy={lam: 1}", "mapping with a type"),
+        ("policy={type: [", "not a YAML mapping"),
+        ("policy=!!python/object/apply:os.system [echo hi]", "not a YAML mapping"),  # data only, never code
+        ("lam=" + "1" * 3000, "longer than 2000"),
+    ],
+)
 def test_bad_text_is_refused_naming_it(text, words):
     with pytest.raises(ValueError, match=words) as e:
         parse_policy(text)
@@ -69,8 +79,12 @@ def test_router_route_and_generate_take_the_text(tiny_artifact, thrifty):
     r = Router.load(tiny_artifact)
     p = "two birds on a wire"
     assert r.route(p).backend == "slow"
-    for text, backend in [("lam=1000", "fast"), ("max_cost=0.6", "mid"), ("policy={type: fixed, backend: mid}", "mid"),
-                          ("policy={type: thrifty, factor: 1}", "fast")]:
+    for text, backend in [
+        ("lam=1000", "fast"),
+        ("max_cost=0.6", "mid"),
+        ("policy={type: fixed, backend: mid}", "mid"),
+        ("policy={type: thrifty, factor: 1}", "fast"),
+    ]:
         d = r.route(p, policy=text)
         assert d.backend == backend, (text, d.policy)
     assert r.route(p, policy="policy={type: thrifty, factor: 2}").policy == {"type": "thrifty", "factor": 2.0}
@@ -101,15 +115,19 @@ def test_a_plug_in_policy_works_over_http(tiny_artifact, thrifty):
         body = {"prompt": "two birds on a wire"}
         r = httpx.post(url + "/v1/route", json=body, timeout=60)
         assert r.status_code == 200 and r.json()["backend"] == "slow", r.text
-        r = httpx.post(url + "/v1/route", json={**body, "model": "router:policy={type: thrifty, factor: 1}"}, timeout=60)
+        r = httpx.post(
+            url + "/v1/route", json={**body, "model": "router:policy={type: thrifty, factor: 1}"}, timeout=60
+        )
         assert r.status_code == 200, r.text
         d = r.json()
         assert d["backend"] == "fast" and d["policy"] == {"type": "thrifty", "factor": 1.0}
         r = httpx.post(url + "/v1/images/generations", json={**body, "model": "router:max_cost=0.6"}, timeout=60)
         assert r.status_code == 200 and r.json()["t2iroute"]["decision"]["backend"] == "mid", r.text
-        for model, words in [("router:policy={type: nope}", "unknown policy type 'nope'"),
-                             ("router:policy={type: thrifty, factor: x}", "factor"),
-                             ("router:speed=1", "use lam=X")]:
+        for model, words in [
+            ("router:policy={type: nope}", "unknown policy type 'nope'"),
+            ("router:policy={type: thrifty, factor: x}", "factor"),
+            ("router:speed=1", "use lam=X"),
+        ]:
             r = httpx.post(url + "/v1/route", json={**body, "model": model}, timeout=60)
             err = r.json()["error"]
             assert r.status_code == 400 and err["param"] == "model" and words in err["message"], r.text

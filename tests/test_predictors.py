@@ -29,8 +29,9 @@ def _data(n=400, k=3, seed=0):
     return X, Y
 
 
-@pytest.mark.parametrize("pred", [RidgePredictor(alpha=1.0), KNNPredictor(n_neighbors=10),
-                                  LGBMPredictor(params={"n_estimators": 200})])
+@pytest.mark.parametrize(
+    "pred", [RidgePredictor(alpha=1.0), KNNPredictor(n_neighbors=10), LGBMPredictor(params={"n_estimators": 200})]
+)
 def test_relative_targets_learn_backend_differences(pred):
     X, Y = _data()
     pred.fit(X[:300], Y[:300])
@@ -41,8 +42,15 @@ def test_relative_targets_learn_backend_differences(pred):
     assert np.corrcoef(rel_true[:, 0], rel_pred[:, 0])[0, 1] > 0.8
 
 
-@pytest.mark.parametrize("pred", [RidgePredictor(), KNNPredictor(n_neighbors=5, temperature=0.1),
-                                  LGBMPredictor(params=SMALL_LGBM), RidgePredictor(relative=False)])
+@pytest.mark.parametrize(
+    "pred",
+    [
+        RidgePredictor(),
+        KNNPredictor(n_neighbors=5, temperature=0.1),
+        LGBMPredictor(params=SMALL_LGBM),
+        RidgePredictor(relative=False),
+    ],
+)
 def test_state_roundtrip_is_exact(pred):
     X, Y = _data(200)
     pred.fit(X, Y)

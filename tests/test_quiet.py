@@ -17,8 +17,7 @@ def folder_artifact(tmp_path_factory):
     from tests.conftest import make_tiny_router
 
     folder = save_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "tiny-sd")
-    spec = dict(type="diffusers", model=str(folder), scheduler="ddim", guidance_scale=5.0, height=64, width=64,
-                steps=2)
+    spec = dict(type="diffusers", model=str(folder), scheduler="ddim", guidance_scale=5.0, height=64, width=64, steps=2)
     path = tmp_path_factory.mktemp("artifact") / "router"
     make_tiny_router(specs={"fast": spec, "mid": spec, "slow": spec}).save(path)
     return path
@@ -55,9 +54,23 @@ def _generate(artifact, out, *extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     for k in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         env.pop(k, None)  # what the user did not set
-    return subprocess.run([sys.executable, "-m", "t2iroute.cli", "generate", "a red circle", f"artifact={artifact}",
-                           f"out={out}", "backend=fast", *extra], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t2iroute.cli",
+            "generate",
+            "a red circle",
+            f"artifact={artifact}",
+            f"out={out}",
+            "backend=fast",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_generate_prints_no_library_bars_or_warnings_without_verbose(folder_artifact, tmp_path):
@@ -108,8 +121,7 @@ def test_loading_a_pipeline_folder_raises_no_deprecation_warning(tmp_path):
         db.unload_pipeline(folder)
 
 
-def test_quiet_libraries_switches_the_loaded_libraries_and_keeps_the_users_environment(restore_quiet,
-                                                                                         monkeypatch):
+def test_quiet_libraries_switches_the_loaded_libraries_and_keeps_the_users_environment(restore_quiet, monkeypatch):
     import diffusers.utils.logging as dlog
 
     quiet = restore_quiet

@@ -29,7 +29,7 @@ SPECS = {"tiny_2": {**TINY, "steps": 2}, "tiny_3": {**TINY, "steps": 3}}
 @pytest.fixture(scope="module")
 def cluster():
     """A local two-CPU Ray cluster for this module; its address, for drivers in other processes."""
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2 ** 20, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -40,10 +40,27 @@ def _sorted(df):
 
 def test_ray_sweep_matches_the_sequential_sweep_row_for_row(cluster, tmp_path):
     prompts = read_prompts("geneval", limit=5)
-    seq = run_sweep(build_backends(SPECS), prompts, [0, 1], build_scorer(TINY_CLIP), tmp_path / "seq",
-                    chunk_size=3, keep_images=True, progress=False)
-    res = run_sweep_ray(SPECS, prompts, [0, 1], TINY_CLIP, tmp_path / "ray", chunk_size=3, keep_images=True,
-                        progress=False, ray_options={"workers_per_model": 2})
+    seq = run_sweep(
+        build_backends(SPECS),
+        prompts,
+        [0, 1],
+        build_scorer(TINY_CLIP),
+        tmp_path / "seq",
+        chunk_size=3,
+        keep_images=True,
+        progress=False,
+    )
+    res = run_sweep_ray(
+        SPECS,
+        prompts,
+        [0, 1],
+        TINY_CLIP,
+        tmp_path / "ray",
+        chunk_size=3,
+        keep_images=True,
+        progress=False,
+        ray_options={"workers_per_model": 2},
+    )
     assert (res.n_items, res.n_generated, res.n_failed) == (seq.n_items, 20, 0)
     a, b = _sorted(read_sweep(tmp_path / "seq")), _sorted(read_sweep(tmp_path / "ray"))
     same = KEY + ["prompt", "metric", "score", "source", "steps_run", "nfe", "stopped_early", "higher_is_better"]
@@ -64,8 +81,17 @@ def test_a_worker_killed_mid_sweep_is_replaced_and_every_row_lands_once(cluster,
             killed.append(ev["pid"])
             os.kill(ev["pid"], signal.SIGKILL)
 
-    res = run_sweep_ray(SPECS, prompts, [0, 1], TINY_CLIP, tmp_path, chunk_size=3, progress=False,
-                        ray_options={"workers_per_model": 2}, on_result=kill_first_worker)
+    res = run_sweep_ray(
+        SPECS,
+        prompts,
+        [0, 1],
+        TINY_CLIP,
+        tmp_path,
+        chunk_size=3,
+        progress=False,
+        ray_options={"workers_per_model": 2},
+        on_result=kill_first_worker,
+    )
     assert killed and res.n_workers_replaced == 1 and res.n_retried > 0
     assert (res.n_generated, res.n_failed) == (32, 0)
     t = read_table(tmp_path / "quality.parquet")
@@ -82,8 +108,17 @@ def test_retries_are_bounded_then_recorded_and_a_rerun_finishes(cluster, tmp_pat
             killed.append(ev["pid"])
             os.kill(ev["pid"], signal.SIGKILL)
 
-    res = run_sweep_ray(SPECS, prompts, [0], TINY_CLIP, tmp_path, chunk_size=2, progress=False,
-                        ray_options={"max_retries": 0}, on_result=kill_once)
+    res = run_sweep_ray(
+        SPECS,
+        prompts,
+        [0],
+        TINY_CLIP,
+        tmp_path,
+        chunk_size=2,
+        progress=False,
+        ray_options={"max_retries": 0},
+        on_result=kill_once,
+    )
     fails = [json.loads(x) for x in (tmp_path / "failures.jsonl").read_text().splitlines()]
     assert res.n_failed == len(fails) > 0 and res.n_retried == 0
     assert all(f["error"].startswith("WorkerDied:") and "ray.max_retries=0" in f["error"] for f in fails)
@@ -112,14 +147,19 @@ def test_ray_sweep_command_killed_then_rerun_loses_and_duplicates_nothing(cluste
     assert summary["launcher"] == "ray" and summary["failed"] == 0
 
 
-@pytest.mark.parametrize("bad, key", [("ray.workers_per_model=0", "ray.workers_per_model=0"),
-                                      ("launcher=dask", "launcher=dask"), ("ray.max_retries=-1", "ray.max_retries=-1"),
-                                      ("+ray.gpus=1", "ray.gpus")])
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ("ray.workers_per_model=0", "ray.workers_per_model=0"),
+        ("launcher=dask", "launcher=dask"),
+        ("ray.max_retries=-1", "ray.max_retries=-1"),
+        ("+ray.gpus=1", "ray.gpus"),
+    ],
+)
 def test_bad_ray_options_name_the_key(tmp_path, capsys, bad, key):
     from t2iroute.cli import main
 
-    rc = main(["sweep", "backends=[tiny_10]", "prompts=geneval", "limit=1", "launcher=ray", bad,
-               f"out_dir={tmp_path}"])
+    rc = main(["sweep", "backends=[tiny_10]", "prompts=geneval", "limit=1", "launcher=ray", bad, f"out_dir={tmp_path}"])
     assert rc == 2 and key in capsys.readouterr().err
     assert not (tmp_path / "quality.parquet").exists()
 
@@ -127,7 +167,15 @@ def test_bad_ray_options_name_the_key(tmp_path, capsys, bad, key):
 def test_a_worker_the_cluster_can_never_hold_is_refused_naming_the_keys(cluster, tmp_path):
     from t2iroute.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"1 GPUs needed; the Ray cluster has 2 CPUs and 0 GPUs: lower .*num_gpus_per_worker"):
-        run_sweep_ray({"gpu": {**TINY, "steps": 2, "device": "cuda"}}, read_prompts("geneval", limit=1), [0],
-                      TINY_CLIP, tmp_path, progress=False)
+    with pytest.raises(
+        ConfigError, match=r"1 GPUs needed; the Ray cluster has 2 CPUs and 0 GPUs: lower .*num_gpus_per_worker"
+    ):
+        run_sweep_ray(
+            {"gpu": {**TINY, "steps": 2, "device": "cuda"}},
+            read_prompts("geneval", limit=1),
+            [0],
+            TINY_CLIP,
+            tmp_path,
+            progress=False,
+        )
     assert not list(tmp_path.glob("quality.parquet/part-*"))

@@ -24,11 +24,23 @@ from t2iroute.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "outputs/demo/testbed/router"
 #: the demo router's backends and costs (s per image, `make demo` on a 2-core CPU)
-BACKENDS = {"testbed_big_4": 0.124, "testbed_small_8": 0.130, "testbed_big_32_es": 0.298, "testbed_big_8": 0.328,
-            "testbed_big_16": 0.467}
-PROMPTS = ["a red circle", "two dotted red squares", "a green triangle", "three small striped blue squares",
-           "a blue circle left of a red square", "two green circles", "a dotted yellow triangle",
-           "a large red square above a small blue circle"]
+BACKENDS = {
+    "testbed_big_4": 0.124,
+    "testbed_small_8": 0.130,
+    "testbed_big_32_es": 0.298,
+    "testbed_big_8": 0.328,
+    "testbed_big_16": 0.467,
+}
+PROMPTS = [
+    "a red circle",
+    "two dotted red squares",
+    "a green triangle",
+    "three small striped blue squares",
+    "a blue circle left of a red square",
+    "two green circles",
+    "a dotted yellow triangle",
+    "a large red square above a small blue circle",
+]
 
 
 def readme_commands(text: str) -> list[tuple[int, str]]:
@@ -46,8 +58,9 @@ def readme_commands(text: str) -> list[tuple[int, str]]:
             held += line.rstrip()[:-1] + " "
             continue
         line, held = held + line, ""
-        if fence != "bash" or not any(w == "t2iroute" or w.endswith("/t2iroute")
-                                      for w in shlex.split(line, comments=True)):
+        if fence != "bash" or not any(
+            w == "t2iroute" or w.endswith("/t2iroute") for w in shlex.split(line, comments=True)
+        ):
             continue  # not a t2iroute command (a comment that names one is no command)
         if DEMO in line or ("artifact=DIR" in line and section.startswith("Command line")):
             out.append((n, line))
@@ -57,14 +70,15 @@ def readme_commands(text: str) -> list[tuple[int, str]]:
 def _argv(line: str, artifact: Path) -> tuple[dict[str, str], list[str]]:
     """The environment assignments and the t2iroute arguments of a README line, the artifact's
     path substituted."""
-    words = shlex.split(line.replace(DEMO, str(artifact)).replace("artifact=DIR", f"artifact={artifact}"),
-                        comments=True)
+    words = shlex.split(
+        line.replace(DEMO, str(artifact)).replace("artifact=DIR", f"artifact={artifact}"), comments=True
+    )
     env = {}
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
         k, _, v = words.pop(0).partition("=")
         env[k] = v
     i = next(i for i, w in enumerate(words) if w == "t2iroute" or w.endswith("/t2iroute"))
-    return env, words[i + 1:]
+    return env, words[i + 1 :]
 
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -72,17 +86,26 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 def documented_commands() -> list[tuple[str, int, str]]:
     """(file, line, command) of every documented command that names the demo router (README and docs)."""
-    return [(f.relative_to(ROOT).as_posix(), n, c) for f in DOCS for n, c in readme_commands(f.read_text(encoding="utf-8"))]
+    return [
+        (f.relative_to(ROOT).as_posix(), n, c) for f in DOCS for n, c in readme_commands(f.read_text(encoding="utf-8"))
+    ]
 
 
 def test_readme_commands_are_found():
     cmds = [(n, c) for _, n, c in documented_commands()]
     assert {_argv(c, Path("A"))[1][0] for _, c in readme_commands((ROOT / "README.md").read_text())} >= {
-        "route", "generate", "serve"}
+        "route",
+        "generate",
+        "serve",
+    }
     subs = {_argv(c, Path("A"))[1][0] for _, c in cmds}
     assert {"route", "generate", "serve"} <= subs, cmds
-    assert not any("outputs/demo/tiny" in ln for f in DOCS for ln in f.read_text().splitlines()
-                   if "--artifact" in ln or "artifact=" in ln), "make demo does not make outputs/demo/tiny"
+    assert not any(
+        "outputs/demo/tiny" in ln
+        for f in DOCS
+        for ln in f.read_text().splitlines()
+        if "--artifact" in ln or "artifact=" in ln
+    ), "make demo does not make outputs/demo/tiny"
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +120,39 @@ def demo_like_router(tmp_path_factory):
         prompt = f"{PROMPTS[i % len(PROMPTS)]} number {i}"
         hard = any(w in prompt for w in ("two", "three", "above", "left"))
         for b, c in BACKENDS.items():
-            q = {"testbed_big_4": 0.2, "testbed_small_8": 0.25, "testbed_big_8": 0.35, "testbed_big_32_es": 0.4,
-                 "testbed_big_16": 0.45}[b] - (0.15 if hard and b in ("testbed_big_4", "testbed_small_8") else 0)
-            rows.append(dict(prompt_id=f"p{i}", prompt=prompt, backend=b, metric="testbed_check",
-                             score=float(np.clip(q + rng.normal(0, 0.05), 0, 1)), cost_s=c * (1 + rng.normal(0, 0.02)),
-                             source="testbed"))
+            q = {
+                "testbed_big_4": 0.2,
+                "testbed_small_8": 0.25,
+                "testbed_big_8": 0.35,
+                "testbed_big_32_es": 0.4,
+                "testbed_big_16": 0.45,
+            }[b] - (0.15 if hard and b in ("testbed_big_4", "testbed_small_8") else 0)
+            rows.append(
+                dict(
+                    prompt_id=f"p{i}",
+                    prompt=prompt,
+                    backend=b,
+                    metric="testbed_check",
+                    score=float(np.clip(q + rng.normal(0, 0.05), 0, 1)),
+                    cost_s=c * (1 + rng.normal(0, 0.02)),
+                    source="testbed",
+                )
+            )
     table = d / "quality.parquet"
     pd.DataFrame(rows).to_parquet(table)
-    rc = main(["train", "data=custom", f"data.path={table}", "metric=testbed_check", "features=[lexical]",
-               "predictor=ridge", f"backends=[{','.join(BACKENDS)}]", "router.budget=0.5", f"out_dir={d / 'testbed'}"])
+    rc = main(
+        [
+            "train",
+            "data=custom",
+            f"data.path={table}",
+            "metric=testbed_check",
+            "features=[lexical]",
+            "predictor=ridge",
+            f"backends=[{','.join(BACKENDS)}]",
+            "router.budget=0.5",
+            f"out_dir={d / 'testbed'}",
+        ]
+    )
     assert rc == 0
     return d / "testbed" / "router"
 

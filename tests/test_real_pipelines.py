@@ -226,6 +226,7 @@ def test_a_scheduler_without_x0_is_refused_before_any_step(snapshots, tmp_path):
 
 # -- hub snapshot layouts ------------------------------------------------------------------------
 
+
 def test_safetensors_only_snapshot_loads(snapshots):
     folder = snapshots("sd21")
     files = [f for _, _, fs in os.walk(folder) for f in fs]

@@ -138,7 +138,7 @@ class WrappedPipeline:
                 for im, p, s in zip(images, prompts, seeds)]
 '''
 
-PYPROJECT = '''
+PYPROJECT = """
 [build-system]
 requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
@@ -159,7 +159,7 @@ wrapped_pipeline = "t2iroute_example_plugin:WrappedPipeline"
 
 [tool.setuptools]
 py-modules = ["t2iroute_example_plugin"]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -178,24 +178,48 @@ def plugin(tmp_path_factory):
 
 def _cli(*args, cwd):
     exe = [sys.executable, "-c", "import sys; from t2iroute.cli import main; sys.exit(main())"]
-    return subprocess.run(exe + list(args), cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        exe + list(args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 @pytest.mark.heavy
 def test_plugin_adds_a_policy_and_a_scorer_used_from_the_cli(plugin, tiny_artifact, tmp_path):
     # a fresh process sees the new entry points
-    r = _cli("route", "two birds on a wire", f"artifact={tiny_artifact}",
-             "policy={type: cheapest_within, slack: 100}", cwd=tmp_path)
+    r = _cli(
+        "route",
+        "two birds on a wire",
+        f"artifact={tiny_artifact}",
+        "policy={type: cheapest_within, slack: 100}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["policy"] == {"type": "cheapest_within", "slack": 100.0} and d["backend"] == "fast"
-    r = _cli("route", "two birds on a wire", f"artifact={tiny_artifact}",
-             "policy={type: cheapest_within, slack: 0}", cwd=tmp_path)
+    r = _cli(
+        "route",
+        "two birds on a wire",
+        f"artifact={tiny_artifact}",
+        "policy={type: cheapest_within, slack: 0}",
+        cwd=tmp_path,
+    )
     assert json.loads(r.stdout)["backend"] == "slow", r.stderr  # no slack: the best predicted
     out = tmp_path / "img.png"
-    r = _cli("generate", "a red car", f"artifact={tiny_artifact}", f"out={out}", "+scorer.type=brightness",
-             "+scorer.scale=2.0", "lam=1000", cwd=tmp_path)
+    r = _cli(
+        "generate",
+        "a red car",
+        f"artifact={tiny_artifact}",
+        f"out={out}",
+        "+scorer.type=brightness",
+        "+scorer.scale=2.0",
+        "lam=1000",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     g = json.loads(r.stdout)
     assert set(g["score"]) == {"brightness"} and 0 <= g["score"]["brightness"] <= 2.0 and out.is_file()
@@ -206,8 +230,17 @@ def test_plugin_adds_a_policy_and_a_scorer_used_from_the_cli(plugin, tiny_artifa
 
 @pytest.mark.heavy
 def test_plugin_scorer_in_a_sweep(plugin, tmp_path):
-    r = _cli("sweep", "backends=[tiny_10]", "prompts=partiprompts", "limit=2", "seeds=[0]", "~scorer",
-             "+scorer.type=brightness", f"out_dir={tmp_path / 'sw'}", cwd=tmp_path)
+    r = _cli(
+        "sweep",
+        "backends=[tiny_10]",
+        "prompts=partiprompts",
+        "limit=2",
+        "seeds=[0]",
+        "~scorer",
+        "+scorer.type=brightness",
+        f"out_dir={tmp_path / 'sw'}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     import pandas as pd
 
@@ -241,12 +274,14 @@ def test_import_diffusers_is_a_no_op_where_torchvision_imports():
     """Where torchvision's operators register (a matching torch/torchvision install, as on a GPU
     machine) nothing is declared. (On this CPU machine the plug-in CLI test below shows that a fresh
     process gets diffusers' pipeline classes through it.)"""
-    code = ("import torch\nfrom t2iroute import _compat\n"
-            "lib = torch.library.Library('torchvision', 'DEF')  # what a matching torchvision registers\n"
-            "for s in _compat._SCHEMAS: lib.define(s)\n"
-            "from t2iroute.backends import import_diffusers\n"
-            "d = import_diffusers(); import torchvision\n"
-            "assert d.__name__ == 'diffusers' and _compat._LIB is None\n")
+    code = (
+        "import torch\nfrom t2iroute import _compat\n"
+        "lib = torch.library.Library('torchvision', 'DEF')  # what a matching torchvision registers\n"
+        "for s in _compat._SCHEMAS: lib.define(s)\n"
+        "from t2iroute.backends import import_diffusers\n"
+        "d = import_diffusers(); import torchvision\n"
+        "assert d.__name__ == 'diffusers' and _compat._LIB is None\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
 
@@ -261,8 +296,10 @@ def test_plugin_backend_wraps_a_users_pipeline_from_python(plugin, tiny_artifact
     fast = WrappedPipeline("fast", pipeline=pipe, cost=0.1, **TINY_OPTS)
     assert isinstance(fast, Backend)
     # an object for one backend, a config (the plug-in's type) for another
-    r = Router.load(tiny_artifact, backends={
-        "fast": fast, "mid": {"type": "wrapped_pipeline", "model": str(saved_pipeline), **TINY_OPTS}})
+    r = Router.load(
+        tiny_artifact,
+        backends={"fast": fast, "mid": {"type": "wrapped_pipeline", "model": str(saved_pipeline), **TINY_OPTS}},
+    )
     assert r.backends["fast"] is fast and r.backends["mid"].name == "mid" and r.backends["mid"]._pipe is None
     r.backends["mid"].load()  # what serve's warm-up calls
     assert r.backends["mid"]._pipe is not None
@@ -281,8 +318,15 @@ def test_plugin_backend_from_the_cli(plugin, tiny_artifact, saved_pipeline, tmp_
     # a fresh process: the plug-in's import_diffusers() is all that makes diffusers' pipelines import here
     out = tmp_path / "img.png"
     spec = f"{{type: wrapped_pipeline, model: '{saved_pipeline}', steps: 2, height: 64, width: 64}}"
-    r = _cli("generate", "a red car", f"artifact={tiny_artifact}", f"+backends.fast={spec}", "backend=fast",
-             f"out={out}", cwd=tmp_path)
+    r = _cli(
+        "generate",
+        "a red car",
+        f"artifact={tiny_artifact}",
+        f"+backends.fast={spec}",
+        "backend=fast",
+        f"out={out}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["backend"] == "fast" and out.is_file()

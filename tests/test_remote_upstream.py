@@ -32,6 +32,7 @@ HUGE_BYTES = 64 * 2**20
 
 # -- the fake upstream --------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=None)
 def png(w: int, h: int, mode: str = "RGB", fmt: str = "PNG") -> bytes:
     from PIL import Image
@@ -83,7 +84,7 @@ def _trickle(h, fake, data: bytes, every: float) -> None:
     for i in range(len(data)):
         if fake.stop.wait(every):
             return
-        h.wfile.write(data[i:i + 1])
+        h.wfile.write(data[i : i + 1])
         h.wfile.flush()
 
 
@@ -103,14 +104,25 @@ def _echo(h, fake, req: dict, status: int) -> None:
     """An error answer echoing the request's key (raw, as a header line, in a URL) and all its headers."""
     auth = h.headers.get("Authorization", "")
     key = auth.partition(" ")[2]
-    body = {"error": {"message": f"{BODY_MARKER}: rejected {key}", "raw": f"Authorization: {auth}",
-                      "url": INTERNAL_URL + "?api_key=" + key, "request_headers": dict(h.headers)}}
+    body = {
+        "error": {
+            "message": f"{BODY_MARKER}: rejected {key}",
+            "raw": f"Authorization: {auth}",
+            "url": INTERNAL_URL + "?api_key=" + key,
+            "request_headers": dict(h.headers),
+        }
+    }
     _send(h, status, json.dumps(body).encode())
 
 
 def _ok(h, fake, req):
-    _send(h, 200, image_answer(png(*_size(req)), {"images": [{"steps_run": 3, "steps_budget": 4, "nfe": 6,
-                                                               "stopped_early": True}]}))
+    _send(
+        h,
+        200,
+        image_answer(
+            png(*_size(req)), {"images": [{"steps_run": 3, "steps_budget": 4, "nfe": 6, "stopped_early": True}]}
+        ),
+    )
 
 
 #: behaviour name -> handler(request_handler, fake, parsed_request_body)
@@ -120,13 +132,18 @@ MODES = {
     "ok_jpeg": lambda h, f, r: _send(h, 200, image_answer(png(*_size(r), fmt="JPEG"))),
     "hang": lambda h, f, r: f.stop.wait(f.max_s),
     "close": lambda h, f, r: None,
-    "trickle": lambda h, f, r: (h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                              b"Content-Length: 150\r\nConnection: close\r\n\r\n"),
-                                _trickle(h, f, b'{"data": [' + b" " * 130 + b"]}      ", f.trickle_s)),
-    "trickle_headers": lambda h, f, r: _trickle(h, f, b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 140 + b"\r\n\r\n",
-                                                f.trickle_s),
-    "garbage": lambda h, f, r: _send(h, 200, b"<html>" + BODY_MARKER.encode() + b" not json</html>",
-                                     {"Content-Type": "text/html"}),
+    "trickle": lambda h, f, r: (
+        h.wfile.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 150\r\nConnection: close\r\n\r\n"
+        ),
+        _trickle(h, f, b'{"data": [' + b" " * 130 + b"]}      ", f.trickle_s),
+    ),
+    "trickle_headers": lambda h, f, r: _trickle(
+        h, f, b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 140 + b"\r\n\r\n", f.trickle_s
+    ),
+    "garbage": lambda h, f, r: _send(
+        h, 200, b"<html>" + BODY_MARKER.encode() + b" not json</html>", {"Content-Type": "text/html"}
+    ),
     "no_data": lambda h, f, r: _send(h, 200, b'{"data": []}'),
     "data_str": lambda h, f, r: _send(h, 200, b'{"data": "x"}'),
     "b64_not_str": lambda h, f, r: _send(h, 200, b'{"data": [{"b64_json": 12}]}'),
@@ -188,8 +205,7 @@ class FakeUpstream:
         self.server.daemon_threads = True
         self.server.fake = self
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self):
         self.thread.start()
@@ -246,6 +262,7 @@ def _key(monkeypatch):
 
 # -- tests --------------------------------------------------------------------------------------------
 
+
 def test_a_good_answer_still_makes_an_image(upstream):
     from t2iroute.backends.remote import RemoteBackendError  # noqa: F401 -- the error type exists
 
@@ -276,12 +293,23 @@ def test_per_attempt_timeout_is_named_when_it_is_the_limit_hit(upstream):
     assert wall < 1.2 + 1.0 and err.category == "timeout" and "timeout_s=0.3" in str(err), err
 
 
-@pytest.mark.parametrize("mode,category", [
-    ("garbage", "bad_response"), ("no_data", "bad_response"), ("data_str", "bad_response"),
-    ("b64_not_str", "bad_response"), ("deep_json", "bad_response"), ("not_utf8", "bad_response"),
-    ("brotli", "bad_response"), ("close", "connection"),
-    ("b64_garbage", "bad_image"), ("b64_text", "bad_image"), ("truncated", "bad_image"), ("gif", "bad_image"),
-])
+@pytest.mark.parametrize(
+    "mode,category",
+    [
+        ("garbage", "bad_response"),
+        ("no_data", "bad_response"),
+        ("data_str", "bad_response"),
+        ("b64_not_str", "bad_response"),
+        ("deep_json", "bad_response"),
+        ("not_utf8", "bad_response"),
+        ("brotli", "bad_response"),
+        ("close", "connection"),
+        ("b64_garbage", "bad_image"),
+        ("b64_text", "bad_image"),
+        ("truncated", "bad_image"),
+        ("gif", "bad_image"),
+    ],
+)
 def test_garbage_is_refused_with_a_category_naming_the_backend(upstream, mode, category):
     err, _, wall = call(backend(upstream.url, mode, retries=0))
     assert getattr(err, "category", None) == category, repr(err)  # not a raw JSONDecodeError/binascii.Error
@@ -319,8 +347,17 @@ def test_a_redirect_is_not_followed_and_the_key_stays_home(upstream, mode):
     assert str(err).startswith(f"backend 'remote': HTTP {err.status} redirect") and not leaks(str(err), upstream.url)
 
 
-@pytest.mark.parametrize("status,category", [(401, "auth"), (403, "auth"), (400, "bad_request"),
-                                             (404, "not_found"), (500, "upstream_error"), (429, "rate_limited")])
+@pytest.mark.parametrize(
+    "status,category",
+    [
+        (401, "auth"),
+        (403, "auth"),
+        (400, "bad_request"),
+        (404, "not_found"),
+        (500, "upstream_error"),
+        (429, "rate_limited"),
+    ],
+)
 def test_an_upstream_echoing_the_key_never_leaks_it(upstream, status, category, caplog, capsys):
     caplog.set_level(logging.DEBUG)
     err, _, _ = call(backend(upstream.url, f"echo{status}", deadline_s=1.0))
@@ -336,8 +373,11 @@ def test_router_fallback_records_and_logs_hold_no_key_url_or_body(upstream, capl
     from tests.conftest import BlankBackend as Local, make_tiny_router
 
     router = make_tiny_router(specs=None)
-    router.backends = {"slow": backend(upstream.url, "echo500", deadline_s=1.0), "fast": Local("fast"),
-                       "mid": Local("mid")}
+    router.backends = {
+        "slow": backend(upstream.url, "echo500", deadline_s=1.0),
+        "fast": Local("fast"),
+        "mid": Local("mid"),
+    }
     prompt = "two birds on a wire"
     assert router.route(prompt, lam=0.0).backend == "slow"
     caplog.set_level(logging.DEBUG)
@@ -379,8 +419,10 @@ def test_verbose_is_the_loading_users_setting_never_the_artifacts(tmp_path, capl
 def test_redact_secrets():
     from t2iroute.backends.remote import redact_secrets
 
-    text = ('{"authorization": "Bearer abc.def", "x": "Authorization: Basic Zm9vOmJhcg=="} sk-live_0123456789 '
-            "http://user:pw@host/p?api_key=K123&x=1 token=T999 my-own-key%2F1 my-own-key/1")
+    text = (
+        '{"authorization": "Bearer abc.def", "x": "Authorization: Basic Zm9vOmJhcg=="} sk-live_0123456789 '
+        "http://user:pw@host/p?api_key=K123&x=1 token=T999 my-own-key%2F1 my-own-key/1"
+    )
     out = redact_secrets(text, ["my-own-key/1"])
     for s in ("abc.def", "Zm9vOmJhcg", "sk-live_0123456789", "user:pw", "K123", "T999", "my-own-key"):
         assert s not in out, (s, out)

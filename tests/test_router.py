@@ -30,15 +30,18 @@ def test_route_single_and_batch(router):
     assert json.loads(json.dumps(ds[0].to_dict()))["lambda"] == 1e6
 
 
-@pytest.mark.parametrize("bad, exc, msg", [
-    ("", ValueError, "empty or whitespace"),
-    ("   \n", ValueError, "empty or whitespace"),
-    ("x" * 10_000, ValueError, "10000 characters"),
-    (123, TypeError, "string"),
-    ([], ValueError, "empty list"),
-    (["ok", None], TypeError, "prompt #1 is NoneType"),
-    (b"bytes", TypeError, "string"),
-])
+@pytest.mark.parametrize(
+    "bad, exc, msg",
+    [
+        ("", ValueError, "empty or whitespace"),
+        ("   \n", ValueError, "empty or whitespace"),
+        ("x" * 10_000, ValueError, "10000 characters"),
+        (123, TypeError, "string"),
+        ([], ValueError, "empty list"),
+        (["ok", None], TypeError, "prompt #1 is NoneType"),
+        (b"bytes", TypeError, "string"),
+    ],
+)
 def test_bad_prompts(router, bad, exc, msg):
     with pytest.raises(exc, match=msg):
         router.route(bad)
@@ -90,8 +93,9 @@ def test_artifact_roundtrip(router, tmp_path):
     prompts = ["two birds", "a cat", "portrait of a woman"]
     a, b = router.route(prompts), again.route(prompts)
     assert [x.backend for x in a] == [x.backend for x in b]
-    np.testing.assert_allclose([list(x.predicted_quality.values()) for x in a],
-                               [list(x.predicted_quality.values()) for x in b])
+    np.testing.assert_allclose(
+        [list(x.predicted_quality.values()) for x in a], [list(x.predicted_quality.values()) for x in b]
+    )
     assert again.lam == 0.37 and again.manifest["metrics"] == {"x": 1.0}
     assert load_router(tmp_path / "r").backend_names == router.backend_names
     # saving over an existing artifact replaces it whole
@@ -173,6 +177,6 @@ def test_api_bad_input_is_named(router):
     with pytest.raises(TypeError, match="seed must be an integer or a list"):
         router.generate(["a cat", "a dog"], seed="7")
     with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
-        router.generate("a cat", seed=2 ** 70)
+        router.generate("a cat", seed=2**70)
     with pytest.raises(TypeError, match="seed must be an integer"):
         router.generate("a cat", seed=1.5)

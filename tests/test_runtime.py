@@ -18,8 +18,16 @@ from t2iroute.cli import split_prompts as _split_prompts
 from t2iroute.errors import ArtifactError, ConfigError, GenerationError
 from tests.conftest import TINY_SPECS, make_table
 
-PROMPTS = ["a cat", "two birds on a wire", "a sign saying 'hello'", "three apples on a table",
-           "portrait of a woman", "a castle", "blue sky", "robot"]
+PROMPTS = [
+    "a cat",
+    "two birds on a wire",
+    "a sign saying 'hello'",
+    "three apples on a table",
+    "portrait of a woman",
+    "a castle",
+    "blue sky",
+    "robot",
+]
 
 
 def test_artifact_carries_backends_and_generates(tiny_artifact):
@@ -32,7 +40,9 @@ def test_artifact_carries_backends_and_generates(tiny_artifact):
     assert res.steps_budget == TINY_SPECS[res.backend]["steps"]
     assert 1 <= res.steps_run <= res.steps_budget and res.latency_s > 0
     d = json.loads(json.dumps(res.to_dict()))
-    assert d["decision"]["backend"] == res.backend and set(d["decision"]["predicted_quality"]) == set(router.backend_names)
+    assert d["decision"]["backend"] == res.backend and set(d["decision"]["predicted_quality"]) == set(
+        router.backend_names
+    )
     assert {"features", "predict", "decide"} <= set(d["decision"]["timings_s"])
 
 
@@ -53,8 +63,10 @@ def test_one_pipeline_for_every_budget(tiny_artifact):
 
 
 def test_load_overrides_and_extends_backends(tiny_artifact):
-    router = Router.load(tiny_artifact, backends={"fast": {**TINY_SPECS["fast"], "steps": 3},
-                                                  "baseline": {**TINY_SPECS["mid"], "steps": 6}})
+    router = Router.load(
+        tiny_artifact,
+        backends={"fast": {**TINY_SPECS["fast"], "steps": 3}, "baseline": {**TINY_SPECS["mid"], "steps": 6}},
+    )
     assert router.backends["fast"].steps == 3 and router.backends["mid"].steps == 4
     res = router.generate("a cat", seed=0, backend="baseline")
     assert res.backend == "baseline" and res.steps_budget == 6
@@ -99,8 +111,16 @@ class _Works:
 
     def generate(self, prompts, *, seeds, **opts):
         img = Image.new("RGB", (8, 8), (seeds[0] % 255, 0, 0))
-        return [Generation(image=img, prompt=prompts[0], seed=seeds[0], backend=self.name, latency_s=0.01,
-                           diffusion=DiffusionInfo(steps_run=2, steps_budget=2, nfe=4, stopped_early=False))]
+        return [
+            Generation(
+                image=img,
+                prompt=prompts[0],
+                seed=seeds[0],
+                backend=self.name,
+                latency_s=0.01,
+                diffusion=DiffusionInfo(steps_run=2, steps_budget=2, nfe=4, stopped_early=False),
+            )
+        ]
 
 
 def test_fallback_to_next_best_on_failure(tiny_artifact):
@@ -112,7 +132,9 @@ def test_fallback_to_next_best_on_failure(tiny_artifact):
     router.backends = {ranked[0]: oom, ranked[1]: _Works(ranked[1]), ranked[2]: _Works(ranked[2])}
     res = router.generate("two birds on a wire", seed=7)
     assert res.backend == ranked[1] and res.decision.backend == ranked[0] and oom.calls == 1
-    assert res.fallbacks == [{"backend": ranked[0], "error": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"}]
+    assert res.fallbacks == [
+        {"backend": ranked[0], "error": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    ]
     with pytest.raises(GenerationError, match=f"backend '{ranked[0]}' failed: RuntimeError: CUDA out of memory"):
         router.generate("two birds on a wire", fallback=False)
     router.backends = {b: _Fails(b, MemoryError("no RAM")) for b in router.backend_names}
@@ -126,12 +148,15 @@ def test_bad_seed(tiny_artifact, seed):
         Router.load(tiny_artifact).generate("a cat", seed=seed)
 
 
-@pytest.mark.parametrize("bad, exc, msg", [
-    ("  ", ValueError, "empty or whitespace"),
-    ("x" * 10_000, ValueError, "10000 characters"),
-    (b"a cat", TypeError, "string"),
-    (42, TypeError, "string"),
-])
+@pytest.mark.parametrize(
+    "bad, exc, msg",
+    [
+        ("  ", ValueError, "empty or whitespace"),
+        ("x" * 10_000, ValueError, "10000 characters"),
+        (b"a cat", TypeError, "string"),
+        (42, TypeError, "string"),
+    ],
+)
 def test_generate_bad_prompts(tiny_artifact, bad, exc, msg):
     with pytest.raises(exc, match=msg):
         Router.load(tiny_artifact).generate(bad)
@@ -140,8 +165,10 @@ def test_generate_bad_prompts(tiny_artifact, bad, exc, msg):
 def test_route_and_generate_from_threads(tiny_artifact):
     router = Router.load(tiny_artifact)
     serial = [router.route(p, lam=0.5).to_dict() for p in PROMPTS]
-    serial_img = {p: np.asarray(router.generate(p, seed=3, backend=b).image)
-                  for p, b in zip(PROMPTS[:6], ["fast", "mid", "slow"] * 2)}
+    serial_img = {
+        p: np.asarray(router.generate(p, seed=3, backend=b).image)
+        for p, b in zip(PROMPTS[:6], ["fast", "mid", "slow"] * 2)
+    }
     start = threading.Barrier(8)
 
     def route(p):
@@ -166,9 +193,11 @@ def test_route_and_generate_from_threads(tiny_artifact):
 
 # -- command line ---------------------------------------------------------------------------
 
+
 def test_split_prompts_from_overrides():
-    p, rest = _split_prompts(["a red car", "artifact=/x", "lam=0.5", "+foo=1", "two words", "--cfg", "job",
-                              "backends=[tiny_10]", "E = mc2"])
+    p, rest = _split_prompts(
+        ["a red car", "artifact=/x", "lam=0.5", "+foo=1", "two words", "--cfg", "job", "backends=[tiny_10]", "E = mc2"]
+    )
     assert p == ["a red car", "two words", "E = mc2"]
     assert rest == ["artifact=/x", "lam=0.5", "+foo=1", "--cfg", "job", "backends=[tiny_10]"]
 
@@ -180,8 +209,17 @@ def trained_tiny(tmp_path_factory):
     t = make_table(n_prompts=150)
     t["backend"] = t.backend.map({"fast": "tiny_10", "mid": "tiny_50_es", "slow": "tiny_20"})
     t.to_parquet(tmp / "table.parquet")
-    rc = main(["train", "data=custom", f"data.path={tmp / 'table.parquet'}", "features=[lexical]",
-               "predictor=ridge", "backends=[tiny_10,tiny_20,tiny_50_es]", f"out_dir={tmp / 'out'}"])
+    rc = main(
+        [
+            "train",
+            "data=custom",
+            f"data.path={tmp / 'table.parquet'}",
+            "features=[lexical]",
+            "predictor=ridge",
+            "backends=[tiny_10,tiny_20,tiny_50_es]",
+            f"out_dir={tmp / 'out'}",
+        ]
+    )
     assert rc == 0
     return tmp
 
@@ -199,8 +237,20 @@ def test_cli_train_stores_backends_then_route_and_generate(trained_tiny, tmp_pat
     ds = json.loads(capsys.readouterr().out)
     assert [x["backend"] for x in ds] == ["tiny_10", "tiny_10"]  # cheapest at a huge lambda
     out = tmp_path / "sub" / "img.png"
-    assert main(["generate", "a red car", f"artifact={art}", f"out={out}", "seed=2", "backend=tiny_50_es",
-                 "scorer=clip_tiny"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "a red car",
+                f"artifact={art}",
+                f"out={out}",
+                "seed=2",
+                "backend=tiny_50_es",
+                "scorer=clip_tiny",
+            ]
+        )
+        == 0
+    )
     g = json.loads(capsys.readouterr().out)
     assert Image.open(out).size == (64, 64) and g["out"] == str(out)
     assert g["backend"] == "tiny_50_es" and g["steps_budget"] == 50 and g["stopped_early"] is True
@@ -215,8 +265,17 @@ def test_cli_route_prompts_file(trained_tiny, tmp_path, capsys):
 
 
 def test_cli_train_rejects_backends_not_in_table(trained_tiny, tmp_path, capsys):
-    rc = main(["train", "data=custom", f"data.path={trained_tiny / 'table.parquet'}", "features=[lexical]",
-               "predictor=ridge", "backends=[tiny_10,sd15_50]", f"out_dir={tmp_path}"])
+    rc = main(
+        [
+            "train",
+            "data=custom",
+            f"data.path={trained_tiny / 'table.parquet'}",
+            "features=[lexical]",
+            "predictor=ridge",
+            "backends=[tiny_10,sd15_50]",
+            f"out_dir={tmp_path}",
+        ]
+    )
     assert rc == 2
     assert "['sd15_50'] are not backends of the table" in capsys.readouterr().err
 
@@ -254,15 +313,30 @@ def test_cli_bad_input_exit_2_one_line(trained_tiny, routeonly_artifact, tmp_pat
         assert main(argv) == 2, argv
         cap = capsys.readouterr()
         lines = [ln for ln in cap.err.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith(f"t2iroute {argv[0]}: error: ") and msg in lines[0], (argv, cap.err)
+        assert len(lines) == 1 and lines[0].startswith(f"t2iroute {argv[0]}: error: ") and msg in lines[0], (
+            argv,
+            cap.err,
+        )
         assert cap.out == ""
     assert (tmp_path / "keep.png").read_bytes() == b"an older image"  # a failed generate keeps what was there
 
 
 def test_cli_subprocess_error_is_one_line(routeonly_artifact, tmp_path):
     """The installed entry point, as a user runs it: exit 2, one stderr line, nothing on stdout."""
-    r = subprocess.run([sys.executable, "-m", "t2iroute.cli", "generate", "a red car", f"artifact={routeonly_artifact}",
-                        f"out={tmp_path / 'a.png'}"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t2iroute.cli",
+            "generate",
+            "a red car",
+            f"artifact={routeonly_artifact}",
+            f"out={tmp_path / 'a.png'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().count("\n") == 0 and "ConfigError: backend" in r.stderr and "not configured" in r.stderr
     assert not (tmp_path / "a.png").exists()

@@ -34,11 +34,16 @@ def server(request, tmp_path_factory, tiny_artifact):
 
         from t2iroute.serving import ray as ray_serve
 
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2 ** 20, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
         port = _free_port()
         try:
-            ray_serve.start(str(tiny_artifact), router.backend_specs, ray_serve.RayServeOptions(), port=port,
-                            app_kwargs={"api_keys": ["sk-test"], "image_dir": image_dir})
+            ray_serve.start(
+                str(tiny_artifact),
+                router.backend_specs,
+                ray_serve.RayServeOptions(),
+                port=port,
+                app_kwargs={"api_keys": ["sk-test"], "image_dir": image_dir},
+            )
             yield f"http://127.0.0.1:{port}", router
         finally:
             serve.shutdown()
@@ -57,12 +62,15 @@ def _client(url):
     return openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
 
 
-@pytest.mark.parametrize("model", ["router", "router:lam=0.05", "router:budget=0.5", "router:quality_floor=30",
-                                   "router:max_cost=0.6", "fast"])
+@pytest.mark.parametrize(
+    "model",
+    ["router", "router:lam=0.05", "router:budget=0.5", "router:quality_floor=30", "router:max_cost=0.6", "fast"],
+)
 def test_openai_client_generates_with_each_model_form(server, model):
     url, router = server
-    raw = _client(url).images.with_raw_response.generate(model=model, prompt="two birds on a wire",
-                                                          response_format="b64_json", n=2, size="64x64")
+    raw = _client(url).images.with_raw_response.generate(
+        model=model, prompt="two birds on a wire", response_format="b64_json", n=2, size="64x64"
+    )
     res = raw.parse()
     assert len(res.data) == 2
     img = Image.open(io.BytesIO(base64.b64decode(res.data[0].b64_json)))
@@ -83,8 +91,9 @@ def test_url_format_route_models_health_and_metrics(server):
     res = _client(url).images.generate(model="router", prompt="a cat", response_format="url")
     h = {"Authorization": "Bearer sk-test"}  # keys are on: fetching an image needs one too
     assert httpx.get(res.data[0].url, headers=h).content[:8] == b"\x89PNG\r\n\x1a\n"
-    d = httpx.post(url + "/v1/route", json={"prompt": ["a cat", "three apples"], "model": "router:lam=0"},
-                   headers=h).json()
+    d = httpx.post(
+        url + "/v1/route", json={"prompt": ["a cat", "three apples"], "model": "router:lam=0"}, headers=h
+    ).json()
     assert [x["prompt"] for x in d["data"]] == ["a cat", "three apples"]
     models = {m["id"] for m in httpx.get(url + "/v1/models", headers=h).json()["data"]}
     assert {"router", "fast", "mid", "slow"} <= models
@@ -96,15 +105,18 @@ def test_url_format_route_models_health_and_metrics(server):
     assert 't2iroute_requests_total{endpoint="/v1/images/generations",status="200"}' in text
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"model": "router"}, "prompt"),
-    ({"prompt": "   "}, "prompt"),
-    ({"prompt": "a cat", "n": 0}, "n"),
-    ({"prompt": "a cat", "n": 1000}, "n"),
-    ({"prompt": "a cat", "model": "dall-e-9"}, "model"),
-    ({"prompt": "a cat", "size": "1792x1024"}, "size"),
-    ({"prompt": "a cat", "response_format": "jpeg"}, "response_format"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"model": "router"}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "a cat", "n": 0}, "n"),
+        ({"prompt": "a cat", "n": 1000}, "n"),
+        ({"prompt": "a cat", "model": "dall-e-9"}, "model"),
+        ({"prompt": "a cat", "size": "1792x1024"}, "size"),
+        ({"prompt": "a cat", "response_format": "jpeg"}, "response_format"),
+    ],
+)
 def test_bad_requests_are_400_naming_the_field(server, body, param):
     url, _ = server
     r = httpx.post(url + "/v1/images/generations", json=body, headers={"Authorization": "Bearer sk-test"})
@@ -149,8 +161,9 @@ def test_a_model_replica_killed_during_a_request_loop_loses_no_request(server):
         client = _client(url)
         for k in range(5):
             try:
-                raw = client.images.with_raw_response.generate(model="slow", prompt=f"kite {i} {k}", n=2,
-                                                               response_format="b64_json", size="64x64")
+                raw = client.images.with_raw_response.generate(
+                    model="slow", prompt=f"kite {i} {k}", n=2, response_format="b64_json", size="64x64"
+                )
                 done.append((raw.http_response.status_code, raw.headers["x-t2iroute-backend"], len(raw.parse().data)))
             except Exception as e:  # noqa: BLE001 -- counted: the test fails on any
                 errors.append(e)
@@ -182,15 +195,19 @@ def test_a_backend_raising_on_its_replica_falls_back_and_is_not_retried(server, 
     url, _ = server
     (tmp_path / "not-a-model").mkdir()
     router = Router.load(tiny_artifact)
-    specs = {**router.backend_specs, "fast": {"model": str(tmp_path / "not-a-model"), "steps": 2,
-                                              "height": 64, "width": 64}}
+    specs = {
+        **router.backend_specs,
+        "fast": {"model": str(tmp_path / "not-a-model"), "steps": 2, "height": 64, "width": 64},
+    }
     opts = ray_serve.RayServeOptions(num_cpus_per_replica=0.5)  # the first app's replica holds 1 of the 2 CPUs
-    ray_serve.start(str(tiny_artifact), specs, opts, port=int(url.rsplit(":", 1)[1]), name="fallback",
-                    route_prefix="/fb")
+    ray_serve.start(
+        str(tiny_artifact), specs, opts, port=int(url.rsplit(":", 1)[1]), name="fallback", route_prefix="/fb"
+    )
     try:
         assert len(ray_serve.model_deployments("fallback")) == 2  # the broken model is a deployment of its own
-        raw = _client(url + "/fb").images.with_raw_response.generate(model="router:lam=1000", prompt="a cat",
-                                                                     size="64x64")
+        raw = _client(url + "/fb").images.with_raw_response.generate(
+            model="router:lam=1000", prompt="a cat", size="64x64"
+        )
         assert raw.http_response.status_code == 200 and len(raw.parse().data) == 1
         assert raw.headers["x-t2iroute-routed-backend"] == "fast" and raw.headers["x-t2iroute-backend"] != "fast"
         (fb,) = raw.http_response.json()["t2iroute"]["images"][0]["fallbacks"]
@@ -211,9 +228,14 @@ def test_replicas_the_cluster_can_never_hold_are_refused_before_deploying(server
 
     url, _ = server
     with pytest.raises(ConfigError, match=r"3 replica\(s\) of 1 model\(s\): 3 CPUs .* has 2 CPUs"):
-        ray_serve.start(str(tiny_artifact), Router.load(tiny_artifact).backend_specs,
-                        ray_serve.RayServeOptions(min_replicas=3, max_replicas=3), port=int(url.rsplit(":", 1)[1]),
-                        name="too-big", route_prefix="/big")
+        ray_serve.start(
+            str(tiny_artifact),
+            Router.load(tiny_artifact).backend_specs,
+            ray_serve.RayServeOptions(min_replicas=3, max_replicas=3),
+            port=int(url.rsplit(":", 1)[1]),
+            name="too-big",
+            route_prefix="/big",
+        )
     assert httpx.get(url + "/health").status_code == 200  # the running application is untouched
 
 
@@ -227,12 +249,29 @@ def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(ti
 
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MY_KEYS": "sk-a,sk-b"}
-    extra = [] if engine == "process" else (  # its own local instance; autoscaling between 1 and 2 replicas
-        pytest.importorskip("ray") and ["engine=ray", "ray.num_cpus=2", "ray.max_replicas=2"])
-    p = subprocess.Popen([sys.executable, "-m", "t2iroute.cli", "serve", f"artifact={tiny_artifact}",
-                          f"port={port}", "api_keys_env=MY_KEYS", "max_route_prompts=2", *extra],
-                         stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+    extra = (
+        []
+        if engine == "process"
+        # its own local instance; autoscaling between 1 and 2 replicas
+        else (pytest.importorskip("ray") and ["engine=ray", "ray.num_cpus=2", "ray.max_replicas=2"])
+    )
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "t2iroute.cli",
+            "serve",
+            f"artifact={tiny_artifact}",
+            f"port={port}",
+            "api_keys_env=MY_KEYS",
+            "max_route_prompts=2",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         first = json.loads(p.stdout.readline())
         assert first["serving"] == f"http://127.0.0.1:{port}/v1" and first["auth"] is True
@@ -246,7 +285,8 @@ def test_t2iroute_serve_command_serves_the_openai_client_and_stops_on_sigterm(ti
             except httpx.HTTPError:
                 time.sleep(0.1)
         res = openai.OpenAI(base_url=url + "/v1", api_key="sk-b", max_retries=0).images.generate(
-            model="router:lam=0.1", prompt="a red car")
+            model="router:lam=0.1", prompt="a red car"
+        )
         assert Image.open(io.BytesIO(base64.b64decode(res.data[0].b64_json))).size == (64, 64)
         r = httpx.post(url + "/v1/route", json={"prompt": ["a", "b", "c"]}, headers={"Authorization": "Bearer sk-a"})
         assert r.status_code == 400 and "at most 2 (max_route_prompts)" in r.json()["error"]["message"]
@@ -277,8 +317,16 @@ def test_remote_backend_routes_across_a_second_server_and_falls_back_when_it_sto
 
     remote_srv, thread, url = _start(create_app(Router.load(tiny_artifact), api_keys=["sk-remote"]))
     monkeypatch.setenv("REMOTE_KEY", "sk-remote")
-    spec = {"type": "openai_images", "base_url": url + "/v1", "model": "slow", "size": "64x64",
-            "api_key_env": "REMOTE_KEY", "retries": 1, "deadline_s": 5, "timeout_s": 5}
+    spec = {
+        "type": "openai_images",
+        "base_url": url + "/v1",
+        "model": "slow",
+        "size": "64x64",
+        "api_key_env": "REMOTE_KEY",
+        "retries": 1,
+        "deadline_s": 5,
+        "timeout_s": 5,
+    }
     router = Router.load(tiny_artifact, backends={"slow": spec})  # 'slow' now lives behind the second server
     prompts = ["two birds on a wire", "a sign saying 'hello'", "a cat", "three apples"]
     routed = router.route(prompts, lam=0.0)
@@ -348,22 +396,29 @@ def _port_of(response):
     return response.extensions["network_stream"].get_extra_info("client_addr")[1]
 
 
-@pytest.mark.parametrize("path, body, param, words", [
-    ("/v1/images/generations", {"prompt": "a cat", "size": ["64x64"]}, "size", "size"),
-    ("/v1/images/generations", {"prompt": "a cat", "size": {"w": 64}}, "size", "size"),
-    ("/v1/images/generations", {"prompt": "a cat", "response_format": ["url"]}, "response_format", "response_format"),
-    ("/v1/images/generations", {"prompt": "a cat", "model": "router:budget=0.000001"}, "model", "budget 1e-06"),
-    ("/v1/images/generations", {"prompt": "a cat", "model": "router:max_cost=0"}, "model", "max_cost 0"),
-    ("/v1/route", {"prompt": "a cat", "model": "router:budget=0.000001"}, "model", "budget 1e-06"),
-    ("/v1/route", {"prompt": "a cat", "model": "router:budget=0"}, "model", "budget 0"),
-    ("/v1/route", {"prompt": "a cat", "model": "router:budget=-1"}, "model", "budget must be a finite number >= 0"),
-    ("/v1/route", {"prompt": "a cat", "model": "router:max_cost=0"}, "model", "max_cost 0"),
-    ("/v1/route", {"prompt": "a cat", "model": "router:max_cost=-2"}, "model", "max_cost must be"),
-    ("/v1/route", b"[" * 200_000 + b"]" * 200_000, None, "nested too deeply"),
-    ("/v1/images/generations", b'{"prompt": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", None, "nested too deeply"),
-])
-def test_input_that_made_a_500_is_a_400_naming_the_field_and_the_connection_survives(server, path, body, param,
-                                                                                      words):
+@pytest.mark.parametrize(
+    "path, body, param, words",
+    [
+        ("/v1/images/generations", {"prompt": "a cat", "size": ["64x64"]}, "size", "size"),
+        ("/v1/images/generations", {"prompt": "a cat", "size": {"w": 64}}, "size", "size"),
+        (
+            "/v1/images/generations",
+            {"prompt": "a cat", "response_format": ["url"]},
+            "response_format",
+            "response_format",
+        ),
+        ("/v1/images/generations", {"prompt": "a cat", "model": "router:budget=0.000001"}, "model", "budget 1e-06"),
+        ("/v1/images/generations", {"prompt": "a cat", "model": "router:max_cost=0"}, "model", "max_cost 0"),
+        ("/v1/route", {"prompt": "a cat", "model": "router:budget=0.000001"}, "model", "budget 1e-06"),
+        ("/v1/route", {"prompt": "a cat", "model": "router:budget=0"}, "model", "budget 0"),
+        ("/v1/route", {"prompt": "a cat", "model": "router:budget=-1"}, "model", "budget must be a finite number >= 0"),
+        ("/v1/route", {"prompt": "a cat", "model": "router:max_cost=0"}, "model", "max_cost 0"),
+        ("/v1/route", {"prompt": "a cat", "model": "router:max_cost=-2"}, "model", "max_cost must be"),
+        ("/v1/route", b"[" * 200_000 + b"]" * 200_000, None, "nested too deeply"),
+        ("/v1/images/generations", b'{"prompt": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", None, "nested too deeply"),
+    ],
+)
+def test_input_that_made_a_500_is_a_400_naming_the_field_and_the_connection_survives(server, path, body, param, words):
     url, _ = server
     with httpx.Client(headers=H, timeout=60) as c:
         first = c.get(url + "/health")
@@ -469,8 +524,11 @@ def test_route_prompts_per_request_are_bounded_and_route_requests_count_in_the_q
         err = r.json()["error"]
         assert err["param"] == "prompt" and "at most 8 (max_route_prompts)" in err["message"]
         with ThreadPoolExecutor(6) as ex:
-            codes = list(ex.map(lambda i: httpx.post(url + "/v1/route", json={"prompt": [f"a cat {i}"] * 4},
-                                                     timeout=60), range(6)))
+            codes = list(
+                ex.map(
+                    lambda i: httpx.post(url + "/v1/route", json={"prompt": [f"a cat {i}"] * 4}, timeout=60), range(6)
+                )
+            )
         statuses = sorted(r.status_code for r in codes)
         assert statuses.count(429) >= 3 and 200 in statuses, statuses
         assert all(r.headers.get("retry-after") == "1" for r in codes if r.status_code == 429)
@@ -496,8 +554,12 @@ def test_an_unexpected_error_is_one_json_500_and_the_connection_survives(tiny_ar
             first = c.get(url + "/health")
             r = c.post(url + "/v1/route", json={"prompt": "a cat"})
             assert r.status_code == 500
-            assert r.json()["error"] == {"message": "internal server error (logged on the server)",
-                                         "type": "server_error", "param": None, "code": None}
+            assert r.json()["error"] == {
+                "message": "internal server error (logged on the server)",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
             again = c.get(url + "/health")
             assert again.status_code == 200 and _port_of(again) == _port_of(first)
         lines = [rec.getMessage() for rec in caplog.records if rec.name == "t2iroute.serving.app"]
@@ -525,9 +587,14 @@ def test_parse_model_refuses_what_no_routing_can_meet():
     assert parse_model("router:budget=0.5", names, costs) == ({"budget": 0.5}, None)
     assert parse_model("router:max_cost=0.5", names, costs) == ({"max_cost": 0.5}, None)
     assert parse_model("router:lam=1e300", names, costs) == ({"lam": 1e300}, None)
-    for model, words in [("router:budget=0.000001", "budget 1e-06 is below"), ("router:max_cost=0", "max_cost 0"),
-                         ("router:budget=-1", ">= 0"), ("router:lam=1e308", "overflows"),
-                         ("router:quality_floor=nan", "finite"), ("router:max_cost=inf", "finite")]:
+    for model, words in [
+        ("router:budget=0.000001", "budget 1e-06 is below"),
+        ("router:max_cost=0", "max_cost 0"),
+        ("router:budget=-1", ">= 0"),
+        ("router:lam=1e308", "overflows"),
+        ("router:quality_floor=nan", "finite"),
+        ("router:max_cost=inf", "finite"),
+    ]:
         with pytest.raises(RequestError, match=words) as e:
             parse_model(model, names, costs)
         assert e.value.param == "model" and e.value.status == 400
@@ -559,8 +626,11 @@ def test_warmup_loads_every_backend_before_ready_and_requests_meanwhile_wait(tin
         r = httpx.get(url + "/ready")
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["status"] == "warming_up"
         early = {}
-        th = threading.Thread(target=lambda: early.update(r=httpx.post(
-            url + "/v1/images/generations", json={"prompt": "a cat", "model": "fast"}, timeout=60)))
+        th = threading.Thread(
+            target=lambda: early.update(
+                r=httpx.post(url + "/v1/images/generations", json={"prompt": "a cat", "model": "fast"}, timeout=60)
+            )
+        )
         th.start()
         time.sleep(0.3)
         assert "r" not in early  # waiting for the warm-up, not failed
@@ -617,8 +687,12 @@ def test_a_backend_that_cannot_load_is_listed_in_ready_and_the_server_still_serv
                 break
             time.sleep(0.05)
         assert r.status_code == 200 and r.json()["failed"] == {"slow": "RuntimeError: no weights here"}
-        assert httpx.post(url + "/v1/images/generations", json={"prompt": "a cat", "model": "fast"},
-                          timeout=60).status_code == 200
+        assert (
+            httpx.post(
+                url + "/v1/images/generations", json={"prompt": "a cat", "model": "fast"}, timeout=60
+            ).status_code
+            == 200
+        )
     finally:
         srv.should_exit = True
         t.join(10)

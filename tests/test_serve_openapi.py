@@ -16,8 +16,13 @@ def app(tiny_artifact, tmp_path_factory):
     from t2iroute import Router
     from t2iroute.serving import create_app
 
-    return create_app(Router.load(tiny_artifact), api_keys=[KEY], image_dir=str(tmp_path_factory.mktemp("img")),
-                      max_n=3, max_route_prompts=5)
+    return create_app(
+        Router.load(tiny_artifact),
+        api_keys=[KEY],
+        image_dir=str(tmp_path_factory.mktemp("img")),
+        max_n=3,
+        max_route_prompts=5,
+    )
 
 
 def _resolve(schema: dict, node: dict) -> dict:
@@ -44,8 +49,14 @@ def _check(schema: dict, path: str, method: str, status: int, value) -> None:
 def test_the_schema_lists_every_endpoint_with_its_methods(app):
     paths = app.openapi()["paths"]
     assert {p: sorted(ops) for p, ops in paths.items()} == {
-        "/health": ["get"], "/ready": ["get"], "/metrics": ["get"], "/v1/models": ["get"],
-        "/v1/images/generations": ["post"], "/v1/route": ["post"], "/images/{name}": ["get"]}
+        "/health": ["get"],
+        "/ready": ["get"],
+        "/metrics": ["get"],
+        "/v1/models": ["get"],
+        "/v1/images/generations": ["post"],
+        "/v1/route": ["post"],
+        "/images/{name}": ["get"],
+    }
 
 
 def test_the_generation_request_model_has_its_fields_and_this_servers_bounds(app):
@@ -83,18 +94,24 @@ def test_the_route_request_model_takes_a_prompt_or_a_bounded_list(app):
 def test_answers_and_errors_are_documented_by_their_models(app):
     schema = app.openapi()
     paths = schema["paths"]
-    ok = _resolve(schema, paths["/v1/images/generations"]["post"]["responses"]["200"]["content"]["application/json"]
-                  ["schema"])
+    ok = _resolve(
+        schema, paths["/v1/images/generations"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    )
     assert ok["title"] == "ImagesResponse" and set(ok["required"]) == {"created", "data", "t2iroute"}
-    for path, method, codes in [("/v1/images/generations", "post", ["400", "401", "429", "500"]),
-                                ("/v1/route", "post", ["400", "401", "429"]), ("/v1/models", "get", ["401"])]:
+    for path, method, codes in [
+        ("/v1/images/generations", "post", ["400", "401", "429", "500"]),
+        ("/v1/route", "post", ["400", "401", "429"]),
+        ("/v1/models", "get", ["401"]),
+    ]:
         for code in codes:
             err = _resolve(schema, paths[path][method]["responses"][code]["content"]["application/json"]["schema"])
             assert err["title"] == "ErrorResponse" and err["required"] == ["error"], (path, code)
     assert "Retry-After" in paths["/v1/route"]["post"]["responses"]["429"]["headers"]
     for path, title in [("/v1/models", "ModelList"), ("/health", "Health"), ("/ready", "Readiness")]:
-        assert _resolve(schema, paths[path]["get"]["responses"]["200"]["content"]["application/json"]
-                        ["schema"])["title"] == title
+        assert (
+            _resolve(schema, paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"])["title"]
+            == title
+        )
 
 
 def test_the_bearer_scheme_is_on_every_endpoint_that_needs_a_key(app):

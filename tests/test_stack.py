@@ -17,13 +17,15 @@ from t2iroute.predictors import (
 )
 from t2iroute.training.table import pivot
 
-FAST_FINAL = [{"type": "lgbm", "params": {"n_estimators": 30, "learning_rate": 0.3, "num_leaves": 4,
-                                          "min_child_samples": 2}},
-              {"type": "ridge", "alpha": 1.0}]
+FAST_FINAL = [
+    {"type": "lgbm", "params": {"n_estimators": 30, "learning_rate": 0.3, "num_leaves": 4, "min_child_samples": 2}},
+    {"type": "ridge", "alpha": 1.0},
+]
 
 
-@parametrize_with_checks([StackPredictor(base=[{"type": "knn", "n_neighbors": 3},
-                                               {"type": "ridge", "alpha": 1.0}], final=FAST_FINAL)])
+@parametrize_with_checks(
+    [StackPredictor(base=[{"type": "knn", "n_neighbors": 3}, {"type": "ridge", "alpha": 1.0}], final=FAST_FINAL)]
+)
 def test_stack_passes_sklearn_checks(estimator, check):
     check(estimator)
 
@@ -51,8 +53,12 @@ def test_tfidf_ridge_learns_words_and_roundtrips():
     assert p.stack_features(X[250:], texts=texts[250:]).shape == (50, 2 * 4)
     meta, arrays, txt = p.get_state()
     again = QualityPredictor.from_state(json.loads(json.dumps(meta)), arrays, txt)
-    np.testing.assert_allclose(again.stack_features(X[250:], texts=texts[250:]),
-                               p.stack_features(X[250:], texts=texts[250:]), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        again.stack_features(X[250:], texts=texts[250:]),
+        p.stack_features(X[250:], texts=texts[250:]),
+        rtol=1e-9,
+        atol=1e-12,
+    )
     with pytest.raises(ValueError, match="needs the prompt texts"):
         p.predict(X[250:])
     with pytest.raises(ValueError, match="texts has 3 entries for 50"):
@@ -70,8 +76,7 @@ def test_knn_stack_kernels_shape():
 
 
 def test_resolve_blocks():
-    spec = {"type": "stack", "passthrough_block": "lexical",
-            "base": [{"type": "knn", "block": "embedding"}]}
+    spec = {"type": "stack", "passthrough_block": "lexical", "base": [{"type": "knn", "block": "embedding"}]}
     out = resolve_blocks(spec, {"embedding": slice(0, 384), "lexical": slice(384, 408)})
     assert out["passthrough_slice"] == [384, 408] and out["base"][0]["feature_slice"] == [0, 384]
     from t2iroute.errors import ConfigError
@@ -84,12 +89,25 @@ def test_router_with_text_stack_roundtrips(table, tmp_path):
     M = pivot(table, "clip")
     f = build_featurizer({"lexical": {}})
     X = f.transform(list(M.prompts))
-    spec = resolve_blocks({
-        "type": "stack", "passthrough_block": "lexical", "n_folds": 3,
-        "base": [{"type": "knn", "relative": False, "n_neighbors": 10, "block": "lexical",
-                  "stack_kernels": {"softmax": [[0.1, 10]], "distance": [1]}},
-                 {"type": "tfidf_ridge", "relative": False, "alphas": [1.0]}],
-        "final": FAST_FINAL}, f.blocks_)
+    spec = resolve_blocks(
+        {
+            "type": "stack",
+            "passthrough_block": "lexical",
+            "n_folds": 3,
+            "base": [
+                {
+                    "type": "knn",
+                    "relative": False,
+                    "n_neighbors": 10,
+                    "block": "lexical",
+                    "stack_kernels": {"softmax": [[0.1, 10]], "distance": [1]},
+                },
+                {"type": "tfidf_ridge", "relative": False, "alphas": [1.0]},
+            ],
+            "final": FAST_FINAL,
+        },
+        f.blocks_,
+    )
     pred = StackPredictor(**{k: v for k, v in spec.items() if k != "type"}).fit(X, M.scores, texts=list(M.prompts))
     r = Router(f, pred, M.backends, M.costs, metric="clip")
     r.save(tmp_path / "r")
@@ -97,4 +115,6 @@ def test_router_with_text_stack_roundtrips(table, tmp_path):
     prompts = ["two birds number 3", "a cat", "a sign saying 'hello' on a wall"]
     np.testing.assert_allclose(
         [list(d.predicted_quality.values()) for d in r.route(prompts)],
-        [list(d.predicted_quality.values()) for d in again.route(prompts)], rtol=1e-9)
+        [list(d.predicted_quality.values()) for d in again.route(prompts)],
+        rtol=1e-9,
+    )

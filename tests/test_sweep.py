@@ -15,9 +15,16 @@ from t2iroute.training.prompts import read_prompts
 from t2iroute.sweeps.local import finished_keys, merge_tables, read_sweep, run_sweep
 from t2iroute.training.table import read_table
 
-TINY_CLIP = {"type": "clip", "model": "tiny-clip", "pretrained": None, "model_config": {
-    "embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}}
+TINY_CLIP = {
+    "type": "clip",
+    "model": "tiny-clip",
+    "pretrained": None,
+    "model_config": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+}
 TINY = {"model": "tiny", "height": 32, "width": 32}
 
 
@@ -83,8 +90,16 @@ def test_sweep_resume_shards_and_failures(tmp_path):
     assert len(t) == 24 and not t.duplicated(["prompt_id", "backend", "seed"]).any()
     assert set(t.steps_run) == {2, 3} and set(t.nfe) == {4, 6}
     # re-running repeats no finished work
-    r = run_sweep({k: v for k, v in backends.items() if k != "flaky"}, prompts, [0, 1], scorer, tmp_path,
-                  shard=0, num_shards=2, progress=False)
+    r = run_sweep(
+        {k: v for k, v in backends.items() if k != "flaky"},
+        prompts,
+        [0, 1],
+        scorer,
+        tmp_path,
+        shard=0,
+        num_shards=2,
+        progress=False,
+    )
     assert r.n_generated == 0 and r.n_skipped_done == r.n_items
     merged = merge_tables([tmp_path], tmp_path / "merged")
     assert len(read_sweep(merged)) == 24
@@ -96,8 +111,18 @@ def kill_sweep_then_rerun(tmp_path, n_prompts: int, *extra: str) -> tuple[int, d
     """Run the sweep command over tiny_10 and tiny_20, SIGKILL it after 3 part files, run it again.
     Returns the rows finished before the kill and the re-run's summary; checks every row is there once."""
     (tmp_path / "p.txt").write_text("\n".join(f"prompt number {i}" for i in range(n_prompts)))
-    cmd = [sys.executable, "-m", "t2iroute.cli", "sweep", "backends=[tiny_10,tiny_20]",
-           f"prompts={tmp_path / 'p.txt'}", "seeds=[0]", "chunk_size=2", f"out_dir={tmp_path / 'out'}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "t2iroute.cli",
+        "sweep",
+        "backends=[tiny_10,tiny_20]",
+        f"prompts={tmp_path / 'p.txt'}",
+        "seeds=[0]",
+        "chunk_size=2",
+        f"out_dir={tmp_path / 'out'}",
+        *extra,
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     table = tmp_path / "out" / "quality.parquet"
@@ -128,13 +153,45 @@ def test_offline_loop_sweep_train_bench(tmp_path):
     from t2iroute.cli import main
 
     backends = build_backends({"tiny_2": {**TINY, "steps": 2}, "tiny_4": {**TINY, "steps": 4}})
-    run_sweep(backends, read_prompts("geneval", limit=40), [0], build_scorer(TINY_CLIP), tmp_path / "sw",
-              chunk_size=20, progress=False)
+    run_sweep(
+        backends,
+        read_prompts("geneval", limit=40),
+        [0],
+        build_scorer(TINY_CLIP),
+        tmp_path / "sw",
+        chunk_size=20,
+        progress=False,
+    )
     table = tmp_path / "sw" / "quality.parquet"
-    assert main(["train", "data=custom", f"data.path={table}", "features=[lexical]", "predictor=knn",
-                 "predictor.n_neighbors=5", f"out_dir={tmp_path / 'tr'}"]) == 0
-    assert main(["bench", "data=custom", f"data.path={table}", "features=[lexical]", "predictor=knn",
-                 "predictor.n_neighbors=5", "throughput.enabled=false", f"out_dir={tmp_path / 'b'}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "data=custom",
+                f"data.path={table}",
+                "features=[lexical]",
+                "predictor=knn",
+                "predictor.n_neighbors=5",
+                f"out_dir={tmp_path / 'tr'}",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "bench",
+                "data=custom",
+                f"data.path={table}",
+                "features=[lexical]",
+                "predictor=knn",
+                "predictor.n_neighbors=5",
+                "throughput.enabled=false",
+                f"out_dir={tmp_path / 'b'}",
+            ]
+        )
+        == 0
+    )
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert set(s["backends"]) == {"tiny_2", "tiny_4"}
     assert s["backends"]["tiny_4"]["cost"] > s["backends"]["tiny_2"]["cost"]  # measured latency
@@ -145,9 +202,10 @@ def test_temp_parts_of_killed_sweeps_are_never_data_and_are_cleaned(tmp_path):
 
     table = tmp_path / "quality.parquet"
     table.mkdir()
-    dead = 2 ** 22 + 4321  # above the default pid_max: no such process
-    pd.DataFrame({"prompt_id": ["p"], "prompt": ["a cat"], "backend": ["b"], "seed": [0], "clip": [0.3],
-                  "cost": [1.0]}).to_parquet(table / f".tmp-{dead}-part-0000-x.parquet")
+    dead = 2**22 + 4321  # above the default pid_max: no such process
+    pd.DataFrame(
+        {"prompt_id": ["p"], "prompt": ["a cat"], "backend": ["b"], "seed": [0], "clip": [0.3], "cost": [1.0]}
+    ).to_parquet(table / f".tmp-{dead}-part-0000-x.parquet")
     live = table / f".tmp-{os.getpid()}-part-0000-live.parquet"
     live.write_bytes(b"being written")
     with pytest.raises(TableError, match="holds no parquet files"):

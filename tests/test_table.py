@@ -75,8 +75,11 @@ def test_pivot_unknown_metric_or_backend(table):
 
 
 def test_pivot_averages_seeds():
-    rows = [dict(prompt_id="a", prompt="x", backend=b, metric="clip", score=s, cost_s=1.0, source="S", seed=k)
-            for b in ("b1", "b2") for k, s in enumerate((1.0, 3.0))]
+    rows = [
+        dict(prompt_id="a", prompt="x", backend=b, metric="clip", score=s, cost_s=1.0, source="S", seed=k)
+        for b in ("b1", "b2")
+        for k, s in enumerate((1.0, 3.0))
+    ]
     M = pivot(validate_table(pd.DataFrame(rows)), "clip")
     assert M.scores.tolist() == [[2.0, 2.0]]
 
@@ -107,8 +110,9 @@ def test_split_rejects_bad_fractions():
 SHARED = __import__("t2iroute.paths", fromlist=["shared"]).shared
 
 
-@pytest.mark.parametrize("name, n_prompts, n_backends", [
-    ("cems10k", 10_000, 4), ("agiqa3k", 287, 10), ("tifa160", 160, 5)])
+@pytest.mark.parametrize(
+    "name, n_prompts, n_backends", [("cems10k", 10_000, 4), ("agiqa3k", 287, 10), ("tifa160", 160, 5)]
+)
 def test_real_tables_load(name, n_prompts, n_backends):
     from pathlib import Path
 
@@ -127,6 +131,7 @@ def test_real_tables_load(name, n_prompts, n_backends):
 
 
 # --- the optional columns: a table of prompt_id, prompt, backend, metric, score only -------------------
+
 
 def _bare(table):
     return table.drop(columns=["cost_s", "source"])
@@ -160,8 +165,11 @@ def test_backend_config_costs_fill_what_table_and_data_costs_leave(table, tmp_pa
 
     path = tmp_path / "bare.csv"
     _bare(table).to_csv(path, index=False)
-    specs = {"fast": {"type": "diffusers", "model": "tiny", "cost_s": 0.25},
-             "slow": {"type": "openai_images", "cost": 4.0}, "mid": {"type": "diffusers", "model": "tiny"}}
+    specs = {
+        "fast": {"type": "diffusers", "model": "tiny", "cost_s": 0.25},
+        "slow": {"type": "openai_images", "cost": 4.0},
+        "mid": {"type": "diffusers", "model": "tiny"},
+    }
     M = load_matrix({"path": str(path), "costs": {"mid": 1.5}}, "clip", specs)
     assert dict(zip(M.backends, M.costs)) == {"fast": 0.25, "mid": 1.5, "slow": 4.0}
     assert M.cost_origin == {"fast": "backend config", "mid": "config", "slow": "backend config"}
@@ -188,16 +196,40 @@ def test_bench_and_train_on_a_five_column_table(table, tmp_path, capsys):
     assert main(["bench", "data=custom", f"data.path={path}", costs, *fast, f"out_dir={tmp_path / 'b'}"]) == 0
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert set(s["by_source"]) == {"table"} and s["cost_origin"] == {b: "config" for b in ("fast", "mid", "slow")}
-    assert main(["train", "data=custom", f"data.path={path}", costs, "features=[lexical]", "predictor=ridge",
-                 f"out_dir={tmp_path / 't'}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "data=custom",
+                f"data.path={path}",
+                costs,
+                "features=[lexical]",
+                "predictor=ridge",
+                f"out_dir={tmp_path / 't'}",
+            ]
+        )
+        == 0
+    )
     r = Router.load(tmp_path / "t" / "router")
     assert dict(zip(r.backend_names, r.costs)) == {"fast": 0.1, "mid": 0.5, "slow": 1.0}
     # train: the backend configs' costs fill what data.costs leaves
     tiny = "type: diffusers, model: tiny, steps: 2, height: 64, width: 64"
-    assert main(["train", "data=custom", f"data.path={path}", "data.costs={mid: 0.5}", "features=[lexical]",
-                 "predictor=ridge", f"+backends.fast={{{tiny}, cost_s: 0.2}}",
-                 "+backends.slow={type: openai_images, model: m, base_url: 'http://127.0.0.1:9/v1', cost: 2}",
-                 f"out_dir={tmp_path / 't2'}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "data=custom",
+                f"data.path={path}",
+                "data.costs={mid: 0.5}",
+                "features=[lexical]",
+                "predictor=ridge",
+                f"+backends.fast={{{tiny}, cost_s: 0.2}}",
+                "+backends.slow={type: openai_images, model: m, base_url: 'http://127.0.0.1:9/v1', cost: 2}",
+                f"out_dir={tmp_path / 't2'}",
+            ]
+        )
+        == 0
+    )
     r = Router.load(tmp_path / "t2" / "router")
     assert dict(zip(r.backend_names, r.costs)) == {"fast": 0.2, "mid": 0.5, "slow": 2.0}
     assert r.manifest["data"]["cost_origin"] == {"fast": "backend config", "mid": "config", "slow": "backend config"}

@@ -41,8 +41,9 @@ def test_untrained_pipeline_saves_and_loads_with_from_pretrained(tmp_path):
     assert back.tokenizer.model_max_length == M.MAX_TOKENS
     assert back.unet.config.in_channels == M.LATENT_CHANNELS
     assert back.vae_scale_factor == 2
-    img = back("a red circle", num_inference_steps=2, height=64, width=64, guidance_scale=3.0,
-               output_type="pil").images[0]
+    img = back(
+        "a red circle", num_inference_steps=2, height=64, width=64, guidance_scale=3.0, output_type="pil"
+    ).images[0]
     assert img.size == (64, 64)
 
 
@@ -97,8 +98,9 @@ def test_trained_big_model_gains_with_steps_and_fits_its_own_captions():
     ck = TestbedChecker()
     scores = {}
     for steps in (4, 24):
-        b = DiffusersBackend(f"big{steps}", "testbed:big", steps=steps, guidance_scale=4.0, height=64, width=64,
-                             batch_size=len(caps))
+        b = DiffusersBackend(
+            f"big{steps}", "testbed:big", steps=steps, guidance_scale=4.0, height=64, width=64, batch_size=len(caps)
+        )
         gens = b.generate(caps, seeds=list(range(len(caps))))
         scores[steps] = np.mean([ck.score_one(g.image, c) for g, c in zip(gens, caps)])
     wrong = np.mean([ck.score_one(g.image, c) for g, c in zip(gens, caps[3:] + caps[:3])])

@@ -1,5 +1,6 @@
 """scripts/testbed_report.py sweep: the backend table and early stopping vs fixed budgets, on a sweep
 whose answer is known (the README's testbed figures come from this code)."""
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -37,12 +38,30 @@ def _write_sweep(d: Path, es_nfe: float, es_score: float, images: bool) -> None:
                 (d / "img").mkdir(parents=True, exist_ok=True)
                 # the early-stopping backend draws a blank canvas for the first prompt, the others draw the scene
                 blank = b == "testbed_big_32_es" and i == 0
-                im = Image.new("RGB", (64, 64), (240, 240, 240)) if blank else render(parse_caption(p), 64,
-                                                                                    np.random.default_rng(i))
+                im = (
+                    Image.new("RGB", (64, 64), (240, 240, 240))
+                    if blank
+                    else render(parse_caption(p), 64, np.random.default_rng(i))
+                )
                 im.save(d / path)
-            rows.append(dict(prompt_id=f"p{i}", prompt=p, backend=b, metric="testbed_check", higher_is_better=True,
-                             score=q, cost_s=lat, source="t", seed=0, latency_s=lat, steps_run=int(nfe // 2),
-                             nfe=nfe, stopped_early=b.endswith("_es"), image_path=path))
+            rows.append(
+                dict(
+                    prompt_id=f"p{i}",
+                    prompt=p,
+                    backend=b,
+                    metric="testbed_check",
+                    higher_is_better=True,
+                    score=q,
+                    cost_s=lat,
+                    source="t",
+                    seed=0,
+                    latency_s=lat,
+                    steps_run=int(nfe // 2),
+                    nfe=nfe,
+                    stopped_early=b.endswith("_es"),
+                    image_path=path,
+                )
+            )
     (d / "quality.parquet").mkdir(parents=True)
     pd.DataFrame(rows).to_parquet(d / "quality.parquet" / "part-00000.parquet")
 

@@ -120,8 +120,7 @@ class TestTestbedCheckerContract(ScorerContract):
         from t2iroute import registry
 
         if registry.type_name("scorers", scorer) is None:
-            monkeypatch.setitem(registry._EXTRA["scorers"], "testbed_check",
-                                "t2iroute.testbed.checker:TestbedChecker")
+            monkeypatch.setitem(registry._EXTRA["scorers"], "testbed_check", "t2iroute.testbed.checker:TestbedChecker")
         assert registry.type_name("scorers", scorer) == "testbed_check"
         built = registry.build("scorers", {"type": "testbed_check", "resolution": 64})
         assert isinstance(built, TestbedChecker)

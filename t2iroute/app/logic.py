@@ -70,12 +70,14 @@ def backend_table(decision) -> pd.DataFrame:
     """Every backend's predicted quality, cost, rank under the policy (and utility q - lambda * c
     where a lambda rule decided) for one decision."""
     names = list(decision.predicted_quality)
-    df = pd.DataFrame({
-        "backend": names,
-        "predicted_quality": list(decision.predicted_quality.values()),
-        "cost": [decision.cost[b] for b in names],
-        "rank": [decision.ranking.index(b) + 1 if b in decision.ranking else None for b in names],
-    })
+    df = pd.DataFrame(
+        {
+            "backend": names,
+            "predicted_quality": list(decision.predicted_quality.values()),
+            "cost": [decision.cost[b] for b in names],
+            "rank": [decision.ranking.index(b) + 1 if b in decision.ranking else None for b in names],
+        }
+    )
     if decision.utility is not None:
         df["utility"] = [decision.utility[b] for b in names]
     df["chosen"] = df.backend == decision.backend
@@ -88,14 +90,18 @@ POLICIES = {
     "target mean cost": ("budget", "lambda calibrated so that the prompts entered cost this on average"),
     "quality floor": ("quality_floor", "per prompt, the cheapest backend predicted to reach this quality"),
     "max cost": ("max_cost", "per prompt, the best predicted backend costing at most this"),
-    "policy text": ("policy", "any policy in the text form the CLI and the HTTP API take, e.g. budget=0.3 or "
-                    "policy={type: NAME, ...} (registered plug-in policies too)"),
+    "policy text": (
+        "policy",
+        "any policy in the text form the CLI and the HTTP API take, e.g. budget=0.3 or "
+        "policy={type: NAME, ...} (registered plug-in policies too)",
+    ),
     "artifact default": (None, "the policy the router was trained with"),
 }
 
 
 def policy_label(decision) -> str:
     """A short text for the policy that decided, e.g. ``lam 0.05`` or ``budget 0.2 lambda 0.013``."""
+
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -118,12 +124,16 @@ def domain_warning(decisions: Sequence) -> str | None:
     if len(decisions) == 1:
         dist = far[0].out_of_domain["distance"]
         how = "infinitely far" if dist is None else f"{dist:.3g} away"
-        return (f"Out of domain: this prompt is {how} from the nearest training prompt (threshold {t:.3g}). "
-                "The router has seen nothing like it: its predicted qualities are a guess, and the backends "
-                "may draw nothing useful.")
+        return (
+            f"Out of domain: this prompt is {how} from the nearest training prompt (threshold {t:.3g}). "
+            "The router has seen nothing like it: its predicted qualities are a guess, and the backends "
+            "may draw nothing useful."
+        )
     shown = ", ".join(f"#{decisions.index(d) + 1}" for d in far[:10]) + (" ..." if len(far) > 10 else "")
-    return (f"Out of domain: {len(far)} of {len(decisions)} prompts are far from every training prompt "
-            f"(distance over {t:.3g}): {shown}. Their predicted qualities are a guess.")
+    return (
+        f"Out of domain: {len(far)} of {len(decisions)} prompts are far from every training prompt "
+        f"(distance over {t:.3g}): {shown}. Their predicted qualities are a guess."
+    )
 
 
 def floor_setting(router) -> tuple[float, str]:
@@ -137,19 +147,20 @@ def floor_setting(router) -> tuple[float, str]:
 
 
 def decisions_table(decisions: Sequence) -> pd.DataFrame:
-    return pd.DataFrame({
-        "prompt": [d.prompt for d in decisions],
-        "backend": [d.backend for d in decisions],
-        "predicted_quality": [d.predicted_quality[d.backend] for d in decisions],
-        "cost": [d.cost[d.backend] for d in decisions],
-        "out_of_domain": [bool(getattr(d, "out_of_domain", None)) for d in decisions],
-    })
+    return pd.DataFrame(
+        {
+            "prompt": [d.prompt for d in decisions],
+            "backend": [d.backend for d in decisions],
+            "predicted_quality": [d.predicted_quality[d.backend] for d in decisions],
+            "cost": [d.cost[d.backend] for d in decisions],
+            "out_of_domain": [bool(getattr(d, "out_of_domain", None)) for d in decisions],
+        }
+    )
 
 
 def backend_counts(decisions: Sequence, backend_names: Sequence[str]) -> pd.DataFrame:
     counts = pd.Series([d.backend for d in decisions]).value_counts()
-    return pd.DataFrame({"backend": list(backend_names),
-                         "prompts": [int(counts.get(b, 0)) for b in backend_names]})
+    return pd.DataFrame({"backend": list(backend_names), "prompts": [int(counts.get(b, 0)) for b in backend_names]})
 
 
 def default_baseline(router) -> str | None:
@@ -234,16 +245,22 @@ def bench_frames(summary: dict, curves: dict) -> dict[str, pd.DataFrame]:
     points = pd.DataFrame({"cost": rc["cost"], "quality": rc["quality"], "series": "router (each lambda)"})
     if "lambda" in rc:
         points["lambda"] = rc["lambda"]
-    singles = pd.DataFrame([{"backend": b, "cost": v["cost"], "quality": v["quality"]}
-                            for b, v in summary["backends"].items()])
-    return {"lines": pd.concat([hull("router", "router"), hull("oracle", "oracle")], ignore_index=True),
-            "points": points, "backends": singles}
+    singles = pd.DataFrame(
+        [{"backend": b, "cost": v["cost"], "quality": v["quality"]} for b, v in summary["backends"].items()]
+    )
+    return {
+        "lines": pd.concat([hull("router", "router"), hull("oracle", "oracle")], ignore_index=True),
+        "points": points,
+        "backends": singles,
+    }
 
 
 def bench_headline(summary: dict) -> dict[str, Any]:
     r = summary["router"]
     return {
-        "data": summary.get("data"), "metric": summary.get("metric"), "seed": summary.get("seed"),
+        "data": summary.get("data"),
+        "metric": summary.get("metric"),
+        "seed": summary.get("seed"),
         "n_test": summary.get("n_test"),
         "best single backend": summary["best_single"]["name"],
         "cost saved at equal quality (%)": r.get("cost_saved_pct"),

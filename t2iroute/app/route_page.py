@@ -30,14 +30,31 @@ def _bars(df, field: str, title: str, zero: bool = True):
         base, domain = lo - pad, [lo - pad, hi + 0.4 * pad]
     x = alt.X(f"{field}:Q", title=title, scale=alt.Scale(domain=domain, nice=False))
     y = alt.Y("backend:N", sort=None, title=None)
-    bars = alt.Chart(df, title=title).mark_bar().encode(
-        x=x, x2=alt.datum(base), y=y,
-        color=alt.Color("chosen:N", scale=alt.Scale(domain=[True, False], range=["#e4572e", "#8aa1b1"]),
-                        legend=alt.Legend(title="chosen")),
-        tooltip=["backend", alt.Tooltip("predicted_quality:Q", format=".4g"),
-                 alt.Tooltip("cost:Q", format=".4g"), alt.Tooltip("utility:Q", format=".4g")])
-    labels = alt.Chart(df).mark_text(align="left", dx=3, fontSize=11).encode(
-        x=x, y=y, text=alt.Text(f"{field}:Q", format=".4g"))
+    bars = (
+        alt.Chart(df, title=title)
+        .mark_bar()
+        .encode(
+            x=x,
+            x2=alt.datum(base),
+            y=y,
+            color=alt.Color(
+                "chosen:N",
+                scale=alt.Scale(domain=[True, False], range=["#e4572e", "#8aa1b1"]),
+                legend=alt.Legend(title="chosen"),
+            ),
+            tooltip=[
+                "backend",
+                alt.Tooltip("predicted_quality:Q", format=".4g"),
+                alt.Tooltip("cost:Q", format=".4g"),
+                alt.Tooltip("utility:Q", format=".4g"),
+            ],
+        )
+    )
+    labels = (
+        alt.Chart(df)
+        .mark_text(align="left", dx=3, fontSize=11)
+        .encode(x=x, y=y, text=alt.Text(f"{field}:Q", format=".4g"))
+    )
     return bars + labels
 
 
@@ -46,8 +63,12 @@ st.title("Route and generate")
 with st.sidebar:
     st.header("Router")
     artifact = st.text_input("Router artifact folder", value=logic.default_artifact(), key="artifact")
-    mode = st.radio("Policy", list(logic.POLICIES), key="budget_mode",
-                    help="; ".join(f"{k}: {v[1]}" for k, v in logic.POLICIES.items()))
+    mode = st.radio(
+        "Policy",
+        list(logic.POLICIES),
+        key="budget_mode",
+        help="; ".join(f"{k}: {v[1]}" for k, v in logic.POLICIES.items()),
+    )
 
 try:
     router = _router(logic.artifact_key(artifact))
@@ -62,27 +83,48 @@ with st.sidebar:
     unit = router.cost_unit
     cost_step = float(costs[-1] - costs[0]) / 20 or 0.01
     if mode == "lambda":
-        policy_kw["lam"] = st.number_input("lambda", min_value=0.0, value=float(router.lam or 0.0), step=0.01,
-                                           format="%.4f", key="lam")
+        policy_kw["lam"] = st.number_input(
+            "lambda", min_value=0.0, value=float(router.lam or 0.0), step=0.01, format="%.4f", key="lam"
+        )
     elif mode == "target mean cost":
-        policy_kw["budget"] = st.number_input(f"target mean cost per prompt ({unit})", min_value=0.0,
-                                              value=float(costs[len(costs) // 2]), step=cost_step, format="%.4f",
-                                              key="budget")
+        policy_kw["budget"] = st.number_input(
+            f"target mean cost per prompt ({unit})",
+            min_value=0.0,
+            value=float(costs[len(costs) // 2]),
+            step=cost_step,
+            format="%.4f",
+            key="budget",
+        )
     elif mode == "max cost":
-        policy_kw["max_cost"] = st.number_input(f"max cost per prompt ({unit})", min_value=0.0,
-                                                value=float(costs[len(costs) // 2]), step=cost_step, format="%.4f",
-                                                key="max_cost")
+        policy_kw["max_cost"] = st.number_input(
+            f"max cost per prompt ({unit})",
+            min_value=0.0,
+            value=float(costs[len(costs) // 2]),
+            step=cost_step,
+            format="%.4f",
+            key="max_cost",
+        )
     elif mode == "policy text":
-        policy_kw["policy"] = st.text_input("policy", value=f"lam={float(router.lam or 0.0):g}", key="policy_text",
-                                            help=logic.POLICIES["policy text"][1])
+        policy_kw["policy"] = st.text_input(
+            "policy",
+            value=f"lam={float(router.lam or 0.0):g}",
+            key="policy_text",
+            help=logic.POLICIES["policy text"][1],
+        )
     elif mode == "quality floor":
         floor0, floor_help = logic.floor_setting(router)
         policy_kw["quality_floor"] = st.number_input(
             f"quality floor ({router.metric}, {'higher' if router.higher_is_better else 'lower'} is better)",
-            value=floor0, format="%.4f", key="quality_floor", help=floor_help)
-    st.caption(f"{len(router.backend_names)} backends · metric `{router.metric}` "
-               f"({'higher' if router.higher_is_better else 'lower'} is better) · "
-               f"trained policy `{router.policy.describe()}`")
+            value=floor0,
+            format="%.4f",
+            key="quality_floor",
+            help=floor_help,
+        )
+    st.caption(
+        f"{len(router.backend_names)} backends · metric `{router.metric}` "
+        f"({'higher' if router.higher_is_better else 'lower'} is better) · "
+        f"trained policy `{router.policy.describe()}`"
+    )
 
 text = st.text_area("Prompt, or many prompts one per line", value=logic.DEFAULT_PROMPT, height=110, key="prompts")
 st.button("Route", key="route", type="primary")  # any rerun routes the text as it is now
@@ -111,8 +153,10 @@ if len(decisions) == 1:
     c4.metric("Policy", logic.policy_label(d))
     if d.predicted_clipped and router.observed_range is not None:
         lo, hi = router.observed_range
-        st.caption(f"Predictions beyond the metric's observed range [{lo:.4g}, {hi:.4g}] are shown clipped to it "
-                   "(routing used the predictor's raw values).")
+        st.caption(
+            f"Predictions beyond the metric's observed range [{lo:.4g}, {hi:.4g}] are shown clipped to it "
+            "(routing used the predictor's raw values)."
+        )
 else:
     table = logic.decisions_table(decisions)
     c1, c2, c3 = st.columns(3)
@@ -120,14 +164,22 @@ else:
     c2.metric("Mean cost", f"{table.cost.mean():.4g} {unit}")
     c3.metric("Policy", logic.policy_label(decisions[0]))
     counts = logic.backend_counts(decisions, router.backend_names)
-    st.altair_chart(alt.Chart(counts, title="Prompts per backend").mark_bar().encode(
-        x="prompts:Q", y=alt.Y("backend:N", sort=None, title=None), tooltip=["backend", "prompts"]), width="stretch")
+    st.altair_chart(
+        alt.Chart(counts, title="Prompts per backend")
+        .mark_bar()
+        .encode(x="prompts:Q", y=alt.Y("backend:N", sort=None, title=None), tooltip=["backend", "prompts"]),
+        width="stretch",
+    )
     st.dataframe(table, hide_index=True, key="decisions")
 
 pick = 0
 if len(decisions) > 1:
-    pick = st.selectbox("Prompt to inspect and generate", range(len(decisions)), key="pick",
-                        format_func=lambda i: f"{i + 1}: {decisions[i].prompt[:90]}")
+    pick = st.selectbox(
+        "Prompt to inspect and generate",
+        range(len(decisions)),
+        key="pick",
+        format_func=lambda i: f"{i + 1}: {decisions[i].prompt[:90]}",
+    )
 d = decisions[pick]
 bt = logic.backend_table(d)
 left, right = st.columns(2)
@@ -136,15 +188,19 @@ left.altair_chart(_bars(bt, "predicted_quality", f"Predicted {router.metric}", z
 right.altair_chart(_bars(bt, "cost", f"Cost ({unit})"), width="stretch")
 with st.expander("Every backend's numbers"):
     st.dataframe(bt, hide_index=True)
-    st.caption("Stage timings of this routing call (s per prompt): "
-               + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in d.timings_s.items()))
+    st.caption(
+        "Stage timings of this routing call (s per prompt): "
+        + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in d.timings_s.items())
+    )
 
 st.subheader("Generate: baseline vs routed")
 configured = list(router.backends)
 if not configured:
-    st.warning("This artifact stores no backend configs, so it can route but not generate. Train with "
-               "`backends=[...]` (e.g. `t2iroute train ... backends=[tiny_10,tiny_20]`) or load it in Python "
-               "with `Router.load(path, backends=...)`.")
+    st.warning(
+        "This artifact stores no backend configs, so it can route but not generate. Train with "
+        "`backends=[...]` (e.g. `t2iroute train ... backends=[tiny_10,tiny_20]`) or load it in Python "
+        "with `Router.load(path, backends=...)`."
+    )
     st.stop()
 base_default = logic.default_baseline(router)
 scorers = ["none"] + logic.scorer_names()
@@ -152,8 +208,13 @@ sc_default = logic.default_scorer(router) or "none"
 g1, g2, g3 = st.columns(3)
 baseline = g1.selectbox("Baseline backend", configured, index=configured.index(base_default), key="baseline")
 seed = int(g2.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed"))
-scorer_name = g3.selectbox("Score with", scorers, index=scorers.index(sc_default), key="scorer",
-                           help="CLIP score of each image against its prompt (clip_tiny: offline random weights)")
+scorer_name = g3.selectbox(
+    "Score with",
+    scorers,
+    index=scorers.index(sc_default),
+    key="scorer",
+    help="CLIP score of each image against its prompt (clip_tiny: offline random weights)",
+)
 
 if st.button("Generate baseline and routed", key="generate", type="primary"):
     try:
@@ -164,8 +225,13 @@ if st.button("Generate baseline and routed", key="generate", type="primary"):
             scores = {}
             if sc is not None:
                 scores = dict(zip(("baseline", "routed"), sc.score([base.image, routed.image], [d.prompt] * 2)))
-        st.session_state["generated"] = {"key": (artifact, d.prompt, seed), "baseline": base, "routed": routed,
-                                         "scores": scores, "scorer": scorer_name}
+        st.session_state["generated"] = {
+            "key": (artifact, d.prompt, seed),
+            "baseline": base,
+            "routed": routed,
+            "scores": scores,
+            "scorer": scorer_name,
+        }
     except logic.USER_ERRORS as e:
         st.session_state.pop("generated", None)
         st.error(f"Cannot generate: {logic.describe(e)}")
@@ -180,8 +246,10 @@ if gen and gen["key"] == (artifact, d.prompt, seed):
             st.image(r.image, width=min(512, max(256, r.image.width)))  # tiny 64 px images: 4x
             facts = [f"latency **{r.latency_s:.3f} s**"]
             if r.diffusion is not None:  # diffusion backends only: remote API models have no steps
-                facts += [f"steps run **{r.steps_run}/{r.steps_budget}**",
-                          f"early stop **{'yes' if r.stopped_early else 'no'}**"]
+                facts += [
+                    f"steps run **{r.steps_run}/{r.steps_budget}**",
+                    f"early stop **{'yes' if r.stopped_early else 'no'}**",
+                ]
             if gen["scores"]:
                 facts.append(f"{gen['scorer']} **{gen['scores'][which]:.2f}**")
             st.markdown(" · ".join(facts))
@@ -189,7 +257,12 @@ if gen and gen["key"] == (artifact, d.prompt, seed):
                 st.warning("Fell back: " + "; ".join(f"{f['backend']}: {f['error']}" for f in r.fallbacks))
     b, r = gen["baseline"], gen["routed"]
     if r.latency_s > 0:
-        steps = (f" ({r.steps_run} vs {b.steps_run} denoising steps)"
-                 if r.diffusion is not None and b.diffusion is not None else "")
-        st.caption(f"Routed latency is {r.latency_s / b.latency_s:.2f}x the baseline's{steps}; "
-                   f"routing itself took {r.route_s * 1e3:.1f} ms.")
+        steps = (
+            f" ({r.steps_run} vs {b.steps_run} denoising steps)"
+            if r.diffusion is not None and b.diffusion is not None
+            else ""
+        )
+        st.caption(
+            f"Routed latency is {r.latency_s / b.latency_s:.2f}x the baseline's{steps}; "
+            f"routing itself took {r.route_s * 1e3:.1f} ms."
+        )

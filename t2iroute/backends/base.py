@@ -18,8 +18,12 @@ class DiffusionInfo:
     stopped_early: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps_run": int(self.steps_run), "steps_budget": int(self.steps_budget),
-                "nfe": int(self.nfe), "stopped_early": bool(self.stopped_early)}
+        return {
+            "steps_run": int(self.steps_run),
+            "steps_budget": int(self.steps_budget),
+            "nfe": int(self.nfe),
+            "stopped_early": bool(self.stopped_early),
+        }
 
 
 class DiffusionShortcuts:
@@ -61,7 +65,6 @@ class Generation(DiffusionShortcuts):
     cost: float | None = None
     diffusion: DiffusionInfo | None = None
     config: dict = field(default_factory=dict)
-
 
 
 @runtime_checkable

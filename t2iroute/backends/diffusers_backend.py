@@ -36,12 +36,25 @@ SCHEDULERS = {
 #: x0 = (x_t - sqrt(1-a) eps) / sqrt(a) holds). A pipeline's own scheduler that offers neither
 #: (flow matching, sigma-scaled samples without x0) is refused when an early-stopping backend
 #: first runs, before any step.
-X0_SOURCE = {"ddim": "native", "euler": "native", "euler_a": "native", "lcm": "native", "ddpm": "native",
-             "dpm": "derived", "pndm": "derived"}
+X0_SOURCE = {
+    "ddim": "native",
+    "euler": "native",
+    "euler_a": "native",
+    "lcm": "native",
+    "ddpm": "native",
+    "dpm": "derived",
+    "pndm": "derived",
+}
 
-_DEFAULT_SCHED_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                             beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-                             steps_offset=1)
+_DEFAULT_SCHED_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
 
 
 def make_scheduler(name: str | None, base_config: dict | None):
@@ -116,7 +129,8 @@ def check_variant(folder: str | os.PathLike, variant: str, skip: Sequence[str] =
     if missing:
         raise ConfigError(
             f"model '{folder}': variant '{variant}' has no weight files in {'; '.join(missing)}; drop "
-            f"`variant: {variant}` to load the full-precision files (dtype still casts them)")
+            f"`variant: {variant}` to load the full-precision files (dtype still casts them)"
+        )
 
 
 def _safety_checker_kwargs(model: str) -> dict:
@@ -147,8 +161,13 @@ def _dtype_keyword() -> str:
 def pipeline_key(spec: Mapping[str, Any]) -> tuple:
     """The weights a diffusers backend's spec needs, with :class:`DiffusersBackend`'s defaults:
     backends with one key share one loaded pipeline (in a process, and one worker on Ray)."""
-    return (str(spec.get("model")), spec.get("dtype", "float32"), spec.get("device", "cpu"), spec.get("variant"),
-            spec.get("use_safetensors"))
+    return (
+        str(spec.get("model")),
+        spec.get("dtype", "float32"),
+        spec.get("device", "cpu"),
+        spec.get("variant"),
+        spec.get("use_safetensors"),
+    )
 
 
 def resolve_model(model: str):
@@ -167,10 +186,12 @@ def resolve_model(model: str):
     return str(got) if isinstance(got, os.PathLike) else got
 
 
-def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
-                   use_safetensors: bool | None = None) -> _Shared:
-    key = pipeline_key({"model": model, "dtype": dtype, "device": device, "variant": variant,
-                        "use_safetensors": use_safetensors})
+def _load_pipeline(
+    model: str, dtype: str, device: str, variant: str | None, use_safetensors: bool | None = None
+) -> _Shared:
+    key = pipeline_key(
+        {"model": model, "dtype": dtype, "device": device, "variant": variant, "use_safetensors": use_safetensors}
+    )
     with _PIPELINES_LOCK:
         if key not in _PIPELINES:
             from t2iroute._compat import ensure_torchvision
@@ -202,10 +223,13 @@ def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
                 except Exception as e:
                     hint = ""
                     if "weights_only" in str(e) or "Unpickl" in str(e) or ".bin" in str(e):
-                        hint = ("; .bin weight files are unpickled with torch.load(weights_only=True) only "
-                                "(plain tensors): convert them to safetensors")
+                        hint = (
+                            "; .bin weight files are unpickled with torch.load(weights_only=True) only "
+                            "(plain tensors): convert them to safetensors"
+                        )
                     raise RuntimeError(
-                        f"cannot load diffusers pipeline '{model}': {type(e).__name__}: {e}{hint}") from e
+                        f"cannot load diffusers pipeline '{model}': {type(e).__name__}: {e}{hint}"
+                    ) from e
                 if getattr(pipe, "safety_checker", None) is not None:
                     pipe.safety_checker = None
             pipe = pipe.to(device)
@@ -214,13 +238,21 @@ def _load_pipeline(model: str, dtype: str, device: str, variant: str | None,
         return _PIPELINES[key]
 
 
-def register_pipeline(model: str, pipe, *, dtype: str = "float32", device: str = "cpu", variant: str | None = None,
-                      use_safetensors: bool | None = None) -> None:
+def register_pipeline(
+    model: str,
+    pipe,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+) -> None:
     """Make backends naming ``model`` (with this dtype, device...) use an already built ``pipe``
     (benchmarks of random-weight pipelines of a real architecture)."""
     pipe.set_progress_bar_config(disable=True)
-    key = pipeline_key({"model": model, "dtype": dtype, "device": device, "variant": variant,
-                        "use_safetensors": use_safetensors})
+    key = pipeline_key(
+        {"model": model, "dtype": dtype, "device": device, "variant": variant, "use_safetensors": use_safetensors}
+    )
     with _PIPELINES_LOCK:
         _PIPELINES[key] = _Shared(pipe)
 
@@ -247,12 +279,27 @@ class DiffusersBackend:
     :class:`~t2iroute.backends.stopping.StopConfig` fields.
     """
 
-    def __init__(self, name: str, model: str, *, steps: int = 50, guidance_scale: float = 7.5,
-                 height: int = 512, width: int = 512, negative_prompt: str | None = None,
-                 scheduler: str | None = None, dtype: str = "float32", device: str = "cpu",
-                 variant: str | None = None, batch_size: int = 1, lora: str | None = None,
-                 lora_scale: float = 1.0, early_stop: dict | None = None, cost_s: float | None = None,
-                 use_safetensors: bool | None = None):
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        *,
+        steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int = 512,
+        width: int = 512,
+        negative_prompt: str | None = None,
+        scheduler: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        variant: str | None = None,
+        batch_size: int = 1,
+        lora: str | None = None,
+        lora_scale: float = 1.0,
+        early_stop: dict | None = None,
+        cost_s: float | None = None,
+        use_safetensors: bool | None = None,
+    ):
         if int(steps) < 1:
             raise ConfigError(f"backend '{name}': steps must be >= 1, got {steps}")
         if int(height) % 8 or int(width) % 8 or int(height) < 8 or int(width) < 8:
@@ -278,9 +325,15 @@ class DiffusersBackend:
 
     def config(self) -> dict:
         return {
-            "model": self.model, "steps": self.steps, "guidance_scale": self.guidance_scale,
-            "height": self.height, "width": self.width, "scheduler": self.scheduler,
-            "dtype": self.dtype, "device": self.device, "lora": self.lora,
+            "model": self.model,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "height": self.height,
+            "width": self.width,
+            "scheduler": self.scheduler,
+            "dtype": self.dtype,
+            "device": self.device,
+            "lora": self.lora,
             "early_stop": None if self.stop_config is None else vars(self.stop_config),
         }
 
@@ -301,8 +354,11 @@ class DiffusersBackend:
     def _prepare(self):
         shared = self._shared
         pipe = shared.pipe
-        sched = make_scheduler(self.scheduler, shared.base_scheduler_config) if self.scheduler else \
-            shared.base_scheduler_cls.from_config(shared.base_scheduler_config)
+        sched = (
+            make_scheduler(self.scheduler, shared.base_scheduler_config)
+            if self.scheduler
+            else shared.base_scheduler_cls.from_config(shared.base_scheduler_config)
+        )
         pipe.scheduler = sched
         if self.lora:
             if self.name not in shared.adapters:
@@ -336,7 +392,7 @@ class DiffusersBackend:
         self.pipe  # load
         out: list[Generation] = []
         for i in range(0, len(prompts), self.batch_size):
-            out += self._generate_batch(prompts[i:i + self.batch_size], seeds[i:i + self.batch_size], opts)
+            out += self._generate_batch(prompts[i : i + self.batch_size], seeds[i : i + self.batch_size], opts)
         return out
 
     def _generate_batch(self, ps: list[str], ss: list[int], opts: dict) -> list[Generation]:
@@ -358,8 +414,15 @@ class DiffusersBackend:
         with self._shared.lock:
             pipe = self._prepare()
             gens = [torch.Generator(device="cpu").manual_seed(s) for s in ss]
-            kwargs = dict(prompt=ps, num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
-                          height=self.height, width=self.width, generator=gens, output_type="pil")
+            kwargs = dict(
+                prompt=ps,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance_scale,
+                height=self.height,
+                width=self.width,
+                generator=gens,
+                output_type="pil",
+            )
             if self.negative_prompt:
                 kwargs["negative_prompt"] = [self.negative_prompt] * len(ps)
             kwargs.update(opts)
@@ -370,8 +433,9 @@ class DiffusersBackend:
             stopper = None
             try:
                 if self.stop_config is not None:
-                    inputs = ("latents",) + (("denoised",) if "denoised" in getattr(
-                        pipe, "_callback_tensor_inputs", []) else ())
+                    inputs = ("latents",) + (
+                        ("denoised",) if "denoised" in getattr(pipe, "_callback_tensor_inputs", []) else ()
+                    )
                     stopper = ConvergenceStopper(capture, self.steps, self.stop_config, inputs)
                     kwargs["callback_on_step_end"] = stopper
                     kwargs["callback_on_step_end_tensor_inputs"] = list(inputs)
@@ -384,9 +448,20 @@ class DiffusersBackend:
             # the pipeline's own rule (guidance > 1 and no guidance embedding), as it ran
             cfg = bool(getattr(pipe, "do_classifier_free_guidance", self.guidance_scale > 1.0))
         steps_run = capture.steps
-        return [Generation(
-            image=img, prompt=p, seed=s, backend=self.name, latency_s=dt / len(ps),
-            diffusion=DiffusionInfo(
-                steps_run=steps_run, steps_budget=self.steps, nfe=steps_run * (2 if cfg else 1),
-                stopped_early=bool(stopper is not None and stopper.stop_step is not None)),
-            config=self.config()) for p, s, img in zip(ps, ss, images)]
+        return [
+            Generation(
+                image=img,
+                prompt=p,
+                seed=s,
+                backend=self.name,
+                latency_s=dt / len(ps),
+                diffusion=DiffusionInfo(
+                    steps_run=steps_run,
+                    steps_budget=self.steps,
+                    nfe=steps_run * (2 if cfg else 1),
+                    stopped_early=bool(stopper is not None and stopper.stop_step is not None),
+                ),
+                config=self.config(),
+            )
+            for p, s, img in zip(ps, ss, images)
+        ]

@@ -58,8 +58,19 @@ MAX_PIXELS = 4096 * 4096
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 
 #: error categories of :class:`RemoteBackendError`
-CATEGORIES = ("auth", "rate_limited", "bad_request", "not_found", "redirect", "upstream_error", "timeout",
-              "connection", "too_large", "bad_response", "bad_image")
+CATEGORIES = (
+    "auth",
+    "rate_limited",
+    "bad_request",
+    "not_found",
+    "redirect",
+    "upstream_error",
+    "timeout",
+    "connection",
+    "too_large",
+    "bad_response",
+    "bad_image",
+)
 _RETRIED = frozenset({"rate_limited", "upstream_error", "timeout", "connection"})
 
 
@@ -73,6 +84,7 @@ class RemoteBackendError(GenerationError):
 
 
 # -- bounds ------------------------------------------------------------------------------------------
+
 
 def max_body_bytes(width: int | None, height: int | None) -> int:
     """The largest answer accepted for one image of ``width`` x ``height`` (None: unknown size):
@@ -121,10 +133,23 @@ class OpenAIImagesBackend:
     #: dropped; generate then says what to pass)
     LOCAL_KEYS = frozenset({"base_url", "api_key_env", "verbose"})
 
-    def __init__(self, name: str, base_url: str | None = None, *, model: str | None = None, size: str | None = None,
-                 api_key_env: str | None = None, cost: float | None = None, timeout_s: float = 60.0,
-                 retries: int = 2, deadline_s: float | None = 120.0, send_seed: bool = True,
-                 width: int | None = None, height: int | None = None, verbose: bool = False):
+    def __init__(
+        self,
+        name: str,
+        base_url: str | None = None,
+        *,
+        model: str | None = None,
+        size: str | None = None,
+        api_key_env: str | None = None,
+        cost: float | None = None,
+        timeout_s: float = 60.0,
+        retries: int = 2,
+        deadline_s: float | None = 120.0,
+        send_seed: bool = True,
+        width: int | None = None,
+        height: int | None = None,
+        verbose: bool = False,
+    ):
         if base_url is not None:
             try:
                 parts = urlsplit(str(base_url))
@@ -132,8 +157,10 @@ class OpenAIImagesBackend:
             except ValueError:
                 ok = False
             if not ok:
-                raise ConfigError(f"backend '{name}': base_url must be an http(s) URL with a host, got "
-                                  f"{redact_secrets(str(base_url))!r:.200}")
+                raise ConfigError(
+                    f"backend '{name}': base_url must be an http(s) URL with a host, got "
+                    f"{redact_secrets(str(base_url))!r:.200}"
+                )
         try:
             timeout_s = float(timeout_s)
             deadline_s = math.inf if deadline_s is None else float(deadline_s)
@@ -143,8 +170,12 @@ class OpenAIImagesBackend:
         if not (timeout_s > 0 and deadline_s > 0 and retries_f >= 0):  # NaN fails too
             raise ConfigError(f"backend '{name}': timeout_s and deadline_s must be > 0 and retries >= 0")
         if retries_f > MAX_RETRIES or deadline_s > MAX_DEADLINE_S or timeout_s > MAX_DEADLINE_S:
-            log.warning("backend '%s': retries limited to %d and timeout_s/deadline_s to %g s", name, MAX_RETRIES,
-                        MAX_DEADLINE_S)
+            log.warning(
+                "backend '%s': retries limited to %d and timeout_s/deadline_s to %g s",
+                name,
+                MAX_RETRIES,
+                MAX_DEADLINE_S,
+            )
         self.name, self.base_url = name, None if base_url is None else str(base_url).rstrip("/")
         self.model, self.size, self.api_key_env = model, size, api_key_env
         self.cost = None if cost is None else float(cost)
@@ -166,8 +197,13 @@ class OpenAIImagesBackend:
         self.max_body_bytes = max_body_bytes(self.width, self.height)
 
     def config(self) -> dict:
-        return {"type": "openai_images", "base_url": self.base_url, "model": self.model, "size": self.size,
-                "cost": self.cost}
+        return {
+            "type": "openai_images",
+            "base_url": self.base_url,
+            "model": self.model,
+            "size": self.size,
+            "cost": self.cost,
+        }
 
     def _key(self) -> str | None:
         if not self.api_key_env:
@@ -176,8 +212,10 @@ class OpenAIImagesBackend:
         if not key:
             raise ConfigError(f"backend '{self.name}': environment variable {self.api_key_env} holds no API key")
         if not all(" " < c < "\x7f" for c in key):
-            raise ConfigError(f"backend '{self.name}': environment variable {self.api_key_env} holds a key with "
-                              "spaces, control or non-ASCII characters")
+            raise ConfigError(
+                f"backend '{self.name}': environment variable {self.api_key_env} holds a key with "
+                "spaces, control or non-ASCII characters"
+            )
         return key
 
     # -- one HTTP attempt ------------------------------------------------------------------------
@@ -219,9 +257,14 @@ class OpenAIImagesBackend:
         deadline_msg = f"total deadline_s={self.deadline_s:g} passed"
         timer.start()
         try:
-            with client.stream("POST", f"{self.base_url}/images/generations", json=body, headers=headers,
-                               timeout=httpx.Timeout(min(self.timeout_s, max(left, 0.001))),
-                               extensions={"trace": trace}) as r:
+            with client.stream(
+                "POST",
+                f"{self.base_url}/images/generations",
+                json=body,
+                headers=headers,
+                timeout=httpx.Timeout(min(self.timeout_s, max(left, 0.001))),
+                extensions={"trace": trace},
+            ) as r:
                 status = r.status_code
                 if status != 200:
                     snippet = self._snippet(r, end) if self.verbose else ""
@@ -233,10 +276,14 @@ class OpenAIImagesBackend:
         except httpx.TimeoutException as e:
             if state["fired"] or time.monotonic() >= end:
                 raise _Failed("timeout", deadline_msg) from None
-            phase = {"ConnectTimeout": "connecting", "WriteTimeout": "sending", "PoolTimeout": "waiting for a "
-                     "connection"}.get(type(e).__name__, "waiting for the answer")
-            raise _Failed("timeout", f"timeout_s={self.timeout_s:g} passed {phase}",
-                          secret_detail=f"{type(e).__name__}: {e}") from None
+            phase = {
+                "ConnectTimeout": "connecting",
+                "WriteTimeout": "sending",
+                "PoolTimeout": "waiting for a connection",
+            }.get(type(e).__name__, "waiting for the answer")
+            raise _Failed(
+                "timeout", f"timeout_s={self.timeout_s:g} passed {phase}", secret_detail=f"{type(e).__name__}: {e}"
+            ) from None
         except Exception as e:  # noqa: BLE001 -- httpx.HTTPError, InvalidURL, a socket error...
             if state["fired"]:
                 raise _Failed("timeout", deadline_msg) from None
@@ -298,8 +345,9 @@ class OpenAIImagesBackend:
             data = json.loads(raw)
             b64 = data["data"][0]["b64_json"]
         except (ValueError, RecursionError, UnicodeDecodeError):
-            raise _Failed("bad_response", "answer is not JSON", secret_detail=raw[:200].decode("utf-8", "replace"))\
-                from None
+            raise _Failed(
+                "bad_response", "answer is not JSON", secret_detail=raw[:200].decode("utf-8", "replace")
+            ) from None
         except (KeyError, IndexError, TypeError):
             raise _Failed("bad_response", "answer has no data[0].b64_json") from None
         if not isinstance(b64, str):
@@ -377,11 +425,18 @@ class OpenAIImagesBackend:
                 if f.category not in _RETRIED or f.detail.startswith("total deadline_s"):
                     break
             else:
-                return Generation(image=img, prompt=prompt, seed=int(seed), backend=self.name,
-                                  latency_s=time.perf_counter() - t0, cost=self.cost,
-                                  diffusion=self._diffusion(info), config=self.config())
+                return Generation(
+                    image=img,
+                    prompt=prompt,
+                    seed=int(seed),
+                    backend=self.name,
+                    latency_s=time.perf_counter() - t0,
+                    cost=self.cost,
+                    diffusion=self._diffusion(info),
+                    config=self.config(),
+                )
             if attempt < self.retries:
-                time.sleep(min(0.5 * 2 ** attempt, max(0.0, end - time.monotonic())))
+                time.sleep(min(0.5 * 2**attempt, max(0.0, end - time.monotonic())))
         deadline_msg = f"total deadline_s={self.deadline_s:g} passed"
         if last is None:
             last = _Failed("timeout", deadline_msg)
@@ -391,8 +446,9 @@ class OpenAIImagesBackend:
         if tries > 1:
             detail = f"{detail}; {tries} attempts" if detail else f"{tries} attempts"
         if self.verbose:
-            extra = f"url {self.base_url}/images/generations" + (f"; {last.secret_detail}" if last.secret_detail
-                                                                   else "")
+            extra = f"url {self.base_url}/images/generations" + (
+                f"; {last.secret_detail}" if last.secret_detail else ""
+            )
             detail = f"{detail}; {extra}" if detail else extra
             detail = redact_secrets(detail, [key])
         raise RemoteBackendError(self.name, last.category, detail, status=last.status)
@@ -403,9 +459,11 @@ class OpenAIImagesBackend:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         if self.base_url is None:
-            raise ConfigError(f"backend '{self.name}': no base_url; an endpoint comes from your own config "
-                              f"(Router.load(..., backends={{'{self.name}': {{'type': 'openai_images', "
-                              "'base_url': ...}}) or backends= on the command line), never from an artifact")
+            raise ConfigError(
+                f"backend '{self.name}': no base_url; an endpoint comes from your own config "
+                f"(Router.load(..., backends={{'{self.name}': {{'type': 'openai_images', "
+                "'base_url': ...}}) or backends= on the command line), never from an artifact"
+            )
         key = self._key()
         headers = {"Accept-Encoding": "identity"}
         if key is not None:

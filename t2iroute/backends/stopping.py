@@ -175,11 +175,14 @@ class ConvergenceStopper:
         if len(self.history) >= self.config.window:
             import torch
 
-            smooth = torch.stack(self.history[-self.config.window:]).mean(0)
+            smooth = torch.stack(self.history[-self.config.window :]).mean(0)
             self.below = self.below + 1 if bool((smooth < self.config.threshold).all()) else 0
         steps_done = step_index + 1
-        if (self.below >= self.config.patience and steps_done < self.budget
-                and steps_done >= self.config.min_fraction * self.budget):
+        if (
+            self.below >= self.config.patience
+            and steps_done < self.budget
+            and steps_done >= self.config.min_fraction * self.budget
+        ):
             self.stop_step = steps_done
             pipe._interrupt = True
             out = self.capture.x0

@@ -43,8 +43,14 @@ _ARTIFACT_COMMANDS = ("route", "generate", "serve")  # Hydra's logging off: the 
 def _task(cmd: str):
     from t2iroute.cli import route, serve, training
 
-    return {"bench": training.bench, "train": training.train, "sweep": training.sweep, "route": route.route,
-            "generate": route.generate, "serve": serve.serve}[cmd]
+    return {
+        "bench": training.bench,
+        "train": training.train,
+        "sweep": training.sweep,
+        "route": route.route,
+        "generate": route.generate,
+        "serve": serve.serve,
+    }[cmd]
 
 
 def _version() -> str:
@@ -89,8 +95,11 @@ def _main(argv: list[str] | None = None) -> int:
 
         return app.run(argv)
     if cmd not in COMMANDS:
-        print(f"t2iroute: error: unknown command {quote(cmd)}{did_you_mean(cmd, COMMANDS)}; commands: "
-              f"{', '.join(COMMANDS)} (t2iroute --help)", file=sys.stderr)
+        print(
+            f"t2iroute: error: unknown command {quote(cmd)}{did_you_mean(cmd, COMMANDS)}; commands: "
+            f"{', '.join(COMMANDS)} (t2iroute --help)",
+            file=sys.stderr,
+        )
         return 2
     from t2iroute.cli.args import parse_args
     from t2iroute.cli.hydra_errors import check_config, precheck

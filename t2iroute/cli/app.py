@@ -9,6 +9,7 @@ from t2iroute.cli.args import quote
 from t2iroute.cli.help import APP_KEYS, command_help
 from t2iroute.cli.hydra_errors import did_you_mean
 
+
 def run(argv: list[str]) -> int:
     """Serve the Streamlit app until it is stopped (the process becomes ``streamlit run``)."""
     import importlib.util
@@ -37,10 +38,25 @@ def run(argv: list[str]) -> int:
     for k in ("artifact", "bench"):
         if opts[k]:
             env[f"T2IROUTE_APP_{k.upper()}"] = os.path.abspath(opts[k])
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.headless", "true",
-           "--server.address", opts["address"], "--server.port", str(opts["port"]),
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
-           "--server.fileWatcherType", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_FILE),
+        "--server.headless",
+        "true",
+        "--server.address",
+        opts["address"],
+        "--server.port",
+        str(opts["port"]),
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+        "--server.fileWatcherType",
+        "none",
+    ]
     print(f"t2iroute app: http://{opts['address']}:{opts['port']}", file=sys.stderr)
     os.execve(sys.executable, cmd, env)
     return 0  # not reached

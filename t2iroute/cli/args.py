@@ -14,18 +14,41 @@ from t2iroute.errors import ConfigError
 
 TAKES_PROMPTS = ("route", "generate")
 
-PROMPT_RULE = ("Prompts: an argument KEY=VALUE whose KEY (letters, digits, _ . - / @) runs from its start to its\n"
-               "first '=' is a setting, as are ~KEY and +KEY=VALUE; any other argument of route/generate is a\n"
-               "prompt, and every argument after -- is a prompt:\n"
-               "  t2iroute route artifact=DIR -- \"style=oil painting\" \"--no-text logo\"")
+PROMPT_RULE = (
+    "Prompts: an argument KEY=VALUE whose KEY (letters, digits, _ . - / @) runs from its start to its\n"
+    "first '=' is a setting, as are ~KEY and +KEY=VALUE; any other argument of route/generate is a\n"
+    "prompt, and every argument after -- is a prompt:\n"
+    '  t2iroute route artifact=DIR -- "style=oil painting" "--no-text logo"'
+)
 
 _OVERRIDE = re.compile(r"^(~|\+{1,2})?[A-Za-z_][\w.@/-]*(=|$)")
-_HYDRA_FLAGS_WITH_VALUE = {"--cfg": ("job", "hydra", "all"), "-c": ("job", "hydra", "all"), "--package": None,
-                           "-p": None, "--config-path": None, "-cp": None, "--config-name": None, "-cn": None,
-                           "--config-dir": None, "-cd": None, "--experimental-rerun": None}
+_HYDRA_FLAGS_WITH_VALUE = {
+    "--cfg": ("job", "hydra", "all"),
+    "-c": ("job", "hydra", "all"),
+    "--package": None,
+    "-p": None,
+    "--config-path": None,
+    "-cp": None,
+    "--config-name": None,
+    "-cn": None,
+    "--config-dir": None,
+    "-cd": None,
+    "--experimental-rerun": None,
+}
 _INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
-_HYDRA_FLAGS = {"--hydra-help", "--version", "--resolve", "--run", "-r", "--multirun", "-m",
-                "--shell-completion", "-sc", "--info", "-i"} | set(_HYDRA_FLAGS_WITH_VALUE)
+_HYDRA_FLAGS = {
+    "--hydra-help",
+    "--version",
+    "--resolve",
+    "--run",
+    "-r",
+    "--multirun",
+    "-m",
+    "--shell-completion",
+    "-sc",
+    "--info",
+    "-i",
+} | set(_HYDRA_FLAGS_WITH_VALUE)
 
 
 def _is_override(a: str) -> bool:
@@ -53,7 +76,7 @@ def parse_args(cmd: str, argv: list[str]) -> Args:
         if a == "--":
             if not takes_prompts:
                 raise ConfigError(f"'--': {cmd} takes no prompts, only KEY=VALUE settings")
-            args.prompts += argv[i + 1:]
+            args.prompts += argv[i + 1 :]
             break
         if a in ("-h", "--help"):
             args.help = True
@@ -73,8 +96,10 @@ def parse_args(cmd: str, argv: list[str]) -> Args:
                 args.custom_config = True
             if flag in _HYDRA_FLAGS_WITH_VALUE and not eq:
                 if i + 1 >= len(argv):
-                    raise ConfigError(f"{flag} needs a value" + (f": {', '.join(_HYDRA_FLAGS_WITH_VALUE[flag])}"
-                                                                if _HYDRA_FLAGS_WITH_VALUE[flag] else ""))
+                    raise ConfigError(
+                        f"{flag} needs a value"
+                        + (f": {', '.join(_HYDRA_FLAGS_WITH_VALUE[flag])}" if _HYDRA_FLAGS_WITH_VALUE[flag] else "")
+                    )
                 val = argv[i + 1]
                 args.rest.append(val)
                 args.flags.append(val)
@@ -94,8 +119,9 @@ def parse_args(cmd: str, argv: list[str]) -> Args:
         elif takes_prompts:
             args.prompts.append(a)
         else:
-            raise ConfigError(f"unexpected argument {quote(a)}: {cmd} takes KEY=VALUE settings "
-                              f"(t2iroute {cmd} --help lists them)")
+            raise ConfigError(
+                f"unexpected argument {quote(a)}: {cmd} takes KEY=VALUE settings (t2iroute {cmd} --help lists them)"
+            )
         i += 1
     return args
 

@@ -8,7 +8,7 @@ import math
 import os
 from pathlib import Path
 
-SEED_MAX = 2 ** 63 - 1  # torch.Generator.manual_seed takes 64 bits; the router keeps seeds in [0, 2**63)
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; the router keeps seeds in [0, 2**63)
 
 
 def show(v) -> str:
@@ -42,6 +42,7 @@ def integer(lo: int, hi: int | None = None, *, optional: bool = False):
             return
         if not is_int(v) or v < lo or (hi is not None and v > hi):
             raise bad(key, v, f"an integer {rng} is needed" + (" (or null)" if optional else ""))
+
     return check
 
 
@@ -49,10 +50,15 @@ def number(*, optional: bool = True, minimum: float | None = None):
     def check(key, v):
         if v is None and optional:
             return
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or (minimum is not None and v < minimum):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not math.isfinite(v)
+            or (minimum is not None and v < minimum)
+        ):
             bound = f" >= {minimum:g}" if minimum is not None else ""
             raise bad(key, v, f"a finite number{bound} is needed")
+
     return check
 
 
@@ -71,8 +77,10 @@ def text(*, optional: bool = False):
             try:
                 v.encode("utf-8")
             except UnicodeEncodeError:
-                raise bad(key, v.encode("utf-8", "backslashreplace").decode(), "not valid text "
-                           "(bytes that are not UTF-8?)") from None
+                raise bad(
+                    key, v.encode("utf-8", "backslashreplace").decode(), "not valid text (bytes that are not UTF-8?)"
+                ) from None
+
     return check
 
 
@@ -86,6 +94,7 @@ def list_of(item, *, min_len: int = 1, length: int | None = None):
                 item(f"{key}[{i}]", x)
             except Exception as e:  # noqa: BLE001 -- name the whole list and the item
                 raise bad(key, v, str(e)) from None
+
     return check
 
 
@@ -93,6 +102,7 @@ def choice(*options):
     def check(key, v):
         if v not in options or isinstance(v, bool) != any(isinstance(o, bool) and o == v for o in options):
             raise bad(key, v, "one of " + ", ".join(show(o) for o in options) + " is needed")
+
     return check
 
 
@@ -161,6 +171,7 @@ def url(*, scheme_optional: bool = False):
             from t2iroute.errors import ConfigError
 
             raise ConfigError(str(e)) from None
+
     return check
 
 
@@ -171,4 +182,3 @@ def env_var_with_key(key, v):
     text()(key, v)
     if not os.environ.get(str(v), "").strip():
         raise bad(key, v, "that environment variable is not set or holds no key")
-

@@ -9,6 +9,7 @@ import sys
 
 from t2iroute.cli.checks import show
 
+
 def load_router(cfg):
     from omegaconf import OmegaConf
 
@@ -16,8 +17,9 @@ def load_router(cfg):
 
     require_artifact(cfg)
     specs = OmegaConf.to_container(cfg.backends, resolve=True) if cfg.get("backends") else None
-    router = Router.load(str(cfg.artifact), backends=specs, local=local_settings(cfg),
-                         expected_sha256=cfg.get("artifact_sha256"))
+    router = Router.load(
+        str(cfg.artifact), backends=specs, local=local_settings(cfg), expected_sha256=cfg.get("artifact_sha256")
+    )
     router.warmup()  # model loading stays out of the decision's stage timings
     return router
 
@@ -27,8 +29,11 @@ def local_settings(cfg) -> dict:
     ``embedding.*``; an artifact never sets them): the keys given."""
     from omegaconf import OmegaConf
 
-    return {k: {kk: vv for kk, vv in OmegaConf.to_container(cfg[k], resolve=True).items() if vv is not None}
-            for k in ("llm", "embedding") if cfg.get(k)}
+    return {
+        k: {kk: vv for kk, vv in OmegaConf.to_container(cfg[k], resolve=True).items() if vv is not None}
+        for k in ("llm", "embedding")
+        if cfg.get(k)
+    }
 
 
 def require_artifact(cfg) -> None:
@@ -75,13 +80,14 @@ def policy_kwargs(cfg) -> dict:
         pol = OmegaConf.to_container(pol, resolve=True) if OmegaConf.is_config(pol) else pol
         if isinstance(pol, str):  # the text form, as over HTTP: policy='budget=0.3'
             try:
-                (key, pol), = parse_policy(pol).items()
+                ((key, pol),) = parse_policy(pol).items()
             except ValueError as e:
                 raise ConfigError(f"policy={show(cfg.policy)}: {str(e).partition(': ')[2] or e}") from None
             if key != "policy":
                 if key in kw:
-                    raise ConfigError(f"give at most one of lam=, budget=, quality_floor=, max_cost=, policy= "
-                                      f"(got {key}= twice)")
+                    raise ConfigError(
+                        f"give at most one of lam=, budget=, quality_floor=, max_cost=, policy= (got {key}= twice)"
+                    )
                 kw[key] = pol
                 pol = None
         if pol is not None and not isinstance(pol, dict):
@@ -140,4 +146,3 @@ def load_scorer(cfg):
     except Exception:  # noqa: BLE001 -- composed without Hydra's run context: the spec's type names it
         pass
     return load_scorer(OmegaConf.to_container(cfg.scorer, resolve=True), name)
-

@@ -11,29 +11,36 @@ from t2iroute.cli.typed import keys
 
 #: ``t2iroute app``'s keys (it is no Hydra app): default, description
 APP_KEYS = {
-    "artifact": (None, "a router artifact folder for the Route page (default: make demo's outputs/demo/testbed/router)"),
+    "artifact": (
+        None,
+        "a router artifact folder for the Route page (default: make demo's outputs/demo/testbed/router)",
+    ),
     "bench": (None, "a t2iroute bench folder for the Benchmark page (default: outputs/demo/testbed-bench)"),
     "port": ("8501", "the port to serve on"),
     "address": ("127.0.0.1", "the address to serve on (loopback by default)"),
 }
-COMMANDS = {**{c: cls.ABOUT for c, cls in CONFIGS.items()},
-            "app": "the Streamlit app: t2iroute app [artifact=DIR] [bench=DIR] [port=8501]"}
+COMMANDS = {
+    **{c: cls.ABOUT for c, cls in CONFIGS.items()},
+    "app": "the Streamlit app: t2iroute app [artifact=DIR] [bench=DIR] [port=8501]",
+}
 
 
 def usage() -> str:
     lines = ["usage: t2iroute <command> [PROMPT ...] [KEY=VALUE ...] [-- PROMPT ...]", "", "commands:"]
     lines += [f"  {k:9s} {v}" for k, v in COMMANDS.items()]
-    lines += ["",
-              "t2iroute <command> --help lists the command's keys with their defaults; t2iroute --version",
-              "prints the version; python -m t2iroute is the same command.",
-              "",
-              "e.g. t2iroute bench data=agiqa3k metric=mos_align seed=0 out_dir=outputs/agiqa",
-              '     t2iroute route "a red circle" artifact=outputs/demo/testbed/router lam=0.1   (make demo makes it)',
-              "     t2iroute bench data=agiqa3k --cfg job     (print the composed config)",
-              "     t2iroute bench data=agiqa3k -m seed=0,1,2  (a multirun: one JSON line per run)",
-              "",
-              PROMPT_RULE,
-              "Bad input exits with status 2 and one line on stderr; stdout carries only the JSON result."]
+    lines += [
+        "",
+        "t2iroute <command> --help lists the command's keys with their defaults; t2iroute --version",
+        "prints the version; python -m t2iroute is the same command.",
+        "",
+        "e.g. t2iroute bench data=agiqa3k metric=mos_align seed=0 out_dir=outputs/agiqa",
+        '     t2iroute route "a red circle" artifact=outputs/demo/testbed/router lam=0.1   (make demo makes it)',
+        "     t2iroute bench data=agiqa3k --cfg job     (print the composed config)",
+        "     t2iroute bench data=agiqa3k -m seed=0,1,2  (a multirun: one JSON line per run)",
+        "",
+        PROMPT_RULE,
+        "Bad input exits with status 2 and one line on stderr; stdout carries only the JSON result.",
+    ]
     return "\n".join(lines)
 
 
@@ -69,10 +76,12 @@ def command_help(cmd: str) -> str:
             lines.append(_row(f"{k.name}={_default(k.default)}", k.help))
         elif k.help:  # a section shows when it says something of its keys
             lines.append(_row(f"{k.name}.*", k.help))
-    lines += ["",
-              "flags: -m / --multirun (sweep KEY=A,B: one run and one JSON line per combination),",
-              "       --cfg job (print the composed config), --hydra-help,",
-              "       hydra.searchpath=[file:///DIR] (a config folder of your own)"]
+    lines += [
+        "",
+        "flags: -m / --multirun (sweep KEY=A,B: one run and one JSON line per combination),",
+        "       --cfg job (print the composed config), --hydra-help,",
+        "       hydra.searchpath=[file:///DIR] (a config folder of your own)",
+    ]
     if cmd in TAKES_PROMPTS:
         lines += ["", PROMPT_RULE]
     return "\n".join(lines)
@@ -84,21 +93,27 @@ def _cell(text: str) -> str:
 
 def reference_markdown() -> str:
     """docs/reference/cli.md: every command's groups and keys (``make cli-reference`` writes it)."""
-    out = ["# CLI reference", "",
-           "Generated from the typed configs (`t2iroute/cli/schema.py`) by `make cli-reference` "
-           "(a test fails when it is stale); `t2iroute <command> --help` prints the same. Any key is set as "
-           "`KEY=VALUE`; a config group as `GROUP=OPTION` (its options are the files of `t2iroute/conf/GROUP/`).",
-           ""]
+    out = [
+        "# CLI reference",
+        "",
+        "Generated from the typed configs (`t2iroute/cli/schema.py`) by `make cli-reference` "
+        "(a test fails when it is stale); `t2iroute <command> --help` prints the same. Any key is set as "
+        "`KEY=VALUE`; a config group as `GROUP=OPTION` (its options are the files of `t2iroute/conf/GROUP/`).",
+        "",
+    ]
     for cmd, cls in CONFIGS.items():
         out += [f"## t2iroute {cmd}", "", cls.ABOUT, "", f"    {cls.EXAMPLE}", ""]
         if cls.GROUPS:
             out += ["| group | default | options | |", "|---|---|---|---|"]
-            out += [f"| `{g.name}` | `{_default(g.default)}` | {', '.join(group_options(g.name))} | {_cell(g.help)} |"
-                    for g in cls.GROUPS]
+            out += [
+                f"| `{g.name}` | `{_default(g.default)}` | {', '.join(group_options(g.name))} | {_cell(g.help)} |"
+                for g in cls.GROUPS
+            ]
             out.append("")
         out += ["| key | default | |", "|---|---|---|"]
-        out += [f"| `{k.name}` | `{_cell(_default(k.default))}` | {_cell(k.help)} |"
-                for k in keys(cls) if not k.section]
+        out += [
+            f"| `{k.name}` | `{_cell(_default(k.default))}` | {_cell(k.help)} |" for k in keys(cls) if not k.section
+        ]
         out.append("")
     out += ["## t2iroute app", "", COMMANDS["app"], "", "| key | default | |", "|---|---|---|"]
     out += [f"| `{k}` | `{d if d is not None else 'null'}` | {_cell(desc)} |" for k, (d, desc) in APP_KEYS.items()]

@@ -45,8 +45,10 @@ def check_config(cmd: str, cfg) -> None:
         raise ConfigError(f"shard={cfg.shard} num_shards={cfg.num_shards}: need 0 <= shard < num_shards")
     pol = cfg.get("policy") if cmd in TAKES_PROMPTS else None
     if pol is not None and not OmegaConf.is_dict(pol) and not isinstance(pol, str):  # text: _policy_kwargs
-        raise ConfigError(f"policy={show(pol)}: give a mapping, e.g. 'policy={{type: lam, lam: 0.1}}', "
-                          "or the text form, e.g. 'policy=\"budget=0.3\"'")
+        raise ConfigError(
+            f"policy={show(pol)}: give a mapping, e.g. 'policy={{type: lam, lam: 0.1}}', "
+            "or the text form, e.g. 'policy=\"budget=0.3\"'"
+        )
 
 
 def omegaconf_message(e) -> str:
@@ -55,6 +57,7 @@ def omegaconf_message(e) -> str:
 
 
 # -- the commands ---------------------------------------------------------------------------------
+
 
 def flat_keys(node, prefix: str = "") -> list[str]:
     out = []
@@ -114,11 +117,15 @@ def unknown_added_key(cmd: str, overrides: list[str]) -> str | None:
             keys = known_keys(cmd, [x for x in overrides if not x.startswith("+")], "")
         parts = key.split(".")
         # under a key with no keys of its own (policy: null), '+policy.type=lam' builds its value
-        leaf_parent = any(".".join(parts[:i]) in keys and not any(k.startswith(".".join(parts[:i]) + ".")
-                                                                   for k in keys) for i in range(1, len(parts)))
+        leaf_parent = any(
+            ".".join(parts[:i]) in keys and not any(k.startswith(".".join(parts[:i]) + ".") for k in keys)
+            for i in range(1, len(parts))
+        )
         if key not in keys and not leaf_parent:
-            return (f"unknown key '{key}' in {quote(o)}{did_you_mean(key, keys)} (t2iroute {cmd} --help "
-                    "lists the keys; a '+' adds no key this command reads)")
+            return (
+                f"unknown key '{key}' in {quote(o)}{did_you_mean(key, keys)} (t2iroute {cmd} --help "
+                "lists the keys; a '+' adds no key this command reads)"
+            )
     return None
 
 
@@ -145,8 +152,10 @@ def explain_hydra(e: BaseException, cmd: str, overrides: list[str]) -> str | Non
                 parser.parse_override(o)
             except Exception as pe:  # noqa: BLE001
                 why = " ".join(str(pe).strip().splitlines()[0].split())
-                return (f"cannot read {quote(o)}: {why} (quote a value with spaces, brackets or commas: "
-                        f"'{override_key(o)}=\"...\"')" + prompt_hint(cmd, o))
+                return (
+                    f"cannot read {quote(o)}: {why} (quote a value with spaces, brackets or commas: "
+                    f"'{override_key(o)}=\"...\"')" + prompt_hint(cmd, o)
+                )
         return f"cannot read the command line: {first}"
     m = re.search(r"You must specify '([^']+)'", text)
     if m:
@@ -161,8 +170,9 @@ def explain_hydra(e: BaseException, cmd: str, overrides: list[str]) -> str | Non
         if group and option:
             o = find_override(overrides, group.rpartition("/")[2])
             o = quote(o) if "=" in o else f"{group}={option}"
-            return (f"{o}: no such {group} option '{option}'{did_you_mean(option, opts)}"
-                    + (f"; options: {', '.join(opts)}" if opts else ""))
+            return f"{o}: no such {group} option '{option}'{did_you_mean(option, opts)}" + (
+                f"; options: {', '.join(opts)}" if opts else ""
+            )
         return first
     m = re.search(r"Could not override '([^']+)'", text)
     if m:
@@ -175,8 +185,10 @@ def explain_hydra(e: BaseException, cmd: str, overrides: list[str]) -> str | Non
     if m:
         key = m.group(1)
         o = find_override(overrides, key)
-        return (f"{quote(o)}: there is no key '{key}' to delete{did_you_mean(key, known_keys(cmd, overrides, key))}"
-                + prompt_hint(cmd, o))
+        return (
+            f"{quote(o)}: there is no key '{key}' to delete{did_you_mean(key, known_keys(cmd, overrides, key))}"
+            + prompt_hint(cmd, o)
+        )
     m = re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
     if m:
         key = m.group(1)
@@ -185,8 +197,10 @@ def explain_hydra(e: BaseException, cmd: str, overrides: list[str]) -> str | Non
     if m:
         o = m.group(1)
         k = override_key(o)
-        return (f"{quote(o)}: a comma makes a sweep; a list is {k}=[...], a text '{k}=\"...\"', "
-                "and a sweep needs -m" + prompt_hint(cmd, o))
+        return (
+            f"{quote(o)}: a comma makes a sweep; a list is {k}=[...], a text '{k}=\"...\"', "
+            "and a sweep needs -m" + prompt_hint(cmd, o)
+        )
     if isinstance(e, OmegaConfBaseException):
         key = getattr(e, "full_key", None)
         return f"{key}: {omegaconf_message(e)}" if key else omegaconf_message(e)

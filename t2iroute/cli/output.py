@@ -32,7 +32,6 @@ def save_config(cfg) -> None:
             fh.write(text)
 
 
-
 class _ConsoleFilter(logging.Filter):
     """Drops, on the console only, what the run's log file keeps: records marked file-only (an
     error the command prints itself as its one line) and open_clip's notice that a model built with
@@ -52,18 +51,23 @@ def quiet_console(verbose: bool, *, own_handler: bool) -> None:
     quiet_libraries(verbose)  # diffusers' / transformers' bars and warnings (Ray workers get the flag too)
     root = logging.getLogger()
     if own_handler and not root.handlers:  # route, generate: no Hydra logging; in-process callers keep theirs
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if verbose else logging.WARNING,
+            stream=sys.stderr,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
     for h in root.handlers:  # the console: a stream handler on stderr (not a log file, not a test's capture)
-        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.__stderr__) \
-                and not any(isinstance(f, _ConsoleFilter) for f in h.filters):
+        if (
+            isinstance(h, logging.StreamHandler)
+            and getattr(h, "stream", None) in (sys.stderr, sys.__stderr__)
+            and not any(isinstance(f, _ConsoleFilter) for f in h.filters)
+        ):
             h.addFilter(_ConsoleFilter())
 
 
 def error_line(cmd: str, e: BaseException, kind: str | None = None) -> str:
     msg = " ".join(str(e).split()) or type(e).__name__
     return f"t2iroute {cmd}: error: {kind or type(e).__name__}: {msg}"
-
 
 
 def register() -> None:
@@ -85,5 +89,3 @@ def register() -> None:
 
 def truthy(v) -> bool:
     return v is True or str(v).strip().lower() in ("true", "1", "yes", "on")
-
-

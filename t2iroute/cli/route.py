@@ -5,9 +5,17 @@ from __future__ import annotations
 import sys
 import time
 
-from t2iroute.cli.common import (image_format, load_router, load_scorer, policy_kwargs, read_prompts,
-                                 require_artifact, write_image)
+from t2iroute.cli.common import (
+    image_format,
+    load_router,
+    load_scorer,
+    policy_kwargs,
+    read_prompts,
+    require_artifact,
+    write_image,
+)
 from t2iroute.cli.output import emit
+
 
 def route(cfg, prompts: list[str]) -> None:
     require_artifact(cfg)
@@ -33,8 +41,9 @@ def generate(cfg, prompts: list[str]) -> None:
     t1 = time.perf_counter()
     router = load_router(cfg)
     load_s = time.perf_counter() - t1
-    res = router.generate(prompts[0], seed=int(cfg.seed), backend=cfg.get("backend"),
-                          fallback=bool(cfg.fallback), **policy)
+    res = router.generate(
+        prompts[0], seed=int(cfg.seed), backend=cfg.get("backend"), fallback=bool(cfg.fallback), **policy
+    )
     result = res.to_dict()
     result["cost_unit"] = router.cost_unit
     result["router_load_s"] = load_s  # artifact + featurizer models (the pipeline's load is in wall_s only)
@@ -54,8 +63,10 @@ def generate_many(cfg, prompts: list[str]) -> None:
     from t2iroute.router.batch import RECORDS, FolderRun
 
     if not cfg.get("out_dir"):
-        raise ConfigError("out_dir=DIR is needed for several prompts (or prompts_file=): the images go to "
-                          "DIR/0000.png, DIR/0001.png ... and their records to DIR/" + RECORDS)
+        raise ConfigError(
+            "out_dir=DIR is needed for several prompts (or prompts_file=): the images go to "
+            "DIR/0000.png, DIR/0001.png ... and their records to DIR/" + RECORDS
+        )
     require_artifact(cfg)
     items = read_prompts(cfg, prompts)
     policy = policy_kwargs(cfg)
@@ -65,15 +76,32 @@ def generate_many(cfg, prompts: list[str]) -> None:
     t1 = time.perf_counter()
     router = load_router(cfg) if run.todo else None
     load_s = time.perf_counter() - t1
-    summary = run.run(router, policy=policy, backend=cfg.get("backend"), fallback=bool(cfg.fallback), scorer=scorer,
-                      chunk_size=int(cfg.chunk_size),
-                      progress=sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress),
-                      write=lambda image, out, fmt: write_image(image, out, fmt, key="out_dir"))
+    summary = run.run(
+        router,
+        policy=policy,
+        backend=cfg.get("backend"),
+        fallback=bool(cfg.fallback),
+        scorer=scorer,
+        chunk_size=int(cfg.chunk_size),
+        progress=sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress),
+        write=lambda image, out, fmt: write_image(image, out, fmt, key="out_dir"),
+    )
     summary = {**summary, "router_load_s": load_s, "wall_s": time.perf_counter() - t0}
-    order = ["out_dir", "records", "prompts", "generated", "skipped_finished", "failed", "by_backend",
-             "router_load_s", "generate_s", "images_per_s", "wall_s"]
+    order = [
+        "out_dir",
+        "records",
+        "prompts",
+        "generated",
+        "skipped_finished",
+        "failed",
+        "by_backend",
+        "router_load_s",
+        "generate_s",
+        "images_per_s",
+        "wall_s",
+    ]
     emit({k: summary[k] for k in order})
     if run.failures:
-        raise GenerationError(f"{summary['failed']} of {len(items)} images failed (the others are in "
-                              f"{run.out_dir}): {run.failures[0]}")
-
+        raise GenerationError(
+            f"{summary['failed']} of {len(items)} images failed (the others are in {run.out_dir}): {run.failures[0]}"
+        )

@@ -7,6 +7,7 @@ import os
 
 from t2iroute.cli.common import load_router, local_settings, require_artifact
 
+
 def serve(cfg) -> None:
     """Serve the artifact's router until SIGINT/SIGTERM (uvicorn finishes the requests in flight)."""
     from t2iroute.errors import ConfigError
@@ -24,16 +25,34 @@ def serve(cfg) -> None:
         from t2iroute.serving import create_app
     except ImportError as e:
         raise ConfigError(f"serve needs FastAPI and uvicorn: pip install 't2iroute[serve]' ({e})") from None
-    app_kwargs = {"api_keys": keys, "image_dir": cfg.get("image_dir"), "max_queue": int(cfg.max_queue),
-                  "max_n": int(cfg.max_n), "max_route_prompts": int(cfg.max_route_prompts)}
+    app_kwargs = {
+        "api_keys": keys,
+        "image_dir": cfg.get("image_dir"),
+        "max_queue": int(cfg.max_queue),
+        "max_n": int(cfg.max_n),
+        "max_route_prompts": int(cfg.max_route_prompts),
+    }
     if cfg.get("engine", "process") == "ray":
         return serve_ray(cfg, app_kwargs)
     router = load_router(cfg)
     warmup = bool(cfg.get("warmup", True))  # /ready: 503 until every backend has loaded (a second stdout line)
-    app = create_app(router, **app_kwargs, warmup=warmup,
-                     on_ready=lambda info: print(json.dumps({"ready": True, **info}), flush=True))
-    print(json.dumps({"serving": f"http://{cfg.host}:{cfg.port}/v1", "backends": router.backend_names,
-                      "auth": bool(keys), "warmup": warmup}), flush=True)
+    app = create_app(
+        router,
+        **app_kwargs,
+        warmup=warmup,
+        on_ready=lambda info: print(json.dumps({"ready": True, **info}), flush=True),
+    )
+    print(
+        json.dumps(
+            {
+                "serving": f"http://{cfg.host}:{cfg.port}/v1",
+                "backends": router.backend_names,
+                "auth": bool(keys),
+                "warmup": warmup,
+            }
+        ),
+        flush=True,
+    )
     import signal
 
     # uvicorn finishes the requests in flight on SIGTERM/SIGINT, then re-raises the signal to the
@@ -48,16 +67,34 @@ def serve_ray(cfg, app_kwargs) -> None:
 
     from t2iroute.serving import ray as ray_serve
 
-    opts = ray_serve.RayServeOptions.from_mapping(OmegaConf.to_container(cfg.ray, resolve=True)
-                                                  if cfg.get("ray") else {})
+    opts = ray_serve.RayServeOptions.from_mapping(
+        OmegaConf.to_container(cfg.ray, resolve=True) if cfg.get("ray") else {}
+    )
     specs = OmegaConf.to_container(cfg.backends, resolve=True) if cfg.get("backends") else {}
 
     def started(info) -> None:
-        print(json.dumps({"serving": f"http://{cfg.host}:{cfg.port}/v1", "backends": info["backends"],
-                          "auth": bool(app_kwargs["api_keys"]), "engine": "ray", "models": info["models"]}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "serving": f"http://{cfg.host}:{cfg.port}/v1",
+                    "backends": info["backends"],
+                    "auth": bool(app_kwargs["api_keys"]),
+                    "engine": "ray",
+                    "models": info["models"],
+                }
+            ),
+            flush=True,
+        )
 
-    ray_serve.serve_until_signalled(str(cfg.artifact), specs, opts, host=str(cfg.host), port=int(cfg.port),
-                                    local=local_settings(cfg), app_kwargs=app_kwargs,
-                                    expected_sha256=cfg.get("artifact_sha256"), warmup=bool(cfg.get("warmup", True)),
-                                    on_started=started)
+    ray_serve.serve_until_signalled(
+        str(cfg.artifact),
+        specs,
+        opts,
+        host=str(cfg.host),
+        port=int(cfg.port),
+        local=local_settings(cfg),
+        app_kwargs=app_kwargs,
+        expected_sha256=cfg.get("artifact_sha256"),
+        warmup=bool(cfg.get("warmup", True)),
+        on_started=started,
+    )

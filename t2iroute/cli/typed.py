@@ -29,6 +29,7 @@ def section(cls, help: str = ""):
 @dataclass(frozen=True)
 class Group:
     """A config group of ``conf/`` the command composes (``NAME=OPTION``; a list group: ``[A,B]``)."""
+
     name: str
     default: Any
     help: str
@@ -37,6 +38,7 @@ class Group:
 @dataclass(frozen=True)
 class Key:
     """One leaf key of a command's config (``section`` True: a section's own line in the help)."""
+
     name: str
     type: Any
     default: Any

@@ -9,6 +9,7 @@ import numpy as np
 
 from t2iroute.errors import ConfigError
 
+
 @runtime_checkable
 class Featurizer(Protocol):
     """Turns prompts into a float matrix with stable column names.
@@ -102,8 +103,7 @@ class ComposedFeaturizer:
             timings[p.name] = time.perf_counter() - t0
             if m.shape != (len(prompts), len(p.feature_names_)):
                 raise RuntimeError(
-                    f"featurizer {p.name} returned shape {m.shape}, "
-                    f"expected {(len(prompts), len(p.feature_names_))}"
+                    f"featurizer {p.name} returned shape {m.shape}, expected {(len(prompts), len(p.feature_names_))}"
                 )
             mats.append(m)
         self.last_timings_ = timings

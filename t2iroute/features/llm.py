@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 TEMPLATE_VERSION = "rubric-v1"
 
 #: The most bytes one reply may hold (headers included); more is a bad reply, never read on.
-MAX_REPLY_BYTES = 4 * 2 ** 20
+MAX_REPLY_BYTES = 4 * 2**20
 #: A call stops asking once this many prompts got no valid answer and none did (a garbled LLM).
 GARBLED_AFTER = 3
 #: What a router artifact may set at most (``deadline_s: null`` counts as more than the bound);
@@ -69,8 +69,7 @@ FIELDS = {  # name: (min, max)
 }
 _RANGES = {**FIELDS, "expected_complexity": (1, 5)}
 
-SYSTEM = ("You rate how hard a text-to-image prompt is for an image generator. "
-          "Answer with JSON only.")
+SYSTEM = "You rate how hard a text-to-image prompt is for an image generator. Answer with JSON only."
 FULL_TEMPLATE = """Rate this text-to-image prompt.
 complexity: 1 (one simple object) to 5 (many objects, relations, counts, text).
 objects: number of distinct objects. attribute_bindings: attributes tied to specific objects
@@ -87,9 +86,11 @@ Answer:"""
 
 
 def full_schema() -> dict:
-    return {"type": "object",
-            "properties": {k: {"type": "integer", "minimum": lo, "maximum": hi} for k, (lo, hi) in FIELDS.items()},
-            "required": list(FIELDS)}
+    return {
+        "type": "object",
+        "properties": {k: {"type": "integer", "minimum": lo, "maximum": hi} for k, (lo, hi) in FIELDS.items()},
+        "required": list(FIELDS),
+    }
 
 
 class LLMError(RuntimeError):
@@ -169,16 +170,18 @@ def default_base_url() -> str:
     return "http://127.0.0.1:8080/v1"
 
 
-_URL = re.compile(r"(?P<scheme>https?://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
-                  r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?", re.I)
+_URL = re.compile(
+    r"(?P<scheme>https?://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
+    r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?",
+    re.I,
+)
 
 
 def check_url(value: Any, key: str = "base_url", *, scheme_optional: bool = False) -> str:
     """``value`` if it is ``http(s)://host[:port][/path]`` (no user:password@, query or fragment;
     ``scheme_optional``: ``host[:port]`` too, as Ollama's host); else ValueError naming ``key``."""
     m = _URL.fullmatch(value.strip()) if isinstance(value, str) else None
-    ok = m is not None and (bool(m["scheme"]) or scheme_optional) and \
-        (m["port"] is None or 0 < int(m["port"]) < 65536)
+    ok = m is not None and (bool(m["scheme"]) or scheme_optional) and (m["port"] is None or 0 < int(m["port"]) < 65536)
     if not ok:
         shown = redact(value if isinstance(value, str) else repr(value))
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
@@ -251,8 +254,9 @@ class _BoundedStream:
     def start_tls(self, ssl_context, server_hostname=None, timeout=None):
         import httpcore
 
-        return _BoundedStream(self._stream.start_tls(ssl_context, server_hostname,
-                                                     _limited(timeout, httpcore.ConnectTimeout)))
+        return _BoundedStream(
+            self._stream.start_tls(ssl_context, server_hostname, _limited(timeout, httpcore.ConnectTimeout))
+        )
 
     def get_extra_info(self, info):
         return self._stream.get_extra_info(info)
@@ -267,14 +271,24 @@ class _BoundedBackend:
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         import httpcore
 
-        return _BoundedStream(self._backend.connect_tcp(host, port, _limited(timeout, httpcore.ConnectTimeout),
-                                                        local_address=local_address, socket_options=socket_options))
+        return _BoundedStream(
+            self._backend.connect_tcp(
+                host,
+                port,
+                _limited(timeout, httpcore.ConnectTimeout),
+                local_address=local_address,
+                socket_options=socket_options,
+            )
+        )
 
     def connect_unix_socket(self, path, timeout=None, socket_options=None):
         import httpcore
 
-        return _BoundedStream(self._backend.connect_unix_socket(path, _limited(timeout, httpcore.ConnectTimeout),
-                                                                socket_options=socket_options))
+        return _BoundedStream(
+            self._backend.connect_unix_socket(
+                path, _limited(timeout, httpcore.ConnectTimeout), socket_options=socket_options
+            )
+        )
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
@@ -303,8 +317,16 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 timeout: float = 30.0, json_schema: bool = True, logprobs: bool = True, transport=None):
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        json_schema: bool = True,
+        logprobs: bool = True,
+        transport=None,
+    ):
         import httpx
 
         self.model = model
@@ -317,8 +339,9 @@ class OpenAIProvider:
         self.client = httpx.Client(timeout=timeout, headers=headers, transport=transport, follow_redirects=False)
         bound_requests(self.client)
 
-    def ask(self, prompt: str, rubric: str, timeout: float | None = None,
-            deadline: float | None = None) -> tuple[str, Any]:
+    def ask(
+        self, prompt: str, rubric: str, timeout: float | None = None, deadline: float | None = None
+    ) -> tuple[str, Any]:
         """(answer text, token logprobs). ``timeout``: per-request httpx timeout; ``deadline``
         (``time.monotonic()``): the request ends by then, however slowly its reply arrives."""
         with _request_limits(deadline):
@@ -328,22 +351,31 @@ class OpenAIProvider:
         import httpx
 
         user = (FULL_TEMPLATE if rubric == "full" else SCORE_TEMPLATE).format(prompt=prompt)
-        body: dict[str, Any] = {"model": self.model, "temperature": 0, "seed": 0,
-                                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
-                                "max_tokens": 120 if rubric == "full" else 1}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "temperature": 0,
+            "seed": 0,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+            "max_tokens": 120 if rubric == "full" else 1,
+        }
         if rubric == "full" and self.json_schema:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "complexity", "schema": full_schema()}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "complexity", "schema": full_schema()},
+            }
         if rubric == "score" and self.json_schema:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "digit", "schema": {"type": "integer", "minimum": 1, "maximum": 5}}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "digit", "schema": {"type": "integer", "minimum": 1, "maximum": 5}},
+            }
         if self.logprobs:
             body.update(logprobs=True, top_logprobs=5)
         kw = {} if timeout is None else {"timeout": timeout}
         with self.client.stream("POST", f"{self.base_url}/chat/completions", json=body, **kw) as r:
             if r.status_code == 404:
-                raise LLMError(f"openai provider: {redact(self.base_url)}: model '{self.model}' or endpoint "
-                               "not found (404)")
+                raise LLMError(
+                    f"openai provider: {redact(self.base_url)}: model '{self.model}' or endpoint not found (404)"
+                )
             r.raise_for_status()
             try:
                 length = int(r.headers.get("content-length") or 0)
@@ -364,8 +396,9 @@ class OpenAIProvider:
             lp = (ch.get("logprobs") or {}).get("content")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as e:
             # what is wrong, never the body: a server may echo the request's headers into it
-            raise BadResponse(f"bad reply (not an OpenAI chat completion): {type(e).__name__}, "
-                              f"{len(data)} bytes") from None
+            raise BadResponse(
+                f"bad reply (not an OpenAI chat completion): {type(e).__name__}, {len(data)} bytes"
+            ) from None
         if text is not None and not isinstance(text, str):
             raise BadResponse(f"bad reply: message content is {type(text).__name__}, not text")
         return text, lp
@@ -385,15 +418,15 @@ class OllamaProvider:
         elif os.environ.get("OLLAMA_HOST"):
             host = check_url(os.environ["OLLAMA_HOST"], "$OLLAMA_HOST", scheme_optional=True)
         self.api_key = os.environ.get("OLLAMA_API_KEY")  # the ollama client sends it; named to redact it
-        kw: dict[str, Any] = {"host": host or "http://127.0.0.1:11434", "timeout": timeout,
-                              "follow_redirects": False}
+        kw: dict[str, Any] = {"host": host or "http://127.0.0.1:11434", "timeout": timeout, "follow_redirects": False}
         if transport is not None:
             kw["transport"] = transport
         self.client = ollama.Client(**kw)
         bound_requests(getattr(self.client, "_client", None))
 
-    def ask(self, prompt: str, rubric: str, timeout: float | None = None,
-            deadline: float | None = None) -> tuple[str, Any]:
+    def ask(
+        self, prompt: str, rubric: str, timeout: float | None = None, deadline: float | None = None
+    ) -> tuple[str, Any]:
         with _request_limits(deadline):
             return self._ask(prompt, rubric, timeout)
 
@@ -405,11 +438,17 @@ class OllamaProvider:
         if timeout is not None and hasattr(getattr(self.client, "_client", None), "timeout"):
             self.client._client.timeout = timeout  # the client has no per-request timeout
         try:
-            resp = self.client.chat(model=self.model, format=fmt, options={"temperature": 0, "seed": 0},
-                                    messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}])
+            resp = self.client.chat(
+                model=self.model,
+                format=fmt,
+                options={"temperature": 0, "seed": 0},
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+            )
         except ollama.ResponseError as e:
             if getattr(e, "status_code", None) == 404:
-                raise LLMError(f"ollama provider: model '{self.model}' not found (404): ollama pull {self.model}") from e
+                raise LLMError(
+                    f"ollama provider: model '{self.model}' not found (404): ollama pull {self.model}"
+                ) from e
             raise
         except (ValueError, RecursionError) as e:  # the reply is not JSON, or not a chat response
             # the type only: a validation error quotes the reply, which may echo the request's headers
@@ -454,7 +493,7 @@ def classify_failure(e: BaseException) -> tuple[str, str]:
 
 def _short(e: BaseException, n: int = 100) -> str:
     s = " ".join(str(e).split())
-    return s if len(s) <= n else s[:n - 3] + "..."
+    return s if len(s) <= n else s[: n - 3] + "..."
 
 
 # -- cache -------------------------------------------------------------------------------------
@@ -575,12 +614,14 @@ class LLMCache:
                         continue
                     if _is_locked(e):
                         self.problem = f"locked: {e}"
-                        self._warn("locked", "LLM cache %s is locked by another connection: bypassed while it is",
-                                   self.path)
+                        self._warn(
+                            "locked", "LLM cache %s is locked by another connection: bypassed while it is", self.path
+                        )
                     elif write:
                         self.problem = f"not saved: {e}"
-                        self._warn("write", "LLM cache %s: answers cannot be saved (%s); going on without saving",
-                                   self.path, e)
+                        self._warn(
+                            "write", "LLM cache %s: answers cannot be saved (%s); going on without saving", self.path, e
+                        )
                     else:
                         self.problem = f"unreadable: {e}"
                         self._warn("read", "LLM cache %s cannot be read (%s): bypassed", self.path, e)
@@ -599,9 +640,10 @@ class LLMCache:
         def read(c):
             rows = []
             for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                rows += c.execute(f"SELECT key, value FROM answers WHERE key IN ({','.join('?' * len(chunk))})",
-                                  chunk).fetchall()
+                chunk = keys[i : i + 500]
+                rows += c.execute(
+                    f"SELECT key, value FROM answers WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
             return rows
 
         out = {}
@@ -649,7 +691,8 @@ def _is_locked(e: BaseException) -> bool:
 
 def default_llm_cache() -> Path:
     root = os.environ.get("T2IROUTE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "t2iroute")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "t2iroute"
+    )
     return Path(root) / "llm.sqlite"
 
 
@@ -737,20 +780,40 @@ class LLMComplexityFeaturizer:
     """
 
     name = "llm"
-    LOCAL_KEYS = frozenset({"base_url", "host", "api_key", "api_key_env", "cache", "cache_path", "transport",
-                            "progress"})
+    LOCAL_KEYS = frozenset(
+        {"base_url", "host", "api_key", "api_key_env", "cache", "cache_path", "transport", "progress"}
+    )
     #: timing: stored in an artifact (bounded when loaded), and the loading user's to set
     USER_KEYS = frozenset(ARTIFACT_BOUNDS)
 
-    def __init__(self, provider: str = "openai", model: str = "smollm2", *, base_url: str | None = None,
-                 host: str | None = None, api_key: str | None = None, api_key_env: str | None = None,
-                 rubric: str = "full", timeout: float = 30.0, retries: int = 2, backoff_s: float = 0.5,
-                 concurrency: int = 2, deadline_s: float | None = 20.0, cache: bool = True,
-                 cache_path: str | None = None, logprobs: bool = True, json_schema: bool = True, transport=None,
-                 progress: bool = True, template_version: str | None = None):
+    def __init__(
+        self,
+        provider: str = "openai",
+        model: str = "smollm2",
+        *,
+        base_url: str | None = None,
+        host: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        rubric: str = "full",
+        timeout: float = 30.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        concurrency: int = 2,
+        deadline_s: float | None = 20.0,
+        cache: bool = True,
+        cache_path: str | None = None,
+        logprobs: bool = True,
+        json_schema: bool = True,
+        transport=None,
+        progress: bool = True,
+        template_version: str | None = None,
+    ):
         if template_version is not None and template_version != TEMPLATE_VERSION:
-            raise ValueError(f"LLM features were built with prompt template {template_version}; this t2iroute "
-                             f"has {TEMPLATE_VERSION}: retrain the router")
+            raise ValueError(
+                f"LLM features were built with prompt template {template_version}; this t2iroute "
+                f"has {TEMPLATE_VERSION}: retrain the router"
+            )
         if provider not in PROVIDERS:
             raise ValueError(f"unknown LLM provider '{provider}'; known: {sorted(PROVIDERS)}")
         if rubric not in ("full", "score"):
@@ -799,8 +862,13 @@ class LLMComplexityFeaturizer:
                 continue
             v = out[key]
             whole = isinstance(bound, int)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
-                (v > 0 if key in ("deadline_s", "timeout") else v >= 0) and (not whole or float(v).is_integer())
+            ok = (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and (v > 0 if key in ("deadline_s", "timeout") else v >= 0)
+                and (not whole or float(v).is_integer())
+            )
             if v is None and key == "deadline_s":
                 new = bound
             elif not ok:
@@ -833,8 +901,15 @@ class LLMComplexityFeaturizer:
         with self._lock:
             if self._client is None:
                 if self.provider == "openai":
-                    self._client = OpenAIProvider(self.model, self.base_url, self._key_from_env(), self.timeout,
-                                                  self.json_schema, self.logprobs, self.transport)
+                    self._client = OpenAIProvider(
+                        self.model,
+                        self.base_url,
+                        self._key_from_env(),
+                        self.timeout,
+                        self.json_schema,
+                        self.logprobs,
+                        self.transport,
+                    )
                 else:
                     self._client = OllamaProvider(self.model, self.host, self.timeout, self.transport)
             return self._client
@@ -871,8 +946,7 @@ class LLMComplexityFeaturizer:
             # this request ends by its timeout or the call's deadline, however its reply arrives
             until = time.monotonic() + min(self.timeout, left)
             try:
-                text, lp = self._provider().ask(prompt, self.rubric, timeout=min(self.timeout, left),
-                                                deadline=until)
+                text, lp = self._provider().ask(prompt, self.rubric, timeout=min(self.timeout, left), deadline=until)
                 ans = parse_answer(text, self.rubric)
             except Exception as e:
                 kind, why = classify_failure(e)
@@ -926,8 +1000,7 @@ class LLMComplexityFeaturizer:
                 if left <= 0:
                     call.fail(f"deadline {self.deadline_s:g} s passed")
                     break
-                done, _ = wait(list(pending), timeout=None if left == math.inf else left,
-                               return_when=FIRST_COMPLETED)
+                done, _ = wait(list(pending), timeout=None if left == math.inf else left, return_when=FIRST_COMPLETED)
                 harvest(done)
             harvest([f for f in pending if f.done()])
         finally:
@@ -980,19 +1053,37 @@ class LLMComplexityFeaturizer:
                 rows.append([ans[f] for f in self.fields] + [ans.get("expected_complexity", ans["complexity"]), 0.0])
         reason = (call.reason or call.soft or "no answer") if n_imputed else None
         if n_imputed:
-            log.warning("LLM features: %d of %d prompts imputed from lexical features (%s)",
-                        n_imputed, len(prompts), reason)
-        self.last_stats_ = {"n": len(prompts), "cache_hits": hits, "asked": len(todo), "requests": call.requests,
-                            "imputed": n_imputed, "imputed_reason": reason, "cache": cache_status,
-                            "cache_bad": len(bad), "seconds": time.monotonic() - t0}
+            log.warning(
+                "LLM features: %d of %d prompts imputed from lexical features (%s)", n_imputed, len(prompts), reason
+            )
+        self.last_stats_ = {
+            "n": len(prompts),
+            "cache_hits": hits,
+            "asked": len(todo),
+            "requests": call.requests,
+            "imputed": n_imputed,
+            "imputed_reason": reason,
+            "cache": cache_status,
+            "cache_bad": len(bad),
+            "seconds": time.monotonic() - t0,
+        }
         return np.asarray(rows, dtype=np.float32).reshape(len(prompts), len(self.feature_names_))
 
     def spec(self) -> dict[str, Any]:
         """What a router artifact stores: the model, rubric and timing; never the LOCAL_KEYS."""
-        return {"provider": self.provider, "model": self.model, "rubric": self.rubric,
-                "template_version": TEMPLATE_VERSION, "timeout": self.timeout, "retries": self.retries,
-                "backoff_s": self.backoff_s, "concurrency": self.concurrency, "deadline_s": self.deadline_s,
-                "logprobs": self.logprobs, "json_schema": self.json_schema}
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "rubric": self.rubric,
+            "template_version": TEMPLATE_VERSION,
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "backoff_s": self.backoff_s,
+            "concurrency": self.concurrency,
+            "deadline_s": self.deadline_s,
+            "logprobs": self.logprobs,
+            "json_schema": self.json_schema,
+        }
 
 
 def _number(key: str, v: Any, *, positive: bool = False, whole: bool = False) -> float:
@@ -1003,8 +1094,13 @@ def _number(key: str, v: Any, *, positive: bool = False, whole: bool = False) ->
             v = float(v) if not whole else int(v)
         except ValueError:
             pass
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
-        (v > 0 if positive else v >= 0) and (not whole or float(v).is_integer())
+    ok = (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and (v > 0 if positive else v >= 0)
+        and (not whole or float(v).is_integer())
+    )
     if not ok:
         need = "a whole number >= 0" if whole else ("a number > 0" if positive else "a number >= 0")
         raise ValueError(f"llm.{key}={v!r:.40}: {need} is needed")

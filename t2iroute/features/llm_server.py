@@ -45,8 +45,9 @@ class LlamaServerProcess:
     """llama.cpp server in a child process (``python -m t2iroute.features.llm_server``): can really
     be stopped, as a server going down would be. ``with LlamaServerProcess() as base_url: ...``"""
 
-    def __init__(self, port: int | None = None, gguf: str | None = None, n_parallel: int = 1,
-                 start_timeout: float = 120.0):
+    def __init__(
+        self, port: int | None = None, gguf: str | None = None, n_parallel: int = 1, start_timeout: float = 120.0
+    ):
         self.port = port or free_port()
         self.gguf, self.n_parallel, self.start_timeout = gguf, n_parallel, start_timeout
         self.proc = None
@@ -59,8 +60,15 @@ class LlamaServerProcess:
 
         import httpx
 
-        cmd = [sys.executable, "-m", "t2iroute.features.llm_server", "--port", str(self.port),
-               "--parallel", str(self.n_parallel)] + (["--gguf", self.gguf] if self.gguf else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "t2iroute.features.llm_server",
+            "--port",
+            str(self.port),
+            "--parallel",
+            str(self.n_parallel),
+        ] + (["--gguf", self.gguf] if self.gguf else [])
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + self.start_timeout
         while time.time() < deadline:

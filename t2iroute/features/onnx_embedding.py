@@ -60,11 +60,16 @@ def onnx_root() -> Path:
     return default_cache_dir().parent / "onnx"
 
 
-
-
 # -- export (torch, once) ---------------------------------------------------------------------
-def export_model(model: str, folder: Path, *, max_seq_length: int | None, normalize: bool,
-                 quantize: str | None, source: str | None = None) -> None:
+def export_model(
+    model: str,
+    folder: Path,
+    *,
+    max_seq_length: int | None,
+    normalize: bool,
+    quantize: str | None,
+    source: str | None = None,
+) -> None:
     """Export ``model`` (a sentence-transformers model name or folder) to ``folder``.
 
     The graph is the whole sentence-transformers forward (transformer, pooling and whatever
@@ -121,8 +126,13 @@ def export_model(model: str, folder: Path, *, max_seq_length: int | None, normal
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and deprecation warnings: the graph is checked below
             torch.onnx.export(
-                _Encode().eval(), tuple(example[n] for n in names), str(fp32), input_names=names,
-                output_names=["sentence_embedding"], opset_version=17, dynamo=False,
+                _Encode().eval(),
+                tuple(example[n] for n in names),
+                str(fp32),
+                input_names=names,
+                output_names=["sentence_embedding"],
+                opset_version=17,
+                dynamo=False,
                 dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in names}, "sentence_embedding": {0: "batch"}},
             )
             reference = _Encode().eval()(*[example[n] for n in names]).numpy()
@@ -176,8 +186,14 @@ def _quantize_dynamic_int8(src: Path, dst: Path) -> None:
     if null is not None:
         root.addHandler(null)
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                         reduce_range=False, extra_options={"MatMulConstBOnly": True})
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            reduce_range=False,
+            extra_options={"MatMulConstBOnly": True},
+        )
     finally:
         root.removeFilter(hint)
         if null is not None:
@@ -213,7 +229,9 @@ class OnnxSentenceEncoder:
             raise RuntimeError(f"exported with format {meta.get('export_version')}, this is {EXPORT_VERSION}")
         model_file = self.folder / "model.onnx"
         if model_file.stat().st_size != meta["model_bytes"]:
-            raise RuntimeError(f"{model_file} has {model_file.stat().st_size} bytes, {meta['model_bytes']} were written")
+            raise RuntimeError(
+                f"{model_file} has {model_file.stat().st_size} bytes, {meta['model_bytes']} were written"
+            )
         self.meta = meta
         self.dim = int(meta["dim"])
         self.inputs = list(meta["inputs"])
@@ -240,8 +258,7 @@ class OnnxSentenceEncoder:
         if self.meta.get("do_lower_case"):
             texts = [t.lower() for t in texts]
         enc = self.tokenizer.encode_batch(texts)
-        return {n: np.asarray([getattr(e, _ENCODING_FIELDS[n]) for e in enc], dtype=np.int64)
-                for n in self.inputs}
+        return {n: np.asarray([getattr(e, _ENCODING_FIELDS[n]) for e in enc], dtype=np.int64) for n in self.inputs}
 
     def encode(self, prompts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         prompts = [str(p) for p in prompts]
@@ -250,14 +267,21 @@ class OnnxSentenceEncoder:
         # activation ranges, which are per batch, come out as they do on the torch path)
         order = np.argsort([-len(p) for p in prompts], kind="stable")
         for start in range(0, len(prompts), max(1, int(batch_size))):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             (emb,) = self.session.run(["sentence_embedding"], self._feed([prompts[i] for i in idx]))
             out[idx] = emb
         return out
 
 
-def load_or_export(key: str, model: str, *, max_seq_length: int | None, normalize: bool,
-                   quantize: str | None, source: str | None = None) -> tuple[OnnxSentenceEncoder, bool]:
+def load_or_export(
+    key: str,
+    model: str,
+    *,
+    max_seq_length: int | None,
+    normalize: bool,
+    quantize: str | None,
+    source: str | None = None,
+) -> tuple[OnnxSentenceEncoder, bool]:
     """The encoder for ``onnx_root()/key``, exporting the model first where it is missing or
     damaged (from the folder ``source`` only, when given). -> (encoder, exported_now). Raises if
     it cannot be exported."""
@@ -266,8 +290,9 @@ def load_or_export(key: str, model: str, *, max_seq_length: int | None, normaliz
         enc, exported = OnnxSentenceEncoder(folder), False
     except Exception as e:  # noqa: BLE001 -- missing; or damaged, truncated, older format: export again
         if not isinstance(e, FileNotFoundError):
-            log.warning("embedding: the ONNX model in %s is unusable (%s: %s); exporting it again",
-                        folder, type(e).__name__, e)
+            log.warning(
+                "embedding: the ONNX model in %s is unusable (%s: %s); exporting it again", folder, type(e).__name__, e
+            )
         with _export_lock:
             try:  # another thread may have exported it meanwhile
                 enc, exported = OnnxSentenceEncoder(folder), False
@@ -275,8 +300,14 @@ def load_or_export(key: str, model: str, *, max_seq_length: int | None, normaliz
                 src = _loaded.get(key)
                 enc = _copy_export(src, folder) if src is not None and src != folder else None
                 if enc is None:
-                    export_model(model, folder, max_seq_length=max_seq_length, normalize=normalize,
-                                 quantize=quantize, source=source)
+                    export_model(
+                        model,
+                        folder,
+                        max_seq_length=max_seq_length,
+                        normalize=normalize,
+                        quantize=quantize,
+                        source=source,
+                    )
                     enc = OnnxSentenceEncoder(folder)
                 exported = True
     _loaded[key] = folder

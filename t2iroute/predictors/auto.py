@@ -25,12 +25,21 @@ import numpy as np
 
 from t2iroute.curves import cost_to_reach, lambda_grid, quality_at_cost, router_curve
 from t2iroute.predictors.base import (
-    QualityPredictor, StateError, build_predictor, load_nested, state_array, state_number,
+    QualityPredictor,
+    StateError,
+    build_predictor,
+    load_nested,
+    state_array,
+    state_number,
 )
+
 # the candidates and their spec resolution live below base (base's resolve_blocks uses them);
 # DEFAULT_CANDIDATES, candidate_spec and resolve_candidates are imported from here as ever
 from t2iroute.predictors.candidates import (  # noqa: F401 -- resolve_candidates: re-exported
-    DEFAULT_CANDIDATES, _drop_blocks, candidate_spec, resolve_candidates,
+    DEFAULT_CANDIDATES,
+    _drop_blocks,
+    candidate_spec,
+    resolve_candidates,
 )
 from t2iroute.rules import anchor_quality
 
@@ -49,8 +58,10 @@ def routing_figures(q_hat: np.ndarray, scores: np.ndarray, costs: np.ndarray, n_
     cs, qs = router_curve(q_hat, scores, costs, lambda_grid(q_hat, costs, n_lambdas))
     ctm = cost_to_reach(cs, qs, best_q)
     qab = quality_at_cost(cs, qs, best_c)
-    return {"cost_saved_pct": None if ctm is None else 100.0 * (1.0 - ctm / best_c),
-            "quality_gain_at_equal_cost": None if qab is None else qab - best_q}
+    return {
+        "cost_saved_pct": None if ctm is None else 100.0 * (1.0 - ctm / best_c),
+        "quality_gain_at_equal_cost": None if qab is None else qab - best_q,
+    }
 
 
 def _objective(fig: dict) -> tuple[float, float]:
@@ -73,9 +84,16 @@ class AutoPredictor(QualityPredictor):
 
     type_name = "auto"
 
-    def __init__(self, candidates: list | None = None, n_folds: int | None = None, n_repeats: int | None = None,
-                 shrink: tuple = (0.0, 0.25, 0.5, 0.75, 1.0), min_cost_saved_pct: float = 2.0, seed: int = 0,
-                 relative: bool = False):
+    def __init__(
+        self,
+        candidates: list | None = None,
+        n_folds: int | None = None,
+        n_repeats: int | None = None,
+        shrink: tuple = (0.0, 0.25, 0.5, 0.75, 1.0),
+        min_cost_saved_pct: float = 2.0,
+        seed: int = 0,
+        relative: bool = False,
+    ):
         self.candidates = candidates
         self.n_folds = n_folds
         self.n_repeats = n_repeats
@@ -90,7 +108,7 @@ class AutoPredictor(QualityPredictor):
 
     def _candidates(self, n_rows: int) -> list[dict]:
         out = []
-        for c in (self.candidates if self.candidates is not None else DEFAULT_CANDIDATES):
+        for c in self.candidates if self.candidates is not None else DEFAULT_CANDIDATES:
             c = dict(c)
             if n_rows < int(c.get("min_rows", 0)) or n_rows > int(c.get("max_rows") or n_rows):
                 continue
@@ -165,8 +183,9 @@ class AutoPredictor(QualityPredictor):
                 for rep in splits:
                     P = np.zeros_like(Y)
                     for a, b in rep:
-                        P[b] = np.asarray(clone(proto).fit(X[a], Y[a], texts=sub(a)).predict(X[b], texts=sub(b))
-                                          ).reshape(len(b), k)
+                        P[b] = np.asarray(
+                            clone(proto).fit(X[a], Y[a], texts=sub(a)).predict(X[b], texts=sub(b))
+                        ).reshape(len(b), k)
                     oof.append(P)
             except Exception as e:  # noqa: BLE001 -- a candidate that cannot fit this table is skipped
                 log.info("auto predictor: candidate %s skipped (%s: %s)", cand["name"], type(e).__name__, e)
@@ -177,24 +196,35 @@ class AutoPredictor(QualityPredictor):
                 figs = [judge(Mn + float(alpha) * (P - Mn), Mn, anchored) for P, Mn in zip(oof, means)]
                 saved = [f["cost_saved_pct"] for f in figs]
                 gain = [f["quality_gain_at_equal_cost"] for f in figs]
-                results.append({
-                    "name": cand["name"], "shrink": float(alpha), "anchored": anchored,
-                    "cost_saved_pct": None if None in saved else float(np.mean(saved)),
-                    "quality_gain_at_equal_cost": None if None in gain else float(np.mean(gain)),
-                    "fit_s": time.perf_counter() - t0})
+                results.append(
+                    {
+                        "name": cand["name"],
+                        "shrink": float(alpha),
+                        "anchored": anchored,
+                        "cost_saved_pct": None if None in saved else float(np.mean(saved)),
+                        "quality_gain_at_equal_cost": None if None in gain else float(np.mean(gain)),
+                        "fit_s": time.perf_counter() - t0,
+                    }
+                )
         scored = [r for r in results if "skipped" not in r]
         if not scored:
-            raise ValueError("auto predictor: every candidate failed: "
-                             + "; ".join(f"{r['name']}: {r['skipped']}" for r in results))
+            raise ValueError(
+                "auto predictor: every candidate failed: " + "; ".join(f"{r['name']}: {r['skipped']}" for r in results)
+            )
         # the baseline: shrink 0 routes like the best single backend (cost saved 0, gain 0);
         # ties prefer shrinkage over none and anchoring over none
         best = max(scored, key=lambda r: (_objective(r), r["shrink"] > 0, r["anchored"]))
         # a saving below min_cost_saved_pct out of fold is noise, not a router worth trusting
-        beats = best["shrink"] > 0 and (best["cost_saved_pct"] or 0) >= float(self.min_cost_saved_pct) and \
-            (best["quality_gain_at_equal_cost"] is not None and best["quality_gain_at_equal_cost"] >= 0)
+        beats = (
+            best["shrink"] > 0
+            and (best["cost_saved_pct"] or 0) >= float(self.min_cost_saved_pct)
+            and (best["quality_gain_at_equal_cost"] is not None and best["quality_gain_at_equal_cost"] >= 0)
+        )
         if not beats:
-            best = next((r for r in scored if r["shrink"] == 0.0 and r["anchored"]),
-                        next((r for r in scored if r["shrink"] == 0.0), best))
+            best = next(
+                (r for r in scored if r["shrink"] == 0.0 and r["anchored"]),
+                next((r for r in scored if r["shrink"] == 0.0), best),
+            )
         spec = next(c["spec"] for c in self._candidates(n) if c["name"] == best["name"])
         self.chosen_name_ = best["name"]
         self.chosen_spec_ = spec
@@ -203,17 +233,26 @@ class AutoPredictor(QualityPredictor):
         self.beats_best_single_cv_ = bool(beats)
         self.means_ = Y.mean(axis=0)
         self.selection_ = {
-            "chosen": best["name"], "shrink": self.shrink_, "beats_best_single_cv": bool(beats),
-            "cv_cost_saved_pct": best["cost_saved_pct"], "cv_quality_gain_at_equal_cost": best["quality_gain_at_equal_cost"],
-            "n_folds": folds, "n_repeats": repeats, "anchored": bool(best["anchored"]),
+            "chosen": best["name"],
+            "shrink": self.shrink_,
+            "beats_best_single_cv": bool(beats),
+            "cv_cost_saved_pct": best["cost_saved_pct"],
+            "cv_quality_gain_at_equal_cost": best["quality_gain_at_equal_cost"],
+            "n_folds": folds,
+            "n_repeats": repeats,
+            "anchored": bool(best["anchored"]),
             "anchor_modes_tried": modes,
             "objective": "cost saved at equal quality, then quality gain at equal cost (out of fold, "
-                         "over a lambda grid, mean over repeats)",
-            "candidates": results, "cv_s": time.perf_counter() - t_all,
+            "over a lambda grid, mean over repeats)",
+            "candidates": results,
+            "cv_s": time.perf_counter() - t_all,
         }
         if not beats:
-            log.warning("auto predictor: no candidate beats the best single backend out of fold "
-                        "(best: %s); the router will route to the best single backend", best["name"])
+            log.warning(
+                "auto predictor: no candidate beats the best single backend out of fold "
+                "(best: %s); the router will route to the best single backend",
+                best["name"],
+            )
         self.chosen_ = build_predictor(spec).fit(X, Y, texts=texts) if self.shrink_ > 0 else None
 
     def refit_chosen(self, X, Y, texts=None) -> "AutoPredictor":
@@ -228,8 +267,9 @@ class AutoPredictor(QualityPredictor):
         for key in ("chosen_name_", "chosen_spec_", "shrink_", "anchored_", "beats_best_single_cv_", "selection_"):
             setattr(other, key, getattr(self, key))
         other.means_ = Y.mean(axis=0)
-        other.chosen_ = (build_predictor(copy.deepcopy(self.chosen_spec_)).fit(X, Y, texts=texts)
-                         if self.shrink_ > 0 else None)
+        other.chosen_ = (
+            build_predictor(copy.deepcopy(self.chosen_spec_)).fit(X, Y, texts=texts) if self.shrink_ > 0 else None
+        )
         return other
 
     def _predict_core(self, X, texts=None):
@@ -239,10 +279,15 @@ class AutoPredictor(QualityPredictor):
         return self.means_ + self.shrink_ * (P - self.means_)
 
     def _core_state(self):
-        meta = {"chosen": self.chosen_name_, "spec": self.chosen_spec_, "shrink": self.shrink_,
-                "anchored": self.anchored_,
-                "beats_best_single_cv": self.beats_best_single_cv_, "selection": self.selection_,
-                "has_model": self.chosen_ is not None}
+        meta = {
+            "chosen": self.chosen_name_,
+            "spec": self.chosen_spec_,
+            "shrink": self.shrink_,
+            "anchored": self.anchored_,
+            "beats_best_single_cv": self.beats_best_single_cv_,
+            "selection": self.selection_,
+            "has_model": self.chosen_ is not None,
+        }
         arrays, texts = {"means": self.means_}, {}
         if self.chosen_ is not None:
             m, a, t = self.chosen_.get_state()
@@ -264,5 +309,8 @@ class AutoPredictor(QualityPredictor):
             self.chosen_ = load_nested("chosen", meta["model"], arrays, texts)
             c = self.chosen_
             if (c.n_features_in_, c.n_outputs_) != (self.n_features_in_, self.n_outputs_):
-                raise StateError("predictor meta: 'model'", f"takes {c.n_features_in_} features to {c.n_outputs_} "
-                                 f"outputs, the auto predictor {self.n_features_in_} to {self.n_outputs_}")
+                raise StateError(
+                    "predictor meta: 'model'",
+                    f"takes {c.n_features_in_} features to {c.n_outputs_} "
+                    f"outputs, the auto predictor {self.n_features_in_} to {self.n_outputs_}",
+                )

@@ -87,8 +87,7 @@ def state_array(arrays: dict, name: str, shape: tuple, *, kind: str = "f", posit
     if not isinstance(a, np.ndarray):
         raise StateError(f"array '{name}'", f"is not an array ({type(a).__name__})", a)
     want = " x ".join("n" if s is None else str(s) for s in shape) or "a scalar"
-    if a.ndim != len(shape) or any((s is None and n < 1) or (s is not None and n != s)
-                                   for s, n in zip(shape, a.shape)):
+    if a.ndim != len(shape) or any((s is None and n < 1) or (s is not None and n != s) for s, n in zip(shape, a.shape)):
         raise StateError(f"array '{name}'", f"has shape {a.shape}, the predictor needs ({want})", a)
     if kind == "U":
         if a.dtype.kind != "U":
@@ -111,11 +110,15 @@ def slice_width(sl, n_features: int, what: str = "feature_slice") -> int:
     0 <= start < stop <= n_features."""
     if sl is None:
         return n_features
-    ok = isinstance(sl, (list, tuple)) and len(sl) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in sl)
+    ok = (
+        isinstance(sl, (list, tuple))
+        and len(sl) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in sl)
+    )
     if not ok or not 0 <= sl[0] < sl[1] <= n_features:
-        raise StateError(f"predictor param '{what}'", f"must be [start, stop] with 0 <= start < stop <= "
-                                                       f"{n_features}, got {sl!r:.60}")
+        raise StateError(
+            f"predictor param '{what}'", f"must be [start, stop] with 0 <= start < stop <= {n_features}, got {sl!r:.60}"
+        )
     return int(sl[1]) - int(sl[0])
 
 
@@ -127,8 +130,11 @@ class _Estimator:
     @classmethod
     def _get_param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
-        return sorted(p.name for p in sig.parameters.values()
-                      if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        return sorted(
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         out = {}
@@ -156,9 +162,13 @@ class _Estimator:
     def __sklearn_tags__(self):
         from sklearn.utils import RegressorTags, Tags, TargetTags
 
-        return Tags(estimator_type="regressor",
-                    target_tags=TargetTags(required=True, multi_output=True, single_output=True),
-                    transformer_tags=None, regressor_tags=RegressorTags(), classifier_tags=None)
+        return Tags(
+            estimator_type="regressor",
+            target_tags=TargetTags(required=True, multi_output=True, single_output=True),
+            transformer_tags=None,
+            regressor_tags=RegressorTags(),
+            classifier_tags=None,
+        )
 
     def score(self, X, y, sample_weight=None) -> float:
         from sklearn.metrics import r2_score
@@ -179,8 +189,9 @@ def _check_predict_input(est, X) -> np.ndarray:
     if X.ndim != 2:
         raise ValueError(f"Expected 2D array, got {X.ndim}D array instead. Reshape your data.")
     if X.shape[1] != est.n_features_in_:
-        raise ValueError(f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
-                         f"{est.n_features_in_} features as input")
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {type(est).__name__} is expecting {est.n_features_in_} features as input"
+        )
     if not np.isfinite(X).all():
         raise ValueError("Input X contains NaN or infinity.")
     return X
@@ -289,15 +300,20 @@ class QualityPredictor(_Estimator):
         obj.n_outputs_ = state_int(meta, "n_outputs", 1, MAX_OUTPUTS)
         one_d = meta.get("one_d")
         if not isinstance(one_d, bool) or (one_d and obj.n_outputs_ != 1):
-            raise StateError("predictor meta: 'one_d'", f"must be true (one output) or false, got {one_d!r:.60} "
-                                                         f"with {obj.n_outputs_} outputs")
+            raise StateError(
+                "predictor meta: 'one_d'",
+                f"must be true (one output) or false, got {one_d!r:.60} with {obj.n_outputs_} outputs",
+            )
         obj.one_d_ = one_d
         obj.mean_model_ = None
         if "mean_model" in meta:
             mm = load_nested("mean_model", meta["mean_model"], arrays, texts)
             if (mm.n_features_in_, mm.n_outputs_, mm.one_d_) != (obj.n_features_in_, 1, True):
-                raise StateError("predictor meta: 'mean_model'", f"must take the predictor's {obj.n_features_in_} "
-                                 f"features to one output, takes {mm.n_features_in_} to {mm.n_outputs_}")
+                raise StateError(
+                    "predictor meta: 'mean_model'",
+                    f"must take the predictor's {obj.n_features_in_} "
+                    f"features to one output, takes {mm.n_features_in_} to {mm.n_outputs_}",
+                )
             obj.mean_model_ = mm
         if not isinstance(meta.get("core"), dict):
             raise StateError("predictor meta: 'core'", f"must be a mapping, got {meta.get('core')!r:.60}")
@@ -310,11 +326,11 @@ class QualityPredictor(_Estimator):
 
 
 def _sub(d: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in d.items() if k.startswith(prefix)}
 
 
 def _slice(X, sl):
-    return X if sl is None else X[:, int(sl[0]):int(sl[1])]
+    return X if sl is None else X[:, int(sl[0]) : int(sl[1])]
 
 
 def _jsonable(x):
@@ -346,8 +362,7 @@ def resolve_blocks(spec, blocks: dict[str, slice]):
                 name = names if len(names) > 1 or not isinstance(name, str) else name
             missing = [n for n in names if n not in blocks]
             if missing:
-                raise ConfigError(
-                    f"predictor {key} '{missing[0]}' is not a configured featurizer ({sorted(blocks)})")
+                raise ConfigError(f"predictor {key} '{missing[0]}' is not a configured featurizer ({sorted(blocks)})")
             sls = [[blocks[n].start, blocks[n].stop] for n in names]
             spec[target] = sls[0] if isinstance(name, str) else sls
         return spec

@@ -17,9 +17,14 @@ class KNNPredictor(QualityPredictor):
 
     type_name = "knn"
 
-    def __init__(self, n_neighbors: int = 50, temperature: float | None = None,
-                 relative: bool = True, feature_slice: tuple[int, int] | None = None,
-                 stack_kernels: dict | None = None):
+    def __init__(
+        self,
+        n_neighbors: int = 50,
+        temperature: float | None = None,
+        relative: bool = True,
+        feature_slice: tuple[int, int] | None = None,
+        stack_kernels: dict | None = None,
+    ):
         self.n_neighbors = n_neighbors
         self.temperature = temperature
         self.relative = relative
@@ -43,7 +48,7 @@ class KNNPredictor(QualityPredictor):
         k_eff = min(k + int(exclude_self), len(self.X_))
         sims, idx = [], []
         for s in range(0, len(Q), 2048):  # bounded memory for big queries
-            S = Q[s:s + 2048] @ self.X_.T
+            S = Q[s : s + 2048] @ self.X_.T
             part = np.argpartition(-S, k_eff - 1, axis=1)[:, :k_eff]
             ps = np.take_along_axis(S, part, axis=1)
             order = np.argsort(-ps, axis=1, kind="stable")
@@ -83,14 +88,14 @@ class KNNPredictor(QualityPredictor):
         sims, idx = self.neighbors(np.asarray(X, dtype=np.float64), kmax)
         cols = []
         for T, k in kern.get("softmax", []):
-            cols.append(self._weighted(sims[:, :int(k)], idx[:, :int(k)], float(T)))
+            cols.append(self._weighted(sims[:, : int(k)], idx[:, : int(k)], float(T)))
         for k in kern.get("inverse", []):
-            w = 1.0 / (1.0 - sims[:, :int(k)] + 1e-3)
-            cols.append(np.einsum("nk,nkj->nj", w / w.sum(1, keepdims=True), self.Y_[idx[:, :int(k)]]))
+            w = 1.0 / (1.0 - sims[:, : int(k)] + 1e-3)
+            cols.append(np.einsum("nk,nkj->nj", w / w.sum(1, keepdims=True), self.Y_[idx[:, : int(k)]]))
         for T in kern.get("density", []):
             cols.append(np.log(np.exp((sims[:, :200] - 1.0) / float(T)).sum(1, keepdims=True)))
         for k in kern.get("distance", []):
-            cols.append((1.0 - sims[:, :int(k)]).mean(1, keepdims=True))
+            cols.append((1.0 - sims[:, : int(k)]).mean(1, keepdims=True))
         return np.hstack(cols)
 
     def _core_state(self):
@@ -142,5 +147,8 @@ class KNNPredictor(QualityPredictor):
         if not kern:
             return int(self.n_outputs_)
         k = int(self.n_outputs_)
-        return (k * (len(kern.get("softmax", [])) + len(kern.get("inverse", [])))
-                + len(kern.get("density", [])) + len(kern.get("distance", [])))
+        return (
+            k * (len(kern.get("softmax", [])) + len(kern.get("inverse", [])))
+            + len(kern.get("density", []))
+            + len(kern.get("distance", []))
+        )

@@ -41,9 +41,16 @@ class LGBMPredictor(QualityPredictor):
 
     type_name = "lgbm"
 
-    def __init__(self, params: dict | None = None, relative: bool = True, seed: int = 0,
-                 n_jobs: int = 2, early_stopping_rounds: int | None = None,
-                 validation_fraction: float = 0.15, n_bags: int = 1):
+    def __init__(
+        self,
+        params: dict | None = None,
+        relative: bool = True,
+        seed: int = 0,
+        n_jobs: int = 2,
+        early_stopping_rounds: int | None = None,
+        validation_fraction: float = 0.15,
+        n_bags: int = 1,
+    ):
         self.params = params
         self.relative = relative
         self.seed = seed
@@ -55,8 +62,15 @@ class LGBMPredictor(QualityPredictor):
     def _lgbm_params(self, bag: int = 0) -> dict:
         p = dict(DEFAULT_LGBM)
         p.update(self.params or {})
-        p.update({"random_state": int(self.seed) + bag, "n_jobs": int(self.n_jobs), "verbose": -1,
-                  "deterministic": True, "force_row_wise": True})
+        p.update(
+            {
+                "random_state": int(self.seed) + bag,
+                "n_jobs": int(self.n_jobs),
+                "verbose": -1,
+                "deterministic": True,
+                "force_row_wise": True,
+            }
+        )
         return p
 
     def _fit_one(self, X, y, bag: int):
@@ -71,28 +85,34 @@ class LGBMPredictor(QualityPredictor):
             with warnings.catch_warnings():  # lightgbm >= 4.7 renames eval_set; older ones lack the new names
                 warnings.filterwarnings("ignore", message=".*eval_set.*")
                 m = lgb.LGBMRegressor(**p).fit(
-                    X[~val], y[~val], eval_set=[(X[val], y[val])],
-                    callbacks=[lgb.early_stopping(int(self.early_stopping_rounds), verbose=False)])
+                    X[~val],
+                    y[~val],
+                    eval_set=[(X[val], y[val])],
+                    callbacks=[lgb.early_stopping(int(self.early_stopping_rounds), verbose=False)],
+                )
             p["n_estimators"] = int(max(m.best_iteration_ or p["n_estimators"], 20) * 1.1)
         return lgb.LGBMRegressor(**p).fit(X, y).booster_
 
     def _fit_core(self, X, Y, texts=None):
         try:
-            self.boosters_ = [[self._fit_one(X, Y[:, j], b) for j in range(Y.shape[1])]
-                              for b in range(max(1, int(self.n_bags)))]
+            self.boosters_ = [
+                [self._fit_one(X, Y[:, j], b) for j in range(Y.shape[1])] for b in range(max(1, int(self.n_bags)))
+            ]
         except TypeError as e:
             raise ConfigError(f"predictor lgbm: bad LightGBM params {self.params}: {e}") from e
 
     def _predict_core(self, X, texts=None):
         threads = 1 if len(X) < 256 else int(self.n_jobs)  # thread start-up dominates small calls
-        return np.mean([
-            np.stack([b.predict(X, num_threads=threads) for b in bag], axis=1)
-            for bag in self.boosters_
-        ], axis=0)
+        return np.mean(
+            [np.stack([b.predict(X, num_threads=threads) for b in bag], axis=1) for bag in self.boosters_], axis=0
+        )
 
     def _core_state(self):
-        texts = {f"booster_{i}_{j}.txt": b.model_to_string()
-                 for i, bag in enumerate(self.boosters_) for j, b in enumerate(bag)}
+        texts = {
+            f"booster_{i}_{j}.txt": b.model_to_string()
+            for i, bag in enumerate(self.boosters_)
+            for j, b in enumerate(bag)
+        }
         return {"n_bags": len(self.boosters_), "n_boosters": len(self.boosters_[0])}, {}, texts
 
     def _set_core_state(self, meta, arrays, texts):
@@ -128,25 +148,49 @@ _FLOAT = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,4})?")
 _INTS = re.compile(rf"{_INT.pattern}( {_INT.pattern})*")
 _FLOATS = re.compile(rf"{_FLOAT.pattern}( {_FLOAT.pattern})*")
 _FEATURE_INFO = re.compile(r"none|\[[-+0-9.eE]{1,40}:[-+0-9.eE]{1,40}\]|-?\d{1,10}(:-?\d{1,10}){0,100000}")
-_HEADER_KEYS = {"version", "num_class", "num_tree_per_iteration", "label_index", "max_feature_idx", "objective",
-                "average_output", "feature_names", "monotone_constraints", "feature_infos", "tree_sizes"}
+_HEADER_KEYS = {
+    "version",
+    "num_class",
+    "num_tree_per_iteration",
+    "label_index",
+    "max_feature_idx",
+    "objective",
+    "average_output",
+    "feature_names",
+    "monotone_constraints",
+    "feature_infos",
+    "tree_sizes",
+}
 #: per tree: key -> (kind, length: "L" num_leaves, "I" num_leaves - 1, "C" num_cat + 1, "T" cat_threshold,
 #: "F" sum of num_features, 1 a scalar), written in this order (LightGBM reads at most 22 lines)
 _TREE_FIELDS = {
-    "num_leaves": ("int", 1), "num_cat": ("int", 1),
-    "split_feature": ("int", "I"), "split_gain": ("float", "I"), "threshold": ("float", "I"),
-    "decision_type": ("int", "I"), "left_child": ("int", "I"), "right_child": ("int", "I"),
-    "leaf_value": ("float", "L"), "leaf_weight": ("float", "L"), "leaf_count": ("int", "L"),
-    "internal_value": ("float", "I"), "internal_weight": ("float", "I"), "internal_count": ("int", "I"),
-    "cat_boundaries": ("int", "C"), "cat_threshold": ("int", "T"),
-    "is_linear": ("int", 1), "shrinkage": ("float", 1),
-    "leaf_const": ("float", "L"), "num_features": ("int", "L"), "leaf_features": ("int", "F"),
+    "num_leaves": ("int", 1),
+    "num_cat": ("int", 1),
+    "split_feature": ("int", "I"),
+    "split_gain": ("float", "I"),
+    "threshold": ("float", "I"),
+    "decision_type": ("int", "I"),
+    "left_child": ("int", "I"),
+    "right_child": ("int", "I"),
+    "leaf_value": ("float", "L"),
+    "leaf_weight": ("float", "L"),
+    "leaf_count": ("int", "L"),
+    "internal_value": ("float", "I"),
+    "internal_weight": ("float", "I"),
+    "internal_count": ("int", "I"),
+    "cat_boundaries": ("int", "C"),
+    "cat_threshold": ("int", "T"),
+    "is_linear": ("int", 1),
+    "shrinkage": ("float", 1),
+    "leaf_const": ("float", "L"),
+    "num_features": ("int", "L"),
+    "leaf_features": ("int", "F"),
     "leaf_coeff": ("float", "F"),
 }
 _REQUIRED = ("num_leaves", "num_cat", "leaf_value")
 _ONE_LEAF = {"num_leaves", "num_cat", "leaf_value", "leaf_count", "is_linear", "shrinkage"}
 _REQUIRED_SPLITS = ("split_feature", "threshold", "decision_type", "left_child", "right_child")
-_INT32 = 2 ** 31 - 1
+_INT32 = 2**31 - 1
 
 
 def _fmt(vals: list) -> str:
@@ -166,6 +210,7 @@ def checked_model_text(text: str, n_features: int, name: str = "model") -> str:
     :class:`StateError` naming ``name`` and what is wrong. The result holds only the checked
     fields, with ``tree_sizes`` recomputed.
     """
+
     def bad(why: str) -> StateError:
         return StateError(f"model {name}", why, text)
 
@@ -208,8 +253,10 @@ def checked_model_text(text: str, n_features: int, name: str = "model") -> str:
         raise bad(f"is for {max_idx + 1} features (max_feature_idx={max_idx}); the predictor takes {n_features}")
     objective = header.get("objective", "regression").strip()
     if not _OBJECTIVES.fullmatch(objective):
-        raise bad(f"has objective {objective[:60]!r}; a t2iroute model is a regression "
-                  "(regression, regression_l1, huber, fair, quantile or mape)")
+        raise bad(
+            f"has objective {objective[:60]!r}; a t2iroute model is a regression "
+            "(regression, regression_l1, huber, fair, quantile or mape)"
+        )
     infos = header.get("feature_infos", "").split()
     if len(infos) != n_features or not all(_FEATURE_INFO.fullmatch(t) for t in infos):
         raise bad(f"'feature_infos' must list {n_features} entries ('none', [min:max] or categories)")
@@ -248,13 +295,23 @@ def checked_model_text(text: str, n_features: int, name: str = "model") -> str:
         raise bad("has no 'end of trees' line (truncated?)")
     if not blocks:
         raise bad("has no trees")
-    out = ["tree", "version=v4", "num_class=1", "num_tree_per_iteration=1", f"label_index={label_index}",
-           f"max_feature_idx={max_idx}", f"objective={objective}"]
+    out = [
+        "tree",
+        "version=v4",
+        "num_class=1",
+        "num_tree_per_iteration=1",
+        f"label_index={label_index}",
+        f"max_feature_idx={max_idx}",
+        f"objective={objective}",
+    ]
     if "average_output" in header:
         out.append("average_output")
-    out += ["feature_names=" + " ".join(f"Column_{j}" for j in range(n_features)),
-            "feature_infos=" + " ".join(infos),
-            "tree_sizes=" + " ".join(str(len(b)) for b in blocks), ""]
+    out += [
+        "feature_names=" + " ".join(f"Column_{j}" for j in range(n_features)),
+        "feature_infos=" + " ".join(infos),
+        "tree_sizes=" + " ".join(str(len(b)) for b in blocks),
+        "",
+    ]
     return "\n".join(out) + "\n" + "".join(blocks) + "end of trees\n\npandas_categorical:null\n"
 
 
@@ -267,7 +324,7 @@ def _numbers(value: str, kind: str, n: int, key: str, bad) -> list:
         raise bad(f"'{key}' holds something other than {'whole numbers' if kind == 'int' else 'numbers'}")
     if kind == "int":
         out = [int(t) for t in toks]
-        if any(not -_INT32 - 1 <= v <= 2 ** 32 - 1 for v in out):
+        if any(not -_INT32 - 1 <= v <= 2**32 - 1 for v in out):
             raise bad(f"'{key}' holds a value out of range")
         return out
     out = list(map(float, toks))
@@ -332,8 +389,9 @@ def _check_tree(raw: dict[str, str], t: int, n_features: int, outer_bad) -> dict
             raise bad(f"'{key}' holds a feature index outside 0..{n_features - 1}")
         if key == "decision_type" and any(not 0 <= v <= 11 or (v >> 2) & 3 == 3 for v in vals):
             raise bad("'decision_type' holds a value LightGBM does not know")
-        if key == "cat_boundaries" and (vals[0] != 0 or any(b < a for a, b in zip(vals, vals[1:]))
-                                        or vals[-1] > 10 * 2 ** 20):
+        if key == "cat_boundaries" and (
+            vals[0] != 0 or any(b < a for a, b in zip(vals, vals[1:])) or vals[-1] > 10 * 2**20
+        ):
             raise bad("'cat_boundaries' must rise from 0")
         if key == "cat_threshold" and any(v < 0 for v in vals):
             raise bad("'cat_threshold' holds negative values")
@@ -370,5 +428,6 @@ def _check_children(f: dict[str, list], n_leaves: int, n_cat: int, bad) -> None:
         if d & 1:
             c = f["threshold"][node]
             if not n_cat or c != int(c) or not 0 <= c < n_cat:
-                raise bad(f"node {node}: a categorical split whose threshold {c!r} is not a category "
-                          f"set (0..{n_cat - 1})")
+                raise bad(
+                    f"node {node}: a categorical split whose threshold {c!r} is not a category set (0..{n_cat - 1})"
+                )

@@ -6,7 +6,12 @@ import numpy as np
 
 from t2iroute.errors import ConfigError
 from t2iroute.predictors.base import (
-    QualityPredictor, StateError, _slice, slice_width, state_array, state_int,
+    QualityPredictor,
+    StateError,
+    _slice,
+    slice_width,
+    state_array,
+    state_int,
 )
 
 
@@ -15,8 +20,7 @@ class RidgePredictor(QualityPredictor):
 
     type_name = "ridge"
 
-    def __init__(self, alpha: float = 10.0, relative: bool = True,
-                 feature_slice: tuple[int, int] | None = None):
+    def __init__(self, alpha: float = 10.0, relative: bool = True, feature_slice: tuple[int, int] | None = None):
         self.alpha = alpha
         self.relative = relative
         self.feature_slice = feature_slice
@@ -46,7 +50,6 @@ class RidgePredictor(QualityPredictor):
         self.coef_ = state_array(arrays, "coef", (d, k))
 
 
-
 class TfidfRidgePredictor(QualityPredictor):
     """Ridge regression on TF-IDF of the prompt text (word n-grams + character n-grams).
 
@@ -60,9 +63,18 @@ class TfidfRidgePredictor(QualityPredictor):
     type_name = "tfidf_ridge"
     needs_texts = True
 
-    def __init__(self, alphas: tuple = (3.0,), word_ngrams: tuple = (1, 2), char_ngrams: tuple = (2, 5),
-                 word_min_df: int = 2, char_min_df: int = 3, max_features: int = 100_000,
-                 word_alpha: float | None = None, char_alpha: float | None = None, relative: bool = True):
+    def __init__(
+        self,
+        alphas: tuple = (3.0,),
+        word_ngrams: tuple = (1, 2),
+        char_ngrams: tuple = (2, 5),
+        word_min_df: int = 2,
+        char_min_df: int = 3,
+        max_features: int = 100_000,
+        word_alpha: float | None = None,
+        char_alpha: float | None = None,
+        relative: bool = True,
+    ):
         self.alphas = alphas
         self.word_ngrams = word_ngrams
         self.char_ngrams = char_ngrams
@@ -78,11 +90,20 @@ class TfidfRidgePredictor(QualityPredictor):
 
         small = n_docs < 50  # tiny tables: min_df would drop every term
         return (
-            TfidfVectorizer(ngram_range=tuple(self.word_ngrams), min_df=1 if small else int(self.word_min_df),
-                            sublinear_tf=True, dtype=np.float64),
-            TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(self.char_ngrams),
-                            min_df=1 if small else int(self.char_min_df), sublinear_tf=True,
-                            max_features=int(self.max_features), dtype=np.float64),
+            TfidfVectorizer(
+                ngram_range=tuple(self.word_ngrams),
+                min_df=1 if small else int(self.word_min_df),
+                sublinear_tf=True,
+                dtype=np.float64,
+            ),
+            TfidfVectorizer(
+                analyzer="char_wb",
+                ngram_range=tuple(self.char_ngrams),
+                min_df=1 if small else int(self.char_min_df),
+                sublinear_tf=True,
+                max_features=int(self.max_features),
+                dtype=np.float64,
+            ),
         )
 
     def _models(self):
@@ -142,15 +163,21 @@ class TfidfRidgePredictor(QualityPredictor):
     def _set_core_state(self, meta, arrays, texts):
         for key in ("word_ngrams", "char_ngrams"):
             ng = getattr(self, key)
-            if not (isinstance(ng, (list, tuple)) and len(ng) == 2
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in ng) and 1 <= ng[0] <= ng[1] <= 20):
-                raise StateError(f"predictor param '{key}'",
-                                 f"must be [min, max] with 1 <= min <= max <= 20, got {ng!r:.60}")
+            if not (
+                isinstance(ng, (list, tuple))
+                and len(ng) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in ng)
+                and 1 <= ng[0] <= ng[1] <= 20
+            ):
+                raise StateError(
+                    f"predictor param '{key}'", f"must be [min, max] with 1 <= min <= max <= 20, got {ng!r:.60}"
+                )
         try:
             models = self._models()
         except (TypeError, ValueError) as e:
-            raise StateError("predictor params 'alphas', 'word_alpha', 'char_alpha'",
-                             f"must be numbers ({e})") from None
+            raise StateError(
+                "predictor params 'alphas', 'word_alpha', 'char_alpha'", f"must be numbers ({e})"
+            ) from None
         n = state_int(meta, "n_models", 1, 1000)
         if n != len(models):
             raise StateError("predictor meta: 'n_models'", f"is {n}, the params name {len(models)} models")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from t2iroute.predictors.base import (
-    QualityPredictor, StateError, _slice, build_predictor, load_nested, slice_width,
+    QualityPredictor,
+    StateError,
+    _slice,
+    build_predictor,
+    load_nested,
+    slice_width,
 )
 
 
@@ -22,8 +27,15 @@ class StackPredictor(QualityPredictor):
 
     type_name = "stack"
 
-    def __init__(self, base: list | None = None, final: list | dict | None = None, n_folds: int = 5,
-                 passthrough_slice: tuple[int, int] | None = None, relative: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        base: list | None = None,
+        final: list | dict | None = None,
+        n_folds: int = 5,
+        passthrough_slice: tuple[int, int] | None = None,
+        relative: bool = True,
+        seed: int = 0,
+    ):
         self.base = base
         self.final = final
         self.n_folds = n_folds
@@ -101,8 +113,9 @@ class StackPredictor(QualityPredictor):
 
         for key in ("bases", "finals"):
             if not isinstance(meta.get(key), list) or not 1 <= len(meta[key]) <= 1000:
-                raise StateError(f"predictor meta: '{key}'", f"must be a list of 1 to 1000 predictors, got "
-                                                           f"{meta.get(key)!r:.60}")
+                raise StateError(
+                    f"predictor meta: '{key}'", f"must be a list of 1 to 1000 predictors, got {meta.get(key)!r:.60}"
+                )
         self.bases_ = [load(f"base{i}", m) for i, m in enumerate(meta["bases"])]
         self.finals_ = [load(f"final{i}", m) for i, m in enumerate(meta["finals"])]
         n, k = self.n_features_in_, self.n_outputs_
@@ -115,5 +128,8 @@ class StackPredictor(QualityPredictor):
             width += b.stack_width_()
         for i, f in enumerate(self.finals_):
             if (f.n_features_in_, f.n_outputs_) != (width, k):
-                raise StateError(f"predictor meta: final{i}", f"takes {f.n_features_in_} columns to {f.n_outputs_} "
-                                 f"outputs; the stack hands it {width} columns and needs {k} outputs")
+                raise StateError(
+                    f"predictor meta: final{i}",
+                    f"takes {f.n_features_in_} columns to {f.n_outputs_} "
+                    f"outputs; the stack hands it {width} columns and needs {k} outputs",
+                )

@@ -96,9 +96,9 @@ _PACKAGES = ("t2iroute", "numpy", "scikit-learn", "lightgbm", "sentence-transfor
 
 #: Bounds checked before reading: one file, all files together, the manifest, JSON nesting,
 #: the arrays' unpacked size. ``T2IROUTE_MAX_ARTIFACT_MB`` raises the file and total bounds.
-MAX_FILE_BYTES = int(float(os.environ.get("T2IROUTE_MAX_ARTIFACT_MB", 1024)) * 2 ** 20)
+MAX_FILE_BYTES = int(float(os.environ.get("T2IROUTE_MAX_ARTIFACT_MB", 1024)) * 2**20)
 MAX_TOTAL_BYTES = 2 * MAX_FILE_BYTES
-MAX_MANIFEST_BYTES = 8 * 2 ** 20
+MAX_MANIFEST_BYTES = 8 * 2**20
 MAX_DEPTH = 32
 MAX_BACKENDS = 1000
 #: The largest backend cost an artifact may give (in its cost unit): costs times lambda, summed
@@ -143,8 +143,9 @@ def _sha256_file(path: Path) -> str:
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
     """sha256 of the manifest's canonical JSON, without its own ``manifest_sha256``."""
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
-                      default=_json_default)
+    text = json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_json_default
+    )
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
@@ -192,8 +193,14 @@ def clean_leftovers(path: Path) -> list[Path]:
     return removed
 
 
-def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
-                data: Mapping[str, Any] | None = None, overwrite: bool = True) -> Path:
+def save_router(
+    router,
+    path,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    overwrite: bool = True,
+) -> Path:
     """Write ``router`` to the folder ``path``: a temp folder swapped in atomically.
 
     ``path`` may be missing, an empty folder or an artifact (replaced when ``overwrite``);
@@ -205,8 +212,10 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
         raise ArtifactError(f"artifact path {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):
         if not (path / "manifest.json").is_file():
-            raise ArtifactError(f"artifact path {path} is a folder that holds something other than a "
-                                "router artifact; not replacing it (choose another path)")
+            raise ArtifactError(
+                f"artifact path {path} is a folder that holds something other than a "
+                "router artifact; not replacing it (choose another path)"
+            )
         if not overwrite:
             raise ArtifactError(f"artifact {path} exists (overwrite=False)")
     from t2iroute.router.domain import ARRAY_PREFIX
@@ -250,8 +259,9 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
             "higher_is_better": bool(router.higher_is_better),
             "anchor": router.anchor,
             "policy": router.policy.spec(),
-            "backends": [{"name": b, "cost": c, "spec": router.backend_specs.get(b)}
-                         for b, c in zip(router.backend_names, costs)],
+            "backends": [
+                {"name": b, "cost": c, "spec": router.backend_specs.get(b)} for b, c in zip(router.backend_names, costs)
+            ],
             "featurizer": router.featurizer.spec(),
             "n_features": len(router.featurizer.feature_names_),
             "predictor": meta,
@@ -260,8 +270,10 @@ def save_router(router, path, *, metrics: Mapping[str, Any] | None = None,
             "files": files,
         }
         if getattr(router, "metric_range", None):
-            manifest["metric_range"] = {"observed": list(router.metric_range["observed"]),
-                                        "bounds": router.metric_range.get("bounds")}
+            manifest["metric_range"] = {
+                "observed": list(router.metric_range["observed"]),
+                "bounds": router.metric_range.get("bounds"),
+            }
         if domain is not None:
             manifest["domain"] = domain.manifest()
         manifest = json.loads(json.dumps(manifest, default=_json_default, allow_nan=False))
@@ -323,8 +335,10 @@ def _read_regular(path: Path, rel: str, limit: int, root: Path) -> bytes:
     if not stat.S_ISREG(st.st_mode):
         raise ArtifactError(f"router artifact {root}: {rel} is not a plain file")
     if st.st_size > limit:
-        raise ArtifactError(f"router artifact {root}: file {rel} has {st.st_size} bytes, more than the "
-                            f"{limit} allowed (T2IROUTE_MAX_ARTIFACT_MB)")
+        raise ArtifactError(
+            f"router artifact {root}: file {rel} has {st.st_size} bytes, more than the "
+            f"{limit} allowed (T2IROUTE_MAX_ARTIFACT_MB)"
+        )
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -382,8 +396,10 @@ def read_manifest(path, *, expected_sha256: str | None = None) -> dict:
     if expected_sha256 is not None:
         pin = str(expected_sha256).strip().lower()
         if not _SHA256.fullmatch(pin):
-            raise ArtifactError(f"router artifact {path}: the expected sha256 {str(expected_sha256)[:80]!r} is not "
-                                "a sha256 digest (64 hex digits: the manifest_sha256 its publisher gave)")
+            raise ArtifactError(
+                f"router artifact {path}: the expected sha256 {str(expected_sha256)[:80]!r} is not "
+                "a sha256 digest (64 hex digits: the manifest_sha256 its publisher gave)"
+            )
     if not path.exists():
         raise ArtifactError(f"router artifact {path}: no such folder")
     if not path.is_dir():
@@ -393,8 +409,9 @@ def read_manifest(path, *, expected_sha256: str | None = None) -> dict:
         raise ArtifactError(f"router artifact {path}: manifest.json is missing (not a t2iroute artifact?)")
     raw = _read_regular(mf, "manifest.json", MAX_MANIFEST_BYTES, path)
     try:
-        manifest = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float,
-                              parse_int=_bounded_int)
+        manifest = json.loads(
+            raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int
+        )
     except RecursionError:
         raise ArtifactError(f"router artifact {path}: manifest.json is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
@@ -411,8 +428,9 @@ def read_manifest(path, *, expected_sha256: str | None = None) -> dict:
         )
     want = manifest.get("manifest_sha256")
     if not isinstance(want, str) or manifest_digest(manifest) != want:
-        raise ArtifactError(f"router artifact {path}: manifest.json is damaged or edited "
-                            "(manifest_sha256 does not match its content)")
+        raise ArtifactError(
+            f"router artifact {path}: manifest.json is damaged or edited (manifest_sha256 does not match its content)"
+        )
     if pin is not None and want != pin:
         raise ArtifactError(f"router artifact {path}: manifest_sha256 {want} is not the expected {pin}")
     for key in ("backends", "featurizer", "predictor", "files", "policy", "n_features"):
@@ -475,8 +493,10 @@ def _check_values(m: dict, path: Path) -> None:
         raise bad("'files' must map file names to sha256 digests")
     for rel, digest in files.items():
         if not _FILE_NAME.fullmatch(rel):
-            raise bad(f"'files' lists {rel!r:.80}: an artifact lists only predictor/arrays.npz and "
-                      "predictor/NAME.txt (plain names, no folders, no '..', no absolute paths)")
+            raise bad(
+                f"'files' lists {rel!r:.80}: an artifact lists only predictor/arrays.npz and "
+                "predictor/NAME.txt (plain names, no folders, no '..', no absolute paths)"
+            )
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise bad(f"'files' entry {rel}: {digest!r:.80} is not a sha256 digest")
     missing = [f for f in _REQUIRED_FILES if f not in files]
@@ -496,8 +516,10 @@ def _read_files(path: Path, files: Mapping[str, str]) -> dict[str, bytes]:
             raise ArtifactError(f"router artifact {path}: predictor is not a folder") from None
         total += st.st_size if stat.S_ISREG(st.st_mode) else 0
     if total > MAX_TOTAL_BYTES:
-        raise ArtifactError(f"router artifact {path}: its files hold {total} bytes, more than the "
-                            f"{MAX_TOTAL_BYTES} allowed (T2IROUTE_MAX_ARTIFACT_MB)")
+        raise ArtifactError(
+            f"router artifact {path}: its files hold {total} bytes, more than the "
+            f"{MAX_TOTAL_BYTES} allowed (T2IROUTE_MAX_ARTIFACT_MB)"
+        )
     for rel, digest in files.items():
         data = _read_regular(path / rel, rel, MAX_FILE_BYTES, path)
         if hashlib.sha256(data).hexdigest() != digest:
@@ -513,8 +535,10 @@ def _load_arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
     except zipfile.BadZipFile as e:
         raise ArtifactError(f"router artifact {path}: predictor/arrays.npz unreadable ({e})") from e
     if unpacked > MAX_FILE_BYTES:
-        raise ArtifactError(f"router artifact {path}: predictor/arrays.npz unpacks to {unpacked} bytes, more "
-                            f"than the {MAX_FILE_BYTES} allowed (T2IROUTE_MAX_ARTIFACT_MB)")
+        raise ArtifactError(
+            f"router artifact {path}: predictor/arrays.npz unpacks to {unpacked} bytes, more "
+            f"than the {MAX_FILE_BYTES} allowed (T2IROUTE_MAX_ARTIFACT_MB)"
+        )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k.replace("__", "/"): z[k] for k in z.files}
@@ -547,8 +571,9 @@ def _check_known(what: str, keys, local: frozenset, known: frozenset | None) -> 
         raise ValueError(f"{what} has no setting '{unknown[0]}' (it takes {sorted(known - local - {'name'})})")
 
 
-def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None = None, *,
-                        where: str = "router artifact"):
+def artifact_featurizer(
+    spec: Any, local: Mapping[str, Mapping[str, Any]] | None = None, *, where: str = "router artifact"
+):
     """Build the featurizer an artifact names, with the loading user's local settings.
 
     From the artifact: model names, rubric, sizes, timeouts. Dropped from it (with a warning
@@ -576,22 +601,35 @@ def artifact_featurizer(spec: Any, local: Mapping[str, Mapping[str, Any]] | None
             part.pop(k)
         set_ = {k: v for k, v in dropped.items() if v not in (None, "", False)}
         if set_:
-            log.warning("%s: ignored the %s featurizer's %s: endpoints, credentials and paths come from "
-                        "your config and environment, not from an artifact", where, name, sorted(set_))
+            log.warning(
+                "%s: ignored the %s featurizer's %s: endpoints, credentials and paths come from "
+                "your config and environment, not from an artifact",
+                where,
+                name,
+                sorted(set_),
+            )
         mine = local.pop(name, {})
         user_keys = frozenset(getattr(cls, "USER_KEYS", ()))
         wrong = sorted(k for k in mine if k not in local_keys and k not in user_keys)
         if wrong:
             settable = sorted(set(getattr(cls, "LOCAL_KEYS", ())) | user_keys)
-            raise ValueError(f"{name}.{wrong[0]} cannot be set when loading a router: the artifact's "
-                             f"{name} featurizer was trained with its own (settable: {settable or 'none'})")
+            raise ValueError(
+                f"{name}.{wrong[0]} cannot be set when loading a router: the artifact's "
+                f"{name} featurizer was trained with its own (settable: {settable or 'none'})"
+            )
         bound = getattr(cls, "bound_artifact_settings", None)
         if bound is not None:
             part, changed = bound(part)
             changed = [c for c in changed if mine.get(c.split(" ", 1)[0]) is None]  # the user's own win
             if changed:
-                log.warning("%s: the %s featurizer's %s: bounded (an artifact cannot set more; set %s.KEY "
-                            "yourself to change it)", where, name, ", ".join(changed), name)
+                log.warning(
+                    "%s: the %s featurizer's %s: bounded (an artifact cannot set more; set %s.KEY "
+                    "yourself to change it)",
+                    where,
+                    name,
+                    ", ".join(changed),
+                    name,
+                )
         part.update({k: v for k, v in mine.items() if v is not None})
         parts.append(registry.build("featurizers", {"type": name, **part}))
     if not parts:
@@ -608,14 +646,19 @@ def _artifact_backend_spec(name: str, spec: dict, where: str) -> dict:
     _check_known(f"the {kind} backend", [k for k in spec if k != "type"], local_keys, known)
     dropped = sorted(k for k, v in spec.items() if k in local_keys and v not in (None, "", False))
     if dropped:
-        log.warning("%s: ignored backend '%s' settings %s: paths and endpoints come from your config", where,
-                    name, dropped)
+        log.warning(
+            "%s: ignored backend '%s' settings %s: paths and endpoints come from your config", where, name, dropped
+        )
     return {k: v for k, v in spec.items() if k not in local_keys}
 
 
-def load_router(path, *, backends: Mapping[str, Any] | None = None,
-                local: Mapping[str, Mapping[str, Any]] | None = None,
-                expected_sha256: str | None = None):
+def load_router(
+    path,
+    *,
+    backends: Mapping[str, Any] | None = None,
+    local: Mapping[str, Mapping[str, Any]] | None = None,
+    expected_sha256: str | None = None,
+):
     """Load and verify an artifact. Raises ArtifactError saying what is wrong.
 
     Backends come from the configs stored in the artifact (built lazily: no model loads until
@@ -641,7 +684,7 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
     for rel, raw in data.items():
         if rel.endswith(".txt"):
             try:
-                texts[rel[len("predictor/"):].replace("__", "/")] = raw.decode("utf-8")
+                texts[rel[len("predictor/") :].replace("__", "/")] = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise ArtifactError(f"router artifact {path}: {rel} is not UTF-8 text") from e
     try:
@@ -657,8 +700,10 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
     _, _, need_texts = predictor.get_state()
     need = {"predictor/arrays.npz"} | {"predictor/" + n.replace("/", "__") for n in need_texts}
     if need != set(manifest["files"]):
-        raise ArtifactError(f"router artifact {path}: 'files' {sorted(manifest['files'])} do not match what its "
-                            f"predictor needs {sorted(need)}")
+        raise ArtifactError(
+            f"router artifact {path}: 'files' {sorted(manifest['files'])} do not match what its "
+            f"predictor needs {sorted(need)}"
+        )
     where = f"router artifact {path}"
     try:
         featurizer = artifact_featurizer(manifest["featurizer"], local, where=where)
@@ -698,15 +743,26 @@ def load_router(path, *, backends: Mapping[str, Any] | None = None,
     for name, b in (backends or {}).items():
         built[name] = build_backend(name, b) if isinstance(b, Mapping) else b
     try:
-        router = Router(featurizer, predictor, names, costs, policy=manifest["policy"],
-                        metric=manifest.get("metric", "quality"),
-                        higher_is_better=bool(manifest.get("higher_is_better", True)),
-                        anchor=manifest.get("anchor"), manifest=manifest,
-                        backends=built, backend_specs={n: s for n, s in specs.items() if s},
-                        metric_range=manifest.get("metric_range"), domain=domain)
+        router = Router(
+            featurizer,
+            predictor,
+            names,
+            costs,
+            policy=manifest["policy"],
+            metric=manifest.get("metric", "quality"),
+            higher_is_better=bool(manifest.get("higher_is_better", True)),
+            anchor=manifest.get("anchor"),
+            manifest=manifest,
+            backends=built,
+            backend_specs={n: s for n, s in specs.items() if s},
+            metric_range=manifest.get("metric_range"),
+            domain=domain,
+        )
     except (ValueError, TypeError, ConfigError) as e:
-        raise ArtifactError(f"router artifact {path}: default policy {manifest['policy']} or anchor "
-                            f"{manifest.get('anchor')!r} unusable ({e})") from e
+        raise ArtifactError(
+            f"router artifact {path}: default policy {manifest['policy']} or anchor "
+            f"{manifest.get('anchor')!r} unusable ({e})"
+        ) from e
     # the default policy must be able to decide on these costs (a budget below every cost cannot)
     # and its utilities (q - lambda * cost) must stay finite
     try:
@@ -733,14 +789,17 @@ def _load_domain(path: Path, manifest: Mapping[str, Any], arrays: dict[str, np.n
     meta = manifest.get("domain")
     if meta is None:
         if mine:
-            raise ArtifactError(f"router artifact {path}: predictor/arrays.npz holds "
-                                f"'{sorted(mine)[0].replace('/', '__')}' but the manifest has no 'domain'")
+            raise ArtifactError(
+                f"router artifact {path}: predictor/arrays.npz holds "
+                f"'{sorted(mine)[0].replace('/', '__')}' but the manifest has no 'domain'"
+            )
         return None
     try:
         return Domain.from_state(meta, mine, int(manifest["n_features"]))
     except (ValueError, TypeError, KeyError) as e:
-        raise ArtifactError(f"router artifact {path}: predictor/arrays.npz: out-of-domain data "
-                            f"unusable ({e})") from None
+        raise ArtifactError(
+            f"router artifact {path}: predictor/arrays.npz: out-of-domain data unusable ({e})"
+        ) from None
 
 
 def _state_where(e, arrays: Mapping[str, Any], texts: Mapping[str, str]) -> str:

@@ -86,14 +86,21 @@ def finished(path: Path, items: Sequence[str], seed: int) -> dict[int, dict]:
             rec = json.loads(line)
             i, prompt, s = int(rec["index"]), rec["decision"]["prompt"], int(rec["seed"])
         except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"out_dir={path.parent}: {RECORDS} line {n} is not a t2iroute generate "
-                              "record; use another out_dir") from None
+            raise ConfigError(
+                f"out_dir={path.parent}: {RECORDS} line {n} is not a t2iroute generate record; use another out_dir"
+            ) from None
         if i >= len(items) or items[i] != prompt or s != seed:
-            what = (f"image {i} of {len(items)}" if i >= len(items) else
-                    f"prompt {prompt[:40]!r} where this run has {items[i][:40]!r}" if items[i] != prompt else
-                    f"seed {s} where this run has seed={seed}")
-            raise ConfigError(f"out_dir={path.parent} holds another run's images ({RECORDS} line {n}: {what}); "
-                              "use another out_dir, or the same prompts and seed to resume it")
+            what = (
+                f"image {i} of {len(items)}"
+                if i >= len(items)
+                else f"prompt {prompt[:40]!r} where this run has {items[i][:40]!r}"
+                if items[i] != prompt
+                else f"seed {s} where this run has seed={seed}"
+            )
+            raise ConfigError(
+                f"out_dir={path.parent} holds another run's images ({RECORDS} line {n}: {what}); "
+                "use another out_dir, or the same prompts and seed to resume it"
+            )
         if (path.parent / str(rec.get("file", ""))).is_file():
             done[i] = rec
     return done
@@ -141,8 +148,18 @@ class FolderRun:
         self.todo = [i for i in range(len(self.items)) if i not in self.done]
         self.failures: list[str] = []
 
-    def run(self, router, *, policy: dict | None = None, backend: str | None = None, fallback: bool = True,
-            scorer: Any = None, chunk_size: int = 16, progress: bool = False, write=write_image) -> dict:
+    def run(
+        self,
+        router,
+        *,
+        policy: dict | None = None,
+        backend: str | None = None,
+        fallback: bool = True,
+        scorer: Any = None,
+        chunk_size: int = 16,
+        progress: bool = False,
+        write=write_image,
+    ) -> dict:
         """Generate :attr:`todo`, chunk by chunk, writing each image and its record as it comes.
         Returns the summary (counts by backend, ``failed``, times). A chunk whose every backend
         failed is skipped and counted, its error kept in :attr:`failures` (the other images are
@@ -150,18 +167,26 @@ class FolderRun:
         from tqdm import tqdm
 
         policy = run_policy(router, dict(policy or {}), self.items, self.done) if self.todo else {}
-        bar = tqdm(total=len(self.items), initial=len(self.done), unit="img", file=sys.stderr,
-                   disable=not progress, desc="generate", dynamic_ncols=True)
+        bar = tqdm(
+            total=len(self.items),
+            initial=len(self.done),
+            unit="img",
+            file=sys.stderr,
+            disable=not progress,
+            desc="generate",
+            dynamic_ncols=True,
+        )
         counts: Counter = Counter()
         self.failures: list[str] = []
         t0 = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / RECORDS, "a", encoding="utf-8") as fh:
             for c in range(0, len(self.todo), int(chunk_size)):
-                idx = self.todo[c:c + int(chunk_size)]
+                idx = self.todo[c : c + int(chunk_size)]
                 try:
-                    for j, res in router.generate_iter([self.items[i] for i in idx], seed=self.seed,
-                                                       backend=backend, fallback=fallback, **policy):
+                    for j, res in router.generate_iter(
+                        [self.items[i] for i in idx], seed=self.seed, backend=backend, fallback=fallback, **policy
+                    ):
                         i = idx[j]
                         name = f"{i:0{self.width}d}.png"
                         write(res.image, str(self.out_dir / name), "PNG")
@@ -175,8 +200,15 @@ class FolderRun:
         bar.close()
         gen_s = time.perf_counter() - t0
         made = sum(counts.values())
-        summary = {"out_dir": str(self.out_dir), "records": str(self.out_dir / RECORDS), "prompts": len(self.items),
-                   "generated": made, "skipped_finished": len(self.done), "failed": len(self.todo) - made,
-                   "by_backend": dict(sorted(counts.items())), "generate_s": gen_s,
-                   "images_per_s": made / gen_s if made and gen_s > 0 else None}
+        summary = {
+            "out_dir": str(self.out_dir),
+            "records": str(self.out_dir / RECORDS),
+            "prompts": len(self.items),
+            "generated": made,
+            "skipped_finished": len(self.done),
+            "failed": len(self.todo) - made,
+            "by_backend": dict(sorted(counts.items())),
+            "generate_s": gen_s,
+            "images_per_s": made / gen_s if made and gen_s > 0 else None,
+        }
         return summary

@@ -19,7 +19,12 @@ from t2iroute.backends.base import DiffusionShortcuts, free_accelerator_memory
 from t2iroute.errors import ConfigError, GenerationError
 from t2iroute.router.artifact import _set_router_class, load_router, save_router
 from t2iroute.router.policy import (
-    LambdaPolicy, Policy, anchor_quality, build_policy, calibrate_lambda, policy_from_keywords,
+    LambdaPolicy,
+    Policy,
+    anchor_quality,
+    build_policy,
+    calibrate_lambda,
+    policy_from_keywords,
 )
 
 log = logging.getLogger(__name__)
@@ -142,7 +147,7 @@ def _check_seeds(seed: Any, n: int) -> list[int]:
     for k, s in enumerate(seeds):
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
             raise TypeError(f"seed must be an integer, got {type(s).__name__}" + (f" (seed {k})" if n > 1 else ""))
-        if not 0 <= int(s) < 2 ** 63:
+        if not 0 <= int(s) < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {s}" + (f" (seed {k})" if n > 1 else ""))
     return [int(s) for s in seeds]
 
@@ -164,8 +169,10 @@ def check_prompts(prompts: Any) -> tuple[list[str], bool]:
         try:
             p.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise ValueError(f"prompt #{i} ({p[:40]!r}) is not valid text: {e.reason} at position {e.start} "
-                             "(bytes that are not UTF-8?)") from None
+            raise ValueError(
+                f"prompt #{i} ({p[:40]!r}) is not valid text: {e.reason} at position {e.start} "
+                "(bytes that are not UTF-8?)"
+            ) from None
         if len(p) > MAX_PROMPT_CHARS:
             raise ValueError(
                 f"prompt #{i} has {len(p)} characters; at most {MAX_PROMPT_CHARS} are accepted "
@@ -227,13 +234,24 @@ class Router:
     parallel.
     """
 
-    def __init__(self, featurizer, predictor, backend_names: Sequence[str], costs: Sequence[float],
-                 *, lam: float | None = None, policy: Policy | Mapping | str | None = None,
-                 metric: str = "quality", higher_is_better: bool = True, anchor: str | None = None,
-                 manifest: dict | None = None,
-                 backends: Mapping[str, Any] | None = None,
-                 backend_specs: Mapping[str, Mapping | None] | None = None,
-                 metric_range: Mapping[str, Any] | None = None, domain: Any = None):
+    def __init__(
+        self,
+        featurizer,
+        predictor,
+        backend_names: Sequence[str],
+        costs: Sequence[float],
+        *,
+        lam: float | None = None,
+        policy: Policy | Mapping | str | None = None,
+        metric: str = "quality",
+        higher_is_better: bool = True,
+        anchor: str | None = None,
+        manifest: dict | None = None,
+        backends: Mapping[str, Any] | None = None,
+        backend_specs: Mapping[str, Mapping | None] | None = None,
+        metric_range: Mapping[str, Any] | None = None,
+        domain: Any = None,
+    ):
         self.featurizer = featurizer
         self.predictor = predictor
         self.backend_names = list(backend_names)
@@ -395,11 +413,14 @@ class Router:
             src = getattr(self, "source", None)
             what = f"router artifact {src}" if src else "router"
             if Q.shape[1] != len(self.backend_names):
-                raise ArtifactError(f"{what}: its predictor gave {Q.shape[1]} predictions for "
-                                    f"{len(self.backend_names)} backends")
+                raise ArtifactError(
+                    f"{what}: its predictor gave {Q.shape[1]} predictions for {len(self.backend_names)} backends"
+                )
             bad = [b for b, ok in zip(self.backend_names, np.isfinite(Q).all(axis=0)) if not ok]
-            raise ArtifactError(f"{what}: its predictor gave NaN or infinite quality for {bad}; not routing "
-                                "on it (the artifact's model is unusable: retrain or replace it)")
+            raise ArtifactError(
+                f"{what}: its predictor gave NaN or infinite quality for {bad}; not routing "
+                "on it (the artifact's model is unusable: retrain or replace it)"
+            )
 
     def warmup(self) -> float:
         """Load the featurizer's models now (they load lazily on the first prompt); seconds taken.
@@ -424,12 +445,22 @@ class Router:
             st = getattr(part, "last_stats_", None) or {}
             if st.get("imputed"):
                 out[getattr(part, "name", type(part).__name__)] = {
-                    "imputed": int(st["imputed"]), "of": int(st.get("n", 0)), "reason": st.get("imputed_reason")}
+                    "imputed": int(st["imputed"]),
+                    "of": int(st.get("n", 0)),
+                    "reason": st.get("imputed_reason"),
+                }
         return out
 
-    def route(self, prompts: str | Sequence[str], *, lam: float | None = None, budget: float | None = None,
-              quality_floor: float | None = None, max_cost: float | None = None,
-              policy: Policy | Mapping | str | None = None) -> RouteDecision | list[RouteDecision]:
+    def route(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        lam: float | None = None,
+        budget: float | None = None,
+        quality_floor: float | None = None,
+        max_cost: float | None = None,
+        policy: Policy | Mapping | str | None = None,
+    ) -> RouteDecision | list[RouteDecision]:
         """Route one prompt (-> RouteDecision) or a list (-> list).
 
         At most one policy per call; none: the router's default (:attr:`policy`).
@@ -443,8 +474,9 @@ class Router:
           :func:`~t2iroute.router.policy.parse_policy`).
         """
         items, single = check_prompts(prompts)
-        chosen = policy_from_keywords(lam=lam, budget=budget, quality_floor=quality_floor,
-                                      max_cost=max_cost, policy=policy)
+        chosen = policy_from_keywords(
+            lam=lam, budget=budget, quality_floor=quality_floor, max_cost=max_cost, policy=policy
+        )
         pol = self.policy if chosen is None else self._resolve(chosen)
         self.check_policy(pol)
         Q, timings, imputed, notices = self._predict(items)
@@ -470,50 +502,71 @@ class Router:
             if lam_used is not None:
                 util = {b: float(self.sign * raw[b] - lam_used * cost[b]) for b in self.backend_names}
             ood = notices[i]
-            warns = [] if ood is None else [
-                f"out of domain: this prompt is {_dist(ood['distance'])} from the nearest training prompt "
-                f"(threshold {ood['threshold']:.3g}, {ood['space']} space); the router has seen nothing like "
-                "it, so its predicted qualities are a guess"]
-            out.append(RouteDecision(
-                prompt=p,
-                backend=self.backend_names[int(order[i, 0])],
-                lam=lam_used,
-                predicted_quality=q,
-                cost=cost,
-                utility=util,
-                timings_s=per,
-                policy=dict(desc),
-                higher_is_better=self.higher_is_better,
-                anchor=self.anchor,
-                ranking=[self.backend_names[int(j)] for j in order[i]],
-                imputed=imputed[i],
-                predicted_clipped=bool(clipped[i]),
-                predicted_quality_raw=raw if clipped[i] else None,
-                out_of_domain=ood,
-                warnings=warns,
-            ))
+            warns = (
+                []
+                if ood is None
+                else [
+                    f"out of domain: this prompt is {_dist(ood['distance'])} from the nearest training prompt "
+                    f"(threshold {ood['threshold']:.3g}, {ood['space']} space); the router has seen nothing like "
+                    "it, so its predicted qualities are a guess"
+                ]
+            )
+            out.append(
+                RouteDecision(
+                    prompt=p,
+                    backend=self.backend_names[int(order[i, 0])],
+                    lam=lam_used,
+                    predicted_quality=q,
+                    cost=cost,
+                    utility=util,
+                    timings_s=per,
+                    policy=dict(desc),
+                    higher_is_better=self.higher_is_better,
+                    anchor=self.anchor,
+                    ranking=[self.backend_names[int(j)] for j in order[i]],
+                    imputed=imputed[i],
+                    predicted_clipped=bool(clipped[i]),
+                    predicted_quality_raw=raw if clipped[i] else None,
+                    out_of_domain=ood,
+                    warnings=warns,
+                )
+            )
         return out[0] if single else out
 
-    def calibrate(self, prompts: Sequence[str], target_mean_cost: float | None = None, *,
-                  mean_quality_floor: float | None = None) -> float:
+    def calibrate(
+        self, prompts: Sequence[str], target_mean_cost: float | None = None, *, mean_quality_floor: float | None = None
+    ) -> float:
         """Make the default policy the lambda rule whose lambda meets the budget on these prompts
         (a target mean cost, or a floor on the mean predicted quality); returns lambda."""
         items, _ = check_prompts(prompts)
         Q, _ = self.predict(items)
         floor = None if mean_quality_floor is None else self.sign * float(mean_quality_floor)
-        lam = calibrate_lambda(self.routing_quality(Q), self.costs, target_mean_cost=target_mean_cost,
-                               mean_quality_floor=floor)
-        src = ({"budget": float(target_mean_cost)} if target_mean_cost is not None
-               else {"mean_quality_floor": float(mean_quality_floor)})
+        lam = calibrate_lambda(
+            self.routing_quality(Q), self.costs, target_mean_cost=target_mean_cost, mean_quality_floor=floor
+        )
+        src = (
+            {"budget": float(target_mean_cost)}
+            if target_mean_cost is not None
+            else {"mean_quality_floor": float(mean_quality_floor)}
+        )
         with self._lock:
             self.policy = LambdaPolicy(lam, calibrated_from={**src, "n_prompts": len(items)})
         return lam
 
-    def generate(self, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0, lam: float | None = None,
-                 budget: float | None = None, quality_floor: float | None = None,
-                 max_cost: float | None = None, policy: Policy | Mapping | str | None = None,
-                 backend: str | None = None, fallback: bool = True,
-                 **opts) -> GenerateResult | list[GenerateResult]:
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        seed: int | Sequence[int] = 0,
+        lam: float | None = None,
+        budget: float | None = None,
+        quality_floor: float | None = None,
+        max_cost: float | None = None,
+        policy: Policy | Mapping | str | None = None,
+        backend: str | None = None,
+        fallback: bool = True,
+        **opts,
+    ) -> GenerateResult | list[GenerateResult]:
         """Route ``prompt`` (policy keywords as in :meth:`route`) and run the chosen backend.
 
         A list of prompts is routed in one call, grouped by chosen backend, and each group runs
@@ -531,24 +584,56 @@ class Router:
         other prompt is done (:meth:`generate_iter` yields those as they finish).
         """
         if isinstance(prompt, str):
-            return next(iter(self.generate_iter(prompt, seed=seed, lam=lam, budget=budget,
-                                                quality_floor=quality_floor, max_cost=max_cost, policy=policy,
-                                                backend=backend, fallback=fallback, **opts)))[1]
+            return next(
+                iter(
+                    self.generate_iter(
+                        prompt,
+                        seed=seed,
+                        lam=lam,
+                        budget=budget,
+                        quality_floor=quality_floor,
+                        max_cost=max_cost,
+                        policy=policy,
+                        backend=backend,
+                        fallback=fallback,
+                        **opts,
+                    )
+                )
+            )[1]
         out: dict[int, GenerateResult] = {}
         try:
-            for i, res in self.generate_iter(prompt, seed=seed, lam=lam, budget=budget, quality_floor=quality_floor,
-                                             max_cost=max_cost, policy=policy, backend=backend,
-                                             fallback=fallback, **opts):
+            for i, res in self.generate_iter(
+                prompt,
+                seed=seed,
+                lam=lam,
+                budget=budget,
+                quality_floor=quality_floor,
+                max_cost=max_cost,
+                policy=policy,
+                backend=backend,
+                fallback=fallback,
+                **opts,
+            ):
                 out[i] = res
         except GenerationError as e:
             e.results = [out.get(i) for i in range(len(prompt))]  # what was made survives
             raise
         return [out[i] for i in range(len(out))]
 
-    def generate_iter(self, prompts: str | Sequence[str], *, seed: int | Sequence[int] = 0,
-                      lam: float | None = None, budget: float | None = None, quality_floor: float | None = None,
-                      max_cost: float | None = None, policy: Policy | Mapping | str | None = None,
-                      backend: str | None = None, fallback: bool = True, **opts):
+    def generate_iter(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        seed: int | Sequence[int] = 0,
+        lam: float | None = None,
+        budget: float | None = None,
+        quality_floor: float | None = None,
+        max_cost: float | None = None,
+        policy: Policy | Mapping | str | None = None,
+        backend: str | None = None,
+        fallback: bool = True,
+        **opts,
+    ):
         """:meth:`generate` for many prompts, yielding ``(index, GenerateResult)`` as each
         backend group finishes (progress bars, writing images as they come). Arguments as there."""
         items, single = check_prompts(prompts)
@@ -556,8 +641,9 @@ class Router:
         if backend is not None and backend not in self.backends:
             raise ConfigError(f"backend '{backend}' is not configured (have {sorted(self.backends)})")
         t0 = time.perf_counter()
-        decisions = self.route(items, lam=lam, budget=budget, quality_floor=quality_floor,
-                               max_cost=max_cost, policy=policy)
+        decisions = self.route(
+            items, lam=lam, budget=budget, quality_floor=quality_floor, max_cost=max_cost, policy=policy
+        )
         route_s = (time.perf_counter() - t0) / len(items)
         if backend is not None:
             orders = [[backend]] * len(items)
@@ -591,8 +677,14 @@ class Router:
                         if len(gens) != len(idx):
                             raise GenerationError(f"returned {len(gens)} images for {len(idx)} prompts")
                     except Exception as e:  # noqa: BLE001 -- any backend failure falls through to the next
-                        log.warning("backend %s failed on %d prompt(s) (first %r): %s: %s",
-                                    name, len(idx), items[idx[0]][:80], type(e).__name__, e)
+                        log.warning(
+                            "backend %s failed on %d prompt(s) (first %r): %s: %s",
+                            name,
+                            len(idx),
+                            items[idx[0]][:80],
+                            type(e).__name__,
+                            e,
+                        )
                         error = f"{type(e).__name__}: {e}"
                         if all(len(orders[i]) == 1 for i in idx) and single:
                             raise GenerationError(f"backend '{name}' failed: {error}") from e
@@ -608,25 +700,43 @@ class Router:
                         (pending if attempt[i] < len(orders[i]) else lost).append(i)
                     continue
                 for i, gen in zip(idx, gens):
-                    yield i, GenerateResult(
-                        image=gen.image, decision=decisions[i], backend=name, seed=seeds[i],
-                        latency_s=float(gen.latency_s), diffusion=getattr(gen, "diffusion", None),
-                        fallbacks=failures[i], route_s=route_s, generation=gen)
+                    yield (
+                        i,
+                        GenerateResult(
+                            image=gen.image,
+                            decision=decisions[i],
+                            backend=name,
+                            seed=seeds[i],
+                            latency_s=float(gen.latency_s),
+                            diffusion=getattr(gen, "diffusion", None),
+                            fallbacks=failures[i],
+                            route_s=route_s,
+                            generation=gen,
+                        ),
+                    )
         if lost:
             i = lost[0]
             what = "; ".join(f"{f['backend']}: {f['error']}" for f in failures[i])
             if single or len(items) == 1:
                 raise GenerationError(f"every backend failed for this prompt: {what}")
-            raise GenerationError(f"every backend failed for {len(lost)} of {len(items)} prompts "
-                                  f"(indices {sorted(lost)[:10]}); prompt {i} ({items[i][:60]!r}): {what}")
+            raise GenerationError(
+                f"every backend failed for {len(lost)} of {len(items)} prompts "
+                f"(indices {sorted(lost)[:10]}); prompt {i} ({items[i][:60]!r}): {what}"
+            )
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path, **extra) -> None:
         save_router(self, path, **extra)
 
     @classmethod
-    def load(cls, path, *, backends: Mapping[str, Any] | None = None,
-             local: Mapping[str, Mapping[str, Any]] | None = None, expected_sha256: str | None = None) -> "Router":
+    def load(
+        cls,
+        path,
+        *,
+        backends: Mapping[str, Any] | None = None,
+        local: Mapping[str, Mapping[str, Any]] | None = None,
+        expected_sha256: str | None = None,
+    ) -> "Router":
         """Load an artifact folder; see :func:`t2iroute.router.artifact.load_router`. ``local``
         (featurizer type -> settings) carries the loading user's endpoints and cache folders."""
         return load_router(path, backends=backends, local=local, expected_sha256=expected_sha256)

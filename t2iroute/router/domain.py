@@ -37,17 +37,18 @@ ARRAY_PREFIX = "router_domain/"
 ARRAY_KEYS = ("reference", "center", "scale")
 
 
-def _nearest_sq(A: np.ndarray, R: np.ndarray, r_sq: np.ndarray, *, chunk: int = 2048,
-                exclude_self: bool = False) -> np.ndarray:
+def _nearest_sq(
+    A: np.ndarray, R: np.ndarray, r_sq: np.ndarray, *, chunk: int = 2048, exclude_self: bool = False
+) -> np.ndarray:
     """Squared distance from each row of ``A`` to its nearest row of ``R`` (float32 products)."""
     out = np.empty(len(A), np.float64)
     for s in range(0, len(A), chunk):
-        a = A[s:s + chunk]
+        a = A[s : s + chunk]
         d2 = (np.einsum("ij,ij->i", a, a)[:, None] + r_sq[None, :]) - 2.0 * (a @ R.T)
         if exclude_self:
             idx = np.arange(s, s + len(a))
             d2[np.arange(len(a)), idx] = np.inf
-        out[s:s + len(a)] = d2.min(axis=1)
+        out[s : s + len(a)] = d2.min(axis=1)
     return np.maximum(out, 0.0)
 
 
@@ -60,8 +61,18 @@ class Domain:
     is out of domain.
     """
 
-    def __init__(self, reference, *, columns: tuple[int, int], center, scale, threshold: float,
-                 space: str = "embedding", quantile: float = 0.99, n_train: int | None = None):
+    def __init__(
+        self,
+        reference,
+        *,
+        columns: tuple[int, int],
+        center,
+        scale,
+        threshold: float,
+        space: str = "embedding",
+        quantile: float = 0.99,
+        n_train: int | None = None,
+    ):
         with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: infinite, refused by _check
             self.reference = np.ascontiguousarray(reference, dtype=np.float32)
             self.center = np.asarray(center, dtype=np.float32).reshape(-1)
@@ -107,8 +118,16 @@ class Domain:
         return "features", (0, int(n_features)), True
 
     @classmethod
-    def fit(cls, X: np.ndarray, *, featurizer=None, space: tuple[str, tuple[int, int], bool] | None = None,
-            max_rows: int = MAX_REFERENCE, quantile: float = 0.99, seed: int = 0) -> "Domain | None":
+    def fit(
+        cls,
+        X: np.ndarray,
+        *,
+        featurizer=None,
+        space: tuple[str, tuple[int, int], bool] | None = None,
+        max_rows: int = MAX_REFERENCE,
+        quantile: float = 0.99,
+        seed: int = 0,
+    ) -> "Domain | None":
         """The domain of the training feature rows ``X`` (None when fewer than
         :data:`MIN_REFERENCE` distinct rows: no threshold can be read)."""
         X = np.asarray(X, dtype=np.float64)
@@ -128,14 +147,22 @@ class Domain:
         rng = np.random.default_rng(seed)
         perm = rng.permutation(len(Z))
         if len(Z) > max_rows:
-            R, held = Z[perm[:max_rows]], Z[perm[max_rows:max_rows + 5 * max_rows]]
+            R, held = Z[perm[:max_rows]], Z[perm[max_rows : max_rows + 5 * max_rows]]
             d2 = _nearest_sq(held, R, np.einsum("ij,ij->i", R, R))
         else:
             R = Z[perm]
             d2 = _nearest_sq(R, R, np.einsum("ij,ij->i", R, R), exclude_self=True)
         threshold = float(np.quantile(np.sqrt(d2), quantile))
-        return cls(R, columns=(start, stop), center=center, scale=scale, threshold=threshold, space=name,
-                   quantile=quantile, n_train=len(Z))
+        return cls(
+            R,
+            columns=(start, stop),
+            center=center,
+            scale=scale,
+            threshold=threshold,
+            space=name,
+            quantile=quantile,
+            n_train=len(Z),
+        )
 
     # -- routing --------------------------------------------------------------------------------
     def distances(self, X: np.ndarray) -> np.ndarray:
@@ -149,25 +176,40 @@ class Domain:
     def notices(self, X: np.ndarray) -> list[dict[str, Any] | None]:
         """Per row: ``{"distance": d, "threshold": t, "space": ...}`` when out of domain, else None."""
         d = self.distances(X)
-        return [None if di <= self.threshold else
-                {"distance": round(float(di), 6) if math.isfinite(di) else None,
-                 "threshold": round(self.threshold, 6), "space": self.space}
-                for di in d]
+        return [
+            None
+            if di <= self.threshold
+            else {
+                "distance": round(float(di), 6) if math.isfinite(di) else None,
+                "threshold": round(self.threshold, 6),
+                "space": self.space,
+            }
+            for di in d
+        ]
 
     # -- artifacts ------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
-        return {"space": self.space, "columns": list(self.columns), "threshold": self.threshold,
-                "quantile": self.quantile, "n_train": self.n_train, "n_reference": int(len(self.reference)),
-                "distance": "euclidean"}
+        return {
+            "space": self.space,
+            "columns": list(self.columns),
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+            "n_train": self.n_train,
+            "n_reference": int(len(self.reference)),
+            "distance": "euclidean",
+        }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {ARRAY_PREFIX + "reference": self.reference, ARRAY_PREFIX + "center": self.center,
-                ARRAY_PREFIX + "scale": self.scale}
+        return {
+            ARRAY_PREFIX + "reference": self.reference,
+            ARRAY_PREFIX + "center": self.center,
+            ARRAY_PREFIX + "scale": self.scale,
+        }
 
     @classmethod
     def from_state(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_features: int) -> "Domain":
         """Rebuild from an artifact's manifest entry and arrays; ValueError naming what is wrong."""
-        got = {k[len(ARRAY_PREFIX):]: v for k, v in arrays.items() if k.startswith(ARRAY_PREFIX)}
+        got = {k[len(ARRAY_PREFIX) :]: v for k, v in arrays.items() if k.startswith(ARRAY_PREFIX)}
         missing = [k for k in ARRAY_KEYS if k not in got]
         if missing:
             raise ValueError(f"array 'router_domain__{missing[0]}' is missing")
@@ -181,13 +223,19 @@ class Domain:
         start, stop = meta["columns"]
         if stop > n_features:
             raise ValueError(f"domain columns [{start}, {stop}) beyond the {n_features} features")
-        dom = cls(got["reference"], columns=(start, stop), center=got["center"], scale=got["scale"],
-                  threshold=meta["threshold"], space=meta["space"], quantile=meta.get("quantile", 0.99),
-                  n_train=meta.get("n_train"))
+        dom = cls(
+            got["reference"],
+            columns=(start, stop),
+            center=got["center"],
+            scale=got["scale"],
+            threshold=meta["threshold"],
+            space=meta["space"],
+            quantile=meta.get("quantile", 0.99),
+            n_train=meta.get("n_train"),
+        )
         n_ref = meta.get("n_reference")
         if n_ref is not None and n_ref != len(dom.reference):
-            raise ValueError(f"n_reference {n_ref} but array 'router_domain__reference' has "
-                             f"{len(dom.reference)} rows")
+            raise ValueError(f"n_reference {n_ref} but array 'router_domain__reference' has {len(dom.reference)} rows")
         return dom
 
 
@@ -199,8 +247,12 @@ def check_domain_manifest(d: Any) -> str | None:
     if space not in ("embedding", "features"):
         return f"domain.space must be embedding or features, got {space!r:.60}"
     cols = d.get("columns")
-    if (not isinstance(cols, list) or len(cols) != 2
-            or any(isinstance(c, bool) or not isinstance(c, int) for c in cols) or not 0 <= cols[0] < cols[1]):
+    if (
+        not isinstance(cols, list)
+        or len(cols) != 2
+        or any(isinstance(c, bool) or not isinstance(c, int) for c in cols)
+        or not 0 <= cols[0] < cols[1]
+    ):
         return f"domain.columns must be [start, stop] with 0 <= start < stop, got {cols!r:.60}"
     t = d.get("threshold")
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t >= 0):
@@ -219,8 +271,11 @@ def check_domain_manifest(d: Any) -> str | None:
 
 def check_range(name: str, r: Any) -> tuple[float, float] | str:
     """``[lo, hi]`` as floats, or what is wrong with it (finite numbers, lo <= hi)."""
-    if (not isinstance(r, (list, tuple)) or len(r) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in r)):
+    if (
+        not isinstance(r, (list, tuple))
+        or len(r) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in r)
+    ):
         return f"{name} must be [low, high], two numbers, got {r!r:.60}"
     lo, hi = float(r[0]), float(r[1])
     if not (math.isfinite(lo) and math.isfinite(hi)):

@@ -163,8 +163,9 @@ class BudgetPolicy(Policy):
     def check(self, costs):
         costs = np.asarray(costs, float)
         if costs.size and self.budget < costs.min():
-            raise ValueError(f"budget {self.budget:g} is below the cheapest backend's cost {costs.min():.4g}: "
-                             "no routing meets it")
+            raise ValueError(
+                f"budget {self.budget:g} is below the cheapest backend's cost {costs.min():.4g}: no routing meets it"
+            )
 
     def resolve(self, q_hat, costs) -> "CalibratedBudget":
         self.check(costs)
@@ -206,8 +207,9 @@ def format_range(quality_range: tuple[float, float]) -> str:
     return f"[{lo:.4g}, {hi:.4g}]"
 
 
-def check_quality_floor(floor: float, quality_range: tuple[float, float] | None, *,
-                        name: str = "quality_floor") -> None:
+def check_quality_floor(
+    floor: float, quality_range: tuple[float, float] | None, *, name: str = "quality_floor"
+) -> None:
     """ValueError when ``floor`` lies outside the metric's observed range (None: unknown, no check).
 
     The range is the training table's lowest and highest score (the artifact's
@@ -219,8 +221,10 @@ def check_quality_floor(floor: float, quality_range: tuple[float, float] | None,
     lo, hi = (float(v) for v in quality_range)
     v = _finite(name, floor)
     if not lo <= v <= hi:
-        raise ValueError(f"{name}={v:g} is outside the metric's observed range {format_range((lo, hi))} "
-                         "(the lowest and highest score in the router's training data)")
+        raise ValueError(
+            f"{name}={v:g} is outside the metric's observed range {format_range((lo, hi))} "
+            "(the lowest and highest score in the router's training data)"
+        )
 
 
 class QualityFloorPolicy(Policy):
@@ -265,8 +269,10 @@ class MaxCostPolicy(Policy):
     def check(self, costs):
         costs = np.asarray(costs, float)
         if costs.size and self.max_cost < costs.min():
-            raise ValueError(f"max_cost {self.max_cost:g} is below the cheapest backend's cost {costs.min():.4g}: "
-                             "no backend is within it")
+            raise ValueError(
+                f"max_cost {self.max_cost:g} is below the cheapest backend's cost {costs.min():.4g}: "
+                "no backend is within it"
+            )
 
     def order(self, q_hat, costs):
         q = np.asarray(q_hat, float)
@@ -345,14 +351,15 @@ def calibrate_lambda(
     lam_hi = max(spread / (gaps.min() if len(gaps) else 1.0), 1e-12) * 2.0  # cheapest always wins
     if target_mean_cost is not None:
         if target_mean_cost < costs.min():
-            raise ValueError(
-                f"budget {target_mean_cost:g} is below the cheapest backend's cost {costs.min():.4g}"
-            )
+            raise ValueError(f"budget {target_mean_cost:g} is below the cheapest backend's cost {costs.min():.4g}")
         ok = lambda lam: mean_cost(lam) <= target_mean_cost  # noqa: E731  false at 0, true at lam_hi
     else:
         if mean_quality(0.0) < mean_quality_floor:
-            log.warning("mean quality floor %.4g is above what the router reaches (%.4g); lambda=0",
-                        mean_quality_floor, mean_quality(0.0))
+            log.warning(
+                "mean quality floor %.4g is above what the router reaches (%.4g); lambda=0",
+                mean_quality_floor,
+                mean_quality(0.0),
+            )
             return 0.0
         ok = lambda lam: mean_quality(lam) < mean_quality_floor  # noqa: E731  false at 0
     if ok(0.0):  # the budget is met at lambda 0
@@ -408,8 +415,9 @@ def parse_policy(text: str) -> dict[str, Any]:
     key, sep, value = text.strip().partition("=")
     key = key.strip()
     if not sep or key not in (*POLICY_KEYWORDS, "policy"):
-        raise ValueError(f"policy {shown!r}: use lam=X, budget=X, quality_floor=X, max_cost=X or "
-                         "policy={type: NAME, ...}")
+        raise ValueError(
+            f"policy {shown!r}: use lam=X, budget=X, quality_floor=X, max_cost=X or policy={{type: NAME, ...}}"
+        )
     if key == "policy":
         import yaml
 
@@ -450,7 +458,7 @@ def policy_from_keywords(*, policy: Policy | Mapping | str | None = None, **kw) 
         raise ValueError(f"give at most one policy keyword, got {sorted(given)}")
     if not given:
         return None
-    (key, value), = given.items()
+    ((key, value),) = given.items()
     if key == "policy":
         return build_policy(value)
     return build_policy({"type": key, key: value})

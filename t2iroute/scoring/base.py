@@ -79,4 +79,3 @@ def load_scorer(spec: Mapping[str, Any] | None, name: str | None = None) -> Scor
         hint = f" (scorers that need no download: {', '.join(ok)})" if ok else ""
         raise ConfigError(f"scorer={name}: cannot load: {why}{hint}") from None
     return scorer
-

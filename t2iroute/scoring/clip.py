@@ -21,8 +21,16 @@ class CLIPScorer:
     metric = "clip"
     higher_is_better = True
 
-    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = None, *, device: str = "cpu",
-                 batch_size: int = 16, w: float = 100.0, model_config: dict | None = None):
+    def __init__(
+        self,
+        model: str = "ViT-B-32",
+        pretrained: str | None = None,
+        *,
+        device: str = "cpu",
+        batch_size: int = 16,
+        w: float = 100.0,
+        model_config: dict | None = None,
+    ):
         self.model_name = model
         self.pretrained = pretrained
         self.device = device
@@ -60,7 +68,8 @@ class CLIPScorer:
             root.addFilter(no_open_clip)
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    self.model_name, pretrained=self.pretrained, device=self.device)
+                    self.model_name, pretrained=self.pretrained, device=self.device
+                )
             except Exception as e:
                 raise RuntimeError(self._why(e)) from e
             finally:
@@ -80,15 +89,22 @@ class CLIPScorer:
         text = " ".join(str(e).split())
         p = self.pretrained
         if isinstance(p, str) and "Failed to download" in text:
-            offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-                          for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+            offline = any(
+                os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+            )
             how = "the model hub is off (HF_HUB_OFFLINE=1)" if offline else "the model hub cannot be reached"
-            return (f"{what}: the weights of tag '{p}' are not on this machine and {how}; download them once "
-                    "online, or give a local checkpoint file as pretrained (scorer.pretrained=FILE on the command line)")
+            return (
+                f"{what}: the weights of tag '{p}' are not on this machine and {how}; download them once "
+                "online, or give a local checkpoint file as pretrained (scorer.pretrained=FILE on the command line)"
+            )
         if isinstance(p, str) and "not a known tag or valid file path" in text:
             looks_like_path = os.sep in p or p.endswith((".pt", ".pth", ".bin", ".safetensors"))
-            return f"{what}: " + (f"no such checkpoint file {p}" if looks_like_path else
-                                  f"'{p}' is not an open_clip tag of {self.model_name} nor a checkpoint file")
+            return f"{what}: " + (
+                f"no such checkpoint file {p}"
+                if looks_like_path
+                else f"'{p}' is not an open_clip tag of {self.model_name} nor a checkpoint file"
+            )
         return f"{what}: {text[:300]}"
 
     def warmup(self) -> None:
@@ -102,8 +118,8 @@ class CLIPScorer:
         img_out, txt_out = [], []
         with torch.inference_mode():
             for i in range(0, len(prompts), self.batch_size):
-                ims = torch.stack([self._preprocess(im.convert("RGB")) for im in images[i:i + self.batch_size]])
-                toks = self._tokenizer(list(prompts[i:i + self.batch_size]))
+                ims = torch.stack([self._preprocess(im.convert("RGB")) for im in images[i : i + self.batch_size]])
+                toks = self._tokenizer(list(prompts[i : i + self.batch_size]))
                 fi = model.encode_image(ims.to(self.device)).float()
                 ft = model.encode_text(toks.to(self.device)).float()
                 img_out.append(torch.nn.functional.normalize(fi, dim=-1).cpu().numpy())

@@ -31,7 +31,6 @@ pydantic models of requests and answers (the OpenAPI schema), :mod:`~t2iroute.se
 error object, :mod:`~t2iroute.serving.metrics` the Prometheus metrics. This module assembles them.
 """
 
-
 import contextlib
 import logging
 
@@ -43,9 +42,19 @@ log = logging.getLogger(__name__)
 __all__ = ["MAX_BODY", "MAX_ROUTE_PROMPTS", "RequestError", "create_app", "parse_model"]
 
 
-def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | None = None,
-               max_queue: int = 64, max_n: int = 8, batch_window_s: float = 0.01, engine: str = "process",
-               max_route_prompts: int = MAX_ROUTE_PROMPTS, warmup: bool = False, on_ready=None):
+def create_app(
+    router,
+    *,
+    api_keys: list[str] | None = None,
+    image_dir: str | None = None,
+    max_queue: int = 64,
+    max_n: int = 8,
+    batch_window_s: float = 0.01,
+    engine: str = "process",
+    max_route_prompts: int = MAX_ROUTE_PROMPTS,
+    warmup: bool = False,
+    on_ready=None,
+):
     """The FastAPI app serving ``router``. ``api_keys``: accepted bearer keys (None: no auth).
 
     Generation requests with the same ``model`` that arrive within ``batch_window_s`` of each other
@@ -81,9 +90,18 @@ def create_app(router, *, api_keys: list[str] | None = None, image_dir: str | No
 
     if int(max_route_prompts) < 1 or int(max_queue) < 1 or int(max_n) < 1:
         raise ValueError("max_route_prompts, max_queue and max_n must be at least 1")
-    state = ServerState(router, api_keys=api_keys, image_dir=image_dir, max_queue=max_queue, max_n=max_n,
-                        batch_window_s=batch_window_s, engine=engine, max_route_prompts=max_route_prompts,
-                        warmup=warmup, on_ready=on_ready)
+    state = ServerState(
+        router,
+        api_keys=api_keys,
+        image_dir=image_dir,
+        max_queue=max_queue,
+        max_n=max_n,
+        batch_window_s=batch_window_s,
+        engine=engine,
+        max_route_prompts=max_route_prompts,
+        warmup=warmup,
+        on_ready=on_ready,
+    )
     app = FastAPI(title="t2iroute", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.t2iroute = state
     for part in (probe_router, openai_router, route_router, *([images_router] if state.image_root else [])):
@@ -135,8 +153,9 @@ async def _request_error(request, e: RequestError):
 
 async def _http_error(request, e):
     where = f"{request.method} {request.url.path[:100]}"
-    message = {404: f"no route for {where}", 405: f"method not allowed: {where}"}.get(e.status_code,
-                                                                                     f"{e.detail}: {where}")
+    message = {404: f"no route for {where}", 405: f"method not allowed: {where}"}.get(
+        e.status_code, f"{e.detail}: {where}"
+    )
     return error_response(e.status_code, message, None, getattr(e, "headers", None))
 
 

@@ -17,8 +17,9 @@ class RequestError(Exception):
 
 def error_type(status: int) -> str:
     """The OpenAI error ``type`` of an HTTP status."""
-    return {401: "authentication_error", 429: "rate_limit_error"}.get(status, "invalid_request_error"
-                                                                      if status < 500 else "server_error")
+    return {401: "authentication_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error"
+    )
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:

@@ -14,17 +14,28 @@ class ServerMetrics:
         self.routed = Counter("t2iroute_routed", "prompts routed to each backend", ["backend"], registry=r)
         self.fallbacks = Counter("t2iroute_fallbacks", "backend failures that fell back", ["backend"], registry=r)
         self.imputed = Counter("t2iroute_imputed_features", "prompts with imputed feature groups", ["part"], registry=r)
-        self.route_s = Histogram("t2iroute_routing_seconds", "routing time per request", registry=r,
-                                 buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10))
-        self.gen_s = Histogram("t2iroute_generation_seconds", "generation wall time per request", registry=r,
-                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.route_s = Histogram(
+            "t2iroute_routing_seconds",
+            "routing time per request",
+            registry=r,
+            buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10),
+        )
+        self.gen_s = Histogram(
+            "t2iroute_generation_seconds",
+            "generation wall time per request",
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
         self.batches = Counter("t2iroute_generate_batches", "Router.generate calls the server made", registry=r)
-        self.batched = Counter("t2iroute_requests_batched", "generation requests that shared a batch with others",
-                               registry=r)
-        self.queue = Gauge("t2iroute_queue_depth", "generation and route requests accepted and not yet answered",
-                           registry=r)
-        self.warmup_s = Gauge("t2iroute_warmup_seconds", "how long the warm-up took (0 until it has finished)",
-                              registry=r)
+        self.batched = Counter(
+            "t2iroute_requests_batched", "generation requests that shared a batch with others", registry=r
+        )
+        self.queue = Gauge(
+            "t2iroute_queue_depth", "generation and route requests accepted and not yet answered", registry=r
+        )
+        self.warmup_s = Gauge(
+            "t2iroute_warmup_seconds", "how long the warm-up took (0 until it has finished)", registry=r
+        )
         for b in backends:
             self.images.labels(b)
             self.routed.labels(b)
@@ -50,8 +61,9 @@ class RetryCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily
 
-        fam = CounterMetricFamily("t2iroute_backend_retries", "backend calls sent again after their replica died",
-                                  labels=["backend"])
+        fam = CounterMetricFamily(
+            "t2iroute_backend_retries", "backend calls sent again after their replica died", labels=["backend"]
+        )
         for name, b in self.router.backends.items():
             if getattr(b, "n_retried", None) is not None:
                 fam.add_metric([name], float(b.n_retried))

@@ -18,13 +18,16 @@ from t2iroute.router.core import MAX_PROMPT_CHARS
 #: one prompt: not blank, at most MAX_PROMPT_CHARS characters
 Prompt = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=r"\S")]
 
-MODEL_HELP = ("router, router:lam=X, router:budget=X, router:quality_floor=X, router:max_cost=X, "
-              "router:policy={type: NAME, ...} or a backend")
-SEED_MAX = 2 ** 63 - 2  # the largest seed the server takes (with n=1: it wants seed + n below 2**63)
+MODEL_HELP = (
+    "router, router:lam=X, router:budget=X, router:quality_floor=X, router:max_cost=X, "
+    "router:policy={type: NAME, ...} or a backend"
+)
+SEED_MAX = 2**63 - 2  # the largest seed the server takes (with n=1: it wants seed + n below 2**63)
 SEED_HELP = "the first image's seed; image i gets seed + i (seed + n below 2**63)"
 
 
 # -- requests ------------------------------------------------------------------------------------
+
 
 class ImageGenerationRequest(BaseModel):
     """``POST /v1/images/generations``: the OpenAI images API's request. Fields it does not know
@@ -34,7 +37,8 @@ class ImageGenerationRequest(BaseModel):
     n: int = Field(1, ge=1, description="how many images (at most the server's max_n)")
     size: str | None = Field(None, description="WIDTHxHEIGHT of one of the backends, or auto")
     response_format: Literal["b64_json", "url"] | None = Field(
-        None, description="b64_json (the default), or url (a server with an image_dir)")
+        None, description="b64_json (the default), or url (a server with an image_dir)"
+    )
     seed: int = Field(0, ge=0, le=SEED_MAX, description=SEED_HELP)
     model: str | None = Field(None, description=MODEL_HELP, examples=["router"])
 
@@ -53,33 +57,52 @@ class RequestModels:
     def __init__(self, *, backends: list[str], sizes: set[str], max_n: int, url: bool, max_route_prompts: int):
         model = (str | None, Field(None, description=MODEL_HELP, examples=["router", *backends]))
         self.generation: type[ImageGenerationRequest] = create_model(
-            "ImageGenerationRequest", __base__=ImageGenerationRequest, __doc__=ImageGenerationRequest.__doc__,
+            "ImageGenerationRequest",
+            __base__=ImageGenerationRequest,
+            __doc__=ImageGenerationRequest.__doc__,
             n=(int, Field(1, ge=1, le=max_n, description="how many images")),
-            size=(Literal[(*sorted(sizes), "auto")] | None,
-                  Field(None, description="WIDTHxHEIGHT of one of the backends, or auto")),
-            response_format=(Literal[("b64_json", "url") if url else ("b64_json",)] | None,
-                             Field(None, description="b64_json (the default)" + (", or url" if url else ""))),
+            size=(
+                Literal[(*sorted(sizes), "auto")] | None,
+                Field(None, description="WIDTHxHEIGHT of one of the backends, or auto"),
+            ),
+            response_format=(
+                Literal[("b64_json", "url") if url else ("b64_json",)] | None,
+                Field(None, description="b64_json (the default)" + (", or url" if url else "")),
+            ),
             seed=(int, Field(0, ge=0, le=SEED_MAX, description=SEED_HELP)),
-            model=model)
+            model=model,
+        )
         self.route: type[RouteRequest] = create_model(
-            "RouteRequest", __base__=RouteRequest, __doc__=RouteRequest.__doc__,
-            prompt=(Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=max_route_prompts)],
-                    Field(description="a prompt or a list")),
-            model=model)
+            "RouteRequest",
+            __base__=RouteRequest,
+            __doc__=RouteRequest.__doc__,
+            prompt=(
+                Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=max_route_prompts)],
+                Field(description="a prompt or a list"),
+            ),
+            model=model,
+        )
 
     def schemas(self) -> dict[str, dict]:
         """The models' JSON schemas, by name (the OpenAPI components of the request bodies)."""
-        return {m.__name__: m.model_json_schema(ref_template="#/components/schemas/{model}")
-                for m in (self.generation, self.route)}
+        return {
+            m.__name__: m.model_json_schema(ref_template="#/components/schemas/{model}")
+            for m in (self.generation, self.route)
+        }
 
 
 def request_body(model: type[BaseModel]) -> dict:
     """An operation's ``requestBody`` (OpenAPI) referring to ``model``'s schema component."""
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
 
 
 # -- answers -------------------------------------------------------------------------------------
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -205,8 +228,13 @@ class Readiness(_Open):
     failed: dict[str, str] | None = Field(None, description="what could not load, with its error")
 
 
-_WHY = {400: "bad input (the error's param names the field)", 401: "no or a wrong API key",
-        404: "no such image", 429: "the queue is full", 500: "every backend failed to make an image"}
+_WHY = {
+    400: "bad input (the error's param names the field)",
+    401: "no or a wrong API key",
+    404: "no such image",
+    429: "the queue is full",
+    500: "every backend failed to make an image",
+}
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
 
 

@@ -22,13 +22,26 @@ route_router = APIRouter(dependencies=[Depends(authorize)])
 
 @probe_router.get("/health", responses=responses(ok=Health))
 async def health(state: State):
-    return {"status": "ok", "ready": state.ready.is_set(), "backends": state.backends,
-            "queue_depth": state.inflight, "engine": state.engine}
+    return {
+        "status": "ok",
+        "ready": state.ready.is_set(),
+        "backends": state.backends,
+        "queue_depth": state.inflight,
+        "engine": state.engine,
+    }
 
 
-@probe_router.get("/ready", responses={**responses(ok=Readiness), 503: {
-    "description": "warming up: the backends are still loading", "model": Readiness,
-    "headers": {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}}})
+@probe_router.get(
+    "/ready",
+    responses={
+        **responses(ok=Readiness),
+        503: {
+            "description": "warming up: the backends are still loading",
+            "model": Readiness,
+            "headers": {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}},
+        },
+    },
+)
 async def ready_probe(state: State):
     """Readiness (a Kubernetes readiness probe): 503 while the warm-up loads the models, then
     200; ``/health`` is liveness and answers ok throughout."""
@@ -45,8 +58,11 @@ async def prom(state: State):
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@route_router.post("/v1/route", responses=responses(400, 401, 429, ok=RouteDecision | RouteList),
-                   openapi_extra=request_body(RouteRequest))
+@route_router.post(
+    "/v1/route",
+    responses=responses(400, 401, 429, ok=RouteDecision | RouteList),
+    openapi_extra=request_body(RouteRequest),
+)
 async def route(request: Request, state: State):
     """Routing decisions only. A list is routed together (a budget calibrates on all of it);
     under a per-prompt policy it is routed a few prompts at a time, each step a turn of its
@@ -61,7 +77,7 @@ async def route(request: Request, state: State):
         t0 = time.perf_counter()
         ds = []
         for i in range(0, len(items), step):
-            ds += await run_in_threadpool(router.route, items[i:i + step], **policy)
+            ds += await run_in_threadpool(router.route, items[i : i + step], **policy)
         state.metrics.route_s.observe(time.perf_counter() - t0)
     out = [{**d.to_dict(), "backend": forced or d.backend, "cost_unit": router.cost_unit} for d in ds]
     return {"data": out} if isinstance(req.prompt, list) else out[0]

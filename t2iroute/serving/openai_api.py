@@ -30,13 +30,25 @@ async def models(state: State):
     cost = dict(zip(router.backend_names, map(float, router.costs)))
     data = [{"id": "router", "object": "model", "owned_by": "t2iroute", "policy": router.policy.describe()}]
     data += [{"id": f"router:{k}=X", "object": "model", "owned_by": "t2iroute"} for k in POLICY_KEYWORDS]
-    data += [{"id": b, "object": "model", "owned_by": "t2iroute", "predicted_cost": cost[b],
-              "cost_unit": router.cost_unit, "configured": b in router.backends} for b in state.backends]
+    data += [
+        {
+            "id": b,
+            "object": "model",
+            "owned_by": "t2iroute",
+            "predicted_cost": cost[b],
+            "cost_unit": router.cost_unit,
+            "configured": b in router.backends,
+        }
+        for b in state.backends
+    ]
     return {"object": "list", "data": data}
 
 
-@openai_router.post("/v1/images/generations", responses=responses(400, 401, 429, 500, ok=ImagesResponse),
-                    openapi_extra=request_body(ImageGenerationRequest))
+@openai_router.post(
+    "/v1/images/generations",
+    responses=responses(400, 401, 429, 500, ok=ImagesResponse),
+    openapi_extra=request_body(ImageGenerationRequest),
+)
 async def generations(request: Request, state: State):
     req, policy, forced = check_generation(await read_body(request), state)
     metrics = state.metrics
@@ -53,20 +65,36 @@ async def generations(request: Request, state: State):
         state.leave_queue()
     metrics.count_results(results)
     # PNG encoding (tens of ms for a 512 px image) and writes: off the event loop
-    items = await run_in_threadpool(_image_items, [r.image for r in results], req.response_format, state.image_root,
-                                    str(request.base_url).rstrip("/"))
+    items = await run_in_threadpool(
+        _image_items,
+        [r.image for r in results],
+        req.response_format,
+        state.image_root,
+        str(request.base_url).rstrip("/"),
+    )
     first = results[0]
-    info = {"backend": first.backend, "routed_backend": first.decision.backend, "policy": first.decision.policy,
-            "images": [{k: v for k, v in r.to_dict().items() if k != "decision"} for r in results],
-            "decision": first.decision.to_dict(), "cost_unit": state.router.cost_unit}
-    headers = {"x-t2iroute-backend": first.backend, "x-t2iroute-routed-backend": first.decision.backend,
-               "x-t2iroute-policy": first.decision.policy.get("type", ""),
-               "x-t2iroute-latency-s": f"{sum(r.latency_s for r in results):.4f}"}
+    info = {
+        "backend": first.backend,
+        "routed_backend": first.decision.backend,
+        "policy": first.decision.policy,
+        "images": [{k: v for k, v in r.to_dict().items() if k != "decision"} for r in results],
+        "decision": first.decision.to_dict(),
+        "cost_unit": state.router.cost_unit,
+    }
+    headers = {
+        "x-t2iroute-backend": first.backend,
+        "x-t2iroute-routed-backend": first.decision.backend,
+        "x-t2iroute-policy": first.decision.policy.get("type", ""),
+        "x-t2iroute-latency-s": f"{sum(r.latency_s for r in results):.4f}",
+    }
     return JSONResponse({"created": int(time.time()), "data": items, "t2iroute": info}, headers=headers)
 
 
-@images_router.get("/images/{name}", response_class=Response,
-                   responses=responses(401, 404, ok={"image/png": {"schema": {"type": "string", "format": "binary"}}}))
+@images_router.get(
+    "/images/{name}",
+    response_class=Response,
+    responses=responses(401, 404, ok={"image/png": {"schema": {"type": "string", "format": "binary"}}}),
+)
 async def image(name: str, state: State):
     """A ``response_format=url`` image; with API keys on, only for a request carrying one."""
     if not name.endswith(".png") or "/" in name or name.startswith(".") or len(name) != 36:

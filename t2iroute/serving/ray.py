@@ -37,26 +37,34 @@ APP_NAME = "t2iroute"
 class RayServeOptions:
     """``ray.*`` keys of ``t2iroute serve engine=ray``, each with its help text and range."""
 
-    address: str = option("local", "local: a Ray instance on this machine; auto: the cluster `ray start --head` "
-                          "runs here; HOST:PORT: a remote head")
+    address: str = option(
+        "local",
+        "local: a Ray instance on this machine; auto: the cluster `ray start --head` "
+        "runs here; HOST:PORT: a remote head",
+    )
     num_cpus: int | None = option(None, "address=local only: the CPUs it offers (default: all)", ge=1)
-    router_replicas: int = option(1, "replicas of the HTTP router (on this machine: the artifact and image_dir are "
-                                     "here)", ge=1)
-    router_num_cpus: float = option(0.0, "CPUs each router replica reserves (routing is light; 0 leaves them to the "
-                                         "models)", ge=0)
+    router_replicas: int = option(
+        1, "replicas of the HTTP router (on this machine: the artifact and image_dir are here)", ge=1
+    )
+    router_num_cpus: float = option(
+        0.0, "CPUs each router replica reserves (routing is light; 0 leaves them to the models)", ge=0
+    )
     num_cpus_per_replica: float = option(1.0, "CPUs each model replica reserves (also its torch threads)", ge=0)
-    num_gpus_per_replica: float | None = option(None, "GPUs each model replica reserves; null: 1 if the model's "
-                                                      "backends say device cuda, else 0", ge=0)
+    num_gpus_per_replica: float | None = option(
+        None, "GPUs each model replica reserves; null: 1 if the model's backends say device cuda, else 0", ge=0
+    )
     min_replicas: int = option(1, "replicas per model; max_replicas above it turns on Serve's autoscaling", ge=1)
     max_replicas: int = option(1, "the most replicas per model (autoscaling above min_replicas)", ge=1)
     target_ongoing_requests: float = option(2.0, "autoscaling target: requests in progress per model replica", ge=0)
     max_ongoing_requests: int = option(4, "requests one model replica holds at once; more wait in the router", ge=1)
-    retry_window_s: float = option(120.0, "a call whose model replica died is sent again (backoff up to 2 s) this "
-                                          "long, then falls back", ge=0)
+    retry_window_s: float = option(
+        120.0, "a call whose model replica died is sent again (backoff up to 2 s) this long, then falls back", ge=0
+    )
     timeout_s: float = option(600.0, "the most one backend call may take, retries included", ge=0)
     health_check_period_s: float = option(2.0, "how often Serve checks a model replica (a dead one is replaced)", ge=0)
-    object_store_memory: int | None = option(None, "address=local only: bytes of Ray's object store (default: "
-                                                   "Ray's)", ge=1 << 20)
+    object_store_memory: int | None = option(
+        None, "address=local only: bytes of Ray's object store (default: Ray's)", ge=1 << 20
+    )
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> "RayServeOptions":
@@ -73,15 +81,20 @@ class RayServeOptions:
     def sweep_options(self):
         from t2iroute.cluster import RayOptions
 
-        return RayOptions(address=self.address, num_cpus=self.num_cpus, object_store_memory=self.object_store_memory,
-                          num_gpus_per_worker=self.num_gpus_per_replica)
+        return RayOptions(
+            address=self.address,
+            num_cpus=self.num_cpus,
+            object_store_memory=self.object_store_memory,
+            num_gpus_per_worker=self.num_gpus_per_replica,
+        )
 
 
 class ModelServer:
     """A model deployment's replica: the backends of one model group, one loaded pipeline."""
 
-    def __init__(self, specs: Mapping[str, Mapping[str, Any]], threads: int, verbose: bool = False,
-                 warmup: bool = False):
+    def __init__(
+        self, specs: Mapping[str, Mapping[str, Any]], threads: int, verbose: bool = False, warmup: bool = False
+    ):
         from t2iroute import threads as _threads
         from t2iroute.backends import build_backends
         from t2iroute.quiet import quiet_libraries
@@ -104,8 +117,9 @@ class ModelServer:
 class RayModelBackend:
     """A backend whose images a model deployment makes (a handle to it, and the config's shape)."""
 
-    def __init__(self, name: str, handle, spec: Mapping[str, Any], *, retry_window_s: float = 120.0,
-                 timeout_s: float = 600.0):
+    def __init__(
+        self, name: str, handle, spec: Mapping[str, Any], *, retry_window_s: float = 120.0, timeout_s: float = 600.0
+    ):
         self.name, self.handle = name, handle
         self.width, self.height = int(spec.get("width", 512)), int(spec.get("height", 512))
         self.batch_size = int(spec.get("batch_size", 1))
@@ -120,41 +134,58 @@ class RayModelBackend:
         while True:
             try:
                 return self.handle.generate.remote(self.name, list(prompts), [int(s) for s in seeds]).result(
-                    timeout_s=max(0.001, deadline - time.monotonic()))
+                    timeout_s=max(0.001, deadline - time.monotonic())
+                )
             except RayTaskError as e:  # the backend raised: not retried (the router falls back)
                 raise (e.cause if isinstance(e.cause, Exception) else e) from None
             except GetTimeoutError:
-                raise TimeoutError(f"backend '{self.name}': no answer within ray.timeout_s={self.timeout_s:g}") from None
+                raise TimeoutError(
+                    f"backend '{self.name}': no answer within ray.timeout_s={self.timeout_s:g}"
+                ) from None
             except RayActorError as e:  # the replica died: Serve routes the retry to a live (or a new) one
                 now = time.monotonic()
                 first_death = first_death or now
                 if now - first_death > self.retry_window_s or now >= deadline:
-                    raise RuntimeError(f"backend '{self.name}': its replicas kept dying for "
-                                       f"{now - first_death:.1f} s ({attempt} retries): {str(e).splitlines()[0][:200]}"
-                                       ) from None
+                    raise RuntimeError(
+                        f"backend '{self.name}': its replicas kept dying for "
+                        f"{now - first_death:.1f} s ({attempt} retries): {str(e).splitlines()[0][:200]}"
+                    ) from None
                 self.n_retried += 1
-                log.warning("backend %s: its replica died (%s); retry %d", self.name, str(e).splitlines()[0][:200],
-                            attempt + 1)
-                time.sleep(min(0.25 * 2 ** attempt, 2.0))
+                log.warning(
+                    "backend %s: its replica died (%s); retry %d", self.name, str(e).splitlines()[0][:200], attempt + 1
+                )
+                time.sleep(min(0.25 * 2**attempt, 2.0))
                 attempt += 1
 
 
 class RouterServer:
     """The ingress replica: loads the router with handles for backends and serves its app."""
 
-    def __init__(self, artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], handles: Mapping[str, Any],
-                 group_of: Mapping[str, str], local: Mapping[str, Any] | None, app_kwargs: Mapping[str, Any],
-                 retry_window_s: float, timeout_s: float, expected_sha256: str | None = None,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        artifact: str,
+        backend_specs: Mapping[str, Mapping[str, Any]],
+        handles: Mapping[str, Any],
+        group_of: Mapping[str, str],
+        local: Mapping[str, Any] | None,
+        app_kwargs: Mapping[str, Any],
+        retry_window_s: float,
+        timeout_s: float,
+        expected_sha256: str | None = None,
+        verbose: bool = False,
+    ):
         from t2iroute.quiet import quiet_libraries
         from t2iroute.router.core import Router
         from t2iroute.serving import create_app
 
         quiet_libraries(verbose, worker=True)  # the driver's verbose flag (the featurizer's models load here)
 
-        backends = {n: RayModelBackend(n, handles[group_of[n]], backend_specs[n], retry_window_s=retry_window_s,
-                                       timeout_s=timeout_s)
-                    for n in backend_specs}
+        backends = {
+            n: RayModelBackend(
+                n, handles[group_of[n]], backend_specs[n], retry_window_s=retry_window_s, timeout_s=timeout_s
+            )
+            for n in backend_specs
+        }
         self.router = Router.load(artifact, backends=backends, local=dict(local or {}), expected_sha256=expected_sha256)
         self.router.warmup()
         self._asgi = create_app(self.router, engine="ray", **dict(app_kwargs))
@@ -167,9 +198,17 @@ def _deployment_name(i: int, label: str) -> str:
     return f"model-{i}-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", label)[-60:].strip("-")
 
 
-def build_app(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: RayServeOptions, *,
-              local: Mapping[str, Any] | None = None, app_kwargs: Mapping[str, Any] | None = None,
-              expected_sha256: str | None = None, warmup: bool = False, verbose: bool | None = None):
+def build_app(
+    artifact: str,
+    backend_specs: Mapping[str, Mapping[str, Any]],
+    opts: RayServeOptions,
+    *,
+    local: Mapping[str, Any] | None = None,
+    app_kwargs: Mapping[str, Any] | None = None,
+    expected_sha256: str | None = None,
+    warmup: bool = False,
+    verbose: bool | None = None,
+):
     """The Ray Serve application (router + one deployment per model group); not started.
 
     ``warmup``: each model replica loads its pipeline when it starts (Serve sends it requests only
@@ -184,37 +223,74 @@ def build_app(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opt
     handles, group_of = {}, {}
     groups = groups_of(backend_specs)
     need_gpus = sum(opts.sweep_options().gpus_for(specs) for specs in groups.values())
-    check_fits(float(opts.num_cpus_per_replica) * len(groups) * int(opts.min_replicas)
-               + float(opts.router_num_cpus) * int(opts.router_replicas), need_gpus * int(opts.min_replicas), what=f"{opts.min_replicas} replica(s) of {len(groups)} model(s)",
-               keys="ray.min_replicas / ray.num_cpus_per_replica / ray.num_gpus_per_replica / ray.router_num_cpus",
-               count=1)
+    check_fits(
+        float(opts.num_cpus_per_replica) * len(groups) * int(opts.min_replicas)
+        + float(opts.router_num_cpus) * int(opts.router_replicas),
+        need_gpus * int(opts.min_replicas),
+        what=f"{opts.min_replicas} replica(s) of {len(groups)} model(s)",
+        keys="ray.min_replicas / ray.num_cpus_per_replica / ray.num_gpus_per_replica / ray.router_num_cpus",
+        count=1,
+    )
     for i, (key, specs) in enumerate(groups.items()):
         gpus = opts.sweep_options().gpus_for(specs)
-        scaling = ({"num_replicas": int(opts.min_replicas)} if opts.min_replicas == opts.max_replicas else
-                   {"autoscaling_config": {"min_replicas": int(opts.min_replicas),
-                                           "max_replicas": int(opts.max_replicas),
-                                           "target_ongoing_requests": float(opts.target_ongoing_requests)}})
+        scaling = (
+            {"num_replicas": int(opts.min_replicas)}
+            if opts.min_replicas == opts.max_replicas
+            else {
+                "autoscaling_config": {
+                    "min_replicas": int(opts.min_replicas),
+                    "max_replicas": int(opts.max_replicas),
+                    "target_ongoing_requests": float(opts.target_ongoing_requests),
+                }
+            }
+        )
         dep = serve.deployment(ModelServer).options(
-            name=_deployment_name(i, group_label(key)), max_ongoing_requests=int(opts.max_ongoing_requests),
+            name=_deployment_name(i, group_label(key)),
+            max_ongoing_requests=int(opts.max_ongoing_requests),
             ray_actor_options={"num_cpus": float(opts.num_cpus_per_replica), "num_gpus": gpus},
-            health_check_period_s=float(opts.health_check_period_s), **scaling)
+            health_check_period_s=float(opts.health_check_period_s),
+            **scaling,
+        )
         handles[key] = dep.bind(specs, threads, worker_verbose(verbose), bool(warmup))
         for name in specs:
             group_of[name] = key
     # the router runs where the command runs: the artifact and image_dir are this machine's
     node = {f"node:{ray.util.get_node_ip_address()}": 0.001}
     router = serve.deployment(serve.ingress()(RouterServer)).options(
-        name="router", num_replicas=int(opts.router_replicas), max_ongoing_requests=1000,
-        ray_actor_options={"num_cpus": float(opts.router_num_cpus), "resources": node})
-    return router.bind(str(artifact), {n: dict(s) for n, s in backend_specs.items()}, handles, group_of,
-                       dict(local or {}), dict(app_kwargs or {}), float(opts.retry_window_s), float(opts.timeout_s),
-                       expected_sha256, worker_verbose(verbose))
+        name="router",
+        num_replicas=int(opts.router_replicas),
+        max_ongoing_requests=1000,
+        ray_actor_options={"num_cpus": float(opts.router_num_cpus), "resources": node},
+    )
+    return router.bind(
+        str(artifact),
+        {n: dict(s) for n, s in backend_specs.items()},
+        handles,
+        group_of,
+        dict(local or {}),
+        dict(app_kwargs or {}),
+        float(opts.retry_window_s),
+        float(opts.timeout_s),
+        expected_sha256,
+        worker_verbose(verbose),
+    )
 
 
-def start(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: RayServeOptions, *,
-          host: str = "127.0.0.1", port: int = 8000, local: Mapping[str, Any] | None = None,
-          app_kwargs: Mapping[str, Any] | None = None, expected_sha256: str | None = None,
-          name: str = APP_NAME, route_prefix: str = "/", warmup: bool = False, verbose: bool | None = None) -> bool:
+def start(
+    artifact: str,
+    backend_specs: Mapping[str, Mapping[str, Any]],
+    opts: RayServeOptions,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    local: Mapping[str, Any] | None = None,
+    app_kwargs: Mapping[str, Any] | None = None,
+    expected_sha256: str | None = None,
+    name: str = APP_NAME,
+    route_prefix: str = "/",
+    warmup: bool = False,
+    verbose: bool | None = None,
+) -> bool:
     """Deploy and start answering on http://HOST:PORT/ROUTE_PREFIX (returns once every replica is
     up: with ``warmup``, once every model replica has loaded its pipeline) as the Serve application
     ``name``. True when this call started Ray here (the caller shuts it down)."""
@@ -229,11 +305,25 @@ def start(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: R
     try:
         serve.start(http_options={"host": str(host), "port": int(port)})
         t0 = time.perf_counter()
-        serve.run(build_app(artifact, backend_specs, opts, local=local, app_kwargs=app_kwargs,
-                            expected_sha256=expected_sha256, warmup=warmup, verbose=verbose),
-                  name=name, route_prefix=route_prefix)
-        log.info("ray serve: the application is up in %.1f s%s", time.perf_counter() - t0,
-                 " (every model replica loaded its pipeline)" if warmup else "")
+        serve.run(
+            build_app(
+                artifact,
+                backend_specs,
+                opts,
+                local=local,
+                app_kwargs=app_kwargs,
+                expected_sha256=expected_sha256,
+                warmup=warmup,
+                verbose=verbose,
+            ),
+            name=name,
+            route_prefix=route_prefix,
+        )
+        log.info(
+            "ray serve: the application is up in %.1f s%s",
+            time.perf_counter() - t0,
+            " (every model replica loaded its pipeline)" if warmup else "",
+        )
     except BaseException:
         if started:
             import ray
@@ -251,10 +341,19 @@ def model_deployments(name: str = APP_NAME) -> list[str]:
     return sorted(n for n in (status.deployments if status else {}) if n.startswith("model-"))
 
 
-def serve_until_signalled(artifact: str, backend_specs: Mapping[str, Mapping[str, Any]], opts: RayServeOptions, *,
-                          host: str = "127.0.0.1", port: int = 8000, local: Mapping[str, Any] | None = None,
-                          app_kwargs: Mapping[str, Any] | None = None, expected_sha256: str | None = None,
-                          warmup: bool = True, on_started=None) -> None:
+def serve_until_signalled(
+    artifact: str,
+    backend_specs: Mapping[str, Mapping[str, Any]],
+    opts: RayServeOptions,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    local: Mapping[str, Any] | None = None,
+    app_kwargs: Mapping[str, Any] | None = None,
+    expected_sha256: str | None = None,
+    warmup: bool = True,
+    on_started=None,
+) -> None:
     """``t2iroute serve engine=ray``: load the artifact here first (a bad artifact or backend
     config fails before anything is deployed), :func:`start`, call ``on_started(info)``, answer
     until SIGINT/SIGTERM, then tear the deployments down. ``backend_specs`` override the
@@ -267,11 +366,21 @@ def serve_until_signalled(artifact: str, backend_specs: Mapping[str, Mapping[str
 
     from t2iroute.router.core import Router
 
-    router = Router.load(str(artifact), backends=dict(backend_specs) or None, local=local,
-                         expected_sha256=expected_sha256)
+    router = Router.load(
+        str(artifact), backends=dict(backend_specs) or None, local=local, expected_sha256=expected_sha256
+    )
     specs = {**router.backend_specs, **backend_specs}
-    started = start(os.path.abspath(str(artifact)), specs, opts, host=host, port=port, local=local,
-                    app_kwargs=app_kwargs, expected_sha256=expected_sha256, warmup=warmup)
+    started = start(
+        os.path.abspath(str(artifact)),
+        specs,
+        opts,
+        host=host,
+        port=port,
+        local=local,
+        app_kwargs=app_kwargs,
+        expected_sha256=expected_sha256,
+        warmup=warmup,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs handlers of its own
         signal.signal(sig, lambda *_: stop.set())

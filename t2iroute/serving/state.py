@@ -27,17 +27,33 @@ class ServerState:
     """What the handlers share. ``inflight``: generation and route requests accepted and not yet
     answered (at most ``max_queue``); ``ready``: set once the warm-up is over (at once without one)."""
 
-    def __init__(self, router, *, api_keys: list[str] | None, image_dir: str | None, max_queue: int, max_n: int,
-                 batch_window_s: float, engine: str, max_route_prompts: int, warmup: bool,
-                 on_ready: Callable[[dict], Any] | None):
+    def __init__(
+        self,
+        router,
+        *,
+        api_keys: list[str] | None,
+        image_dir: str | None,
+        max_queue: int,
+        max_n: int,
+        batch_window_s: float,
+        engine: str,
+        max_route_prompts: int,
+        warmup: bool,
+        on_ready: Callable[[dict], Any] | None,
+    ):
         self.router, self.api_keys, self.engine = router, api_keys, engine
         self.max_queue, self.max_n, self.max_route_prompts = max_queue, max_n, int(max_route_prompts)
         self.batch_window_s = batch_window_s
         self.backends = list(router.backend_names)
         self.sizes = {f"{getattr(b, 'width', 0)}x{getattr(b, 'height', 0)}" for b in router.backends.values()}
         self.image_root = Path(image_dir) if image_dir else None
-        self.models = RequestModels(backends=self.backends, sizes=self.sizes, max_n=self.max_n,
-                                    url=self.image_root is not None, max_route_prompts=self.max_route_prompts)
+        self.models = RequestModels(
+            backends=self.backends,
+            sizes=self.sizes,
+            max_n=self.max_n,
+            url=self.image_root is not None,
+            max_route_prompts=self.max_route_prompts,
+        )
         self.metrics = ServerMetrics(self.backends)
         self.metrics.registry.register(RetryCollector(router))
         self._lock = threading.Lock()
@@ -54,8 +70,12 @@ class ServerState:
     def enter_queue(self) -> None:
         with self._lock:
             if self.inflight >= self.max_queue:
-                raise RequestError(f"the queue is full ({self.max_queue} requests); retry shortly", None, status=429,
-                                   headers={"Retry-After": "1"})
+                raise RequestError(
+                    f"the queue is full ({self.max_queue} requests); retry shortly",
+                    None,
+                    status=429,
+                    headers={"Retry-After": "1"},
+                )
             self.inflight += 1
             self.metrics.queue.set(self.inflight)
 
@@ -98,8 +118,12 @@ class ServerState:
         self.warmup_s = time.perf_counter() - t0
         self.metrics.warmup_s.set(self.warmup_s)
         n_ok = sum(not isinstance(v, str) for v in loaded.values())
-        log.info("warm-up: the featurizer and %d backend(s) loaded in %.1f s%s", n_ok, self.warmup_s,
-                 f"; failed: {sorted(failed)}" if failed else "")
+        log.info(
+            "warm-up: the featurizer and %d backend(s) loaded in %.1f s%s",
+            n_ok,
+            self.warmup_s,
+            f"; failed: {sorted(failed)}" if failed else "",
+        )
         self.ready.set()
         if self.on_ready is not None:
             try:
@@ -109,8 +133,11 @@ class ServerState:
 
     def ready_info(self) -> dict:
         """What ``/ready`` reports (:class:`t2iroute.serving.models.Readiness`)."""
-        info = {"status": "ready" if self.ready.is_set() else "warming_up", "warmup": self.warmup,
-                "warmup_s": self.warmup_s}
+        info = {
+            "status": "ready" if self.ready.is_set() else "warming_up",
+            "warmup": self.warmup,
+            "warmup_s": self.warmup_s,
+        }
         if self.failed:
             info["failed"] = dict(self.failed)
         return info
@@ -149,7 +176,7 @@ class ServerState:
             results, error = getattr(e, "results", None) or [None] * len(prompts), e
         k = 0
         for j in jobs:
-            mine = results[k:k + len(j["prompts"])]
+            mine = results[k : k + len(j["prompts"])]
             k += len(j["prompts"])
             if not j["future"].done():
                 if all(r is not None for r in mine):

@@ -19,8 +19,7 @@ MAX_BODY = 1 << 20  # 1 MiB
 MAX_ROUTE_PROMPTS = 256  # prompts one /v1/route request may hold (serve's max_route_prompts)
 
 
-def parse_model(model: Any, backends: list[str], costs=None,
-                quality_range=None) -> tuple[dict, str | None]:
+def parse_model(model: Any, backends: list[str], costs=None, quality_range=None) -> tuple[dict, str | None]:
     """``model`` -> (policy keywords, forced backend). With ``costs`` (the router's), a policy
     value that no routing can meet (a budget or cost cap below the cheapest backend) is refused
     too; with ``quality_range`` (the router's ``observed_range``), a quality floor outside it.
@@ -36,7 +35,7 @@ def parse_model(model: Any, backends: list[str], costs=None,
 
         shown = repr(model[:100])
         try:
-            kw = parse_policy(model[len("router:"):])  # the grammar of the CLI keys and Router.route
+            kw = parse_policy(model[len("router:") :])  # the grammar of the CLI keys and Router.route
         except ValueError as e:
             raise RequestError(f"model {shown}: {str(e).partition(': ')[2] or e}", "model") from None
         try:
@@ -53,9 +52,12 @@ def parse_model(model: Any, backends: list[str], costs=None,
             except (ValueError, TypeError) as e:
                 raise RequestError(f"model {shown}: {e}", "model") from None
         return kw, None
-    raise RequestError(f"unknown model {model[:100]!r}: use router, router:lam=X, router:budget=X, "
-                       f"router:quality_floor=X, router:max_cost=X, router:policy={{type: NAME, ...}} "
-                       f"or a backend ({', '.join(backends)})", "model")
+    raise RequestError(
+        f"unknown model {model[:100]!r}: use router, router:lam=X, router:budget=X, "
+        f"router:quality_floor=X, router:max_cost=X, router:policy={{type: NAME, ...}} "
+        f"or a backend ({', '.join(backends)})",
+        "model",
+    )
 
 
 async def read_body(request) -> dict:
@@ -85,8 +87,7 @@ def check_key(authorization: str, api_keys: list[str] | None) -> None:
     if not api_keys:
         return
     key = authorization[7:] if authorization.lower().startswith("bearer ") else ""
-    if not any(secrets.compare_digest(key.encode("utf-8", "surrogateescape"), k.encode("utf-8"))
-               for k in api_keys):
+    if not any(secrets.compare_digest(key.encode("utf-8", "surrogateescape"), k.encode("utf-8")) for k in api_keys):
         raise RequestError("invalid or missing API key (Authorization: Bearer KEY)", None, status=401)
 
 
@@ -101,8 +102,11 @@ def prompt_of(data: dict, many: bool = False, max_prompts: int = MAX_ROUTE_PROMP
         if not p:
             raise RequestError("prompt: an empty list", "prompt")
         if len(p) > max_prompts:
-            raise RequestError(f"prompt: {len(p)} prompts in one request; at most {max_prompts} "
-                               "(max_route_prompts): split them over several requests", "prompt")
+            raise RequestError(
+                f"prompt: {len(p)} prompts in one request; at most {max_prompts} "
+                "(max_route_prompts): split them over several requests",
+                "prompt",
+            )
     elif not isinstance(p, str):
         raise RequestError(f"prompt must be a string, got {type(p).__name__}", "prompt")
     try:
@@ -128,8 +132,7 @@ def check_generation(data: dict, state):
         raise RequestError(f"n must be an integer in [1, {max_n}], got {short(n)}", "n")
     size = data.get("size")
     if size is not None and (not isinstance(size, str) or (size != "auto" and size not in state.sizes)):
-        raise RequestError(f"unsupported size {short(size)}: the backends make {sorted(state.sizes)} "
-                           "(or auto)", "size")
+        raise RequestError(f"unsupported size {short(size)}: the backends make {sorted(state.sizes)} (or auto)", "size")
     fmt = data.get("response_format")
     fmt = "b64_json" if fmt is None else fmt
     if not isinstance(fmt, str) or fmt not in ("b64_json", "url"):
@@ -137,14 +140,16 @@ def check_generation(data: dict, state):
     if fmt == "url" and state.image_root is None:
         raise RequestError("response_format url needs the server's image_dir", "response_format")
     seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63 - n:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63 - n:
         raise RequestError(f"seed must be an integer in [0, 2**63), got {short(seed)}", "seed")
     policy, forced = model_of(data, state)
     if forced is not None and forced not in state.router.backends:
-        raise RequestError(f"model {forced!r}: this server has no config for that backend; it routes "
-                           "to it but cannot run it", "model")
-    req = state.models.generation.model_construct(prompt=prompt, n=n, size=size, response_format=fmt, seed=seed,
-                                                  model=data.get("model"))
+        raise RequestError(
+            f"model {forced!r}: this server has no config for that backend; it routes to it but cannot run it", "model"
+        )
+    req = state.models.generation.model_construct(
+        prompt=prompt, n=n, size=size, response_format=fmt, seed=seed, model=data.get("model")
+    )
     return req, policy, forced
 
 

@@ -94,8 +94,15 @@ class SweepPlan:
         return self.n_items - len(self.todo)
 
 
-def plan_sweep(backend_names: Sequence[str], prompts: pd.DataFrame, seeds: Sequence[int], out_dir, *,
-               shard: int = 0, num_shards: int = 1) -> SweepPlan:
+def plan_sweep(
+    backend_names: Sequence[str],
+    prompts: pd.DataFrame,
+    seeds: Sequence[int],
+    out_dir,
+    *,
+    shard: int = 0,
+    num_shards: int = 1,
+) -> SweepPlan:
     """Check the arguments, clean killed sweeps' temp parts, read the finished keys: the work left."""
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"shard={shard} num_shards={num_shards}: need 0 <= shard < num_shards")
@@ -107,14 +114,27 @@ def plan_sweep(backend_names: Sequence[str], prompts: pd.DataFrame, seeds: Seque
         clean_temp_parts(table_dir)
     done = finished_keys(table_dir)
     mine = prompts[[shard_of(p, num_shards) == shard for p in prompts.prompt_id]]
-    items = [(b, r.prompt_id, r.prompt, r.source, int(s))
-             for b in backend_names for r in mine.itertuples(index=False) for s in seeds]
+    items = [
+        (b, r.prompt_id, r.prompt, r.source, int(s))
+        for b in backend_names
+        for r in mine.itertuples(index=False)
+        for s in seeds
+    ]
     todo = [it for it in items if (str(it[1]), it[0], it[4]) not in done]
-    log.info("sweep shard %d/%d: %d items, %d already finished, %d to do", shard, num_shards,
-             len(items), len(items) - len(todo), len(todo))
+    log.info(
+        "sweep shard %d/%d: %d items, %d already finished, %d to do",
+        shard,
+        num_shards,
+        len(items),
+        len(items) - len(todo),
+        len(todo),
+    )
     # progress goes to stderr: stdout carries only the command's JSON result
-    print(f"sweep: {len(items)} items, skipping {len(items) - len(todo)} finished, {len(todo)} to do",
-          file=sys.stderr, flush=True)
+    print(
+        f"sweep: {len(items)} items, skipping {len(items) - len(todo)} finished, {len(todo)} to do",
+        file=sys.stderr,
+        flush=True,
+    )
     return SweepPlan(out_dir, table_dir, len(items), todo)
 
 
@@ -123,7 +143,7 @@ def work_units(todo: Sequence[tuple], chunk_size: int) -> list[tuple[int, str, l
     (chunk index, backend, items). Every launcher batches the same items together."""
     units = []
     for c, start in enumerate(range(0, len(todo), chunk_size)):
-        chunk = todo[start:start + chunk_size]
+        chunk = todo[start : start + chunk_size]
         for bname in dict.fromkeys(it[0] for it in chunk):
             units.append((c, bname, [it for it in chunk if it[0] == bname]))
     return units
@@ -141,8 +161,16 @@ def image_path(out_dir, bname: str, prompt_id, seed: int) -> Path:
     return Path(out_dir) / "images" / bname / f"{prompt_id}-s{seed}.png"
 
 
-def run_unit(backend, bname: str, its: Sequence[tuple], scorer, out_dir, *, keep_images: bool = False,
-             return_images: bool = False) -> UnitResult:
+def run_unit(
+    backend,
+    bname: str,
+    its: Sequence[tuple],
+    scorer,
+    out_dir,
+    *,
+    keep_images: bool = False,
+    return_images: bool = False,
+) -> UnitResult:
     """Generate and score one backend's items: their rows, or the error that stopped them.
     ``keep_images`` saves each image at :func:`image_path` (``return_images``: returns its PNG bytes
     instead, for a driver on another machine to save)."""
@@ -166,14 +194,24 @@ def run_unit(backend, bname: str, its: Sequence[tuple], scorer, out_dir, *, keep
                 path.parent.mkdir(parents=True, exist_ok=True)
                 g.image.save(path)
         d = g.diffusion.to_dict() if g.diffusion is not None else {}
-        rows.append({
-            "prompt_id": str(it[1]), "prompt": it[2], "backend": bname, "metric": scorer.metric,
-            "higher_is_better": bool(getattr(scorer, "higher_is_better", True)),
-            "score": float(sc), "cost_s": float(g.latency_s if g.cost is None else g.cost),
-            "source": str(it[3]), "seed": it[4], "latency_s": float(g.latency_s),
-            "steps_run": d.get("steps_run"), "nfe": d.get("nfe"),
-            "stopped_early": d.get("stopped_early"), "image_path": None if path is None else str(path),
-        })
+        rows.append(
+            {
+                "prompt_id": str(it[1]),
+                "prompt": it[2],
+                "backend": bname,
+                "metric": scorer.metric,
+                "higher_is_better": bool(getattr(scorer, "higher_is_better", True)),
+                "score": float(sc),
+                "cost_s": float(g.latency_s if g.cost is None else g.cost),
+                "source": str(it[3]),
+                "seed": it[4],
+                "latency_s": float(g.latency_s),
+                "steps_run": d.get("steps_run"),
+                "nfe": d.get("nfe"),
+                "stopped_early": d.get("stopped_early"),
+                "image_path": None if path is None else str(path),
+            }
+        )
     return UnitResult(rows, images)
 
 
@@ -182,14 +220,27 @@ def record_failures(out_dir, bname: str, its: Sequence[tuple], error: str, trace
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(out_dir) / "failures.jsonl", "a") as fh:
         for it in its:
-            fh.write(json.dumps({"backend": bname, "prompt_id": str(it[1]), "seed": it[4],
-                                 "error": error, "trace": trace}) + "\n")
+            fh.write(
+                json.dumps({"backend": bname, "prompt_id": str(it[1]), "seed": it[4], "error": error, "trace": trace})
+                + "\n"
+            )
     log.error("backend %s failed on %d items: %s", bname, len(its), error)
 
 
-def run_sweep(backends: Mapping[str, object], prompts: pd.DataFrame, seeds: Sequence[int], scorer, out_dir,
-              *, shard: int = 0, num_shards: int = 1, chunk_size: int = 8, keep_images: bool = False,
-              progress: bool = True, on_result=None) -> SweepResult:
+def run_sweep(
+    backends: Mapping[str, object],
+    prompts: pd.DataFrame,
+    seeds: Sequence[int],
+    scorer,
+    out_dir,
+    *,
+    shard: int = 0,
+    num_shards: int = 1,
+    chunk_size: int = 8,
+    keep_images: bool = False,
+    progress: bool = True,
+    on_result=None,
+) -> SweepResult:
     """The sequential sweep, in this process (``launcher=ray``: :func:`t2iroute.sweeps.ray.run_sweep_ray`).
     ``on_result`` is called after each finished unit with ``{"backend", "n", "pid"}``."""
     if scorer is None:

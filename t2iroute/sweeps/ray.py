@@ -28,10 +28,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from t2iroute.cluster import (RayOptions, check_fits, connect, group_label, groups_of, import_ray,
-                                         worker_verbose)
-from t2iroute.sweeps.local import (SweepResult, UnitResult, _write_part, plan_sweep, record_failures, run_unit,
-                                     work_units)
+from t2iroute.cluster import RayOptions, check_fits, connect, group_label, groups_of, import_ray, worker_verbose
+from t2iroute.sweeps.local import (
+    SweepResult,
+    UnitResult,
+    _write_part,
+    plan_sweep,
+    record_failures,
+    run_unit,
+    work_units,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +45,13 @@ log = logging.getLogger(__name__)
 class SweepWorker:
     """A Ray actor: one model group's backends (one shared pipeline) and the scorer."""
 
-    def __init__(self, specs: Mapping[str, Mapping[str, Any]], scorer_spec: Mapping[str, Any], threads: int,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        specs: Mapping[str, Mapping[str, Any]],
+        scorer_spec: Mapping[str, Any],
+        threads: int,
+        verbose: bool = False,
+    ):
         self._error = None
         try:
             from t2iroute import threads as _threads
@@ -65,8 +76,15 @@ class SweepWorker:
         if self._error is not None:
             res = UnitResult([], error=self._error[0], trace=self._error[1])
         else:
-            res = run_unit(self.backends[bname], bname, its, self.scorer, out_dir, keep_images=keep_images,
-                           return_images=keep_images)
+            res = run_unit(
+                self.backends[bname],
+                bname,
+                its,
+                self.scorer,
+                out_dir,
+                keep_images=keep_images,
+                return_images=keep_images,
+            )
         return {"rows": res.rows, "images": res.images, "error": res.error, "trace": res.trace, "pid": os.getpid()}
 
 
@@ -79,11 +97,22 @@ class _Group:
         self.deaths_without_success = 0
 
 
-def run_sweep_ray(backend_specs: Mapping[str, Mapping[str, Any]], prompts: pd.DataFrame, seeds: Sequence[int],
-                  scorer_spec: Mapping[str, Any], out_dir, *, shard: int = 0, num_shards: int = 1,
-                  chunk_size: int = 8, keep_images: bool = False, progress: bool = True,
-                  ray_options: RayOptions | Mapping[str, Any] | None = None,
-                  on_result: Callable[[dict], None] | None = None, verbose: bool | None = None) -> SweepResult:
+def run_sweep_ray(
+    backend_specs: Mapping[str, Mapping[str, Any]],
+    prompts: pd.DataFrame,
+    seeds: Sequence[int],
+    scorer_spec: Mapping[str, Any],
+    out_dir,
+    *,
+    shard: int = 0,
+    num_shards: int = 1,
+    chunk_size: int = 8,
+    keep_images: bool = False,
+    progress: bool = True,
+    ray_options: RayOptions | Mapping[str, Any] | None = None,
+    on_result: Callable[[dict], None] | None = None,
+    verbose: bool | None = None,
+) -> SweepResult:
     """The sweep of :func:`t2iroute.sweeps.local.run_sweep` on a Ray cluster: the same rows,
     part files and resume. Backends and the scorer are given as configs (each actor builds its
     own). ``on_result`` is called on the driver after each finished unit with ``{"backend",
@@ -103,16 +132,29 @@ def run_sweep_ray(backend_specs: Mapping[str, Mapping[str, Any]], prompts: pd.Da
     ray = import_ray()
     started = connect(opts)
     try:
-        _drive(ray, opts, specs, dict(scorer_spec), plan, shard, chunk_size, keep_images, progress, on_result,
-               result, worker_verbose(verbose))
+        _drive(
+            ray,
+            opts,
+            specs,
+            dict(scorer_spec),
+            plan,
+            shard,
+            chunk_size,
+            keep_images,
+            progress,
+            on_result,
+            result,
+            worker_verbose(verbose),
+        )
     finally:
         if started:
             ray.shutdown()
     return result
 
 
-def _drive(ray, opts, specs, scorer_spec, plan, shard, chunk_size, keep_images, progress, on_result, result,
-           verbose) -> None:
+def _drive(
+    ray, opts, specs, scorer_spec, plan, shard, chunk_size, keep_images, progress, on_result, result, verbose
+) -> None:
     from ray.exceptions import RayActorError, RayTaskError
     from tqdm.auto import tqdm
 
@@ -126,17 +168,24 @@ def _drive(ray, opts, specs, scorer_spec, plan, shard, chunk_size, keep_images, 
     worker_cls = ray.remote(SweepWorker)
 
     def new_actor(g: _Group):
-        return worker_cls.options(num_cpus=float(opts.num_cpus_per_worker), num_gpus=opts.gpus_for(g.specs),
-                                  max_restarts=0, max_task_retries=0,
-                                  name=None).remote(g.specs, scorer_spec, threads, verbose)
+        return worker_cls.options(
+            num_cpus=float(opts.num_cpus_per_worker),
+            num_gpus=opts.gpus_for(g.specs),
+            max_restarts=0,
+            max_task_retries=0,
+            name=None,
+        ).remote(g.specs, scorer_spec, threads, verbose)
 
     for g in groups.values():
-        check_fits(float(opts.num_cpus_per_worker), opts.gpus_for(g.specs), what=f"a worker for {g.label}",
-                   keys="ray.num_cpus_per_worker / ray.num_gpus_per_worker")
+        check_fits(
+            float(opts.num_cpus_per_worker),
+            opts.gpus_for(g.specs),
+            what=f"a worker for {g.label}",
+            keys="ray.num_cpus_per_worker / ray.num_gpus_per_worker",
+        )
     for g in groups.values():
         g.slots = [[new_actor(g), 0] for _ in range(int(opts.workers_per_model))]
-    log.info("ray sweep: %d units over %s", len(units),
-             {g.label: len(g.slots) for g in groups.values()})
+    log.info("ray sweep: %d units over %s", len(units), {g.label: len(g.slots) for g in groups.values()})
     inflight: dict = {}  # object ref -> (uid, group key, slot, generation)
     bar = tqdm(total=len(plan.todo), disable=not progress, desc="sweep (ray)", unit="img")
     out_dir = str(plan.out_dir)
@@ -177,19 +226,26 @@ def _drive(ray, opts, specs, scorer_spec, plan, shard, chunk_size, keep_images, 
                 if g.slots[slot][1] == gen:
                     g.deaths_without_success += 1
                     result.n_workers_replaced += 1
-                    log.warning("ray sweep: a %s worker died (%s); starting another", g.label,
-                                str(e).splitlines()[0][:200])
+                    log.warning(
+                        "ray sweep: a %s worker died (%s); starting another", g.label, str(e).splitlines()[0][:200]
+                    )
                     g.slots[slot] = [new_actor(g), gen + 1]
                 if attempts[uid] > int(opts.max_retries):
-                    fail(uid, f"WorkerDied: a {g.label} worker died {attempts[uid]} times running these items "
-                              f"(ray.max_retries={opts.max_retries}): {str(e).splitlines()[0][:300]}")
+                    fail(
+                        uid,
+                        f"WorkerDied: a {g.label} worker died {attempts[uid]} times running these items "
+                        f"(ray.max_retries={opts.max_retries}): {str(e).splitlines()[0][:300]}",
+                    )
                 else:
                     result.n_retried += len(its)
                     g.queue.appendleft(uid)
                 if g.deaths_without_success > int(opts.max_retries) + 1:
                     while g.queue:  # every fresh actor died before finishing anything: give up on this model
-                        fail(g.queue.popleft(), f"WorkerDied: {g.deaths_without_success} {g.label} workers died "
-                                                "without finishing a unit; giving up on this model")
+                        fail(
+                            g.queue.popleft(),
+                            f"WorkerDied: {g.deaths_without_success} {g.label} workers died "
+                            "without finishing a unit; giving up on this model",
+                        )
             except RayTaskError as e:  # the call itself failed outside the backend (e.g. unpicklable rows)
                 fail(uid, f"{type(e.cause).__name__ if e.cause else 'RayTaskError'}: {str(e)[:500]}")
             else:

@@ -121,12 +121,25 @@ class TestbedChecker:
     higher_is_better = True
     bounds = (0.0, 1.0)  # the share of the caption's attributes found: a router reports within it
 
-    def __init__(self, *, resolution: int = 64, chroma: float = 50.0, dark: float = 90.0,
-                 hue_margin: float = 0.0, min_area: int = 15, taper: float = 0.65,
-                 square_diag: float = 1.15, circle_fill: float = 0.6, small_span: float = 12.0,
-                 large_span: float = 15.0, tex_dark: float = 0.4,
-                 tex_share: float = 0.08, band_hi: float = 0.35, band_lo: float = 0.2,
-                 strict: bool = False):
+    def __init__(
+        self,
+        *,
+        resolution: int = 64,
+        chroma: float = 50.0,
+        dark: float = 90.0,
+        hue_margin: float = 0.0,
+        min_area: int = 15,
+        taper: float = 0.65,
+        square_diag: float = 1.15,
+        circle_fill: float = 0.6,
+        small_span: float = 12.0,
+        large_span: float = 15.0,
+        tex_dark: float = 0.4,
+        tex_share: float = 0.08,
+        band_hi: float = 0.35,
+        band_lo: float = 0.2,
+        strict: bool = False,
+    ):
         if not 0.0 <= hue_margin < 1.0:
             raise ValueError(f"hue_margin must be in [0, 1), got {hue_margin!r}")
         self.resolution = int(resolution)
@@ -154,8 +167,9 @@ class TestbedChecker:
     def background(a: np.ndarray) -> np.ndarray:
         """The background colour: median of the 2 px border (the grammar's grey when the border
         is mostly coloured)."""
-        border = np.concatenate([a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3),
-                                 a[2:-2, :2].reshape(-1, 3), a[2:-2, -2:].reshape(-1, 3)])
+        border = np.concatenate(
+            [a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3), a[2:-2, :2].reshape(-1, 3), a[2:-2, -2:].reshape(-1, 3)]
+        )
         bg = np.median(border, axis=0)
         return bg if bg.max() - bg.min() < 40 and _luma(bg) > 120 else np.array(S.BACKGROUND, float)
 
@@ -207,10 +221,20 @@ class TestbedChecker:
             pp, qq = (dx + dy) / np.sqrt(2), (dx - dy) / np.sqrt(2)
             axis = np.mean([dx.max(), -dx.min(), dy.max(), -dy.min()]) + 0.5
             diag = np.mean([pp.max(), -pp.min(), qq.max(), -qq.min()]) + 0.5 * np.sqrt(2)
-            out.append(dict(fill=area / float(h * w), taper=float(widths[:third].mean() / max(widths[-third:].mean(), 1e-6)),
-                            diag=float(diag / axis), span=max(h, w) * 64 / R, hue=mean_h, hue_shares=shares,
-                            **_texture_features(luma[sl], filled), area=area,
-                            cx=float(sl[1].start + xx.mean()), cy=float(sl[0].start + yy.mean())))
+            out.append(
+                dict(
+                    fill=area / float(h * w),
+                    taper=float(widths[:third].mean() / max(widths[-third:].mean(), 1e-6)),
+                    diag=float(diag / axis),
+                    span=max(h, w) * 64 / R,
+                    hue=mean_h,
+                    hue_shares=shares,
+                    **_texture_features(luma[sl], filled),
+                    area=area,
+                    cx=float(sl[1].start + xx.mean()),
+                    cy=float(sl[0].start + yy.mean()),
+                )
+            )
         return out
 
     def classify(self, c: dict) -> dict:
@@ -232,8 +256,15 @@ class TestbedChecker:
             tex = "plain"
         else:
             rows, cols, hi, lo = c["rows"], c["cols"], self.band_hi, self.band_lo
-            tex = ("striped" if rows >= hi and cols < lo else None if cols >= hi and rows < lo
-                   else "checked" if rows < lo and cols < lo else "dotted")
+            tex = (
+                "striped"
+                if rows >= hi and cols < lo
+                else None
+                if cols >= hi and rows < lo
+                else "checked"
+                if rows < lo and cols < lo
+                else "dotted"
+            )
         return dict(shape=shape, color=name, size=size, texture=tex, area=c["area"], cx=c["cx"], cy=c["cy"])
 
     def detect(self, image: Any) -> list[dict]:
@@ -261,8 +292,9 @@ class TestbedChecker:
         return [self.score_one(im, p) for im, p in zip(images, prompts)]
 
 
-def credit(scene: S.Scene, dets: Sequence[dict], *, resolution: int = 64,
-           relation_ok: bool | None = None) -> dict[str, float]:
+def credit(
+    scene: S.Scene, dets: Sequence[dict], *, resolution: int = 64, relation_ok: bool | None = None
+) -> dict[str, float]:
     """Per-attribute credit of ``scene``'s caption given detected objects ``dets`` (dicts with
     shape, color, size, texture and, for a relation, cx/cy); ``relation_ok`` overrides the
     centroid test (used for hand labels, which record relations, not positions)."""
@@ -285,8 +317,9 @@ def credit(scene: S.Scene, dets: Sequence[dict], *, resolution: int = 64,
             if relation_ok is not None:
                 ok = relation_ok
             else:
-                ax, sign = {"left of": ("cx", -1), "right of": ("cx", 1),
-                            "above": ("cy", -1), "below": ("cy", 1)}[scene.relation]
+                ax, sign = {"left of": ("cx", -1), "right of": ("cx", 1), "above": ("cy", -1), "below": ("cy", 1)}[
+                    scene.relation
+                ]
                 da = np.mean([x[ax] for x in groups[0]]) - np.mean([x[ax] for x in groups[1]])
                 ok = sign * da > 2 * resolution / 64
         out["relation"] = float(ok)
@@ -365,11 +398,13 @@ def validate(n: int = 200, seed: int = 0, size: int = 64, checker: TestbedChecke
             br[kind].append(checker.score_one(_render_any(b, size, rng), sc.caption))
             paired[kind].append(t)
     mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
-    return {"truth": {k: mean(v) for k, v in truth.items()},
-            "truth_all": mean([x for v in truth.values() for x in v]),
-            "breaks": {k: mean(v) for k, v in br.items()},
-            "n_breaks": {k: len(v) for k, v in br.items()},
-            "paired_truth": {k: mean(v) for k, v in paired.items()}}
+    return {
+        "truth": {k: mean(v) for k, v in truth.items()},
+        "truth_all": mean([x for v in truth.values() for x in v]),
+        "breaks": {k: mean(v) for k, v in br.items()},
+        "n_breaks": {k: len(v) for k, v in br.items()},
+        "paired_truth": {k: mean(v) for k, v in paired.items()},
+    }
 
 
 # -- degradations: what the testbed models do to a scene ------------------------------------------
@@ -421,12 +456,13 @@ def degrade(image: Image.Image, kind: str, rng: np.random.Generator) -> Image.Im
                 col = np.array(S.BACKGROUND, float) + rng.uniform(-25, 10, 3)
                 near = np.linalg.norm(a[y, x] - np.array(S.BACKGROUND, float)) < 30
                 if near:
-                    a[max(0, y - 1):y + 1, max(0, x - 1):x + 1] = col
+                    a[max(0, y - 1) : y + 1, max(0, x - 1) : x + 1] = col
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
 
 
-def validate_degraded(n: int = 120, seed: int = 0, checker: TestbedChecker | None = None,
-                      kinds: Sequence[str] = DEGRADATIONS) -> dict:
+def validate_degraded(
+    n: int = 120, seed: int = 0, checker: TestbedChecker | None = None, kinds: Sequence[str] = DEGRADATIONS
+) -> dict:
     """Rendered truth and the broken variants of :func:`validate`, each degraded (:func:`degrade`),
     scored against the original caption: ``{kind: {"truth": mean, "breaks": {break: mean}}}``."""
     checker = checker or TestbedChecker()
@@ -447,8 +483,10 @@ def validate_degraded(n: int = 120, seed: int = 0, checker: TestbedChecker | Non
 
 # -- agreement with the hand-labelled images -----------------------------------------------------
 def _label_objects(seen: dict) -> list[dict]:
-    return [{"shape": o.get("shape"), "color": o.get("colour"), "size": o.get("size"),
-             "texture": o.get("texture")} for o in seen.get("objects", [])]
+    return [
+        {"shape": o.get("shape"), "color": o.get("colour"), "size": o.get("size"), "texture": o.get("texture")}
+        for o in seen.get("objects", [])
+    ]
 
 
 def decided(scene: S.Scene, objs: Sequence[dict]) -> dict[str, bool]:
@@ -477,12 +515,13 @@ def _label_relation(scene: S.Scene, seen: dict) -> bool:
         return False
     a, b = scene.objects[0].color, scene.objects[1].color
     inv = _INVERSE[scene.relation]
-    return any((r["subject"], r["relation"], r["object"]) in ((a, scene.relation, b), (b, inv, a))
-               for r in seen.get("relations", []))
+    return any(
+        (r["subject"], r["relation"], r["object"]) in ((a, scene.relation, b), (b, inv, a))
+        for r in seen.get("relations", [])
+    )
 
 
-def agreement(label_dir: Any = None, checker: TestbedChecker | None = None,
-              subset: str = "all") -> dict:
+def agreement(label_dir: Any = None, checker: TestbedChecker | None = None, subset: str = "all") -> dict:
     """Agreement of ``checker`` with the hand labels in ``label_dir`` (a folder or a list of
     folders; default: the bundled ``t2iroute/data/testbed-labels``): every attribute of every image's caption is credited twice
     with the same rule (:func:`credit`), once from the checker's detections and once from the
@@ -507,8 +546,11 @@ def agreement(label_dir: Any = None, checker: TestbedChecker | None = None,
         raise ValueError(f"subset must be all, even or odd, got {subset!r}")
     rows = []
     for root in dirs:
-        rows += [{**json.loads(line), "_root": root} for line in (root / "labels.jsonl").read_text().splitlines()
-                 if line.strip()]
+        rows += [
+            {**json.loads(line), "_root": root}
+            for line in (root / "labels.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
     rows = [r for r in rows if subset == "all" or r["index"] % 2 == (subset == "odd")]
     agree: dict[str, list[float]] = {}
     agree_d: dict[str, list[float]] = {}
@@ -530,14 +572,18 @@ def agreement(label_dir: Any = None, checker: TestbedChecker | None = None,
         s_chk.append(weighted(c_chk))
         s_lab.append(weighted(c_lab))
     allv = [x for v in agree.values() for x in v]
-    return {"n_images": len(rows),
-            "per_attribute": {k: float(np.mean(v)) for k, v in agree.items()},
-            "n": {k: len(v) for k, v in agree.items()},
-            "all_attributes": float(np.mean(allv)),
-            "decided": {"per_attribute": {k: float(np.mean(v)) for k, v in agree_d.items()},
-                        "n": {k: len(v) for k, v in agree_d.items()},
-                        "all_attributes": float(np.mean([x for v in agree_d.values() for x in v]))},
-            "blank": float(np.mean(blank)),
-            "score_mae": float(np.mean(np.abs(np.array(s_chk) - np.array(s_lab)))),
-            "score_corr": float(np.corrcoef(s_chk, s_lab)[0, 1]),
-            "mean_score": {"checker": float(np.mean(s_chk)), "labels": float(np.mean(s_lab))}}
+    return {
+        "n_images": len(rows),
+        "per_attribute": {k: float(np.mean(v)) for k, v in agree.items()},
+        "n": {k: len(v) for k, v in agree.items()},
+        "all_attributes": float(np.mean(allv)),
+        "decided": {
+            "per_attribute": {k: float(np.mean(v)) for k, v in agree_d.items()},
+            "n": {k: len(v) for k, v in agree_d.items()},
+            "all_attributes": float(np.mean([x for v in agree_d.values() for x in v])),
+        },
+        "blank": float(np.mean(blank)),
+        "score_mae": float(np.mean(np.abs(np.array(s_chk) - np.array(s_lab)))),
+        "score_corr": float(np.corrcoef(s_chk, s_lab)[0, 1]),
+        "mean_score": {"checker": float(np.mean(s_chk)), "labels": float(np.mean(s_lab))},
+    }

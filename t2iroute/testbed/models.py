@@ -29,9 +29,16 @@ MAX_TOKENS = 32
 #: latent, so no decoder can draw the stripes back (seen: f4 VAEs, 4 and 12 channels, lost every texture)
 LATENT_CHANNELS = 12
 #: the scheduler every testbed pipeline ships with: SD 1.5's (DDIM, scaled-linear betas)
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                        beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-                        steps_offset=1, prediction_type="epsilon")
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
 UNETS = {
     "big": dict(block_out_channels=(32, 64, 64), attention_head_dim=8),
     "small": dict(block_out_channels=(16, 32, 32), attention_head_dim=4),
@@ -116,19 +123,36 @@ def make_vae(tiny: bool = False):
 
     ch = (8, 16) if tiny else (16, 32)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=ch, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8, sample_size=64, mid_block_add_attention=False)
+        in_channels=3,
+        out_channels=3,
+        latent_channels=LATENT_CHANNELS,
+        block_out_channels=ch,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=64,
+        mid_block_add_attention=False,
+    )
 
 
 def make_text_encoder(vocab_size: int, tiny: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     w = 16 if tiny else 64
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=w, intermediate_size=2 * w, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=MAX_TOKENS, bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=w,
+            intermediate_size=2 * w,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
 
 
 def make_unet(name: str, tiny: bool = False):
@@ -138,14 +162,21 @@ def make_unet(name: str, tiny: bool = False):
     if tiny:
         spec = dict(block_out_channels=(8, 8, 8), attention_head_dim=2)
     return UNet2DConditionModel(
-        sample_size=32, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
+        sample_size=32,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16 if tiny else 64, norm_num_groups=8,
+        cross_attention_dim=16 if tiny else 64,
+        norm_num_groups=8,
         # a pooled text embedding added to the time embedding (diffusers' TextTimeEmbedding): a global
         # path for colour, shape and count beside cross-attention; the undertrained cross-attention-only
         # models ignored the caption (purple blobs for every prompt)
-        addition_embed_type="text", addition_embed_type_num_heads=2 if tiny else 4, **spec)
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2 if tiny else 4,
+        **spec,
+    )
 
 
 def make_scheduler():
@@ -158,9 +189,17 @@ def assemble(unet, vae, text_encoder, tokenizer):
     """A StableDiffusionPipeline from testbed components (no safety checker: synthetic shapes)."""
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=make_scheduler(), safety_checker=None, feature_extractor=None,
-                                   image_encoder=None, requires_safety_checker=False)
+    return StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
 
 
 def untrained_pipeline(name: str = "big", seed: int = 0, tiny: bool = True):
@@ -172,5 +211,4 @@ def untrained_pipeline(name: str = "big", seed: int = 0, tiny: bool = True):
 
     torch.manual_seed(seed)
     tok = make_tokenizer()
-    return assemble(make_unet(name, tiny).eval(), make_vae(tiny).eval(),
-                    make_text_encoder(len(tok), tiny).eval(), tok)
+    return assemble(make_unet(name, tiny).eval(), make_vae(tiny).eval(), make_text_encoder(len(tok), tiny).eval(), tok)

@@ -113,8 +113,7 @@ def sample_scene(rng: np.random.Generator, level: int | None = None) -> Scene:
         return _make([Obj(_pick(rng, SHAPES), _pick(rng, list(COLORS)))], None)
 
     def group(color: str) -> Obj:
-        return Obj(_pick(rng, SHAPES), color, _pick(rng, (None, *SIZES)), _pick(rng, TEXTURES),
-                   _pick(rng, COUNTS))
+        return Obj(_pick(rng, SHAPES), color, _pick(rng, (None, *SIZES)), _pick(rng, TEXTURES), _pick(rng, COUNTS))
 
     if level == 2:
         while True:
@@ -127,7 +126,8 @@ def sample_scene(rng: np.random.Generator, level: int | None = None) -> Scene:
 
 _GROUP_RE = re.compile(
     r"(?P<art>a|an|two|three) (?:(?P<size>small|large) )?(?:(?P<tex>plain|striped|dotted|checked) )?"
-    r"(?P<color>" + "|".join(COLORS) + r") (?P<noun>" + "|".join(SHAPES) + r")(?P<pl>s?)")
+    r"(?P<color>" + "|".join(COLORS) + r") (?P<noun>" + "|".join(SHAPES) + r")(?P<pl>s?)"
+)
 _CAPTION_RE = re.compile(r"(?P<a>.+?)(?: (?P<rel>" + "|".join(RELATIONS) + r") (?P<b>.+))?")
 
 
@@ -192,8 +192,9 @@ def _layout(scene: Scene, size: int, rng) -> list[tuple[Obj, int, int, int]]:
     scale = size / 64.0
     gap = max(1, round(GAP * scale))
     regions = _regions(scene.relation, size)
-    items = [(o, gi, max(2, round(RADIUS[o.size] * scale)))
-             for gi, o in enumerate(scene.objects) for _ in range(o.count)]
+    items = [
+        (o, gi, max(2, round(RADIUS[o.size] * scale))) for gi, o in enumerate(scene.objects) for _ in range(o.count)
+    ]
     for _restart in range(200):
         placed: list[tuple[Obj, int, int, int]] = []
         for o, gi, r in items:
@@ -203,8 +204,7 @@ def _layout(scene: Scene, size: int, rng) -> list[tuple[Obj, int, int, int]]:
             for _try in range(100):
                 cx = int(rng.integers(x0 + r + 1, x1 - r - 1))
                 cy = int(rng.integers(y0 + r + 1, y1 - r - 1))
-                if all(max(abs(cx - px) - (r + pr), abs(cy - py) - (r + pr)) >= gap + 1
-                       for _, px, py, pr in placed):
+                if all(max(abs(cx - px) - (r + pr), abs(cy - py) - (r + pr)) >= gap + 1 for _, px, py, pr in placed):
                     placed.append((o, cx, cy, r))
                     break
             else:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -21,9 +20,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served_app(*, artifact: str | None = None, bench: str | None = None, port: int | None = None,
-               env: Mapping[str, str] | None = None, log_path: str | Path | None = None,
-               timeout_s: float = 60.0) -> Iterator[str]:
+def served_app(
+    *,
+    artifact: str | None = None,
+    bench: str | None = None,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    log_path: str | Path | None = None,
+    timeout_s: float = 60.0,
+) -> Iterator[str]:
     """``t2iroute app`` on 127.0.0.1 in a child process; yields its URL once /_stcore/health answers."""
     port = port or free_port()
     e = dict(os.environ if env is None else env)

@@ -38,12 +38,30 @@ _SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linea
 SCHEDULER_CONFIGS: dict[str, tuple[str, dict]] = {
     "sd15": ("PNDMScheduler", dict(_SD_BETAS, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)),
     "bk_sdm": ("PNDMScheduler", dict(_SD_BETAS, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)),
-    "sd21": ("EulerDiscreteScheduler", dict(_SD_BETAS, prediction_type="epsilon", steps_offset=1,
-                                            timestep_spacing="trailing", interpolation_type="linear")),
-    "sdxl": ("EulerDiscreteScheduler", dict(_SD_BETAS, prediction_type="epsilon", steps_offset=1,
-                                            timestep_spacing="leading", interpolation_type="linear")),
-    "sdxl_turbo": ("EulerAncestralDiscreteScheduler", dict(_SD_BETAS, prediction_type="epsilon", steps_offset=1,
-                                                           timestep_spacing="trailing")),
+    "sd21": (
+        "EulerDiscreteScheduler",
+        dict(
+            _SD_BETAS,
+            prediction_type="epsilon",
+            steps_offset=1,
+            timestep_spacing="trailing",
+            interpolation_type="linear",
+        ),
+    ),
+    "sdxl": (
+        "EulerDiscreteScheduler",
+        dict(
+            _SD_BETAS,
+            prediction_type="epsilon",
+            steps_offset=1,
+            timestep_spacing="leading",
+            interpolation_type="linear",
+        ),
+    ),
+    "sdxl_turbo": (
+        "EulerAncestralDiscreteScheduler",
+        dict(_SD_BETAS, prediction_type="epsilon", steps_offset=1, timestep_spacing="trailing"),
+    ),
 }
 
 
@@ -69,15 +87,32 @@ def _tokenizer(pad: str | None = None):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, **kw), vocab
 
 
-def _text_encoder(vocab: dict, *, hidden: int, layers: int, heads: int, inter: int, act: str,
-                  projection_dim: int | None = None, with_projection: bool = False):
+def _text_encoder(
+    vocab: dict,
+    *,
+    hidden: int,
+    layers: int,
+    heads: int,
+    inter: int,
+    act: str,
+    projection_dim: int | None = None,
+    with_projection: bool = False,
+):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=inter,
-                         num_attention_heads=heads, num_hidden_layers=layers, max_position_embeddings=77,
-                         hidden_act=act, projection_dim=projection_dim or hidden,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                         pad_token_id=vocab["<|endoftext|>"])
+    cfg = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_attention_heads=heads,
+        num_hidden_layers=layers,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=projection_dim or hidden,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg).eval()
 
 
@@ -88,10 +123,19 @@ def _vae(full: bool, *, scaling_factor: float = 0.18215, force_upcast: bool = Tr
         ch, groups, lpb, sample = (128, 256, 512, 512), 32, 2, 512
     else:  # four blocks like the real VAE: the same 8x latent downsampling, few channels
         ch, groups, lpb, sample = (8, 8, 16, 16), 4, 1, 64
-    return AutoencoderKL(block_out_channels=ch, in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         layers_per_block=lpb, norm_num_groups=groups, sample_size=sample,
-                         scaling_factor=scaling_factor, force_upcast=force_upcast).eval()
+    return AutoencoderKL(
+        block_out_channels=ch,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=lpb,
+        norm_num_groups=groups,
+        sample_size=sample,
+        scaling_factor=scaling_factor,
+        force_upcast=force_upcast,
+    ).eval()
 
 
 def _sd_unet(family: str, full: bool, cross_dim: int):
@@ -104,16 +148,26 @@ def _sd_unet(family: str, full: bool, cross_dim: int):
         kw.update(layers_per_block=1, mid_block_type=None)
     if full:
         heads = (5, 10, 20, 20) if family == "sd21" else 8
-        return UNet2DConditionModel(sample_size=64, cross_attention_dim=cross_dim, attention_head_dim=heads,
-                                    block_out_channels=(320, 640, 1280, 1280),
-                                    **{"layers_per_block": 2, **kw}).eval()
+        return UNet2DConditionModel(
+            sample_size=64,
+            cross_attention_dim=cross_dim,
+            attention_head_dim=heads,
+            block_out_channels=(320, 640, 1280, 1280),
+            **{"layers_per_block": 2, **kw},
+        ).eval()
     # three blocks, cross-attention on the last (16x16 tokens at 512 px): a step in tens of ms on a CPU
     return UNet2DConditionModel(
-        block_out_channels=(16, 32, 64), sample_size=8, in_channels=4, out_channels=4,
+        block_out_channels=(16, 32, 64),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_dim, norm_num_groups=8,
-        attention_head_dim=(2, 2, 4) if family == "sd21" else 4, **{"layers_per_block": 1, **kw}).eval()
+        cross_attention_dim=cross_dim,
+        norm_num_groups=8,
+        attention_head_dim=(2, 2, 4) if family == "sd21" else 4,
+        **{"layers_per_block": 1, **kw},
+    ).eval()
 
 
 def _safety_checker(full: bool):
@@ -122,11 +176,18 @@ def _safety_checker(full: bool):
 
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
-    cfg = CLIPConfig(text_config={"hidden_size": 16, "intermediate_size": 16, "num_attention_heads": 2,
-                                  "num_hidden_layers": 1},
-                     vision_config={"hidden_size": 16, "intermediate_size": 16, "num_attention_heads": 2,
-                                    "num_hidden_layers": 1, "image_size": 32, "patch_size": 16},
-                     projection_dim=16)
+    cfg = CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_attention_heads": 2, "num_hidden_layers": 1},
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "image_size": 32,
+            "patch_size": 16,
+        },
+        projection_dim=16,
+    )
     return StableDiffusionSafetyChecker(cfg).eval(), CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
 
 
@@ -153,51 +214,102 @@ def build_pipeline(family: str, *, size: str = "tiny", seed: int = 0, safety_che
         tok2, _ = _tokenizer(pad="!")  # SDXL's second tokenizer pads with "!" (id 0)
         if full:  # CLIP ViT-L/14 + OpenCLIP ViT-bigG/14, UNet 2.6B
             te = _text_encoder(vocab, hidden=768, layers=12, heads=12, inter=3072, act="quick_gelu")
-            te2 = _text_encoder(vocab, hidden=1280, layers=32, heads=20, inter=5120, act="gelu",
-                                projection_dim=1280, with_projection=True)
+            te2 = _text_encoder(
+                vocab,
+                hidden=1280,
+                layers=32,
+                heads=20,
+                inter=5120,
+                act="gelu",
+                projection_dim=1280,
+                with_projection=True,
+            )
             unet = UNet2DConditionModel(
-                sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                sample_size=128,
+                block_out_channels=(320, 640, 1280),
+                layers_per_block=2,
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-                use_linear_projection=True, cross_attention_dim=2048, addition_embed_type="text_time",
-                addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816).eval()
+                transformer_layers_per_block=(1, 2, 10),
+                attention_head_dim=(5, 10, 20),
+                use_linear_projection=True,
+                cross_attention_dim=2048,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            ).eval()
         else:
             te = _text_encoder(vocab, hidden=32, layers=2, heads=4, inter=37, act="quick_gelu")
-            te2 = _text_encoder(vocab, hidden=32, layers=2, heads=4, inter=37, act="gelu",
-                                projection_dim=32, with_projection=True)
+            te2 = _text_encoder(
+                vocab, hidden=32, layers=2, heads=4, inter=37, act="gelu", projection_dim=32, with_projection=True
+            )
             # three blocks, attention on the last only: at SDXL's 1024 px (128x128 latents) the
             # attention runs on 32x32 tokens, so a test image takes seconds, not minutes
             unet = UNet2DConditionModel(
-                sample_size=8, block_out_channels=(16, 32, 64), layers_per_block=1,
+                sample_size=8,
+                block_out_channels=(16, 32, 64),
+                layers_per_block=1,
                 down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 1, 2),
-                attention_head_dim=(2, 2, 4), use_linear_projection=True, cross_attention_dim=64,  # 32 + 32
-                addition_embed_type="text_time", addition_time_embed_dim=8,
-                projection_class_embeddings_input_dim=80, norm_num_groups=8).eval()  # 6 * 8 + 32
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 1, 2),
+                attention_head_dim=(2, 2, 4),
+                use_linear_projection=True,
+                cross_attention_dim=64,  # 32 + 32
+                addition_embed_type="text_time",
+                addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=80,
+                norm_num_groups=8,
+            ).eval()  # 6 * 8 + 32
         return StableDiffusionXLPipeline(
-            vae=_vae(full, scaling_factor=0.13025), text_encoder=te, text_encoder_2=te2, tokenizer=tok,
-            tokenizer_2=tok2, unet=unet, scheduler=_scheduler(family), image_encoder=None, feature_extractor=None,
-            force_zeros_for_empty_prompt=True)
+            vae=_vae(full, scaling_factor=0.13025),
+            text_encoder=te,
+            text_encoder_2=te2,
+            tokenizer=tok,
+            tokenizer_2=tok2,
+            unet=unet,
+            scheduler=_scheduler(family),
+            image_encoder=None,
+            feature_extractor=None,
+            force_zeros_for_empty_prompt=True,
+        )
     from diffusers import StableDiffusionPipeline
 
     tok, vocab = _tokenizer()
     if family == "sd21":
-        dims = dict(hidden=1024, layers=23, heads=16, inter=4096) if full else dict(hidden=32, layers=2, heads=4, inter=37)
+        dims = (
+            dict(hidden=1024, layers=23, heads=16, inter=4096) if full else dict(hidden=32, layers=2, heads=4, inter=37)
+        )
         te = _text_encoder(vocab, act="gelu", **dims)
     else:
-        dims = dict(hidden=768, layers=12, heads=12, inter=3072) if full else dict(hidden=32, layers=2, heads=4, inter=37)
+        dims = (
+            dict(hidden=768, layers=12, heads=12, inter=3072) if full else dict(hidden=32, layers=2, heads=4, inter=37)
+        )
         te = _text_encoder(vocab, act="quick_gelu", **dims)
     unet = _sd_unet(family, full, dims["hidden"])
     with_checker = (family == "sd15" and not full) if safety_checker is None else bool(safety_checker)
     checker, extractor = _safety_checker(full) if with_checker else (None, None)
-    return StableDiffusionPipeline(vae=_vae(full), text_encoder=te, tokenizer=tok, unet=unet,
-                                   scheduler=_scheduler(family), safety_checker=checker, feature_extractor=extractor,
-                                   image_encoder=None, requires_safety_checker=with_checker)
+    return StableDiffusionPipeline(
+        vae=_vae(full),
+        text_encoder=te,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=_scheduler(family),
+        safety_checker=checker,
+        feature_extractor=extractor,
+        image_encoder=None,
+        requires_safety_checker=with_checker,
+    )
 
 
-def save_snapshot(pipe_or_family, path, *, variant: str | None = "fp16", default_weights: bool = True,
-                  bin_only: bool = False, seed: int = 0) -> Path:
+def save_snapshot(
+    pipe_or_family,
+    path,
+    *,
+    variant: str | None = "fp16",
+    default_weights: bool = True,
+    bin_only: bool = False,
+    seed: int = 0,
+) -> Path:
     """Save a pipeline (or a fresh tiny one of a family) laid out like a hub snapshot.
 
     ``variant="fp16"``: also write ``*.fp16.safetensors`` weight files in float16, as the repos
@@ -246,8 +358,12 @@ def save_lcm_lora(path, pipe=None, *, family: str = "sd15", rank: int = 4, seed:
 
     pipe = build_pipeline(family, seed=seed) if pipe is None else pipe
     unet = pipe.unet
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="lcm")
+    unet.add_adapter(
+        LoraConfig(
+            r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+        ),
+        adapter_name="lcm",
+    )
     torch.manual_seed(seed)
     layers = get_peft_model_state_dict(unet, adapter_name="lcm")
     type(pipe).save_lora_weights(save_directory=str(path), unet_lora_layers=layers, safe_serialization=True)

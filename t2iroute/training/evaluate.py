@@ -24,7 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from t2iroute.curves import (  # noqa: F401  (re-exported: the benchmark's vocabulary)
-    cost_to_reach, lambda_grid, pareto_frontier, quality_at_cost, router_curve, upper_hull,
+    cost_to_reach,
+    lambda_grid,
+    pareto_frontier,
+    quality_at_cost,
+    router_curve,
+    upper_hull,
 )
 from t2iroute.router.policy import route_scores
 

@@ -73,13 +73,17 @@ def read_prompts(spec: str | Path, *, limit: int | None = None) -> pd.DataFrame:
     keep = [i for i, p in enumerate(prompts) if p]
     if not keep:
         raise ValueError(f"prompt file {path}: no prompts")
-    out = pd.DataFrame({
-        "prompt_id": [ids[i] for i in keep] if ids else [f"{stem}-{i:05d}" for i in keep],
-        "prompt": [prompts[i] for i in keep],
-        "source": stem,
-    })
+    out = pd.DataFrame(
+        {
+            "prompt_id": [ids[i] for i in keep] if ids else [f"{stem}-{i:05d}" for i in keep],
+            "prompt": [prompts[i] for i in keep],
+            "source": stem,
+        }
+    )
     if label is not None:
         out["label"] = [label[i] for i in keep]
     if out.prompt_id.duplicated().any():
-        raise ValueError(f"prompt file {path}: duplicate prompt ids {out.prompt_id[out.prompt_id.duplicated()].head(3).tolist()}")
+        raise ValueError(
+            f"prompt file {path}: duplicate prompt ids {out.prompt_id[out.prompt_id.duplicated()].head(3).tolist()}"
+        )
     return out.head(limit) if limit else out

@@ -27,9 +27,19 @@ from t2iroute.errors import TableError
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "backend", "metric", "score")
-OPTIONAL_COLUMNS = ("cost_s", "source", "seed", "steps_run", "nfe", "latency_s", "image_path", "higher_is_better",
-                    "stopped_early")
+OPTIONAL_COLUMNS = (
+    "cost_s",
+    "source",
+    "seed",
+    "steps_run",
+    "nfe",
+    "latency_s",
+    "image_path",
+    "higher_is_better",
+    "stopped_early",
+)
 DEFAULT_SOURCE = "table"  # the one source of a table without a ``source`` column
+
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV, CSV.gz or parquet table and validate it. Errors name the file."""
@@ -40,8 +50,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if path.is_dir():  # a sweep's parquet dataset folder (part files)
             # temp files of a sweep in progress (or killed) are dotfiles: never data
-            parts = [p for p in sorted(path.glob("part-*.parquet")) or sorted(path.glob("*.parquet"))
-                     if not p.name.startswith(".")]
+            parts = [
+                p
+                for p in sorted(path.glob("part-*.parquet")) or sorted(path.glob("*.parquet"))
+                if not p.name.startswith(".")
+            ]
             if not parts:
                 raise TableError(f"quality table {path}: folder holds no parquet files")
             df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
@@ -50,9 +63,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         elif name.endswith(".csv") or name.endswith(".csv.gz"):
             df = pd.read_csv(path, keep_default_na=True)
         else:
-            raise TableError(
-                f"quality table {path}: unknown format (use .csv, .csv.gz or .parquet)"
-            )
+            raise TableError(f"quality table {path}: unknown format (use .csv, .csv.gz or .parquet)")
     except TableError:
         raise
     except Exception as e:  # pandas/pyarrow raise many types for garbled files
@@ -86,8 +97,7 @@ def validate_table(df: pd.DataFrame, *, name: str = "quality table") -> pd.DataF
         rows = df.index[bad][:5].tolist()
         examples = df.loc[bad, "score"].head(3).tolist()
         raise TableError(
-            f"{name}: column 'score' has {int(bad.sum())} non-numeric or NaN value(s) "
-            f"(rows {rows}, e.g. {examples})"
+            f"{name}: column 'score' has {int(bad.sum())} non-numeric or NaN value(s) (rows {rows}, e.g. {examples})"
         )
     df["score"] = score.astype(float)
     cost = pd.to_numeric(df["cost_s"], errors="coerce")
@@ -100,24 +110,28 @@ def validate_table(df: pd.DataFrame, *, name: str = "quality table") -> pd.DataF
     df["cost_s"] = cost.astype(float)
     if "higher_is_better" in df.columns:
         hib = df["higher_is_better"]
-        ok = hib.isna() | hib.map(lambda v: isinstance(v, (bool, np.bool_)) or v in (0, 1, "true", "false",
-                                                                                       "True", "False"))
+        ok = hib.isna() | hib.map(
+            lambda v: isinstance(v, (bool, np.bool_)) or v in (0, 1, "true", "false", "True", "False")
+        )
         if not ok.all():
             rows = df.index[~ok][:5].tolist()
             raise TableError(f"{name}: column 'higher_is_better' must be true/false (rows {rows})")
         df["higher_is_better"] = hib.map(
-            lambda v: None if pd.isna(v) else (v if isinstance(v, (bool, np.bool_)) else str(v).lower() in ("1", "true")))
+            lambda v: (
+                None if pd.isna(v) else (v if isinstance(v, (bool, np.bool_)) else str(v).lower() in ("1", "true"))
+            )
+        )
         per = df.dropna(subset=["higher_is_better"]).groupby("metric")["higher_is_better"].nunique()
         if (per > 1).any():
-            raise TableError(f"{name}: metric(s) {per[per > 1].index.tolist()} are marked both higher- and "
-                             "lower-is-better in column 'higher_is_better'")
+            raise TableError(
+                f"{name}: metric(s) {per[per > 1].index.tolist()} are marked both higher- and "
+                "lower-is-better in column 'higher_is_better'"
+            )
     key = ["prompt_id", "backend", "metric"] + (["seed"] if "seed" in df.columns else [])
     dup = df.duplicated(key, keep=False)
     if dup.any():
         ex = df.loc[dup, key].head(3).to_dict("records")
-        raise TableError(
-            f"{name}: {int(dup.sum())} duplicate ({', '.join(key)}) rows, e.g. {ex}"
-        )
+        raise TableError(f"{name}: {int(dup.sum())} duplicate ({', '.join(key)}) rows, e.g. {ex}")
     texts = df.groupby("prompt_id")["prompt"].nunique()
     if (texts > 1).any():
         ex = texts[texts > 1].index[:3].tolist()
@@ -204,15 +218,16 @@ def pivot(
     if "higher_is_better" in d.columns and d["higher_is_better"].notna().any():
         table_hib = bool(d["higher_is_better"].dropna().iloc[0])
     if higher_is_better is not None and table_hib is not None and bool(higher_is_better) != table_hib:
-        raise TableError(f"{name}: metric '{metric}' is marked higher_is_better={table_hib} in the table "
-                         f"but the config says {bool(higher_is_better)}")
+        raise TableError(
+            f"{name}: metric '{metric}' is marked higher_is_better={table_hib} in the table "
+            f"but the config says {bool(higher_is_better)}"
+        )
     hib = bool(higher_is_better) if higher_is_better is not None else (True if table_hib is None else table_hib)
     if backends is not None:
         unknown = sorted(set(backends) - set(d["backend"].unique()))
         if unknown:
             raise TableError(
-                f"{name}: backend(s) {unknown} have no '{metric}' rows; "
-                f"the table has {sorted(d['backend'].unique())}"
+                f"{name}: backend(s) {unknown} have no '{metric}' rows; the table has {sorted(d['backend'].unique())}"
             )
         d = d[d["backend"].isin(backends)]
     # several seeds per (prompt, backend) are averaged
@@ -222,8 +237,7 @@ def pivot(
     complete = wide.notna().all(axis=1)
     n_dropped = int((~complete).sum())
     if n_dropped:
-        log.info("%s: dropped %d of %d prompts missing a backend for metric %s",
-                 name, n_dropped, len(wide), metric)
+        log.info("%s: dropped %d of %d prompts missing a backend for metric %s", name, n_dropped, len(wide), metric)
     wide = wide[complete]
     if len(wide) == 0:
         raise TableError(f"{name}: no prompt has a '{metric}' score for every backend")
@@ -234,8 +248,9 @@ def pivot(
     costs = dict(costs or {})
     fallback = {k: v for k, v in dict(fallback_costs or {}).items() if v is not None}
     c_col = d["cost_s"] if "cost_s" in d.columns else pd.Series(np.nan, index=d.index)
-    no_cost = [b for b in order if costs.get(b) is None and b not in fallback
-               and c_col[d["backend"] == b].dropna().empty]
+    no_cost = [
+        b for b in order if costs.get(b) is None and b not in fallback and c_col[d["backend"] == b].dropna().empty
+    ]
     if no_cost:
         example = ", ".join(f"{b}: <cost per image>" for b in no_cost)
         raise TableError(
@@ -258,8 +273,9 @@ def pivot(
         metric=metric,
         prompt_ids=wide.index.to_numpy(dtype=str),
         prompts=meta["prompt"].to_numpy(dtype=str),
-        sources=(meta["source"].to_numpy(dtype=str) if "source" in meta.columns
-                 else np.full(len(meta), DEFAULT_SOURCE)),
+        sources=(
+            meta["source"].to_numpy(dtype=str) if "source" in meta.columns else np.full(len(meta), DEFAULT_SOURCE)
+        ),
         backends=list(order),
         scores=wide.to_numpy(dtype=float),
         costs=np.asarray(cost_values, dtype=float),

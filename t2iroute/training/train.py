@@ -15,7 +15,12 @@ from t2iroute.features import build_featurizer
 from t2iroute.predictors import build_predictor, resolve_blocks
 from t2iroute.router.core import Router
 from t2iroute.router.policy import (
-    FixedPolicy, LambdaPolicy, anchor_quality, build_policy, calibrate_lambda, route_scores,
+    FixedPolicy,
+    LambdaPolicy,
+    anchor_quality,
+    build_policy,
+    calibrate_lambda,
+    route_scores,
 )
 from t2iroute.training.evaluate import summarize
 from t2iroute.training.table import QualityMatrix, pivot, read_table, split_prompts
@@ -31,8 +36,9 @@ def cost_unit(data_cfg: Mapping[str, Any]) -> str:
     return unit
 
 
-def load_matrix(data_cfg: Mapping[str, Any], metric: str,
-                backend_specs: Mapping[str, Any] | None = None) -> QualityMatrix:
+def load_matrix(
+    data_cfg: Mapping[str, Any], metric: str, backend_specs: Mapping[str, Any] | None = None
+) -> QualityMatrix:
     """The table's ``metric`` as a matrix. Costs: ``data.costs``, else the table's ``cost_s``, else
     the backend config's ``cost_s`` (diffusers) or ``cost`` (remote) in ``backend_specs``."""
     table = read_table(data_cfg["path"])
@@ -53,8 +59,17 @@ def load_matrix(data_cfg: Mapping[str, Any], metric: str,
     )
 
 
-def fit_predictor(predictor_cfg, X: np.ndarray, Y: np.ndarray, featurizer=None, texts=None, *,
-                  costs=None, higher_is_better: bool = True, anchor: bool | str = False):
+def fit_predictor(
+    predictor_cfg,
+    X: np.ndarray,
+    Y: np.ndarray,
+    featurizer=None,
+    texts=None,
+    *,
+    costs=None,
+    higher_is_better: bool = True,
+    anchor: bool | str = False,
+):
     """Build and fit the configured predictor on the metric as it is (``Y``, own direction).
 
     Predictors that judge candidates by routing (``auto``) also get the costs and the direction.
@@ -146,10 +161,18 @@ def measure_throughput(router: Router, prompts: list[str], n_batch: int = 1000, 
     for p in featurizer.parts:
         if hasattr(p, "cache"):
             p.cache = False
-    r = Router(featurizer, router.predictor, router.backend_names, router.costs, policy=router.policy,
-               higher_is_better=router.higher_is_better, anchor=router.anchor)
-    batch = [prompts[i % len(prompts)] + ("" if i < len(prompts) else f" ({i // len(prompts)})")
-             for i in range(n_batch)]
+    r = Router(
+        featurizer,
+        router.predictor,
+        router.backend_names,
+        router.costs,
+        policy=router.policy,
+        higher_is_better=router.higher_is_better,
+        anchor=router.anchor,
+    )
+    batch = [
+        prompts[i % len(prompts)] + ("" if i < len(prompts) else f" ({i // len(prompts)})") for i in range(n_batch)
+    ]
     t0 = time.perf_counter()
     r.route(batch[:2])  # loads the embedding model; not part of the figures
     load_s = time.perf_counter() - t0
@@ -192,8 +215,7 @@ def run_bench(cfg) -> dict:
     # 1. headline: fit on train + validation, evaluate on test
     fit_idx = np.concatenate([tr, va])
     t0 = time.perf_counter()
-    predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer, M.prompts[fit_idx],
-                              **fitkw)
+    predictor = fit_predictor(cfg["predictor"], X[fit_idx], M.scores[fit_idx], featurizer, M.prompts[fit_idx], **fitkw)
     fit_s = time.perf_counter() - t0
     # 2. lambda calibration check: fit on train, calibrate on validation, measure on test
     calibration = []
@@ -211,13 +233,15 @@ def run_bench(cfg) -> dict:
             target = c_lo + float(frac) * (c_hi - c_lo)
             lam = calibrate_lambda(q_va, M.costs, target_mean_cost=target)
             choice = route_scores(q_te, M.costs, lam)
-            calibration.append({
-                "target_mean_cost": target,
-                "lambda": lam,
-                "val_mean_cost": float(M.costs[route_scores(q_va, M.costs, lam)].mean()),
-                "test_mean_cost": float(M.costs[choice].mean()),
-                "test_quality": float(M.scores[te][rows, choice].mean()),
-            })
+            calibration.append(
+                {
+                    "target_mean_cost": target,
+                    "lambda": lam,
+                    "val_mean_cost": float(M.costs[route_scores(q_va, M.costs, lam)].mean()),
+                    "test_mean_cost": float(M.costs[choice].mean()),
+                    "test_quality": float(M.scores[te][rows, choice].mean()),
+                }
+            )
 
     anchor = anchor_of(cfg, M, fit_idx, predictor)
     q_hat = routed(predictor.predict(X[te], texts=list(M.prompts[te])), M, anchor)
@@ -242,12 +266,14 @@ def run_bench(cfg) -> dict:
         summary["predictor_selection"] = selection_of(predictor)
     summary["by_source"] = _source_breakdown(q_hat, M, te)
     summary["calibration"] = calibration
-    router = Router(featurizer, predictor, M.backends, M.costs, metric=metric, higher_is_better=M.higher_is_better,
-                    anchor=anchor)
+    router = Router(
+        featurizer, predictor, M.backends, M.costs, metric=metric, higher_is_better=M.higher_is_better, anchor=anchor
+    )
     if cfg.get("throughput", {}).get("enabled", True):
         tp = cfg.get("throughput", {})
-        summary.update(measure_throughput(router, list(M.prompts[te]),
-                                          int(tp.get("n_batch", 1000)), int(tp.get("n_single", 200))))
+        summary.update(
+            measure_throughput(router, list(M.prompts[te]), int(tp.get("n_batch", 1000)), int(tp.get("n_single", 200)))
+        )
     summary["timings_s"] = {"features_all": feat_s, "fit": fit_s, "total": time.perf_counter() - t_start}
     curves = summary.pop("curves")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -271,14 +297,16 @@ def backend_specs_for(table_backends, specs: Mapping[str, Any]) -> dict[str, dic
         return {}
     unknown = sorted(set(specs) - set(table_backends))
     if unknown:
-        raise ConfigError(f"backends={sorted(specs)}: {unknown} are not backends of the table "
-                          f"(it has {list(table_backends)})")
+        raise ConfigError(
+            f"backends={sorted(specs)}: {unknown} are not backends of the table (it has {list(table_backends)})"
+        )
     for name, spec in specs.items():
         build_backend(name, spec)  # validate now, not when the artifact is first used
     missing = [b for b in table_backends if b not in specs]
     if missing:
-        log.warning("no backend config for %s: the router routes to them, generate() needs them "
-                    "passed to Router.load", missing)
+        log.warning(
+            "no backend config for %s: the router routes to them, generate() needs them passed to Router.load", missing
+        )
     return {b: dict(specs[b]) for b in table_backends if b in specs}
 
 
@@ -344,11 +372,21 @@ def default_policy(r_cfg, predictor, M: QualityMatrix, q_cal: np.ndarray, cal_sc
         best_cost = float(M.costs[M.backends.index(best)])
         cap = {"budget": value, "max_cost": value}.get(key)
         if cap is not None and best_cost > float(cap):
-            log.warning("no predictor beats the best single backend (%s) out of fold, but it costs %.4g, "
-                        "over router.%s=%s: keeping the %s policy", best, best_cost, key, value, key)
+            log.warning(
+                "no predictor beats the best single backend (%s) out of fold, but it costs %.4g, "
+                "over router.%s=%s: keeping the %s policy",
+                best,
+                best_cost,
+                key,
+                value,
+                key,
+            )
         else:
-            log.warning("no predictor beats the best single backend out of fold: the router's default "
-                        "policy routes every prompt to %s", best)
+            log.warning(
+                "no predictor beats the best single backend out of fold: the router's default "
+                "policy routes every prompt to %s",
+                best,
+            )
             policy = FixedPolicy(best)
     return policy
 
@@ -396,8 +434,10 @@ def _check_floor_in_range(r_cfg, m_range) -> None:
     """A default ``router.quality_floor`` (or quality policy) outside the table's observed range is
     refused before any fitting, naming the range."""
     lo_hi = tuple(m_range["observed"])
-    for key, spec in (("quality_floor", {"type": "quality_floor", "quality_floor": r_cfg.get("quality_floor")}),
-                      ("policy", r_cfg.get("policy"))):
+    for key, spec in (
+        ("quality_floor", {"type": "quality_floor", "quality_floor": r_cfg.get("quality_floor")}),
+        ("policy", r_cfg.get("policy")),
+    ):
         if r_cfg.get(key) is None:
             continue
         try:
@@ -422,15 +462,33 @@ def run_train(cfg) -> Router:
     featurizer = build_featurizer(_plain(cfg["features"]))
     with featurizer.without_deadline():  # a whole table, not one routing call
         X = featurizer.transform(list(M.prompts))
-    predictor = fit_predictor(cfg["predictor"], X[tr], M.scores[tr], featurizer, M.prompts[tr],
-                              costs=M.costs, higher_is_better=M.higher_is_better, anchor=_anchor_setting(cfg))
+    predictor = fit_predictor(
+        cfg["predictor"],
+        X[tr],
+        M.scores[tr],
+        featurizer,
+        M.prompts[tr],
+        costs=M.costs,
+        higher_is_better=M.higher_is_better,
+        anchor=_anchor_setting(cfg),
+    )
     anchor = anchor_of(cfg, M, tr, predictor)
     cal_idx = va if len(va) else tr
     q_cal = routed(predictor.predict(X[cal_idx], texts=list(M.prompts[cal_idx])), M, anchor)
     policy = default_policy(_plain(cfg.get("router", {})) or {}, predictor, M, q_cal, M.scores[cal_idx])
-    router = Router(featurizer, predictor, M.backends, M.costs, policy=policy, metric=metric,
-                    higher_is_better=M.higher_is_better, anchor=anchor, backend_specs=specs,
-                    metric_range=m_range, domain=domain_of(featurizer, X, tr, int(cfg["seed"])))
+    router = Router(
+        featurizer,
+        predictor,
+        M.backends,
+        M.costs,
+        policy=policy,
+        metric=metric,
+        higher_is_better=M.higher_is_better,
+        anchor=anchor,
+        backend_specs=specs,
+        metric_range=m_range,
+        domain=domain_of(featurizer, X, tr, int(cfg["seed"])),
+    )
     q_te = routed(predictor.predict(X[te], texts=list(M.prompts[te])), M, anchor)
     s = summarize(q_te, M.scores[te], M.costs, M.backends, higher_is_better=M.higher_is_better)
     choice = router.policy.oriented(M.sign).choose(M.sign * q_te, M.costs)
@@ -441,15 +499,23 @@ def run_train(cfg) -> Router:
             "test_mean_cost": float(M.costs[choice].mean()),
             "test_quality": float(M.scores[te][np.arange(len(te)), choice].mean()),
         },
-        "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te)),
+        "n_train": int(len(tr)),
+        "n_val": int(len(va)),
+        "n_test": int(len(te)),
     }
     sel = selection_of(predictor)
     if sel is not None:
         metrics["predictor_selection"] = sel
         metrics["beats_best_single_cv"] = bool(sel["beats_best_single_cv"])
-    data = {"path": str(cfg["data"]["path"]), "hash": M.data_hash(), "metric": metric,
-            "higher_is_better": M.higher_is_better, "seed": int(cfg["seed"]), "cost_origin": M.cost_origin,
-            "cost_unit": cost_unit(cfg["data"])}
+    data = {
+        "path": str(cfg["data"]["path"]),
+        "hash": M.data_hash(),
+        "metric": metric,
+        "higher_is_better": M.higher_is_better,
+        "seed": int(cfg["seed"]),
+        "cost_origin": M.cost_origin,
+        "cost_unit": cost_unit(cfg["data"]),
+    }
     path = out_dir / "router"
     router.save(path, metrics=metrics, data=data)
     log.info("router saved to %s (policy %s)", path, router.policy.describe())
