@@ -180,3 +180,21 @@ def test_every_readme_command_runs_against_a_demo_like_router(demo_like_router, 
                 assert (tmp_path / w[4:]).is_file(), (n, line)
             if w.startswith("out_dir="):
                 assert any((tmp_path / w[8:]).glob("*.png")), (n, line)
+
+
+def test_the_docs_home_page_is_the_readme_with_links_into_docs():
+    """docs/hooks/readme_index.py serves README.md as the site's home page: every README link into
+    docs/ becomes relative to the docs folder and names a page that exists (mkdocs --strict checks
+    the rest when CI builds the site)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("readme_index", root / "docs" / "hooks" / "readme_index.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    index = hook.readme_as_index((root / "README.md").read_text())
+    links = re.findall(r"\]\(([^)#\s]+)", index)
+    assert links and not any(link.startswith("docs/") for link in links)
+    for link in links:
+        if "://" not in link:
+            assert (root / "docs" / link).exists(), link

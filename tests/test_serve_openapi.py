@@ -140,3 +140,24 @@ def test_real_answers_match_the_declared_models(app):
         _check(schema, "/v1/images/generations", "post", 400, r.json())
         with pytest.raises(jsonschema.ValidationError):  # the models are no blanket "object"
             _check(schema, "/v1/images/generations", "post", 200, {"created": 1, "data": []})
+
+
+def test_the_http_reference_page_lists_exactly_the_served_endpoints(app):
+    """docs/reference/http.md's table names every endpoint of the schema with its method, and no other;
+    the ones it marks as needing a key refuse a request without one."""
+    import re
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "http.md").read_text()
+    rows = re.findall(r"^\| (GET|POST) \| `([^`]+)` \| (yes|no) \|", page, flags=re.M)
+    documented = {(path, method.lower()) for method, path, _ in rows}
+    served = {(path, m) for path, ops in app.openapi()["paths"].items() for m in ops}
+    assert documented == served
+    client = TestClient(app)
+    for method, path, key in rows:
+        status = client.request(
+            method, path.replace("{name}", "missing.png"), json={"prompt": "a red circle"}
+        ).status_code
+        assert (status == 401) == (key == "yes"), (method, path, status)
