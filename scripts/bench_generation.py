@@ -578,7 +578,7 @@ def main() -> None:
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "stopping.png")
-    except Exception as e:  # the figures matter more than the plot
+    except Exception as e:  # noqa: BLE001 - the figures matter more than the plot
         print(f"plot failed: {e}", file=sys.stderr)
     print(json.dumps(result, indent=2))
 

@@ -159,7 +159,7 @@ def _remote(name: str, default=None):
 
 
 def run_case(up: FakeUpstream, target: FakeUpstream, mode: str, cname: str, cfg: dict) -> list[str]:
-    RemoteBackendError = _remote("RemoteBackendError", type("Missing", (Exception,), {}))  # noqa: N806
+    RemoteBackendError = _remote("RemoteBackendError", type("Missing", (Exception,), {}))
     problems: list[str] = []
     key, verbose = cfg["key"], str(cfg.get("verbose", "")).lower() in ("true", "1")
     os.environ[KEY_ENV] = key
@@ -260,7 +260,7 @@ def config_cases() -> list[tuple[str, list[str]]]:
     from t2iroute.backends.remote import OpenAIImagesBackend
     from t2iroute.errors import ConfigError
 
-    MAX_DEADLINE_S, MAX_RETRIES = _remote("MAX_DEADLINE_S", 600.0), _remote("MAX_RETRIES", 5)  # noqa: N806
+    MAX_DEADLINE_S, MAX_RETRIES = _remote("MAX_DEADLINE_S", 600.0), _remote("MAX_RETRIES", 5)
 
     out = []
     clamp = [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from t2iroute.features.llm_server import _main  # noqa: E402
+from t2iroute.features.llm_server import _main
 
 if __name__ == "__main__":
     _main()

@@ -35,7 +35,7 @@ def ensure_torchvision() -> None:
         _DONE = True
         return
     try:
-        import torchvision  # noqa: F401
+        import torchvision
     except RuntimeError as e:
         if "torchvision::" not in str(e):
             raise
@@ -53,7 +53,7 @@ def ensure_torchvision() -> None:
             "torchvision's C operators are missing (CUDA torchvision beside CPU torch); "
             "declared their schemas so that torchvision imports"
         )
-        import torchvision  # noqa: F401,F811
+        import torchvision  # noqa: F401
     _threads()
     _DONE = True
 

@@ -7,7 +7,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from t2iroute._compat import ensure_torchvision  # noqa: E402
+from t2iroute._compat import ensure_torchvision
 
 ensure_torchvision()  # tests import diffusers and open_clip directly
 

@@ -12,14 +12,14 @@ if os.environ.get("CI"):
 else:
     ray = pytest.importorskip("ray")
 
-from t2iroute.backends import build_backends  # noqa: E402
-from t2iroute.sweeps.ray import run_sweep_ray  # noqa: E402
-from t2iroute.scoring import build_scorer  # noqa: E402
-from t2iroute.training.prompts import read_prompts  # noqa: E402
-from t2iroute.sweeps.local import read_sweep, run_sweep  # noqa: E402
-from t2iroute.training.table import read_table  # noqa: E402
+from t2iroute.backends import build_backends
+from t2iroute.sweeps.ray import run_sweep_ray
+from t2iroute.scoring import build_scorer
+from t2iroute.training.prompts import read_prompts
+from t2iroute.sweeps.local import read_sweep, run_sweep
+from t2iroute.training.table import read_table
 
-from tests.test_sweep import TINY, TINY_CLIP, kill_sweep_then_rerun  # noqa: E402
+from tests.test_sweep import TINY, TINY_CLIP, kill_sweep_then_rerun
 
 pytestmark = pytest.mark.ray
 KEY = ["prompt_id", "backend", "seed"]

@@ -129,7 +129,7 @@ def _main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(error_line(cmd, e), file=sys.stderr)
             return 2
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             line = explain_hydra(e, cmd, args.overrides)
             if line is None:
                 raise
@@ -178,7 +178,7 @@ def _main(argv: list[str] | None = None) -> int:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors: they become one line here
     try:
         app()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if os.environ.get("T2IROUTE_DEBUG"):
             raise
         line = explain_hydra(e, cmd, args.overrides)

@@ -125,7 +125,7 @@ class EmbeddingCache:
                     with np.load(f, allow_pickle=False) as z:
                         for k, v in zip(z["keys"], z["emb"]):
                             m[str(k)] = v
-                except Exception as e:  # a damaged shard is skipped, never fatal
+                except Exception as e:  # noqa: BLE001 - a damaged shard is skipped, never fatal
                     log.warning("embedding cache: skipping unreadable shard %s (%s)", f, e)
             self._map = m
         return self._map
@@ -313,10 +313,10 @@ class SentenceEmbeddingFeaturizer:
         tag = self.model
         if self.model in _PACKAGED:
             try:
-                from importlib.metadata import version
+                from importlib.metadata import PackageNotFoundError, version
 
                 tag += "@" + version(_PACKAGED[self.model][1])
-            except Exception:
+            except PackageNotFoundError:
                 pass
         tag += f"|msl={self.max_seq_length}|norm={self.normalize}"
         if self.quantize:

@@ -923,7 +923,7 @@ class LLMComplexityFeaturizer:
         """Get ready without contacting the LLM: builds the client, opens the cache."""
         try:
             self._provider()
-        except Exception as e:  # reported by transform, with the rows it imputes
+        except Exception as e:  # noqa: BLE001 - reported by transform, with the rows it imputes
             log.debug("LLM client not available: %s", e)
         cache = self._get_cache()
         if cache is not None:
@@ -948,7 +948,7 @@ class LLMComplexityFeaturizer:
             try:
                 text, lp = self._provider().ask(prompt, self.rubric, timeout=min(self.timeout, left), deadline=until)
                 ans = parse_answer(text, self.rubric)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - classified: hard failures stop, soft ones retry
                 kind, why = classify_failure(e)
                 why = redact(why, self._secrets())
                 if kind == "hard":
@@ -974,7 +974,7 @@ class LLMComplexityFeaturizer:
         """Answers for the keys in ``todo`` that came before the deadline or the first hard failure."""
         try:
             self._provider()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the call fails with the reason, features are imputed
             call.fail(redact(f"LLM client unavailable: {type(e).__name__}: {e}", self._secrets()))
             return {}
         out: dict[str, dict] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import socket
+import subprocess
 
 
 def smollm2_gguf() -> str:
@@ -54,7 +55,6 @@ class LlamaServerProcess:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> str:
-        import subprocess
         import sys
         import time
 
@@ -88,7 +88,7 @@ class LlamaServerProcess:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
 
@@ -108,7 +108,7 @@ def _main() -> None:
     ap.add_argument("--gguf", default=None)
     ap.add_argument("--parallel", type=int, default=2)
     a = ap.parse_args()
-    server, base = start_llamacpp(a.gguf, a.port, n_parallel=a.parallel)  # noqa: F841 (kept alive)
+    server, base = start_llamacpp(a.gguf, a.port, n_parallel=a.parallel)
     print(f"serving {base}", flush=True)
     while True:
         time.sleep(3600)

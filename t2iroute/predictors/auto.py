@@ -103,7 +103,7 @@ class AutoPredictor(QualityPredictor):
         self.relative = relative  # the chosen candidate handles its own targets
 
     @property
-    def needs_texts(self):  # noqa: D401
+    def needs_texts(self):
         return bool(getattr(self, "chosen_", None) is not None and self.chosen_.needs_texts)
 
     def _candidates(self, n_rows: int) -> list[dict]:
@@ -150,7 +150,7 @@ class AutoPredictor(QualityPredictor):
         # small tables make noisy cross-validation: repeat it with other fold assignments
         repeats = int(self.n_repeats) if self.n_repeats is not None else (5 if n < 1000 else 1)
         splits = [list(KFold(folds, shuffle=True, random_state=int(self.seed) + r).split(X)) for r in range(repeats)]
-        sub = (lambda idx: None) if texts is None else (lambda idx: [texts[i] for i in idx])  # noqa: E731
+        sub = (lambda idx: None) if texts is None else (lambda idx: [texts[i] for i in idx])
         Yo = sign * Y
         # out-of-fold means of the training folds: the alpha = 0 "best single" predictor
         means = []

@@ -44,7 +44,7 @@ class StackPredictor(QualityPredictor):
         self.seed = seed
 
     @property
-    def needs_texts(self):  # noqa: D401 - a property shadowing the class flag
+    def needs_texts(self):
         return any(b.needs_texts for b in self._bases())
 
     def _bases(self) -> list[QualityPredictor]:
@@ -77,7 +77,7 @@ class StackPredictor(QualityPredictor):
 
         folds = max(2, min(int(self.n_folds), len(X)))
         splits = list(KFold(folds, shuffle=True, random_state=int(self.seed)).split(X))
-        sub = (lambda idx: None) if texts is None else (lambda idx: [texts[i] for i in idx])  # noqa: E731
+        sub = (lambda idx: None) if texts is None else (lambda idx: [texts[i] for i in idx])
         oof, self.bases_ = [], []
         for proto in self._bases():
             cols = None

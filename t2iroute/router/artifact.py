@@ -713,7 +713,7 @@ def load_router(
             if callable(pin_local):
                 pin_local()
         n_feat = len(featurizer.feature_names_)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure is the artifact's, named
         raise ArtifactError(f"router artifact {path}: featurizer spec unusable ({e})") from None
     names = [b["name"] for b in manifest["backends"]]
     costs = [float(b["cost"]) for b in manifest["backends"]]

@@ -676,7 +676,7 @@ class Router:
                         gens = be.generate([items[i] for i in idx], seeds=[seeds[i] for i in idx], **opts)
                         if len(gens) != len(idx):
                             raise GenerationError(f"returned {len(gens)} images for {len(idx)} prompts")
-                    except Exception as e:  # noqa: BLE001 -- any backend failure falls through to the next
+                    except Exception as e:
                         log.warning(
                             "backend %s failed on %d prompt(s) (first %r): %s: %s",
                             name,

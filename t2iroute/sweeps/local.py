@@ -177,7 +177,7 @@ def run_unit(
     try:
         gens = backend.generate([it[2] for it in its], seeds=[it[4] for it in its])
         scores = scorer.score([g.image for g in gens], [it[2] for it in its])
-    except Exception as e:  # out of memory, a broken model: the caller records it and goes on
+    except Exception as e:  # noqa: BLE001 - out of memory, a broken model: the caller records it and goes on
         return UnitResult([], error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=3))
     rows, images = [], [] if return_images else None
     for it, g, sc in zip(its, gens, scores):
