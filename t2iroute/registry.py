@@ -48,6 +48,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
         "lgbm": "t2iroute.predictors.lgbm:LGBMPredictor",
         "stack": "t2iroute.predictors.stack:StackPredictor",
         "auto": "t2iroute.predictors.auto:AutoPredictor",
+        "mf": "t2iroute.predictors.mf:MFPredictor",
     },
     "policies": {
         "lam": "t2iroute.router.policy:LambdaPolicy",

@@ -97,6 +97,13 @@ class TestLGBM(PredictorContract):
         return build_predictor({"type": "lgbm", "params": {"n_estimators": 20, "min_child_samples": 5}})
 
 
+class TestMF(PredictorContract):
+    def make_predictor(self):
+        from t2iroute.predictors import build_predictor
+
+        return build_predictor({"type": "mf", "rank": 2, "alpha": 10.0})
+
+
 class TestTfidfRidge(PredictorContract):
     needs_texts = True
 

@@ -46,13 +46,14 @@ def test_missing_and_garbled_files(tmp_path):
         read_table(tmp_path / "x.xlsx")
 
 
-def test_pivot_drops_incomplete_and_uses_median_cost(table, caplog):
+def test_pivot_keeps_incomplete_and_uses_median_cost(table, caplog):
     t = table[~((table.prompt_id == "p3") & (table.backend == "slow"))]
     with caplog.at_level("INFO"):
         M = pivot(t, "clip")
-    assert M.n_dropped == 1 and "p3" not in set(M.prompt_ids)
-    assert "dropped 1 of 120" in caplog.text
-    assert M.scores.shape == (119, 3)
+    p3 = list(M.prompt_ids).index("p3")
+    assert not M.complete[p3] and M.complete.sum() == 119 and np.isnan(M.scores[p3, M.backends.index("slow")])
+    assert "1 of 120 prompts miss a backend" in caplog.text
+    assert M.scores.shape == (120, 3)
     assert M.backends == ["fast", "mid", "slow"]
     med = t[t.backend == "slow"].cost_s.median()
     assert M.costs[M.backends.index("slow")] == pytest.approx(med)
@@ -111,9 +112,10 @@ SHARED = __import__("t2iroute.paths", fromlist=["shared"]).shared
 
 
 @pytest.mark.parametrize(
-    "name, n_prompts, n_backends", [("cems10k", 10_000, 4), ("agiqa3k", 287, 10), ("tifa160", 160, 5)]
+    "name, n_prompts, n_complete, n_backends",
+    [("cems10k", 10_000, 10_000, 4), ("agiqa3k", 300, 287, 10), ("tifa160", 160, 160, 5)],
 )
-def test_real_tables_load(name, n_prompts, n_backends):
+def test_real_tables_load(name, n_prompts, n_complete, n_backends):
     from pathlib import Path
 
     from t2iroute.paths import bundled
@@ -127,7 +129,7 @@ def test_real_tables_load(name, n_prompts, n_backends):
     metric = {"cems10k": "clip", "agiqa3k": "mos_quality", "tifa160": "human_avg"}[name]
     costs = None if name == "cems10k" else {b: 1.0 for b in t.backend.unique()}
     M = pivot(t, metric, costs=costs)
-    assert M.scores.shape == (n_prompts, n_backends)
+    assert M.scores.shape == (n_prompts, n_backends) and M.complete.sum() == n_complete
 
 
 # --- the optional columns: a table of prompt_id, prompt, backend, metric, score only -------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from t2iroute.cli.common import load_scorer
 from t2iroute.cli.output import emit
@@ -63,49 +64,74 @@ def sweep(cfg) -> None:
     specs = OmegaConf.to_container(cfg.backends, resolve=True) if cfg.get("backends") else {}
     if not specs:
         raise ConfigError("backends=[]: no backends selected (backends=[tiny_10,tiny_20] for example)")
+    plan = str(cfg.get("plan", "full"))
+    if plan != "full" and int(cfg.num_shards) > 1:
+        raise ConfigError(
+            f"num_shards={cfg.num_shards}: plan={plan} chooses cells from what it saw, in one process (launcher=ray spreads it)"
+        )
     prompts = read_prompts(cfg.prompts, limit=cfg.get("limit"))  # a missing file fails before any model loads
     seeds = [int(s) for s in cfg.seeds]
     scorer_spec = OmegaConf.to_container(cfg.scorer, resolve=True)
     extra = {}
+    common = dict(shard=int(cfg.shard), num_shards=int(cfg.num_shards), chunk_size=int(cfg.chunk_size))
+    common["keep_images"] = bool(cfg.keep_images)
     if cfg.get("launcher", "local") == "ray":
         from t2iroute.cluster import RayOptions
         from t2iroute.sweeps.ray import run_sweep_ray
 
         opts = RayOptions.from_mapping(OmegaConf.to_container(cfg.ray, resolve=True) if cfg.get("ray") else {})
-        res = run_sweep_ray(
-            specs,
-            prompts,
-            seeds,
-            scorer_spec,
-            cfg.out_dir,
-            shard=int(cfg.shard),
-            num_shards=int(cfg.num_shards),
-            chunk_size=int(cfg.chunk_size),
-            keep_images=bool(cfg.keep_images),
-            ray_options=opts,
-        )
-        extra = {"launcher": "ray", "retried": res.n_retried, "workers_replaced": res.n_workers_replaced}
+
+        def launch(cells=None):
+            return run_sweep_ray(
+                specs, prompts, seeds, scorer_spec, cfg.out_dir, ray_options=opts, cells=cells, **common
+            )
+
+        extra = {"launcher": "ray"}
     else:
         scorer = load_scorer(cfg)  # loaded before any image is made: one that cannot load stops here
-        res = run_sweep(
-            build_backends(specs),
-            prompts,
-            seeds,
-            scorer,
-            cfg.out_dir,
-            shard=int(cfg.shard),
-            num_shards=int(cfg.num_shards),
-            chunk_size=int(cfg.chunk_size),
-            keep_images=bool(cfg.keep_images),
-        )
-    emit(
-        {
-            "out": str(res.out_dir / "quality.parquet"),
-            "items": res.n_items,
-            "skipped_finished": res.n_skipped_done,
-            "generated": res.n_generated,
-            "failed": res.n_failed,
-            **extra,
-        },
-        compact=True,
-    )  # one line, as sweeps always printed it
+        built = build_backends(specs)
+
+        def launch(cells=None):
+            return run_sweep(built, prompts, seeds, scorer, cfg.out_dir, cells=cells, **common)
+
+    if plan == "full":
+        res = launch()
+        if extra:
+            extra.update(retried=res.n_retried, workers_replaced=res.n_workers_replaced)
+        emit(
+            {
+                "out": str(res.out_dir / "quality.parquet"),
+                "items": res.n_items,
+                "skipped_finished": res.n_skipped_done,
+                "generated": res.n_generated,
+                "failed": res.n_failed,
+                **extra,
+            },
+            compact=True,
+        )  # one line, as sweeps always printed it
+        return
+    from t2iroute.sweeps.planned import run_planned_sweep
+
+    featurize = None
+    if plan == "active":
+        from t2iroute.features import build_featurizer
+
+        featurizer = build_featurizer(OmegaConf.to_container(cfg.features, resolve=True))
+
+        def featurize(texts):
+            with featurizer.without_deadline():
+                return featurizer.transform(texts)
+
+    costs = {b: (s.get("cost_s", s.get("cost")) if isinstance(s, dict) else None) for b, s in specs.items()}
+    out = run_planned_sweep(
+        plan,
+        float(cfg.budget_share),
+        prompts,
+        list(specs),
+        launch,
+        cfg.out_dir,
+        featurize=featurize,
+        costs=costs,
+        seed=int(cfg.plan_seed),
+    )
+    emit({"out": str(Path(cfg.out_dir) / "quality.parquet"), **out, **extra}, compact=True)

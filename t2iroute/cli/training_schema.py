@@ -59,11 +59,27 @@ class Throughput:
 
 
 @dataclass
+class SweepSimulation:
+    plan: Any = key(
+        None,
+        "simulate a cheaper training sweep on this complete table: prompts (full rows on a random share "
+        "of prompts), cells (random cells) or active (rounds of the cells most likely to change a routing "
+        "decision, per unit cost); a list compares them: [prompts,cells,active]",
+    )
+    share: Any = key(
+        0.5, "the share of the full training sweep's cost each plan spends, in (0, 1]; a list: [0.1,0.25,0.5]"
+    )
+
+
+@dataclass
 class Bench(TrainingCommand):
     ABOUT: ClassVar[str] = "run a benchmark: router vs single backends vs oracle on a held-out split"
     EXAMPLE: ClassVar[str] = "t2iroute bench data=agiqa3k metric=mos_align seed=0 out_dir=outputs/agiqa"
     calibration: Calibration = section(Calibration)
     throughput: Throughput = section(Throughput)
+    sweep: SweepSimulation = section(
+        SweepSimulation, "simulated sweeps: train on the cells a plan would have generated (summary.json's sweep)"
+    )
     out_dir: str = key(
         "outputs/bench/${data.name}-${metric}-seed${seed}",
         "the run folder: summary.json, curves.png, config.yaml, the log",
@@ -109,6 +125,7 @@ class Sweep(Command):
     GROUPS: ClassVar[tuple[Group, ...]] = (
         Group("backends", ["tiny_10", "tiny_20"], "the backends to generate with, e.g. backends=[sd15_20,sd15_50]"),
         Group("scorer", "clip_tiny", "scores every image: clip (CLIPScore) or clip_tiny (random weights, offline)"),
+        Group("features", ["embedding", "lexical"], "the prompt features plan=active's models read"),
     )
     ABOUT: ClassVar[str] = "generate prompts x backends x seeds, score, append rows to OUT/quality.parquet"
     EXAMPLE: ClassVar[str] = (
@@ -123,6 +140,13 @@ class Sweep(Command):
     num_shards: int = key(1, "the number of processes sharing the sweep", ge=1)
     chunk_size: int = key(8, "rows per atomic part file", ge=1)
     keep_images: bool = key(False, "keep the images as OUT/images/BACKEND/PROMPT_ID-sSEED.png")
+    plan: Literal["full", "prompts", "cells", "active"] = key(
+        "full",
+        "which cells to generate: full (every backend on every prompt), prompts (full rows on a random share), "
+        "cells (random cells), active (rounds of the cells most likely to change a routing decision, per unit cost)",
+    )
+    budget_share: float = key(1.0, "the share of the full sweep's cost a plan spends, in (0, 1]", gt=0, le=1)
+    plan_seed: int = key(0, "the seed of the plan's random choices", ge=0)
     out_dir: str = key(
         "outputs/sweep",
         "the table folder: OUT/quality.parquet (re-runs resume it), failures.jsonl, the log",

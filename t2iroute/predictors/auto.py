@@ -30,6 +30,7 @@ from t2iroute.predictors.base import (
     build_predictor,
     load_nested,
     state_array,
+    backend_means,
     state_number,
 )
 
@@ -83,6 +84,9 @@ class AutoPredictor(QualityPredictor):
     """
 
     type_name = "auto"
+    handles_missing = True  # candidates fit on every observed cell; routing is judged on complete rows
+    #: fewer complete-row prompts than this and the routing objective is not judged: best single
+    MIN_COMPLETE_ROWS = 20
 
     def __init__(
         self,
@@ -106,11 +110,14 @@ class AutoPredictor(QualityPredictor):
     def needs_texts(self):
         return bool(getattr(self, "chosen_", None) is not None and self.chosen_.needs_texts)
 
-    def _candidates(self, n_rows: int) -> list[dict]:
+    def _candidates(self, n_rows: int, missing: bool = False) -> list[dict]:
+        """The candidates for ``n_rows`` training rows; ``missing_only`` ones where cells are missing."""
         out = []
         for c in self.candidates if self.candidates is not None else DEFAULT_CANDIDATES:
             c = dict(c)
             if n_rows < int(c.get("min_rows", 0)) or n_rows > int(c.get("max_rows") or n_rows):
+                continue
+            if c.get("missing_only") and not missing:
                 continue
             sp = _drop_blocks(candidate_spec(c))  # blocks not resolved by resolve_blocks: every column
             out.append({"name": str(c.get("name") or sp.get("type")), "spec": sp})
@@ -152,12 +159,15 @@ class AutoPredictor(QualityPredictor):
         splits = [list(KFold(folds, shuffle=True, random_state=int(self.seed) + r).split(X)) for r in range(repeats)]
         sub = (lambda idx: None) if texts is None else (lambda idx: [texts[i] for i in idx])
         Yo = sign * Y
+        # routing is judged on the prompts every backend saw (all of them in a complete table)
+        complete = np.isfinite(Y).all(axis=1)
+        missing = not complete.all()
         # out-of-fold means of the training folds: the alpha = 0 "best single" predictor
         means = []
         for rep in splits:
             Mn = np.zeros_like(Y)
             for a, b in rep:
-                Mn[b] = Y[a].mean(axis=0)
+                Mn[b] = backend_means(Y[a])
             means.append(Mn)
 
         if self._fit_anchor == "auto":
@@ -169,11 +179,22 @@ class AutoPredictor(QualityPredictor):
             Qo = sign * P
             if anchored:
                 Qo = anchor_quality(Qo, int(np.argmax((sign * Mn).mean(axis=0))))
+            if not complete.all():
+                return routing_figures(Qo[complete], Yo[complete], costs)
             return routing_figures(Qo, Yo, costs)
+
+        judgeable = bool(complete.all()) or complete.sum() >= self.MIN_COMPLETE_ROWS
+        if not judgeable:
+            log.warning(
+                "auto predictor: %d prompts have a score for every backend, fewer than %d: routing cannot "
+                "be judged out of fold; the router will route to the best single backend",
+                int(complete.sum()),
+                self.MIN_COMPLETE_ROWS,
+            )
 
         results = []
         t_all = time.perf_counter()
-        for cand in self._candidates(n):
+        for cand in self._candidates(n, missing) if judgeable else []:
             t0 = time.perf_counter()
             try:
                 proto = build_predictor(cand["spec"])
@@ -207,6 +228,10 @@ class AutoPredictor(QualityPredictor):
                     }
                 )
         scored = [r for r in results if "skipped" not in r]
+        if not scored and not judgeable:
+            c0 = self._candidates(n, missing)[0]
+            scored = [{"name": c0["name"], "shrink": 0.0, "anchored": True, "cost_saved_pct": None}]
+            scored[0]["quality_gain_at_equal_cost"] = None
         if not scored:
             raise ValueError(
                 "auto predictor: every candidate failed: " + "; ".join(f"{r['name']}: {r['skipped']}" for r in results)
@@ -225,13 +250,13 @@ class AutoPredictor(QualityPredictor):
                 (r for r in scored if r["shrink"] == 0.0 and r["anchored"]),
                 next((r for r in scored if r["shrink"] == 0.0), best),
             )
-        spec = next(c["spec"] for c in self._candidates(n) if c["name"] == best["name"])
+        spec = next(c["spec"] for c in self._candidates(n, missing) if c["name"] == best["name"])
         self.chosen_name_ = best["name"]
         self.chosen_spec_ = spec
         self.shrink_ = float(best["shrink"]) if beats else 0.0
         self.anchored_ = bool(best["anchored"])
         self.beats_best_single_cv_ = bool(beats)
-        self.means_ = Y.mean(axis=0)
+        self.means_ = backend_means(Y)
         self.selection_ = {
             "chosen": best["name"],
             "shrink": self.shrink_,
@@ -246,6 +271,9 @@ class AutoPredictor(QualityPredictor):
             "over a lambda grid, mean over repeats)",
             "candidates": results,
             "cv_s": time.perf_counter() - t_all,
+            "n_rows": int(n),
+            "n_complete_rows": int(complete.sum()),
+            "observed_cells": int(np.isfinite(Y).sum()),
         }
         if not beats:
             log.warning(
@@ -266,7 +294,7 @@ class AutoPredictor(QualityPredictor):
         other.n_features_in_, other.n_outputs_, other.one_d_, other.mean_model_ = X.shape[1], Y.shape[1], False, None
         for key in ("chosen_name_", "chosen_spec_", "shrink_", "anchored_", "beats_best_single_cv_", "selection_"):
             setattr(other, key, getattr(self, key))
-        other.means_ = Y.mean(axis=0)
+        other.means_ = backend_means(Y)
         other.chosen_ = (
             build_predictor(copy.deepcopy(self.chosen_spec_)).fit(X, Y, texts=texts) if self.shrink_ > 0 else None
         )

@@ -232,16 +232,71 @@ class QualityPredictor(_Estimator):
     def _set_core_state(self, meta: dict, arrays: dict, texts: dict) -> None:
         raise NotImplementedError
 
+    #: True for predictors whose ``_fit_core`` takes targets with missing cells (NaN) itself; the
+    #: others are fitted by :meth:`fit` with missing cells imputed (see there)
+    handles_missing = False
+    #: rounds of imputation for predictors that do not handle missing cells themselves
+    missing_rounds = 4
+
     def fit(self, X, y, texts=None):
+        """Fit on features ``X`` (n, d) and targets ``y`` (n, k), or (n,).
+
+        ``y`` may miss cells (NaN: a backend not run on a prompt). Every observed cell teaches:
+        predictors that handle missing cells (``handles_missing``) get them as NaN; the others are
+        fitted on the table with each missing cell filled by a two-way model (prompt effect +
+        backend offset, :func:`two_way`), then refitted ``missing_rounds`` times with each
+        missing cell refilled by the previous fit's prediction (the EM iteration: for a linear
+        model it converges to the fit on the observed cells alone). A prompt with no observed
+        cell, or a backend with none, is an error naming it."""
         from sklearn.utils.validation import validate_data
 
+        if y is not None:
+            y_arr = np.asarray(y)
+            if y_arr.ndim in (1, 2) and y_arr.dtype.kind == "f" and np.isnan(y_arr).any():
+                return self._fit_missing(X, y_arr.astype(np.float64), texts)
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         texts = self._check_texts(X, texts)
         self.one_d_ = y.ndim == 1
         Y = y.reshape(len(y), -1).astype(np.float64)
         self.n_outputs_ = Y.shape[1]
+        self._fit_complete(X, Y, texts)
+        return self
+
+    def _fit_missing(self, X, y, texts):
+        from sklearn.utils.validation import validate_data
+
+        X = validate_data(self, X, dtype=np.float64)
+        texts = self._check_texts(X, texts)
+        if len(y) != len(X):
+            raise ValueError(f"y has {len(y)} rows for {len(X)} feature rows")
+        if np.isinf(y).any():
+            raise ValueError("y holds infinite values (a missing cell is NaN)")
+        self.one_d_ = y.ndim == 1
+        Y = y.reshape(len(y), -1).astype(np.float64)
+        self.n_outputs_ = Y.shape[1]
+        obs = np.isfinite(Y)
+        empty_rows = np.flatnonzero(~obs.any(axis=1))
+        if len(empty_rows):
+            raise ValueError(f"row {int(empty_rows[0])} of y has no observed cell ({len(empty_rows)} such rows)")
+        empty_cols = np.flatnonzero(~obs.any(axis=0))
+        if len(empty_cols):
+            raise ValueError(f"column {int(empty_cols[0])} of y (a backend) has no observed cell")
+        if self.handles_missing:
+            self._fit_complete(X, Y, texts)
+            return self
+        mu, off = two_way(Y)
+        Yf = np.where(obs, Y, mu[:, None] + off[None, :])
+        for _ in range(int(self.missing_rounds)):
+            self._fit_complete(X, Yf, texts)
+            P = np.asarray(self.predict(X, texts=texts)).reshape(len(X), -1)
+            Yf = np.where(obs, Y, P)
+        self._fit_complete(X, Yf, texts)
+        return self
+
+    def _fit_complete(self, X, Y, texts):
         if getattr(self, "relative", False) and Y.shape[1] > 1:
-            center = Y.mean(axis=1, keepdims=True)
+            # the prompt's effect: its mean over backends (with missing cells: the two-way model's)
+            center = Y.mean(axis=1, keepdims=True) if not np.isnan(Y).any() else two_way(Y)[0][:, None]
             # the registry's ridge (t2iroute.predictors.linear, a subclass of this class), which
             # from_state rebuilds the mean model with too
             ridge = registry.get("predictors", "ridge")
@@ -250,7 +305,6 @@ class QualityPredictor(_Estimator):
         else:
             self.mean_model_ = None
             self._fit_core(X, Y, texts)
-        return self
 
     def predict(self, X, texts=None):
         X = _check_predict_input(self, X)
@@ -323,6 +377,39 @@ class QualityPredictor(_Estimator):
     def stack_width_(self) -> int:
         """How many columns :meth:`stack_features` returns (what a stacking model takes)."""
         return int(self.n_outputs_)
+
+
+def two_way(Y: np.ndarray, rounds: int = 100, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """The additive model ``Y[p, b] ~ mu[p] + off[b]`` fitted on the observed (finite) cells by
+    alternating means, ``off`` summing to zero: (mu, off). On a complete ``Y``, ``mu`` is the row
+    mean and ``off`` the column means of the centred table. With missing cells, a prompt's effect
+    is judged against the backends that saw it, so a prompt seen only by a weak backend is not
+    mistaken for a hard prompt (and a backend seen only on hard prompts not for a weak one)."""
+    Y = np.asarray(Y, dtype=np.float64)
+    obs = np.isfinite(Y)
+    Z = np.where(obs, Y, 0.0)
+    n_r, n_c = np.maximum(obs.sum(axis=1), 1), np.maximum(obs.sum(axis=0), 1)
+    off = np.zeros(Y.shape[1])
+    mu = Z.sum(axis=1) / n_r
+    for _ in range(int(rounds)):
+        off_new = (np.where(obs, Y - mu[:, None], 0.0)).sum(axis=0) / n_c
+        off_new -= off_new.mean()
+        mu = np.where(obs, Y - off_new[None, :], 0.0).sum(axis=1) / n_r
+        done = np.abs(off_new - off).max() < tol
+        off = off_new
+        if done:
+            break
+    return mu, off
+
+
+def backend_means(Y: np.ndarray) -> np.ndarray:
+    """Each backend's mean quality over the rows of ``Y``; with missing cells (NaN), the grand
+    mean plus the backend's offset in the two-way model (so a backend seen only on hard prompts
+    is not judged weak for it)."""
+    if not np.isnan(Y).any():
+        return Y.mean(axis=0)
+    mu, off = two_way(Y)
+    return mu.mean() + off
 
 
 def _sub(d: dict, prefix: str) -> dict:

@@ -24,6 +24,9 @@ DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"name": "ridge", "min_rows": 0, "spec": {"type": "ridge", "alpha": 1000.0, "block": "embedding"}},
     {"name": "lgbm", "min_rows": 1000, "max_rows": 2000, "spec": {"type": "lgbm"}},  # the stack's, above
     {"name": "stack", "min_rows": 2000, "config": "stack"},  # conf/predictor/stack.yaml
+    # a table with missing cells: a model that shares what it learns across backends
+    {"name": "mf", "min_rows": 0, "missing_only": True, "spec": {"type": "mf", "block": "embedding"}},
+    {"name": "mf_all", "min_rows": 0, "missing_only": True, "spec": {"type": "mf"}},
 ]
 
 

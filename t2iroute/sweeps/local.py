@@ -102,8 +102,10 @@ def plan_sweep(
     *,
     shard: int = 0,
     num_shards: int = 1,
+    cells: set[tuple[str, str]] | None = None,
 ) -> SweepPlan:
-    """Check the arguments, clean killed sweeps' temp parts, read the finished keys: the work left."""
+    """Check the arguments, clean killed sweeps' temp parts, read the finished keys: the work left.
+    ``cells``: only these (prompt_id, backend) cells (a sweep plan's, :mod:`t2iroute.sweeps.planned`)."""
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"shard={shard} num_shards={num_shards}: need 0 <= shard < num_shards")
     if not seeds:
@@ -120,6 +122,8 @@ def plan_sweep(
         for r in mine.itertuples(index=False)
         for s in seeds
     ]
+    if cells is not None:
+        items = [it for it in items if (str(it[1]), it[0]) in cells]
     todo = [it for it in items if (str(it[1]), it[0], it[4]) not in done]
     log.info(
         "sweep shard %d/%d: %d items, %d already finished, %d to do",
@@ -240,12 +244,14 @@ def run_sweep(
     keep_images: bool = False,
     progress: bool = True,
     on_result=None,
+    cells: set[tuple[str, str]] | None = None,
 ) -> SweepResult:
     """The sequential sweep, in this process (``launcher=ray``: :func:`t2iroute.sweeps.ray.run_sweep_ray`).
-    ``on_result`` is called after each finished unit with ``{"backend", "n", "pid"}``."""
+    ``on_result`` is called after each finished unit with ``{"backend", "n", "pid"}``; ``cells``:
+    only these (prompt_id, backend) cells."""
     if scorer is None:
         raise ValueError("a sweep needs a scorer (scorer=clip)")
-    plan = plan_sweep(list(backends), prompts, seeds, out_dir, shard=shard, num_shards=num_shards)
+    plan = plan_sweep(list(backends), prompts, seeds, out_dir, shard=shard, num_shards=num_shards, cells=cells)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(plan.todo), disable=not progress, desc=f"sweep shard {shard}", unit="img")

@@ -112,11 +112,12 @@ def run_sweep_ray(
     ray_options: RayOptions | Mapping[str, Any] | None = None,
     on_result: Callable[[dict], None] | None = None,
     verbose: bool | None = None,
+    cells: set[tuple[str, str]] | None = None,
 ) -> SweepResult:
     """The sweep of :func:`t2iroute.sweeps.local.run_sweep` on a Ray cluster: the same rows,
     part files and resume. Backends and the scorer are given as configs (each actor builds its
     own). ``on_result`` is called on the driver after each finished unit with ``{"backend",
-    "n", "pid"}`` (the pid of the actor that made it). ``verbose``: the libraries' progress bars and
+    "n", "pid"}`` (the pid of the actor that made it); ``cells``: only these (prompt_id, backend) cells. ``verbose``: the libraries' progress bars and
     warnings in the actors too (default: this process's setting, :mod:`t2iroute.quiet`)."""
     from t2iroute.backends import build_backends
 
@@ -125,7 +126,7 @@ def run_sweep_ray(
         raise ValueError("a sweep needs a scorer (scorer=clip)")
     specs = {n: dict(s) for n, s in backend_specs.items()}
     build_backends(specs)  # a bad config fails here, before Ray starts (building loads no weights)
-    plan = plan_sweep(list(specs), prompts, seeds, out_dir, shard=shard, num_shards=num_shards)
+    plan = plan_sweep(list(specs), prompts, seeds, out_dir, shard=shard, num_shards=num_shards, cells=cells)
     result = SweepResult(plan.out_dir, plan.n_items, plan.n_skipped, 0, 0)
     if not plan.todo:
         return result

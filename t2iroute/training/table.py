@@ -141,7 +141,9 @@ def validate_table(df: pd.DataFrame, *, name: str = "quality table") -> pd.DataF
 
 @dataclass
 class QualityMatrix:
-    """One metric of a table as a prompts x backends matrix (complete rows only)."""
+    """One metric of a table as a prompts x backends matrix. A (prompt, backend) cell the table
+    does not have is NaN in ``scores``: such prompts train (every observed cell teaches) but only
+    complete rows are judged (:attr:`complete`)."""
 
     metric: str
     prompt_ids: np.ndarray  # (n,)
@@ -152,7 +154,6 @@ class QualityMatrix:
     costs: np.ndarray  # (k,) cost per call of each backend
     higher_is_better: bool = True  # the metric's direction (scores are stored as they are)
     cost_origin: dict[str, str] = field(default_factory=dict)  # backend -> "table median" | "config"
-    n_dropped: int = 0
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -169,6 +170,30 @@ class QualityMatrix:
             self.higher_is_better,
             dict(self.cost_origin),
         )
+
+    @property
+    def observed(self) -> np.ndarray:
+        """(n, k) bool: the cells the table has."""
+        return np.isfinite(self.scores)
+
+    @property
+    def complete(self) -> np.ndarray:
+        """(n,) bool: the prompts every backend was scored on."""
+        return self.observed.all(axis=1)
+
+    def coverage(self, rows: np.ndarray | None = None) -> dict:
+        """What the table observed (of ``rows``, default all): cells, their cost in the table's
+        unit (each cell at its backend's cost), complete-row prompts, and per-backend cell counts."""
+        obs = self.observed if rows is None else self.observed[rows]
+        return {
+            "prompts": int(len(obs)),
+            "complete_prompts": int(obs.all(axis=1).sum()),
+            "observed_cells": int(obs.sum()),
+            "cells": int(obs.size),
+            "observed_cost": float((obs * self.costs[None, :]).sum()),
+            "full_sweep_cost": float(len(obs) * self.costs.sum()),
+            "cells_by_backend": {b: int(v) for b, v in zip(self.backends, obs.sum(axis=0))},
+        }
 
     @property
     def sign(self) -> float:
@@ -203,7 +228,8 @@ def pivot(
 ) -> QualityMatrix:
     """Pivot one metric to prompts x backends.
 
-    Prompts missing any backend are dropped (the count is logged and kept in ``n_dropped``).
+    Prompts missing backends are kept, their missing cells NaN (:attr:`QualityMatrix.complete`
+    tells which prompts have every backend; the count is logged).
     A backend's cost is the median ``cost_s`` of its rows; ``costs`` (the data config's) fills
     backends whose rows carry no cost and overrides the table where given; ``fallback_costs``
     (the backend configs' ``cost_s``/``cost``) fills only what neither gives. The metric's
@@ -234,13 +260,18 @@ def pivot(
     wide = d.pivot_table(index="prompt_id", columns="backend", values="score", aggfunc="mean")
     order = backends if backends is not None else sorted(wide.columns)
     wide = wide[order]
-    complete = wide.notna().all(axis=1)
-    n_dropped = int((~complete).sum())
-    if n_dropped:
-        log.info("%s: dropped %d of %d prompts missing a backend for metric %s", name, n_dropped, len(wide), metric)
-    wide = wide[complete]
-    if len(wide) == 0:
-        raise TableError(f"{name}: no prompt has a '{metric}' score for every backend")
+    n_incomplete = int((~wide.notna().all(axis=1)).sum())
+    if n_incomplete:
+        log.info(
+            "%s: %d of %d prompts miss a backend for metric %s (%d of %d cells observed): they train, "
+            "complete prompts are judged",
+            name,
+            n_incomplete,
+            len(wide),
+            metric,
+            int(wide.notna().to_numpy().sum()),
+            wide.size,
+        )
     meta = d.drop_duplicates("prompt_id").set_index("prompt_id").loc[wide.index]
 
     cost_origin: dict[str, str] = {}
@@ -281,7 +312,6 @@ def pivot(
         costs=np.asarray(cost_values, dtype=float),
         higher_is_better=hib,
         cost_origin=cost_origin,
-        n_dropped=n_dropped,
     )
 
 

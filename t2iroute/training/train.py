@@ -13,6 +13,7 @@ import numpy as np
 from t2iroute.errors import ConfigError
 from t2iroute.features import build_featurizer
 from t2iroute.predictors import build_predictor, resolve_blocks
+from t2iroute.predictors.base import backend_means
 from t2iroute.router.core import Router
 from t2iroute.router.policy import (
     FixedPolicy,
@@ -107,7 +108,7 @@ def anchor_of(cfg, M: QualityMatrix, rows: np.ndarray, predictor=None) -> str | 
             a = len(rows) < ANCHOR_BELOW_ROWS
     if not a:
         return None
-    return M.backends[int(np.argmax(M.oriented[rows].mean(axis=0)))]
+    return M.backends[int(np.argmax(backend_means(M.oriented[rows])))]
 
 
 def routed(q_hat: np.ndarray, M: QualityMatrix, anchor: str | None) -> np.ndarray:
@@ -137,8 +138,16 @@ def _plain(cfg):
 def _split(M: QualityMatrix, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fr = tuple(cfg["split"]["fractions"])
     tr, va, te = split_prompts(M.prompts, M.sources, fractions=fr, seed=int(cfg["seed"]))
+    # a prompt that misses a backend only trains: validation and test judge complete rows
+    complete = M.complete
+    if not complete.all():
+        tr = np.sort(np.concatenate([tr, va[~complete[va]], te[~complete[te]]]))
+        va, te = va[complete[va]], te[complete[te]]
     if min(len(tr), len(te)) == 0:
-        raise ValueError(f"split {fr} of {len(M)} prompts leaves an empty train or test part")
+        raise ValueError(
+            f"split {fr} of {len(M)} prompts ({int(complete.sum())} with every backend) leaves an empty train "
+            "or test part" + ("" if complete.all() else ": the test part needs prompts scored on every backend")
+        )
     return tr, va, te
 
 
@@ -228,7 +237,7 @@ def run_bench(cfg) -> dict:
         q_va = M.sign * routed(pred_tr.predict(X[va], texts=list(M.prompts[va])), M, a_tr)  # oriented
         q_te = M.sign * routed(pred_tr.predict(X[te], texts=list(M.prompts[te])), M, a_tr)
         rows = np.arange(len(te))
-        c_lo, c_hi = float(M.costs.min()), float(M.costs[np.argmax(M.oriented[tr].mean(0))])
+        c_lo, c_hi = float(M.costs.min()), float(M.costs[np.argmax(backend_means(M.oriented[tr]))])
         for frac in cfg["calibration"]["budgets"]:
             target = c_lo + float(frac) * (c_hi - c_lo)
             lam = calibrate_lambda(q_va, M.costs, target_mean_cost=target)
@@ -254,7 +263,7 @@ def run_bench(cfg) -> dict:
         "seed": int(cfg["seed"]),
         "n_train": int(len(fit_idx)),
         "n_test": int(len(te)),
-        "n_dropped_incomplete": int(M.n_dropped),
+        "coverage": M.coverage(fit_idx),  # what trained: observed cells and their cost
         "cost_origin": M.cost_origin,
         "cost_unit": cost_unit(cfg["data"]),
         "predictor": _plain(cfg["predictor"]),
@@ -266,6 +275,9 @@ def run_bench(cfg) -> dict:
         summary["predictor_selection"] = selection_of(predictor)
     summary["by_source"] = _source_breakdown(q_hat, M, te)
     summary["calibration"] = calibration
+    sweep_cfg = _plain(cfg.get("sweep")) or {}
+    if sweep_cfg.get("plan"):
+        summary["sweep"] = simulate_sweeps(cfg, sweep_cfg, M, X, fit_idx, te, featurizer, summary["router"])
     router = Router(
         featurizer, predictor, M.backends, M.costs, metric=metric, higher_is_better=M.higher_is_better, anchor=anchor
     )
@@ -279,8 +291,89 @@ def run_bench(cfg) -> dict:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "curves.json").write_text(json.dumps(curves))
     plot_curves(summary, curves, out_dir / "curves.png")
+    if "sweep" in summary:
+        plot_sweep(summary, out_dir / "sweep.png")
     summary["curves"] = curves
     return summary
+
+
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def simulate_sweeps(cfg, sweep_cfg, M: QualityMatrix, X, fit_idx, te, featurizer, full: dict) -> dict:
+    """``bench sweep.plan=... sweep.share=...``: for each plan and share, mask the training rows
+    to the cells the plan would have generated (it sees only those), train the configured
+    predictor on them, and judge it on the same test prompts as the full-table router."""
+    from t2iroute.training.plans import check_plan, simulate
+
+    plans, shares = _as_list(sweep_cfg.get("plan")), _as_list(sweep_cfg.get("share", 0.5))
+    for p in plans:
+        for sh in shares:
+            check_plan(p, sh, prefix="sweep.")
+    train_complete = M.complete[fit_idx]
+    rows = fit_idx[train_complete]  # the plans spend a complete table's training prompts
+    if not train_complete.all():
+        log.info("sweep simulation: %d training prompts miss a backend and are left out", int((~train_complete).sum()))
+    full_cost = float(len(rows) * M.costs.sum())
+    out = {
+        "full_table": {
+            "cost_saved_pct": full["cost_saved_pct"],
+            "quality_gain_at_equal_cost": full["quality_gain_at_equal_cost"],
+        },
+        "n_train_prompts": int(len(rows)),
+        "runs": [],
+    }
+    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better, anchor=_anchor_setting(cfg))
+    for plan in plans:
+        for share in shares:
+            t0 = time.perf_counter()
+            mask, seen = simulate(plan, float(share), M.oriented[rows], M.costs, X=X[rows], seed=int(cfg["seed"]))
+            keep = mask.any(axis=1)
+            Y = M.sign * seen[keep]
+            r = rows[keep]
+            pred = fit_predictor(cfg["predictor"], X[r], Y, featurizer, M.prompts[r], **fitkw)
+            anchor = _anchor_of_rows(cfg, M, Y, pred)
+            q_hat = routed(pred.predict(X[te], texts=list(M.prompts[te])), M, anchor)
+            s = summarize(q_hat, M.scores[te], M.costs, M.backends, higher_is_better=M.higher_is_better)
+            run = {
+                "plan": plan,
+                "share": float(share),
+                "spent_share": float((mask * M.costs[None, :]).sum() / full_cost),
+                "observed_cells": int(mask.sum()),
+                "prompts": int(keep.sum()),
+                "complete_prompts": int(mask.all(axis=1).sum()),
+                "cells_by_backend": {b: int(v) for b, v in zip(M.backends, mask.sum(axis=0))},
+                "cost_saved_pct": s["router"]["cost_saved_pct"],
+                "quality_gain_at_equal_cost": s["router"]["quality_gain_at_equal_cost"],
+                "anchor": anchor,
+                "s": time.perf_counter() - t0,
+            }
+            sel = selection_of(pred)
+            if sel is not None:
+                run["chosen"] = sel.get("chosen")
+                run["beats_best_single_cv"] = sel.get("beats_best_single_cv")
+            log.info(
+                "sweep simulation: plan %s at %.0f%% of the cost: %s%% saved (full table: %s%%)",
+                plan,
+                100 * float(share),
+                None if run["cost_saved_pct"] is None else f"{run['cost_saved_pct']:.1f}",
+                None if full["cost_saved_pct"] is None else f"{full['cost_saved_pct']:.1f}",
+            )
+            out["runs"].append(run)
+    return out
+
+
+def _anchor_of_rows(cfg, M: QualityMatrix, Y: np.ndarray, predictor) -> str | None:
+    """:func:`anchor_of` for a masked training table ``Y`` (own direction, NaN: not observed)."""
+    a = _anchor_setting(cfg)
+    if a == "auto":
+        a = getattr(predictor, "anchored_", None)
+        if a is None:
+            a = len(Y) < ANCHOR_BELOW_ROWS
+    if not a:
+        return None
+    return M.backends[int(np.argmax(backend_means(M.sign * Y)))]
 
 
 def backend_specs_for(table_backends, specs: Mapping[str, Any]) -> dict[str, dict]:
@@ -368,7 +461,7 @@ def default_policy(r_cfg, predictor, M: QualityMatrix, q_cal: np.ndarray, cal_sc
     else:
         policy = build_policy({"type": key, key: float(value)})
     if getattr(predictor, "beats_best_single_cv_", True) is False:
-        best = M.backends[int(np.argmax(M.oriented.mean(axis=0)))]
+        best = M.backends[int(np.argmax(backend_means(M.oriented)))]
         best_cost = float(M.costs[M.backends.index(best)])
         cap = {"budget": value, "max_cost": value}.get(key)
         if cap is not None and best_cost > float(cap):
@@ -417,7 +510,7 @@ def scorer_bounds(metric: str) -> list[float] | None:
 def metric_range_of(M: QualityMatrix) -> dict[str, Any]:
     """What the artifact records of the metric's range: the lowest and highest score of the
     table (every complete row), and the scorer's declared bounds where it has them."""
-    return {"observed": [float(np.min(M.scores)), float(np.max(M.scores))], "bounds": scorer_bounds(M.metric)}
+    return {"observed": [float(np.nanmin(M.scores)), float(np.nanmax(M.scores))], "bounds": scorer_bounds(M.metric)}
 
 
 def domain_of(featurizer, X: np.ndarray, rows: np.ndarray, seed: int):
@@ -473,7 +566,7 @@ def run_train(cfg) -> Router:
         anchor=_anchor_setting(cfg),
     )
     anchor = anchor_of(cfg, M, tr, predictor)
-    cal_idx = va if len(va) else tr
+    cal_idx = va if len(va) else tr[M.complete[tr]]
     q_cal = routed(predictor.predict(X[cal_idx], texts=list(M.prompts[cal_idx])), M, anchor)
     policy = default_policy(_plain(cfg.get("router", {})) or {}, predictor, M, q_cal, M.scores[cal_idx])
     router = Router(
@@ -500,6 +593,7 @@ def run_train(cfg) -> Router:
             "test_quality": float(M.scores[te][np.arange(len(te)), choice].mean()),
         },
         "n_train": int(len(tr)),
+        "coverage": M.coverage(tr),
         "n_val": int(len(va)),
         "n_test": int(len(te)),
     }
@@ -557,6 +651,34 @@ def plot_curves(summary: dict, curves: dict, path: Path) -> None:
     ax.set_ylabel(f"mean {summary['metric']} ({'higher' if hib else 'lower'} is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_sweep(summary: dict, path: Path) -> None:
+    """Cost saved at equal quality against the share of the full sweep's cost, one line per plan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sw = summary["sweep"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for i, plan in enumerate(dict.fromkeys(r["plan"] for r in sw["runs"])):
+        runs = sorted((r for r in sw["runs"] if r["plan"] == plan), key=lambda r: r["spent_share"])
+        xs = [100 * r["spent_share"] for r in runs]
+        ys = [np.nan if r["cost_saved_pct"] is None else r["cost_saved_pct"] for r in runs]
+        ax.plot(xs, ys, "o-", color=f"C{i}", label=plan)
+    full = sw["full_table"]["cost_saved_pct"]
+    if full is not None:
+        ax.axhline(full, color="gray", ls="--", label="full table")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel("share of the full training sweep's cost spent (%)")
+    ax.set_ylabel("cost saved at equal quality (%)")
+    ax.set_title(f"{summary.get('data', '')} / {summary['metric']}, seed {summary.get('seed')}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
