@@ -235,8 +235,9 @@ class QualityPredictor(_Estimator):
     #: True for predictors whose ``_fit_core`` takes targets with missing cells (NaN) itself; the
     #: others are fitted by :meth:`fit` with missing cells imputed (see there)
     handles_missing = False
-    #: rounds of imputation for predictors that do not handle missing cells themselves
-    missing_rounds = 4
+    #: refits with the missing cells refilled by the previous fit, for predictors that do not
+    #: handle missing cells themselves (cheap ones do a few; each round is one more fit)
+    missing_rounds = 0
 
     def fit(self, X, y, texts=None):
         """Fit on features ``X`` (n, d) and targets ``y`` (n, k), or (n,).
@@ -244,10 +245,11 @@ class QualityPredictor(_Estimator):
         ``y`` may miss cells (NaN: a backend not run on a prompt). Every observed cell teaches:
         predictors that handle missing cells (``handles_missing``) get them as NaN; the others are
         fitted on the table with each missing cell filled by a two-way model (prompt effect +
-        backend offset, :func:`two_way`), then refitted ``missing_rounds`` times with each
-        missing cell refilled by the previous fit's prediction (the EM iteration: for a linear
-        model it converges to the fit on the observed cells alone). A prompt with no observed
-        cell, or a backend with none, is an error naming it."""
+        backend offset) plus the interaction a shared low-rank model of every backend learns from
+        the observed cells (:class:`~t2iroute.predictors.mf.MFPredictor`), then refitted
+        ``missing_rounds`` times with each missing cell refilled by the previous fit's
+        prediction (the EM iteration: for a linear model it converges to the fit on the observed
+        cells alone). A prompt with no observed cell, or a backend with none, is an error naming it."""
         from sklearn.utils.validation import validate_data
 
         if y is not None:
@@ -284,8 +286,8 @@ class QualityPredictor(_Estimator):
         if self.handles_missing:
             self._fit_complete(X, Y, texts)
             return self
-        mu, off = two_way(Y)
-        Yf = np.where(obs, Y, mu[:, None] + off[None, :])
+        fill = registry.get("predictors", "mf")(rank=3, alpha=1000.0).fit(X, Y)
+        Yf = np.where(obs, Y, np.asarray(fill.predict(X)).reshape(Y.shape))
         for _ in range(int(self.missing_rounds)):
             self._fit_complete(X, Yf, texts)
             P = np.asarray(self.predict(X, texts=texts)).reshape(len(X), -1)

@@ -16,6 +16,7 @@ class KNNPredictor(QualityPredictor):
     """
 
     type_name = "knn"
+    missing_rounds = 3  # cheap: refit on its own fill (EM) a few times
 
     def __init__(
         self,

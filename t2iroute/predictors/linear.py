@@ -19,6 +19,7 @@ class RidgePredictor(QualityPredictor):
     """Multi-output ridge regression on standardized features (closed form)."""
 
     type_name = "ridge"
+    missing_rounds = 3  # cheap: refit on its own fill (EM) a few times
 
     def __init__(self, alpha: float = 10.0, relative: bool = True, feature_slice: tuple[int, int] | None = None):
         self.alpha = alpha
