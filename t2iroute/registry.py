@@ -49,6 +49,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
         "stack": "t2iroute.predictors.stack:StackPredictor",
         "auto": "t2iroute.predictors.auto:AutoPredictor",
         "mf": "t2iroute.predictors.mf:MFPredictor",
+        "prior": "t2iroute.predictors.prior:PriorPredictor",
     },
     "policies": {
         "lam": "t2iroute.router.policy:LambdaPolicy",

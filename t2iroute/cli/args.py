@@ -123,6 +123,13 @@ def parse_args(cmd: str, argv: list[str]) -> Args:
                 f"unexpected argument {quote(a)}: {cmd} takes KEY=VALUE settings (t2iroute {cmd} --help lists them)"
             )
         i += 1
+    if (
+        cmd == "train"
+        and "predictor=prior" in args.overrides
+        and not any(o.startswith("data=") for o in args.overrides)
+    ):
+        args.rest.append("data=none")  # a router from the prior needs no table
+        args.overrides.append("data=none")
     return args
 
 

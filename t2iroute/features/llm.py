@@ -699,21 +699,10 @@ def default_llm_cache() -> Path:
 # -- featurizer --------------------------------------------------------------------------------
 def lexical_estimate(prompt: str) -> dict[str, float]:
     """Rubric fields estimated from lexical counts: the stand-in when the LLM is down."""
+    from t2iroute.complexity import estimate
     from t2iroute.features.lexical import FEATURE_NAMES, lexical_features
 
-    f = dict(zip(FEATURE_NAMES, lexical_features(prompt)))
-    objects = min(20.0, 1.0 + f["n_conjunctions"] + f["n_commas"] * 0.5)
-    est = {
-        "objects": objects,
-        "attribute_bindings": min(20.0, f["n_colors"] + f["n_attributes"]),
-        "spatial_relations": min(20.0, f["n_spatial"]),
-        "counting": min(20.0, f["n_numerals"] + f["n_number_words"]),
-        "text_to_render": float(f["n_quoted"] > 0 or f["n_text_words"] > 0),
-        "detail_style": float(min(5.0, 1.0 + f["n_style_terms"])),
-    }
-    demands = est["attribute_bindings"] + est["spatial_relations"] + est["counting"] + 2 * est["text_to_render"]
-    est["complexity"] = float(min(5.0, 1.0 + 0.5 * (objects - 1) + 0.5 * demands))
-    return est
+    return estimate(dict(zip(FEATURE_NAMES, lexical_features(prompt))))
 
 
 class _Call:

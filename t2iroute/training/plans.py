@@ -4,12 +4,15 @@ A full sweep runs every backend on every training prompt. A plan spends ``share`
 
 - ``prompts``: full rows on a random subset of the prompts (the honest baseline);
 - ``cells``: random cells, every prompt a candidate;
-- ``active``: rounds. A seed design (full rows on a few prompts and the cheapest backend on as many
-  as half the budget allows), then, each round, a committee of shared models (``mf``, fitted on
-  bootstrap resamples of what was observed so far) predicts every prompt, and the cells worth most
-  per unit of their cost are generated: a cell is worth the chance that its backend is chosen
-  times the committee's disagreement about the choice, over the range of lambdas where routing
-  decides anything. Only the cells a plan chose are seen by it.
+- ``active``: rounds. A seed design (full rows on a few random prompts), then, each round, a
+  committee of shared models (``mf``, fitted on bootstrap resamples of what was observed so far)
+  predicts every prompt and prices each open cell: the chance that its backend is chosen times the
+  committee's disagreement about the choice, per unit of its cost, over the lambdas where the
+  router spends at most ``max_cost_ratio`` x the best single backend's cost. The round's budget
+  goes to the backends in proportion to the mean worth of their open cells, and each backend's
+  cells to prompts drawn half at random, half by worth (a representative sample: picking single
+  cells by worth alone gave biased samples that lost to ``prompts``). Only the cells a plan chose
+  are seen by it.
 
 :func:`plan_cells` is the one planner; :func:`simulate` applies it to a complete table's training
 split (what ``t2iroute bench sweep.plan=... sweep.share=...`` reports) and ``t2iroute sweep
@@ -48,7 +51,10 @@ def check_plan(plan, share, *, prefix: str = "") -> tuple[str, float]:
 class ActiveSettings:
     """The active plan's knobs: ``rounds`` after the seed design; ``seed_rows``: the share of
     prompts given full rows at the start (at least 20 prompts); ``committee``: models per round;
-    ``rank``/``alpha``: of the committee's shared models; ``n_lambdas``: the lambda grid."""
+    ``rank``/``alpha``: of the committee's shared models; ``n_lambdas``: the lambda grid;
+    ``max_cost_ratio``: the lambdas of interest spend at most this x the best single backend's
+    cost; ``within``: how a backend's cells are spread over prompts (``mixed``: half at random,
+    half by worth; ``random``)."""
 
     rounds: int = 4
     seed_rows: float = 0.03
@@ -56,6 +62,8 @@ class ActiveSettings:
     rank: int = 3
     alpha: float = 1000.0
     n_lambdas: int = 24
+    max_cost_ratio: float = 1.25
+    within: str = "mixed"
 
 
 def plan_cells(
@@ -108,26 +116,14 @@ def plan_cells(
     def spent() -> float:
         return float((mask * costs[None, :]).sum())
 
-    # seed design: full rows on a few prompts, then the cheapest backend on as many as half the budget allows
+    # seed design: full rows on a few random prompts
     mask[seed_design_rows(n_prompts, share, rng, st)] = True
-    cheap = int(np.argmin(costs))
-    room = int(max(0.0, 0.5 * budget - spent()) // costs[cheap])
-    free = np.flatnonzero(~mask[:, cheap])
-    mask[rng.permutation(free)[:room], cheap] = True
     for r in range(int(st.rounds)):
         left = budget - spent()
         if left < costs.min():
             break
-        round_budget = left / (int(st.rounds) - r)
         value = _cell_values(X, observe(mask), costs, st, rng)
-        value[mask] = -np.inf
-        for flat in np.argsort(-value, axis=None, kind="stable"):
-            if not np.isfinite(value.flat[flat]) or round_budget < costs.min():
-                break
-            c = costs[flat % k]
-            if c <= round_budget:
-                mask.flat[flat] = True
-                round_budget -= c
+        _spend_round(mask, value, costs, left / (int(st.rounds) - r), rng, st.within)
         log.info(
             "active plan: round %d, %.1f%% of the full sweep spent", r + 1, 100 * spent() / max(budget / share, 1e-12)
         )
@@ -152,6 +148,35 @@ def seed_design_rows(n_prompts: int, share: float, rng, settings: ActiveSettings
     return rng.permutation(n_prompts)[:n_seed]
 
 
+def _spend_round(mask, value, costs, round_budget: float, rng, within: str = "random") -> None:
+    """Spend ``round_budget`` on open cells: each backend gets a share of it in proportion to the
+    mean worth of its open cells, and its cells go to prompts drawn at random (``within="random"``:
+    a representative sample, which the learners need) or with chances leaning to the worth of each
+    cell (``"mixed"``: half uniform, half in proportion to worth)."""
+    k = len(costs)
+    open_ = ~mask
+    worth = np.where(open_ & np.isfinite(value), np.maximum(value, 0.0), 0.0)
+    per_backend = np.array([worth[open_[:, j], j].mean() if open_[:, j].any() else 0.0 for j in range(k)])
+    if per_backend.sum() <= 0:
+        per_backend = open_.any(axis=0).astype(float)
+        if per_backend.sum() <= 0:
+            return
+    carry = 0.0
+    for j in np.argsort(-per_backend, kind="stable"):
+        cash = round_budget * per_backend[j] / per_backend.sum() + carry
+        cand = np.flatnonzero(open_[:, j])
+        take = min(len(cand), int((cash + 1e-9) // costs[j]))
+        if take > 0:
+            if within == "mixed" and worth[cand, j].sum() > 0:
+                w = worth[cand, j] / worth[cand, j].sum()
+                p = 0.5 / len(cand) + 0.5 * w
+                pick = rng.choice(cand, size=take, replace=False, p=p / p.sum())
+            else:
+                pick = rng.permutation(cand)[:take]
+            mask[pick, j] = True
+        carry = cash - take * costs[j]
+
+
 def _cell_values(X, Y, costs, st: ActiveSettings, rng) -> np.ndarray:
     """Each cell's worth per unit cost: the chance its backend is chosen times the committee's
     disagreement, averaged over a lambda grid, plus a little of the committee's spread (so that
@@ -170,7 +195,16 @@ def _cell_values(X, Y, costs, st: ActiveSettings, rng) -> np.ndarray:
         model = build_predictor({"type": "mf", "rank": int(st.rank), "alpha": float(st.alpha)})
         preds.append(np.asarray(model.fit(X[boot], Yb).predict(X)).reshape(n, k))
     P = np.stack(preds)  # (E, n, k)
-    lams = lambda_grid(P.mean(axis=0), costs, int(st.n_lambdas))
+    mean = P.mean(axis=0)
+    lams = lambda_grid(mean, costs, 4 * int(st.n_lambdas))
+    # the lambdas of interest: the router spends at most max_cost_ratio x the best single backend's
+    # cost there (cost saved at equal quality and quality gained at equal cost both live there)
+    best_cost = float(costs[int(np.argmax(mean.mean(axis=0)))])
+    spend = np.array([costs[route_scores(mean, costs, float(lam))].mean() for lam in lams])
+    keep = spend <= st.max_cost_ratio * best_cost + 1e-12
+    if keep.any():
+        lams = lams[keep]
+    lams = lams[np.unique(np.linspace(0, len(lams) - 1, int(st.n_lambdas)).round().astype(int))]
     chosen_share = np.zeros((n, k))
     disagreement_mass = np.zeros((n, k))
     for lam in lams:

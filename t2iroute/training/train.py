@@ -70,12 +70,19 @@ def fit_predictor(
     costs=None,
     higher_is_better: bool = True,
     anchor: bool | str = False,
+    backends=None,
+    backend_specs=None,
 ):
     """Build and fit the configured predictor on the metric as it is (``Y``, own direction).
 
-    Predictors that judge candidates by routing (``auto``) also get the costs and the direction.
+    Predictors that judge candidates by routing (``auto``) also get the costs and the direction;
+    the prior gets its backends' step budgets (from ``backend_specs``, else the bundled configs).
     """
     spec = _plain(predictor_cfg)
+    if isinstance(spec, dict) and spec.get("type") == "prior":
+        from t2iroute.training.prior import prior_spec
+
+        spec = prior_spec(spec, backends, backend_specs, featurizer)
     if featurizer is not None:
         spec = resolve_blocks(spec, featurizer.blocks_)
     pred = build_predictor(spec)
@@ -220,7 +227,7 @@ def run_bench(cfg) -> dict:
     feat_s = time.perf_counter() - t0
     log.info("features %s for %d prompts in %.1fs", X.shape, len(M), feat_s)
 
-    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better, anchor=_anchor_setting(cfg))
+    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better, anchor=_anchor_setting(cfg), backends=M.backends)
     # 1. headline: fit on train + validation, evaluate on test
     fit_idx = np.concatenate([tr, va])
     t0 = time.perf_counter()
@@ -324,7 +331,7 @@ def simulate_sweeps(cfg, sweep_cfg, M: QualityMatrix, X, fit_idx, te, featurizer
         "n_train_prompts": int(len(rows)),
         "runs": [],
     }
-    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better, anchor=_anchor_setting(cfg))
+    fitkw = dict(costs=M.costs, higher_is_better=M.higher_is_better, anchor=_anchor_setting(cfg), backends=M.backends)
     for plan in plans:
         for share in shares:
             t0 = time.perf_counter()
@@ -547,6 +554,8 @@ def run_train(cfg) -> Router:
     out_dir = Path(cfg["out_dir"])
     metric = str(cfg["metric"])
     check_router_cfg(_plain(cfg.get("router", {})))
+    if cfg["data"].get("path") is None:
+        return train_without_table(cfg)
     M = load_matrix(cfg["data"], metric, _plain(cfg.get("backends")) or {})
     m_range = metric_range_of(M)
     _check_floor_in_range(_plain(cfg.get("router", {})) or {}, m_range)
@@ -564,6 +573,8 @@ def run_train(cfg) -> Router:
         costs=M.costs,
         higher_is_better=M.higher_is_better,
         anchor=_anchor_setting(cfg),
+        backends=M.backends,
+        backend_specs=specs,
     )
     anchor = anchor_of(cfg, M, tr, predictor)
     cal_idx = va if len(va) else tr[M.complete[tr]]
@@ -613,6 +624,62 @@ def run_train(cfg) -> Router:
     path = out_dir / "router"
     router.save(path, metrics=metrics, data=data)
     log.info("router saved to %s (policy %s)", path, router.policy.describe())
+    return router
+
+
+def train_without_table(cfg):
+    """``t2iroute train predictor=prior 'backends=[...]'`` with no table: the prior alone, its
+    default policy the cheapest backend predicted to reach ``DEFAULT_FLOOR`` of the converged
+    quality (any ``router.*`` policy but ``mean_quality_floor``, which needs scores)."""
+    from t2iroute.training.prior import DEFAULT_FLOOR, prior_costs, prior_spec
+
+    pcfg = dict(_plain(cfg["predictor"]) or {})
+    if pcfg.get("type") != "prior":
+        raise ConfigError(
+            f"data={cfg['data'].get('name', 'none')}: no quality table; give data=... "
+            f"(predictor={pcfg.get('type')} learns from one), or predictor=prior for a router with no table"
+        )
+    specs = _plain(cfg.get("backends")) or {}
+    if not specs:
+        raise ConfigError("backends=[]: a router with no table needs its backends (backends=[sd15_10,sd15_20,sd15_50])")
+    names = list(specs)
+    specs = backend_specs_for(names, specs)
+    featurizer = build_featurizer(_plain(cfg["features"]))
+    spec = prior_spec(pcfg, names, specs, featurizer)
+    costs, unit = prior_costs(pcfg, names, spec["steps"])
+    with featurizer.without_deadline():
+        width = featurizer.transform(["a photo of a cat"]).shape[1]
+    predictor = build_predictor(spec).fit_without_table(width)
+    r_cfg = dict(_plain(cfg.get("router", {})) or {})
+    given = {k: v for k, v in r_cfg.items() if v is not None}
+    if "mean_quality_floor" in given:
+        raise ConfigError("router.mean_quality_floor: needs a table to calibrate on; use quality_floor, lam or budget")
+    if not given:
+        policy = build_policy({"type": "quality_floor", "quality_floor": DEFAULT_FLOOR})
+    else:
+        key, value = next(iter(given.items()))
+        policy = build_policy(_plain(value) if key == "policy" else {"type": key, key: float(value)})
+    router = Router(
+        featurizer,
+        predictor,
+        names,
+        costs,
+        policy=policy,
+        metric="prior",
+        higher_is_better=True,
+        anchor=None,
+        backend_specs=specs,
+        metric_range={"observed": [0.0, 1.0], "bounds": [0.0, 1.0]},
+        domain=None,
+    )
+    prior = {"steps": spec["steps"], "ceiling": spec["ceiling"], "tau": list(spec.get("tau") or predictor.tau)}
+    prior["complexity"] = "llm" if spec["complexity_column"] is not None else "lexical"
+    metrics = {"prior": prior, "n_train": 0}
+    data = {"path": None, "metric": "prior", "higher_is_better": True, "seed": int(cfg["seed"])}
+    data.update(cost_origin="configured" if unit == "s" else "steps", cost_unit=unit)
+    path = Path(cfg["out_dir"]) / "router"
+    router.save(path, metrics=metrics, data=data)
+    log.info("prior router saved to %s (policy %s)", path, router.policy.describe())
     return router
 
 
