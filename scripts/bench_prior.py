@@ -42,6 +42,8 @@ def conf(name: str) -> dict:
 
 
 def stats(v) -> dict:
+    """mean/min/max over the runs that have the figure; ``n``: how many (cost saved at equal quality
+    is None where the router never reaches the best single backend's test quality)."""
     v = [x for x in v if x is not None]
     if not v:
         return {"mean": None, "min": None, "max": None, "n": 0}
@@ -57,9 +59,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--small-ceiling", type=float, default=0.8)
     ap.add_argument("--floors", default="0.8,0.9,0.95")
+    ap.add_argument("--backends", default=None, help="only these backends of the table (comma-separated)")
     a = ap.parse_args()
     t_start = time.perf_counter()
     M = load_matrix({"path": a.table, "costs": None}, "testbed_check")
+    if a.backends:
+        keep = a.backends.split(",")
+        M = load_matrix({"path": a.table, "costs": None, "backends": keep}, "testbed_check")
     if not M.complete.all():
         raise SystemExit(f"{a.table}: {int((~M.complete).sum())} prompts miss a backend; a full sweep is needed")
     rng = np.random.default_rng(0)
@@ -73,6 +79,7 @@ def main() -> None:
     pcfg = conf("prior")
     pcfg["backends"] = {b: {"cost": float(b.split("_")[-2] if b.endswith("_es") else b.split("_")[-1])} for b in BIG}
     pcfg["backends"]["testbed_small_8"] = {"cost": 8 * 0.25, "ceiling": a.small_ceiling}
+    pcfg["backends"] = {b: v for b, v in pcfg["backends"].items() if b in M.backends}
     spec = prior_spec(pcfg, M.backends, None, featurizer)
     step_costs, _ = prior_costs(pcfg, M.backends, spec["steps"])
     prior = build_predictor(spec).fit_without_table(X.shape[1])
@@ -109,7 +116,8 @@ def main() -> None:
     }
     cfg = {"anchor": "auto"}
     for n in [int(x) for x in a.sizes.split(",")]:
-        learned = conf("prior") | {"backends": {"testbed_small_8": {"ceiling": a.small_ceiling}}}
+        small = {"testbed_small_8": {"ceiling": a.small_ceiling}} if "testbed_small_8" in M.backends else {}
+        learned = conf("prior") | {"backends": small}
         for name, pspec in (("auto", conf("auto")), ("prior+learned", learned)):
             saved, gain = [], []
             for rep in range(a.repeats):

@@ -31,6 +31,7 @@ from t2iroute.predictors.base import (
     load_nested,
     state_array,
     backend_means,
+    mf_fill,
     state_number,
 )
 
@@ -192,6 +193,16 @@ class AutoPredictor(QualityPredictor):
                 self.MIN_COMPLETE_ROWS,
             )
 
+        # with missing cells, every fold's first fill (one mf fit) is shared by the candidates
+        fills: dict[tuple[int, int], np.ndarray] = {}
+
+        def fill_of(r: int, j: int, a) -> np.ndarray | None:
+            if not missing or np.isfinite(Y[a]).all():
+                return None
+            if (r, j) not in fills:
+                fills[(r, j)] = mf_fill(X[a], Y[a])
+            return fills[(r, j)]
+
         results = []
         t_all = time.perf_counter()
         for cand in self._candidates(n, missing) if judgeable else []:
@@ -201,11 +212,12 @@ class AutoPredictor(QualityPredictor):
                 if proto.needs_texts and texts is None:
                     raise ValueError("needs the prompt texts")
                 oof = []
-                for rep in splits:
+                for r, rep in enumerate(splits):
                     P = np.zeros_like(Y)
-                    for a, b in rep:
+                    for j, (a, b) in enumerate(rep):
+                        fill = None if proto.handles_missing else fill_of(r, j, a)
                         P[b] = np.asarray(
-                            clone(proto).fit(X[a], Y[a], texts=sub(a)).predict(X[b], texts=sub(b))
+                            clone(proto).fit(X[a], Y[a], texts=sub(a), fill=fill).predict(X[b], texts=sub(b))
                         ).reshape(len(b), k)
                     oof.append(P)
             except Exception as e:  # noqa: BLE001 -- a candidate that cannot fit this table is skipped

@@ -239,7 +239,7 @@ class QualityPredictor(_Estimator):
     #: handle missing cells themselves (cheap ones do a few; each round is one more fit)
     missing_rounds = 0
 
-    def fit(self, X, y, texts=None):
+    def fit(self, X, y, texts=None, fill=None):
         """Fit on features ``X`` (n, d) and targets ``y`` (n, k), or (n,).
 
         ``y`` may miss cells (NaN: a backend not run on a prompt). Every observed cell teaches:
@@ -249,13 +249,15 @@ class QualityPredictor(_Estimator):
         the observed cells (:class:`~t2iroute.predictors.mf.MFPredictor`), then refitted
         ``missing_rounds`` times with each missing cell refilled by the previous fit's
         prediction (the EM iteration: for a linear model it converges to the fit on the observed
-        cells alone). A prompt with no observed cell, or a backend with none, is an error naming it."""
+        cells alone). A prompt with no observed cell, or a backend with none, is an error naming it.
+        ``fill``: that first fill, when the caller has it (:func:`mf_fill` of the same ``X``, ``y``;
+        cross-validation shares one per fold among its candidates)."""
         from sklearn.utils.validation import validate_data
 
         if y is not None:
             y_arr = np.asarray(y)
             if y_arr.ndim in (1, 2) and y_arr.dtype.kind == "f" and np.isnan(y_arr).any():
-                return self._fit_missing(X, y_arr.astype(np.float64), texts)
+                return self._fit_missing(X, y_arr.astype(np.float64), texts, fill)
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         texts = self._check_texts(X, texts)
         self.one_d_ = y.ndim == 1
@@ -264,7 +266,7 @@ class QualityPredictor(_Estimator):
         self._fit_complete(X, Y, texts)
         return self
 
-    def _fit_missing(self, X, y, texts):
+    def _fit_missing(self, X, y, texts, fill=None):
         from sklearn.utils.validation import validate_data
 
         X = validate_data(self, X, dtype=np.float64)
@@ -286,8 +288,9 @@ class QualityPredictor(_Estimator):
         if self.handles_missing:
             self._fit_complete(X, Y, texts)
             return self
-        fill = registry.get("predictors", "mf")(rank=3, alpha=1000.0).fit(X, Y)
-        Yf = np.where(obs, Y, np.asarray(fill.predict(X)).reshape(Y.shape))
+        if fill is None:
+            fill = mf_fill(X, Y)
+        Yf = np.where(obs, Y, np.asarray(fill, dtype=np.float64).reshape(Y.shape))
         for _ in range(int(self.missing_rounds)):
             self._fit_complete(X, Yf, texts)
             P = np.asarray(self.predict(X, texts=texts)).reshape(len(X), -1)
@@ -379,6 +382,13 @@ class QualityPredictor(_Estimator):
     def stack_width_(self) -> int:
         """How many columns :meth:`stack_features` returns (what a stacking model takes)."""
         return int(self.n_outputs_)
+
+
+def mf_fill(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """The shared low-rank model's predictions of every cell of ``Y`` (NaN: missing), what
+    predictors that do not handle missing cells are first fitted on in place of those cells."""
+    fill = registry.get("predictors", "mf")(rank=3, alpha=1000.0).fit(X, Y)
+    return np.asarray(fill.predict(X)).reshape(np.shape(Y)[0], -1)
 
 
 def two_way(Y: np.ndarray, rounds: int = 100, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:

@@ -60,7 +60,8 @@ class MFPredictor(QualityPredictor):
         P, S, Qt = np.linalg.svd(B, full_matrices=False)
         A = P[:, :r] * np.sqrt(S[:r])
         U = Qt[:r].T * np.sqrt(S[:r])
-        grams = [Z[obs[:, b]].T @ Z[obs[:, b]] for b in range(k)]
+        # each backend's Gram matrix Z_b' Z_b, or Z_b itself where it has fewer rows than columns
+        grams = [Z[obs[:, b]].T @ Z[obs[:, b]] if obs[:, b].sum() >= d else Z[obs[:, b]] for b in range(k)]
         for _ in range(int(self.rounds)):
             # the backends' offsets and loadings, given the prompts' factors
             H = Z @ A
@@ -70,14 +71,12 @@ class MFPredictor(QualityPredictor):
                 reg = float(self.alpha_backend) * np.diag([0.0] + [1.0] * r)
                 sol = np.linalg.solve(D.T @ D + reg + 1e-9 * np.eye(r + 1), D.T @ Y[m, b])
                 off[b], U[b] = sol[0], sol[1:]
-            # the feature map, given the loadings: a ridge regression on vec(A) over observed cells
-            G = float(self.alpha) * np.eye(d * r)
-            rhs = np.zeros(d * r)
-            for b in range(k):
-                m = obs[:, b]
-                G += np.kron(grams[b], np.outer(U[b], U[b]))
-                rhs += np.outer(Z[m].T @ (Y[m, b] - off[b]), U[b]).ravel()
-            A = np.linalg.solve(G, rhs).reshape(d, r)
+            # the feature map, given the loadings: a ridge regression on vec(A) over observed cells,
+            # alpha A + sum_b gram_b A u_b u_b' = sum_b Z_b' (y_b - off_b) u_b', by conjugate
+            # gradients warm-started from the last round (the system is positive definite)
+            W = np.einsum("bs,bt->bst", U, U)
+            rhs = sum(np.outer(Z[obs[:, b]].T @ (Y[obs[:, b], b] - off[b]), U[b]) for b in range(k))
+            A = _solve_feature_map(grams, W, float(self.alpha), rhs, A)
         self.A_, self.U_, self.offset_ = A, U, off.copy()
 
     def _predict_core(self, X, texts=None):
@@ -97,3 +96,39 @@ class MFPredictor(QualityPredictor):
         r = self.A_.shape[1]
         self.U_ = state_array(arrays, "U", (k, r))
         self.offset_ = state_array(arrays, "offset", (k,))
+
+
+def _solve_feature_map(grams, W, alpha: float, rhs: np.ndarray, A0: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
+    """``A`` with ``alpha A + sum_b G_b A W[b] = rhs`` (d x r), by conjugate gradients from ``A0``,
+    where ``G_b`` is ``grams[b]`` (d x d) or ``grams[b]' grams[b]`` (``grams[b]`` being Z_b with
+    fewer rows than d); each step costs at most k d^2 r, where a direct solve costs (d r)^3. Falls
+    back to the direct solve when it has not converged within d r steps (it does in a few dozen)."""
+    d = A0.shape[0]
+
+    def gram_times(g, M):
+        return g @ M if g.shape[0] == d else g.T @ (g @ M)
+
+    def apply(A):
+        return alpha * A + sum(gram_times(g, A @ w) for g, w in zip(grams, W))
+
+    A = A0.copy()
+    R = rhs - apply(A)
+    P = R.copy()
+    rr = float((R * R).sum())
+    stop = (rtol * float(np.sqrt((rhs * rhs).sum()))) ** 2
+    for _ in range(A.size):
+        if rr <= stop:
+            return A
+        AP = apply(P)
+        step = rr / float((P * AP).sum())
+        A += step * P
+        R -= step * AP
+        rr_new = float((R * R).sum())
+        P = R + (rr_new / rr) * P
+        rr = rr_new
+    if rr <= stop:
+        return A
+    r = A.shape[1]
+    full = [g if g.shape[0] == d else g.T @ g for g in grams]
+    G = alpha * np.eye(d * r) + sum(np.kron(g, w) for g, w in zip(full, W))
+    return np.linalg.solve(G, rhs.ravel()).reshape(d, r)
