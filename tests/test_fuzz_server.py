@@ -23,7 +23,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 #: words a 4xx message names its field or limit with, where ``error.param`` is null
 _NAMED = re.compile(
     r"API key|body|JSON|queue|prompt|image|route|method|max_route_prompts|model|size|seed|"
-    r"response_format|\bn\b"
+    r"response_format|artifact|log_dir|\bn\b"
 )
 
 

@@ -20,6 +20,7 @@ from t2iroute.sweeps.local import read_sweep, run_sweep
 from t2iroute.training.table import read_table
 
 from tests.test_sweep import TINY, TINY_CLIP, kill_sweep_then_rerun
+from tests.test_sweep_plans import kill_planned_sweep_then_rerun
 
 pytestmark = pytest.mark.ray
 KEY = ["prompt_id", "backend", "seed"]
@@ -145,6 +146,13 @@ def test_ray_sweep_command_killed_then_rerun_loses_and_duplicates_nothing(cluste
     """A driver in its own process on this cluster, SIGKILLed mid-sweep, then the same command again."""
     _, summary = kill_sweep_then_rerun(tmp_path, 16, "launcher=ray", f"ray.address={cluster}")
     assert summary["launcher"] == "ray" and summary["failed"] == 0
+
+
+def test_an_active_ray_sweep_killed_mid_run_resumes_without_a_cell_twice(cluster, tmp_path):
+    """plan=active on the Ray launcher: the driver SIGKILLed between rounds' part files, then the
+    same command again replays the plan's decisions from the table and generates no cell twice."""
+    summary = kill_planned_sweep_then_rerun(tmp_path, "launcher=ray", f"ray.address={cluster}")
+    assert summary["plan"] == "active" and summary["launcher"] == "ray"
 
 
 @pytest.mark.parametrize(

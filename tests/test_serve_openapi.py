@@ -55,6 +55,8 @@ def test_the_schema_lists_every_endpoint_with_its_methods(app):
         "/v1/models": ["get"],
         "/v1/images/generations": ["post"],
         "/v1/route": ["post"],
+        "/v1/feedback": ["post"],
+        "/admin/reload": ["post"],
         "/images/{name}": ["get"],
     }
 
@@ -118,7 +120,14 @@ def test_the_bearer_scheme_is_on_every_endpoint_that_needs_a_key(app):
     schema = app.openapi()
     assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     secured = {p for p, ops in schema["paths"].items() for op in ops.values() if op.get("security")}
-    assert secured == {"/v1/models", "/v1/images/generations", "/v1/route", "/images/{name}"}
+    assert secured == {
+        "/v1/models",
+        "/v1/images/generations",
+        "/v1/route",
+        "/v1/feedback",
+        "/admin/reload",
+        "/images/{name}",
+    }
 
 
 def test_real_answers_match_the_declared_models(app):

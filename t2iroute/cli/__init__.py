@@ -47,6 +47,7 @@ def _task(cmd: str):
         "bench": training.bench,
         "train": training.train,
         "sweep": training.sweep,
+        "replay": training.replay,
         "route": route.route,
         "generate": route.generate,
         "serve": serve.serve,

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from t2iroute.cli import checks as ck
 from t2iroute.cli.sections import Command, Embedding, Llm, seed, threads, verbose
-from t2iroute.cli.training_schema import Bench, Sweep, Train
+from t2iroute.cli.training_schema import Bench, Replay, Sweep, Train
 from t2iroute.cli.typed import Group, check_of, key, keys, section
 from t2iroute.serving.ray import RayServeOptions
 
@@ -107,6 +107,18 @@ class Generate(RoutingCommand):
 
 
 @dataclass
+class DecisionLogOptions:
+    prompts: bool = key(
+        True,
+        "keep each prompt's text in the log (false: only its SHA-256 and feature vector, which still "
+        "retrain a router on the same features)",
+    )
+    features: bool = key(True, "keep each prompt's feature vector")
+    max_mb: float = key(256.0, "rotate the log file past this size (MiB)", ge=0.0625)
+    max_files: int = key(8, "rotated log files kept (the oldest removed)", ge=1)
+
+
+@dataclass
 class Serve(ArtifactCommand):
     GROUPS: ClassVar[tuple[Group, ...]] = (_BACKENDS,)
     ABOUT: ClassVar[str] = (
@@ -126,6 +138,20 @@ class Serve(ArtifactCommand):
     max_queue: int = key(64, "generation and route requests accepted at once; more get 429 with Retry-After", ge=1)
     max_n: int = key(8, "the most images one request may ask for", ge=1, le=128)
     max_route_prompts: int = key(256, "the most prompts one POST /v1/route may hold; more get 400", ge=1, le=100000)
+    log_dir: Optional[str] = key(
+        None,
+        "log every served image's decision here (SQLite, WAL; POST /v1/feedback scores them; "
+        "t2iroute train feedback=DIR learns from them); null: no log, no feedback",
+        check=ck.out_folder,
+    )
+    log: DecisionLogOptions = section(DecisionLogOptions, "the decision log (log_dir=DIR only)")
+    explore: float = key(
+        0.0,
+        "the share of generation requests sent to a backend other than the policy's choice, uniformly "
+        "among those within the request's max_cost (logged with its propensity); 0: never",
+        ge=0,
+        le=0.99,
+    )
     warmup: bool = key(
         True,
         "load every backend (and the featurizer) when the server starts: GET /ready answers "
@@ -143,6 +169,7 @@ CONFIGS: dict[str, type[Command]] = {
     "bench": Bench,
     "train": Train,
     "sweep": Sweep,
+    "replay": Replay,
     "route": Route,
     "generate": Generate,
     "serve": Serve,

@@ -33,14 +33,20 @@ def serve(cfg) -> None:
         "max_route_prompts": int(cfg.max_route_prompts),
     }
     if cfg.get("engine", "process") == "ray":
+        for k in ("log_dir", "explore"):
+            if cfg.get(k):
+                raise ConfigError(f"{k}={cfg.get(k)}: not on engine=ray yet; serve it with engine=process")
         return serve_ray(cfg, app_kwargs)
     router = load_router(cfg)
+    learning_loop(router, cfg)
     warmup = bool(cfg.get("warmup", True))  # /ready: 503 until every backend has loaded (a second stdout line)
     app = create_app(
         router,
         **app_kwargs,
         warmup=warmup,
         on_ready=lambda info: print(json.dumps({"ready": True, **info}), flush=True),
+        artifact_path=str(cfg.artifact),
+        local=local_settings(cfg),
     )
     print(
         json.dumps(
@@ -58,7 +64,35 @@ def serve(cfg) -> None:
     # uvicorn finishes the requests in flight on SIGTERM/SIGINT, then re-raises the signal to the
     # handler that was there before it: a no-op one makes a graceful stop exit with status 0
     signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGHUP, lambda *_: _reload_in_background(app))  # as POST /admin/reload
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning", timeout_graceful_shutdown=60)
+
+
+def _reload_in_background(app) -> None:
+    import logging
+    import threading
+
+    def run():
+        try:
+            app.state.t2iroute.reload()
+        except Exception as e:  # noqa: BLE001 -- the old router keeps serving
+            logging.getLogger("t2iroute").warning("SIGHUP reload failed, still serving the previous artifact: %s", e)
+
+    threading.Thread(target=run, name="t2iroute-reload", daemon=True).start()
+
+
+def learning_loop(router, cfg) -> None:
+    """``log_dir``, ``log.*`` and ``explore`` on a loaded router."""
+    if cfg.get("log_dir"):
+        lg = cfg.get("log") or {}
+        router.log_decisions(
+            str(cfg.log_dir),
+            prompts=bool(lg.get("prompts", True)),
+            features=bool(lg.get("features", True)),
+            max_bytes=int(float(lg.get("max_mb", 256.0)) * 2**20),
+            max_files=int(lg.get("max_files", 8)),
+        )
+    router.explore = float(cfg.get("explore", 0.0) or 0.0)
 
 
 def serve_ray(cfg, app_kwargs) -> None:

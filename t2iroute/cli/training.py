@@ -53,6 +53,18 @@ def train(cfg) -> None:
     emit(out)
 
 
+def replay(cfg) -> None:
+    from t2iroute.training.replay import run_replay
+
+    s = run_replay(cfg)
+    brief = {k: s[k] for k in ("data", "metric", "seed", "start", "stream", "retrain_every", "explore", "autoscore")}
+    brief["final"] = {k: s["final"][k] for k in ("streamed", "cells", "cost_saved_pct", "quality_gain_at_equal_cost")}
+    brief["full_table"] = {k: s["full_table"][k] for k in ("cost_saved_pct", "quality_gain_at_equal_cost")}
+    brief["share_of_full_saving"] = s["share_of_full_saving"]
+    brief["out_dir"] = str(cfg.out_dir)
+    emit(brief)
+
+
 def sweep(cfg) -> None:
     from omegaconf import OmegaConf
 

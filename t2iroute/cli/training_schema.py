@@ -111,9 +111,50 @@ class Train(TrainingCommand):
         "t2iroute train data=tifa160 router.budget=2.5 out_dir=outputs/tifa   # -> outputs/tifa/router"
     )
     router: RouterPolicy = section(RouterPolicy, "the artifact's default policy: at most one of")
+    feedback: Optional[str] = key(
+        None,
+        "a decision log folder (serve log_dir=DIR): its scored images join the table as cells "
+        "(user scores, else autoscores); they train, never test",
+    )
     out_dir: str = key(
         "outputs/train/${data.name}-${metric}-seed${seed}",
         "the run folder; the artifact is OUT/router",
+        check=ck.out_folder,
+    )
+    verbose: bool = verbose()
+    threads: Optional[int] = threads()
+
+
+@dataclass
+class Replay(TrainingCommand):
+    GROUPS: ClassVar[tuple[Group, ...]] = (
+        TrainingCommand.GROUPS[0],
+        TrainingCommand.GROUPS[1],
+        Group(
+            "predictor",
+            "auto",
+            "refitted on the seen cells at each retrain, as train fits it (start=prior: the prior, its "
+            "learned correction joining as cells arrive)",
+        ),
+        Group("backends", [], "backend configs whose steps the prior reads (start=prior; none: a flat prior)"),
+    )
+    ABOUT: ClassVar[str] = "simulate the serving loop on a complete table: bandit feedback, exploration, retrains"
+    EXAMPLE: ClassVar[str] = (
+        "t2iroute replay data=cems10k metric=clip start=table:0.05 stream=4000 retrain_every=500 "
+        "explore=0.05 seed=0 out_dir=OUT"
+    )
+    start: str = key(
+        "table:0.05", "prior (no table) or table:SHARE (full rows on SHARE of the training prompts) to start from"
+    )
+    stream: int = key(4000, "training prompts streamed after the start, one served image each", ge=1)
+    retrain_every: int = key(500, "refit (and judge on the test split) after this many streamed prompts", ge=1)
+    explore: float = key(
+        0.0, "the share of prompts sent to another backend than the greedy choice, uniformly", ge=0, le=1
+    )
+    autoscore: float = key(1.0, "the share of served images whose score is revealed (scored)", ge=0, le=1)
+    out_dir: str = key(
+        "outputs/replay/${data.name}-${metric}-seed${seed}",
+        "the run folder: summary.json, replay.json, replay.png",
         check=ck.out_folder,
     )
     verbose: bool = verbose()

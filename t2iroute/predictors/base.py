@@ -306,6 +306,13 @@ class QualityPredictor(_Estimator):
             # from_state rebuilds the mean model with too
             ridge = registry.get("predictors", "ridge")
             self.mean_model_ = ridge(alpha=10.0, relative=False).fit(X, center[:, 0])
+            single = np.isfinite(Y).sum(axis=1) < 2
+            if single.any():
+                # a prompt with one cell has no effect of its own apart from its backend's (the
+                # two-way model would fit that cell exactly and it would teach nothing but the
+                # offset): its effect is the one its features predict, so its cell teaches how
+                # backends differ (a served image, bandit feedback, is such a cell)
+                center = np.where(single[:, None], self.mean_model_.predict(X)[:, None], center)
             self._fit_core(X, Y - center, texts)
         else:
             self.mean_model_ = None

@@ -18,8 +18,10 @@ import numpy as np
 from t2iroute.backends.base import DiffusionShortcuts, free_accelerator_memory
 from t2iroute.errors import ConfigError, GenerationError
 from t2iroute.router.artifact import _set_router_class, load_router, save_router
+from t2iroute.router.decisions import new_id
 from t2iroute.router.policy import (
     LambdaPolicy,
+    _finite,
     Policy,
     anchor_quality,
     build_policy,
@@ -64,6 +66,11 @@ class RouteDecision:
     predicted_quality_raw: dict[str, float] | None = None  # set when predicted_clipped
     out_of_domain: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    #: exploration (``explore=``): whether this backend was not the policy's choice, and the
+    #: probability that this backend was chosen (1.0: no exploration)
+    explored: bool = False
+    propensity: float = 1.0
+    features: Any = field(default=None, repr=False, compare=False)  # the prompt's feature row (logging)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -90,6 +97,9 @@ class RouteDecision:
         if self.lam is not None:
             d["lambda"] = self.lam
             d["utility"] = self.utility
+        if self.explored or self.propensity < 1.0:
+            d["explored"] = self.explored
+            d["propensity"] = self.propensity
         return d
 
 
@@ -112,6 +122,7 @@ class GenerateResult(DiffusionShortcuts):
     fallbacks: list[dict] = field(default_factory=list)
     route_s: float = 0.0
     generation: Any = None  # the backend's Generation record
+    id: str | None = None  # the image's id: feedback names it (Router.feedback, POST /v1/feedback)
 
     @property
     def fell_back(self) -> bool:
@@ -120,6 +131,7 @@ class GenerateResult(DiffusionShortcuts):
     def to_dict(self) -> dict[str, Any]:
         """Everything but the image, JSON-ready (diffusion details only where present)."""
         d = {
+            "id": self.id,
             "backend": self.backend,
             "routed_backend": self.decision.backend,
             "seed": self.seed,
@@ -277,6 +289,12 @@ class Router:
         self.metric_range = self._check_metric_range(metric_range)
         self.domain = domain
         self._lock = threading.RLock()
+        #: the share of routed prompts sent to another backend than the policy's choice (0: none);
+        #: see :meth:`route`
+        self.explore = 0.0
+        self._explore_rng = np.random.default_rng()
+        #: where generated images' decisions are logged (:meth:`log_decisions`; None: nowhere)
+        self.decision_log = None
 
     @staticmethod
     def _check_metric_range(metric_range: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -349,7 +367,7 @@ class Router:
     # -- prediction ---------------------------------------------------------------------
     def predict(self, prompts: Sequence[str]) -> tuple[np.ndarray, dict[str, float]]:
         """(n, k) predicted quality (the metric's own direction) and the time of each stage."""
-        Q, timings, _, _ = self._predict(prompts)
+        Q, timings, _, _, _ = self._predict(prompts)
         return Q, timings
 
     def _imputed_rows(self, X: np.ndarray) -> list[dict[str, str]]:
@@ -389,7 +407,7 @@ class Router:
         timings.update({"features": t1 - t0, "predict": t2 - t1})
         if self.domain is not None:
             timings["domain"] = t3 - t2
-        return Q, timings, imputed, notices
+        return Q, timings, imputed, notices, X
 
     def _domain_notices(self, X) -> list[dict[str, Any] | None]:
         if self.domain is None:
@@ -460,6 +478,7 @@ class Router:
         quality_floor: float | None = None,
         max_cost: float | None = None,
         policy: Policy | Mapping | str | None = None,
+        explore: float | None = None,
     ) -> RouteDecision | list[RouteDecision]:
         """Route one prompt (-> RouteDecision) or a list (-> list).
 
@@ -472,14 +491,24 @@ class Router:
         * ``policy``: any policy, as an object, a spec (``{"type": ..., ...}``, plug-ins too) or
           the text form every interface shares (``"budget=0.3"``, ``"policy={type: NAME, ...}"``;
           :func:`~t2iroute.router.policy.parse_policy`).
+
+        ``explore`` (default :attr:`explore`, 0): the probability that a prompt goes to another
+        backend than the policy's choice, picked uniformly among the others that cost at most the
+        request's ``max_cost`` (when it has one); the decision then has ``explored`` set, and
+        ``propensity`` is the probability of the backend it got (logged with it, so retraining can
+        weigh it).
         """
         items, single = check_prompts(prompts)
+        explore = self.explore if explore is None else explore
+        explore = _finite("explore", explore, minimum=0.0)
+        if explore >= 1.0:
+            raise ConfigError(f"explore={explore}: a probability in [0, 1)")
         chosen = policy_from_keywords(
             lam=lam, budget=budget, quality_floor=quality_floor, max_cost=max_cost, policy=policy
         )
         pol = self.policy if chosen is None else self._resolve(chosen)
         self.check_policy(pol)
-        Q, timings, imputed, notices = self._predict(items)
+        Q, timings, imputed, notices, X = self._predict(items)
         t0 = time.perf_counter()
         Qo = self.routing_quality(Q)
         # what the policy resolves on these prompts (a budget's lambda) is read from the object
@@ -488,6 +517,10 @@ class Router:
         order = np.asarray(resolved.order(Qo, self.costs))
         desc = resolved.describe()
         lam_used = resolved.lambda_()
+        explored, propensity = np.zeros(len(items), bool), np.ones(len(items))
+        if explore > 0:
+            cap = max_cost if max_cost is not None else desc.get("max_cost") if desc.get("type") == "max_cost" else None
+            order, explored, propensity = self._explore(order, explore, np.inf if cap is None else float(cap))
         timings["decide"] = time.perf_counter() - t0
         per = {k: v / len(items) for k, v in timings.items()}
         cost = {b: float(c) for b, c in zip(self.backend_names, self.costs)}
@@ -529,9 +562,89 @@ class Router:
                     predicted_quality_raw=raw if clipped[i] else None,
                     out_of_domain=ood,
                     warnings=warns,
+                    explored=bool(explored[i]),
+                    propensity=float(propensity[i]),
+                    features=X[i],
                 )
             )
         return out[0] if single else out
+
+    def _explore(self, order: np.ndarray, share: float, cap: float):
+        """With probability ``share`` per row, move a backend other than the first of ``order``,
+        uniformly among those costing at most ``cap``, to the front: (order, explored, propensity)."""
+        order = np.array(order, copy=True)
+        n = len(order)
+        explored, propensity = np.zeros(n, bool), np.ones(n)
+        with self._lock:  # one generator, shared by threads
+            draws = self._explore_rng.random(n)
+            picks = self._explore_rng.random(n)
+        for i in range(n):
+            others = [j for j in order[i, 1:] if self.costs[j] <= cap]
+            if not others:
+                continue
+            if draws[i] < share:
+                j = others[min(int(picks[i] * len(others)), len(others) - 1)]
+                order[i] = [j] + [b for b in order[i] if b != j]
+                explored[i], propensity[i] = True, share / len(others)
+            else:
+                propensity[i] = 1.0 - share
+        return order, explored, propensity
+
+    # -- the decision log -----------------------------------------------------------------------
+    def log_decisions(self, log=None, **settings) -> None:
+        """Log every image :meth:`generate` makes (see :mod:`t2iroute.router.decisions`): a
+        :class:`~t2iroute.router.decisions.DecisionLog`, or a folder (``settings``: ``prompts``,
+        ``features``, ``max_bytes``, ``max_files``); None stops logging."""
+        from t2iroute.router.decisions import DecisionLog
+
+        if log is not None and not isinstance(log, DecisionLog):
+            log = DecisionLog(log, **settings)
+        self.decision_log = log
+
+    def feedback(self, id: str, score: float, *, source: str = "user") -> bool:
+        """Record a realized ``score`` (metric units) for the image ``id`` (``GenerateResult.id``):
+        a served image becomes an observed (prompt, backend) cell for ``t2iroute train
+        feedback=LOG``. True if it replaced an earlier score from the same source. Raises
+        :class:`~t2iroute.router.decisions.UnknownId` (a KeyError) for an id the log does not
+        hold, ConfigError when no log is set."""
+        if self.decision_log is None:
+            raise ConfigError("no decision log: Router.log_decisions(DIR) first (serve: log_dir=DIR)")
+        return self.decision_log.score(id, score, source=source)
+
+    def _log_results(self, results: list["GenerateResult"]) -> None:
+        if self.decision_log is None or not results:
+            return
+        artifact = self.manifest.get("manifest_sha256")
+        records = []
+        for r in results:
+            d = r.decision
+            info = r.diffusion.to_dict() if r.diffusion is not None else {}
+            cost = getattr(r.generation, "cost", None)
+            records.append(
+                {
+                    "id": r.id,
+                    "time": time.time(),
+                    "prompt": d.prompt,
+                    "features": d.features,
+                    "policy": d.policy,
+                    "backend": r.backend,
+                    "routed_backend": d.backend,
+                    "predicted": d.predicted_quality_raw or d.predicted_quality,
+                    "cost": float(cost) if cost is not None else d.cost.get(r.backend),
+                    "latency_s": r.latency_s,
+                    "steps": info.get("steps_run"),
+                    "nfe": info.get("nfe"),
+                    "explored": d.explored,
+                    "propensity": d.propensity,
+                    "seed": r.seed,
+                    "metric": self.metric,
+                    "artifact": artifact,
+                }
+            )
+        try:
+            self.decision_log.record(records)
+        except Exception as e:  # noqa: BLE001 -- the image is made: a log that fails must not lose it
+            log.warning("decision log: %d record(s) not written: %s: %s", len(records), type(e).__name__, e)
 
     def calibrate(
         self, prompts: Sequence[str], target_mean_cost: float | None = None, *, mean_quality_floor: float | None = None
@@ -565,6 +678,7 @@ class Router:
         policy: Policy | Mapping | str | None = None,
         backend: str | None = None,
         fallback: bool = True,
+        explore: float | None = None,
         **opts,
     ) -> GenerateResult | list[GenerateResult]:
         """Route ``prompt`` (policy keywords as in :meth:`route`) and run the chosen backend.
@@ -596,6 +710,7 @@ class Router:
                         policy=policy,
                         backend=backend,
                         fallback=fallback,
+                        explore=explore,
                         **opts,
                     )
                 )
@@ -612,6 +727,7 @@ class Router:
                 policy=policy,
                 backend=backend,
                 fallback=fallback,
+                explore=explore,
                 **opts,
             ):
                 out[i] = res
@@ -632,6 +748,7 @@ class Router:
         policy: Policy | Mapping | str | None = None,
         backend: str | None = None,
         fallback: bool = True,
+        explore: float | None = None,
         **opts,
     ):
         """:meth:`generate` for many prompts, yielding ``(index, GenerateResult)`` as each
@@ -642,7 +759,13 @@ class Router:
             raise ConfigError(f"backend '{backend}' is not configured (have {sorted(self.backends)})")
         t0 = time.perf_counter()
         decisions = self.route(
-            items, lam=lam, budget=budget, quality_floor=quality_floor, max_cost=max_cost, policy=policy
+            items,
+            lam=lam,
+            budget=budget,
+            quality_floor=quality_floor,
+            max_cost=max_cost,
+            policy=policy,
+            explore=0.0 if backend is not None else explore,
         )
         route_s = (time.perf_counter() - t0) / len(items)
         if backend is not None:
@@ -699,21 +822,23 @@ class Router:
                         attempt[i] += 1
                         (pending if attempt[i] < len(orders[i]) else lost).append(i)
                     continue
-                for i, gen in zip(idx, gens):
-                    yield (
-                        i,
-                        GenerateResult(
-                            image=gen.image,
-                            decision=decisions[i],
-                            backend=name,
-                            seed=seeds[i],
-                            latency_s=float(gen.latency_s),
-                            diffusion=getattr(gen, "diffusion", None),
-                            fallbacks=failures[i],
-                            route_s=route_s,
-                            generation=gen,
-                        ),
+                made = [
+                    GenerateResult(
+                        image=gen.image,
+                        decision=decisions[i],
+                        backend=name,
+                        seed=seeds[i],
+                        latency_s=float(gen.latency_s),
+                        diffusion=getattr(gen, "diffusion", None),
+                        fallbacks=failures[i],
+                        route_s=route_s,
+                        generation=gen,
+                        id=new_id(),
                     )
+                    for i, gen in zip(idx, gens)
+                ]
+                self._log_results(made)  # committed before any result leaves
+                yield from zip(idx, made)
         if lost:
             i = lost[0]
             what = "; ".join(f"{f['backend']}: {f['error']}" for f in failures[i])

@@ -54,6 +54,8 @@ def create_app(
     max_route_prompts: int = MAX_ROUTE_PROMPTS,
     warmup: bool = False,
     on_ready=None,
+    artifact_path: str | None = None,
+    local: dict | None = None,
 ):
     """The FastAPI app serving ``router``. ``api_keys``: accepted bearer keys (None: no auth).
 
@@ -80,7 +82,10 @@ def create_app(
     arriving meanwhile wait for it. A backend that cannot load is logged and listed in ``/ready``;
     the router falls back from it as without a warm-up. ``on_ready(info)`` is called once the
     warm-up is over (``info``: what ``/ready`` reports). Without ``warmup`` the app is ready at
-    once and models load on first use."""
+    once and models load on first use.
+
+    ``artifact_path`` (and ``local``, the loading user's featurizer settings): the folder the
+    router was loaded from, which ``POST /admin/reload`` loads again (:meth:`ServerState.reload`)."""
     from fastapi import FastAPI
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -101,6 +106,8 @@ def create_app(
         max_route_prompts=max_route_prompts,
         warmup=warmup,
         on_ready=on_ready,
+        artifact_path=artifact_path,
+        local=local,
     )
     app = FastAPI(title="t2iroute", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.t2iroute = state

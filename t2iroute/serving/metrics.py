@@ -1,6 +1,6 @@
 """The server's Prometheus metrics (``GET /metrics``), one registry per app."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 
 class ServerMetrics:
@@ -14,6 +14,10 @@ class ServerMetrics:
         self.routed = Counter("t2iroute_routed", "prompts routed to each backend", ["backend"], registry=r)
         self.fallbacks = Counter("t2iroute_fallbacks", "backend failures that fell back", ["backend"], registry=r)
         self.imputed = Counter("t2iroute_imputed_features", "prompts with imputed feature groups", ["part"], registry=r)
+        self.feedback = Counter("t2iroute_feedback", "scores recorded for served images", ["source"], registry=r)
+        self.explored = Counter(
+            "t2iroute_explored", "images sent to a backend other than the policy choice", ["backend"], registry=r
+        )
         self.route_s = Histogram(
             "t2iroute_routing_seconds",
             "routing time per request",
@@ -36,9 +40,17 @@ class ServerMetrics:
         self.warmup_s = Gauge(
             "t2iroute_warmup_seconds", "how long the warm-up took (0 until it has finished)", registry=r
         )
+        self.artifact_loaded = Gauge(
+            "t2iroute_artifact_loaded_timestamp_seconds", "when the served artifact was loaded (Unix time)", registry=r
+        )
+        self.artifact_info = Info("t2iroute_artifact", "the served artifact", registry=r)
         for b in backends:
             self.images.labels(b)
             self.routed.labels(b)
+
+    def artifact(self, info: dict) -> None:
+        self.artifact_loaded.set(info["loaded_at"])
+        self.artifact_info.info({"sha256": str(info.get("sha256")), "path": str(info.get("path"))})
 
     def count_results(self, results) -> None:
         """A generation's images: per backend made and routed to, routing time, fallbacks, imputed parts."""
@@ -50,6 +62,8 @@ class ServerMetrics:
                 self.fallbacks.labels(f["backend"]).inc()
             for part in r.decision.imputed:
                 self.imputed.labels(part).inc()
+            if r.decision.explored:
+                self.explored.labels(r.decision.backend).inc()
 
 
 class RetryCollector:

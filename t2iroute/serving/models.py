@@ -51,6 +51,39 @@ class RouteRequest(BaseModel):
     model: str | None = Field(None, description=MODEL_HELP, examples=["router"])
 
 
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: a realized score for an image the server made (its ``t2iroute.id``
+    or ``t2iroute.images[i].id``), in the metric's units. The same score sent again changes
+    nothing; a new score from the same source replaces the earlier one."""
+
+    id: str = Field(description="the image's id", examples=["img-0123456789abcdef0123456789abcdef"])
+    score: float = Field(description="the realized quality, in the router's metric units")
+    source: Literal["user", "autoscore"] = Field("user", description="who scored it")
+
+
+class Feedback(BaseModel):
+    """What ``POST /v1/feedback`` recorded."""
+
+    id: str
+    recorded: bool = True
+    replaced: bool = Field(description="true if it replaced a score from the same source")
+
+
+class ArtifactInfo(BaseModel):
+    """The served artifact: its ``manifest_sha256``, folder and load time (Unix seconds)."""
+
+    sha256: str | None
+    path: str | None
+    loaded_at: float
+
+
+class ReloadInfo(ArtifactInfo):
+    """What ``POST /admin/reload`` loaded."""
+
+    previous_sha256: str | None
+    reload_s: float
+
+
 class RequestModels:
     """One server's request models: the classes above with its bounds (``generation``, ``route``)."""
 
@@ -160,6 +193,7 @@ class ImageData(_Open):
 class GeneratedImage(_Open):
     """What made one image (:meth:`t2iroute.router.core.GenerateResult.to_dict` less the decision)."""
 
+    id: str | None = Field(None, description="the image's id: POST /v1/feedback scores it")
     backend: str
     routed_backend: str
     seed: int
@@ -176,6 +210,7 @@ class GeneratedImage(_Open):
 class RoutingInfo(_Open):
     """The ``t2iroute`` field of a generation's answer: the routing of its first image and each image's record."""
 
+    id: str | None = Field(None, description="the first image's id (also the x-t2iroute-id header)")
     backend: str
     routed_backend: str
     policy: dict[str, Any]
@@ -217,6 +252,7 @@ class Health(_Open):
     backends: list[str]
     queue_depth: int
     engine: str
+    artifact: ArtifactInfo | None = None
 
 
 class Readiness(_Open):
@@ -231,7 +267,8 @@ class Readiness(_Open):
 _WHY = {
     400: "bad input (the error's param names the field)",
     401: "no or a wrong API key",
-    404: "no such image",
+    404: "no such image (or image id)",
+    409: "no reload: the server has no artifact folder, or the new artifact does not load or routes to other backends",
     429: "the queue is full",
     500: "every backend failed to make an image",
 }

@@ -74,6 +74,7 @@ async def generations(request: Request, state: State):
     )
     first = results[0]
     info = {
+        "id": first.id,
         "backend": first.backend,
         "routed_backend": first.decision.backend,
         "policy": first.decision.policy,
@@ -82,6 +83,7 @@ async def generations(request: Request, state: State):
         "cost_unit": state.router.cost_unit,
     }
     headers = {
+        "x-t2iroute-id": first.id or "",
         "x-t2iroute-backend": first.backend,
         "x-t2iroute-routed-backend": first.decision.backend,
         "x-t2iroute-policy": first.decision.policy.get("type", ""),

@@ -40,8 +40,13 @@ class ServerState:
         max_route_prompts: int,
         warmup: bool,
         on_ready: Callable[[dict], Any] | None,
+        artifact_path: str | None = None,
+        local: dict | None = None,
     ):
         self.router, self.api_keys, self.engine = router, api_keys, engine
+        self.artifact_path, self.local = artifact_path, local
+        self.loaded_at = time.time()
+        self._reload_lock = threading.Lock()
         self.max_queue, self.max_n, self.max_route_prompts = max_queue, max_n, int(max_route_prompts)
         self.batch_window_s = batch_window_s
         self.backends = list(router.backend_names)
@@ -56,6 +61,7 @@ class ServerState:
         )
         self.metrics = ServerMetrics(self.backends)
         self.metrics.registry.register(RetryCollector(router))
+        self.metrics.artifact(self.artifact_info())
         self._lock = threading.Lock()
         self.inflight = 0
         self.warmup, self.on_ready = bool(warmup), on_ready
@@ -64,6 +70,51 @@ class ServerState:
         self.pending: dict = {}  # (policy, forced backend) -> jobs waiting for the batch window
         if not warmup:
             self.ready.set()
+
+    def artifact_info(self) -> dict:
+        """The artifact being served: its manifest checksum, folder and when it was loaded."""
+        return {
+            "sha256": self.router.manifest.get("manifest_sha256"),
+            "path": self.artifact_path,
+            "loaded_at": self.loaded_at,
+        }
+
+    def reload(self) -> dict:
+        """Load the artifact folder again (``train`` replaces it atomically) and swap the router
+        in: a generation batch already running finishes on the old one, every later one runs on
+        the new one. Backends whose config is unchanged keep their loaded models; the decision
+        log and exploration carry over. Raises (the old router keeps serving) if the new
+        artifact does not load."""
+        from t2iroute.router.core import Router
+
+        if not self.artifact_path:
+            raise RequestError(
+                "this server was not started from an artifact folder: nothing to reload", None, status=409
+            )
+        with self._reload_lock:  # one reload at a time
+            old = self.router
+            t0 = time.perf_counter()
+            new = Router.load(self.artifact_path, local=self.local)
+            for name, be in old.backends.items():
+                same = name in new.backends and new.backend_specs.get(name) == old.backend_specs.get(name)
+                if same or (name not in new.backend_specs and name not in new.backends):
+                    new.backends[name] = be  # loaded models and baselines stay
+            new.decision_log, new.explore = old.decision_log, old.explore
+            if set(new.backend_names) != set(old.backend_names):
+                raise RequestError(
+                    f"the new artifact routes to {new.backend_names}, this server to {old.backend_names}: "
+                    "restart the server to change backends",
+                    None,
+                    status=409,
+                )
+            new.warmup()  # the featurizer loads before the swap, not in a request
+            self.router = new
+            self.loaded_at = time.time()
+            self.metrics.artifact(self.artifact_info())
+            info = {**self.artifact_info(), "previous_sha256": old.manifest.get("manifest_sha256")}
+            info["reload_s"] = time.perf_counter() - t0
+        log.info("reloaded %s (sha256 %s) in %.2f s", self.artifact_path, info["sha256"], info["reload_s"])
+        return info
 
     # -- the queue (generation and route requests together) ----------------------------------------
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 
 from t2iroute.errors import ConfigError
 from t2iroute.features import build_featurizer
@@ -38,18 +39,29 @@ def cost_unit(data_cfg: Mapping[str, Any]) -> str:
 
 
 def load_matrix(
-    data_cfg: Mapping[str, Any], metric: str, backend_specs: Mapping[str, Any] | None = None
+    data_cfg: Mapping[str, Any],
+    metric: str,
+    backend_specs: Mapping[str, Any] | None = None,
+    feedback: str | None = None,
 ) -> QualityMatrix:
     """The table's ``metric`` as a matrix. Costs: ``data.costs``, else the table's ``cost_s``, else
-    the backend config's ``cost_s`` (diffusers) or ``cost`` (remote) in ``backend_specs``."""
+    the backend config's ``cost_s`` (diffusers) or ``cost`` (remote) in ``backend_specs``.
+    ``feedback``: a decision log folder whose scored images join as cells
+    (:mod:`t2iroute.training.feedback`); what joined is ``M.feedback_counts``."""
     table = read_table(data_cfg["path"])
+    counts = None
+    if feedback:
+        from t2iroute.training.feedback import feedback_rows
+
+        rows, counts = feedback_rows(feedback, metric, table)
+        table = pd.concat([table, rows], ignore_index=True) if len(rows) else table
     fallback = {}
     for b, spec in dict(backend_specs or {}).items():
         if isinstance(spec, Mapping):
             c = spec.get("cost_s", spec.get("cost"))
             if c is not None:
                 fallback[str(b)] = c
-    return pivot(
+    M = pivot(
         table,
         metric,
         costs=dict(data_cfg.get("costs") or {}),
@@ -58,6 +70,8 @@ def load_matrix(
         higher_is_better=data_cfg.get("higher_is_better"),
         fallback_costs=fallback,
     )
+    M.feedback_counts = counts
+    return M
 
 
 def fit_predictor(
@@ -555,8 +569,10 @@ def run_train(cfg) -> Router:
     metric = str(cfg["metric"])
     check_router_cfg(_plain(cfg.get("router", {})))
     if cfg["data"].get("path") is None:
+        if cfg.get("feedback"):
+            raise ConfigError(f"feedback={cfg['feedback']}: joins a quality table; give data=... too")
         return train_without_table(cfg)
-    M = load_matrix(cfg["data"], metric, _plain(cfg.get("backends")) or {})
+    M = load_matrix(cfg["data"], metric, _plain(cfg.get("backends")) or {}, feedback=cfg.get("feedback"))
     m_range = metric_range_of(M)
     _check_floor_in_range(_plain(cfg.get("router", {})) or {}, m_range)
     specs = backend_specs_for(M.backends, _plain(cfg.get("backends")) or {})
@@ -608,6 +624,8 @@ def run_train(cfg) -> Router:
         "n_val": int(len(va)),
         "n_test": int(len(te)),
     }
+    if getattr(M, "feedback_counts", None) is not None:
+        metrics["feedback"] = {"log": str(cfg["feedback"]), **M.feedback_counts}
     sel = selection_of(predictor)
     if sel is not None:
         metrics["predictor_selection"] = sel
