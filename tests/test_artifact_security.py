@@ -30,6 +30,8 @@ from t2iroute.router.artifact import MAX_DEPTH, manifest_digest
 
 from .conftest import make_tiny_router
 
+# the cases record their outcome in CASES, which test_the_counts reads: one xdist worker runs them all
+pytestmark = pytest.mark.xdist_group("artifact_security")
 CASES: dict[str, str] = {}  # case -> "refused" | "inert": the counts for the note
 
 

@@ -429,7 +429,7 @@ def test_help_lists_every_key_with_a_description(cmd, capsys):
 
     assert main([cmd, "--help"]) == 0
     text = capsys.readouterr().out
-    cfg = _compose(cmd, ["data=agiqa3k"] if cmd in ("bench", "train") else [])
+    cfg = _compose(cmd, ["data=agiqa3k"] if cmd in ("bench", "train", "replay") else [])
     groups = {"data", "features", "predictor", "backends", "scorer"}
     for g in _group_names(cmd):
         assert re.search(rf"^  {g}=\S.*\(options: ", text, re.M), (cmd, g)

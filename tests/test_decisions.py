@@ -284,3 +284,68 @@ def test_a_reload_under_a_request_loop_fails_no_request_and_shows_the_new_checks
     assert app.state.t2iroute.router.decision_log is router.decision_log
     df = read_log(tmp_path / "log")
     assert len(df) == len(answers) and df["artifact"].nunique() >= 2  # the log carries on across reloads
+
+
+class _SlowScorer:
+    metric, higher_is_better = "clip", True
+
+    def __init__(self, delay=0.0):
+        self.delay, self.calls = delay, 0
+
+    def score(self, images, prompts):
+        self.calls += 1
+        time.sleep(self.delay)
+        return [30.0 + len(p) / 100 for p in prompts]
+
+
+def test_autoscore_scores_a_share_in_the_background_and_drops_rather_than_waits(tmp_path, tiny_artifact):
+    from starlette.testclient import TestClient
+
+    from t2iroute.serving import create_app
+    from t2iroute.serving.autoscore import AutoScorer
+
+    router = Router.load(tiny_artifact)
+    router.log_decisions(tmp_path / "log")
+    auto = AutoScorer(router, _SlowScorer(), share=1.0)
+    with TestClient(create_app(router, autoscorer=auto)) as c:
+        ids = [
+            c.post("/v1/images/generations", json={"prompt": f"a red circle {i}"}).json()["t2iroute"]["id"]
+            for i in range(4)
+        ]
+        assert auto.join(30)
+        prom = c.get("/metrics").text
+    df = read_log(tmp_path / "log").set_index("id")
+    assert [df.loc[i, "score_autoscore"] for i in ids] == [30.0 + len(f"a red circle {i}") / 100 for i in range(4)]
+    assert 't2iroute_autoscore_total{outcome="scored"} 4.0' in prom
+    # a scorer slower than the traffic, a queue of one: images are dropped and counted, requests never wait
+    router2 = Router.load(tiny_artifact)
+    router2.log_decisions(tmp_path / "log2")
+    slow = AutoScorer(router2, _SlowScorer(delay=2.0), share=1.0, max_queue=1)
+    with TestClient(create_app(router2, autoscorer=slow)) as c:
+        t0 = time.perf_counter()
+        for i in range(6):
+            assert c.post("/v1/images/generations", json={"prompt": f"a blue square {i}"}).status_code == 200
+        took = time.perf_counter() - t0
+    assert slow.dropped >= 3 and took < 6 * 2.0  # never waited for the 2 s scorer per image
+    with pytest.raises(ValueError, match="metric"):
+        wrong = _SlowScorer()
+        wrong.metric = "aesthetic"
+        AutoScorer(router, wrong, share=0.5)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["autoscore.share=0.1"], "autoscore.share=0.1"),
+        (["log_dir=LOG", "autoscore.share=0.1", "autoscore.scorer=testbed_check"], "autoscore.scorer=testbed_check"),
+        (["engine=ray", "log_dir=LOG"], "log_dir="),
+        (["explore=1.5"], "explore"),
+    ],
+)
+def test_serve_refuses_a_learning_loop_it_cannot_run_in_one_line(args, words, tmp_path, tiny_artifact, capsys):
+    from t2iroute.cli import main
+
+    args = [a.replace("LOG", str(tmp_path / "log")) for a in args]
+    rc = main(["serve", f"artifact={tiny_artifact}", "port=1", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and words in err, err

@@ -119,6 +119,21 @@ class DecisionLogOptions:
 
 
 @dataclass
+class AutoscoreOptions:
+    share: float = key(
+        0.0,
+        "score this share of served images in a background thread and record the scores as feedback "
+        "(needs log_dir); 0: off",
+        ge=0,
+        le=1,
+    )
+    scorer: str = key(
+        "clip", "the scorer config (conf/scorer) or registered scorer type; it must score the router's metric"
+    )
+    max_queue: int = key(64, "images waiting to be scored at most; more are dropped (counted), never waited for", ge=1)
+
+
+@dataclass
 class Serve(ArtifactCommand):
     GROUPS: ClassVar[tuple[Group, ...]] = (_BACKENDS,)
     ABOUT: ClassVar[str] = (
@@ -145,6 +160,7 @@ class Serve(ArtifactCommand):
         check=ck.out_folder,
     )
     log: DecisionLogOptions = section(DecisionLogOptions, "the decision log (log_dir=DIR only)")
+    autoscore: AutoscoreOptions = section(AutoscoreOptions, "automatic scores of served images (log_dir=DIR only)")
     explore: float = key(
         0.0,
         "the share of generation requests sent to a backend other than the policy's choice, uniformly "

@@ -56,6 +56,7 @@ def create_app(
     on_ready=None,
     artifact_path: str | None = None,
     local: dict | None = None,
+    autoscorer=None,
 ):
     """The FastAPI app serving ``router``. ``api_keys``: accepted bearer keys (None: no auth).
 
@@ -85,7 +86,9 @@ def create_app(
     once and models load on first use.
 
     ``artifact_path`` (and ``local``, the loading user's featurizer settings): the folder the
-    router was loaded from, which ``POST /admin/reload`` loads again (:meth:`ServerState.reload`)."""
+    router was loaded from, which ``POST /admin/reload`` loads again (:meth:`ServerState.reload`).
+    ``autoscorer``: a :class:`~t2iroute.serving.autoscore.AutoScorer` offered every generation's
+    images (it scores a share in the background)."""
     from fastapi import FastAPI
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -109,6 +112,10 @@ def create_app(
         artifact_path=artifact_path,
         local=local,
     )
+    state.autoscorer = autoscorer
+    if autoscorer is not None:
+        autoscorer.metrics = state.metrics
+        autoscorer.router_of = lambda: state.router  # the router of the moment (reloads swap it)
     app = FastAPI(title="t2iroute", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.t2iroute = state
     for part in (probe_router, openai_router, route_router, *([images_router] if state.image_root else [])):

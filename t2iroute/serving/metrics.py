@@ -14,6 +14,12 @@ class ServerMetrics:
         self.routed = Counter("t2iroute_routed", "prompts routed to each backend", ["backend"], registry=r)
         self.fallbacks = Counter("t2iroute_fallbacks", "backend failures that fell back", ["backend"], registry=r)
         self.imputed = Counter("t2iroute_imputed_features", "prompts with imputed feature groups", ["part"], registry=r)
+        self.autoscore = Counter(
+            "t2iroute_autoscore",
+            "served images offered to the autoscorer: scored, failed, dropped",
+            ["outcome"],
+            registry=r,
+        )
         self.feedback = Counter("t2iroute_feedback", "scores recorded for served images", ["source"], registry=r)
         self.explored = Counter(
             "t2iroute_explored", "images sent to a backend other than the policy choice", ["backend"], registry=r

@@ -64,6 +64,8 @@ async def generations(request: Request, state: State):
     finally:
         state.leave_queue()
     metrics.count_results(results)
+    if state.autoscorer is not None:
+        state.autoscorer.offer(results)  # a put_nowait per image: never waits
     # PNG encoding (tens of ms for a 512 px image) and writes: off the event loop
     items = await run_in_threadpool(
         _image_items,

@@ -47,6 +47,7 @@ class ServerState:
         self.artifact_path, self.local = artifact_path, local
         self.loaded_at = time.time()
         self._reload_lock = threading.Lock()
+        self.autoscorer = None  # set by create_app
         self.max_queue, self.max_n, self.max_route_prompts = max_queue, max_n, int(max_route_prompts)
         self.batch_window_s = batch_window_s
         self.backends = list(router.backend_names)

@@ -10,7 +10,6 @@ configured ones where every backend has one, else each backend's step budget (un
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -28,14 +27,9 @@ DEFAULT_FLOOR = 0.9
 
 def bundled_backend_spec(name: str) -> dict | None:
     """The bundled backend config ``conf/backends/<name>.yaml`` as a dict, or None."""
-    from omegaconf import OmegaConf
+    from t2iroute.paths import bundled_config
 
-    from t2iroute.paths import CONF_DIR
-
-    path = Path(CONF_DIR) / "backends" / f"{name}.yaml"
-    if not path.is_file():
-        return None
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return bundled_config("backends", name)
 
 
 def _per_backend(spec: Mapping[str, Any]) -> dict[str, dict]:
