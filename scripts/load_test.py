@@ -103,6 +103,25 @@ def summary(rows, seconds) -> dict:
     }
 
 
+def http_call_factory(url):
+    """A client's call: one generation request for prompt ``i``, its status as the outcome."""
+    import httpx
+
+    client = httpx.Client(timeout=120)
+
+    def call(i):
+        try:
+            r = client.post(url + "/v1/images/generations", json={"prompt": PROMPTS[i % len(PROMPTS)], "seed": i})
+        except httpx.ConnectError:
+            time.sleep(0.1)  # the server is gone: a client would back off too
+            raise
+        if r.status_code == 429:  # as clients do: wait as told
+            time.sleep(float(r.headers.get("retry-after", 1)))
+        return str(r.status_code)
+
+    return call
+
+
 def metric(url, name) -> float:
     import httpx
 
@@ -140,21 +159,6 @@ def main() -> None:
 
     res["in_process"] = summary(hammer(n, T, inproc), T)
 
-    def http_call(url):
-        client = httpx.Client(timeout=120)
-
-        def call(i):
-            try:
-                r = client.post(url + "/v1/images/generations", json={"prompt": PROMPTS[i % len(PROMPTS)], "seed": i})
-            except httpx.ConnectError:
-                time.sleep(0.1)  # the server is gone: a client would back off too
-                raise
-            if r.status_code == 429:  # as clients do: wait as told
-                time.sleep(float(r.headers.get("retry-after", 1)))
-            return str(r.status_code)
-
-        return call
-
     def warm(url):
         for b in router.backend_names:  # load every pipeline before the clock runs
             httpx.post(url + "/v1/images/generations", json={"prompt": "a cat", "model": b}, timeout=120)
@@ -162,7 +166,7 @@ def main() -> None:
     p, url = serve(art)
     try:
         warm(url)
-        rows = hammer(n, T, http_call(url))
+        rows = hammer(n, T, http_call_factory(url))
         res["served"] = summary(rows, T)
         res["served"]["share_batched"] = metric(url, "t2iroute_requests_batched_total") / max(1, len(rows))
         res["served"]["vs_in_process_rps"] = res["served"]["requests_per_s"] / res["in_process"]["requests_per_s"]
@@ -173,7 +177,7 @@ def main() -> None:
     p, url = serve(art, max_queue=limit)
     try:
         warm(url)
-        rows = hammer(4 * n, T / 2, http_call(url))
+        rows = hammer(4 * n, T / 2, http_call_factory(url))
         res["above_limit"] = {**summary(rows, T / 2), "clients": 4 * n, "max_queue": limit}
     finally:
         p.send_signal(signal.SIGTERM)
@@ -182,7 +186,7 @@ def main() -> None:
     warm(url)
     killer = threading.Timer(T / 2, lambda: p.send_signal(signal.SIGTERM))
     killer.start()
-    rows = hammer(n, T, http_call(url))
+    rows = hammer(n, T, http_call_factory(url))
     p.communicate(timeout=120)
     out = summary(rows, T)
     cut = {k: v for k, v in out["outcomes"].items() if k not in ("200", "ConnectError")}
