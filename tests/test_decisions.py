@@ -338,7 +338,6 @@ def test_autoscore_scores_a_share_in_the_background_and_drops_rather_than_waits(
     [
         (["autoscore.share=0.1"], "autoscore.share=0.1"),
         (["log_dir=LOG", "autoscore.share=0.1", "autoscore.scorer=testbed_check"], "autoscore.scorer=testbed_check"),
-        (["engine=ray", "log_dir=LOG"], "log_dir="),
         (["explore=1.5"], "explore"),
     ],
 )
@@ -349,3 +348,63 @@ def test_serve_refuses_a_learning_loop_it_cannot_run_in_one_line(args, words, tm
     rc = main(["serve", f"artifact={tiny_artifact}", "port=1", *args])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and words in err, err
+
+
+@pytest.mark.ray
+def test_the_ray_engine_logs_takes_feedback_and_reloads(tmp_path):
+    """engine=ray: the router replica applies the same loop settings (decision log, feedback) and
+    reloads the artifact folder on POST /admin/reload."""
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from t2iroute.serving import ray as ray_serve
+    from t2iroute.serving.loop import loop_settings
+    from tests.conftest import TINY_SPECS
+    from tests.test_serve import _free_port
+
+    path = tmp_path / "router"
+    make_tiny_router(specs=TINY_SPECS).save(path)
+    loop = loop_settings({"log_dir": str(tmp_path / "log")})
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ray_serve.start(str(path), TINY_SPECS, ray_serve.RayServeOptions(), port=port, app_kwargs={"loop": loop})
+        r = httpx.post(url + "/v1/images/generations", json={"prompt": "a red circle", "n": 2}, timeout=120)
+        assert r.status_code == 200, r.text
+        ids = [im["id"] for im in r.json()["t2iroute"]["images"]]
+        fb = httpx.post(url + "/v1/feedback", json={"id": ids[1], "score": 30.0}, timeout=30)
+        assert fb.status_code == 200 and fb.json()["replaced"] is False
+        before = httpx.get(url + "/health").json()["artifact"]["sha256"]
+        make_tiny_router(specs=TINY_SPECS, lam=1.0).save(path)
+        rl = httpx.post(url + "/admin/reload", timeout=120)
+        assert rl.status_code == 200 and rl.json()["previous_sha256"] == before != rl.json()["sha256"]
+        assert httpx.get(url + "/health").json()["artifact"]["sha256"] == rl.json()["sha256"]
+        assert (
+            httpx.post(url + "/v1/images/generations", json={"prompt": "a blue square"}, timeout=120).status_code == 200
+        )
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    df = read_log(tmp_path / "log").set_index("id")
+    assert set(ids) <= set(df.index) and len(df) == 3 and df.loc[ids[1], "score_user"] == 30.0
+    assert df["artifact"].nunique() == 2
+
+
+def test_reload_poll_picks_up_a_replaced_artifact_by_itself(tmp_path):
+    from starlette.testclient import TestClient
+
+    from t2iroute.serving import create_app
+    from tests.conftest import TINY_SPECS
+
+    path = tmp_path / "router"
+    make_tiny_router(specs=TINY_SPECS).save(path)
+    app = create_app(Router.load(path), artifact_path=str(path), reload_poll_s=0.1)
+    with TestClient(app) as c:
+        before = c.get("/health").json()["artifact"]["sha256"]
+        make_tiny_router(specs=TINY_SPECS, lam=1.0).save(path)
+        deadline = time.time() + 30
+        while c.get("/health").json()["artifact"]["sha256"] == before and time.time() < deadline:
+            time.sleep(0.1)
+        after = c.get("/health").json()["artifact"]["sha256"]
+    assert after != before and after == json.loads((path / "manifest.json").read_text())["manifest_sha256"]

@@ -161,6 +161,12 @@ class Serve(ArtifactCommand):
     )
     log: DecisionLogOptions = section(DecisionLogOptions, "the decision log (log_dir=DIR only)")
     autoscore: AutoscoreOptions = section(AutoscoreOptions, "automatic scores of served images (log_dir=DIR only)")
+    reload_poll_s: float = key(
+        0.0,
+        "reload the artifact when its folder's checksum changes (train replaced it), checked this often; "
+        "0: only on POST /admin/reload or SIGHUP",
+        ge=0,
+    )
     explore: float = key(
         0.0,
         "the share of generation requests sent to a backend other than the policy's choice, uniformly "

@@ -25,21 +25,23 @@ def serve(cfg) -> None:
         from t2iroute.serving import create_app
     except ImportError as e:
         raise ConfigError(f"serve needs FastAPI and uvicorn: pip install 't2iroute[serve]' ({e})") from None
+    from t2iroute.serving.loop import check_loop, load_loop_scorer, loop_settings
+
+    loop = loop_settings(cfg)
+    check_loop(loop)
     app_kwargs = {
+        "loop": loop,
+        "reload_poll_s": float(cfg.get("reload_poll_s", 0.0) or 0.0),
         "api_keys": keys,
         "image_dir": cfg.get("image_dir"),
         "max_queue": int(cfg.max_queue),
         "max_n": int(cfg.max_n),
         "max_route_prompts": int(cfg.max_route_prompts),
     }
+    scorer = load_loop_scorer(loop)  # one that cannot load stops here, before anything serves
     if cfg.get("engine", "process") == "ray":
-        for k in ("log_dir", "explore"):
-            if cfg.get(k):
-                raise ConfigError(f"{k}={cfg.get(k)}: not on engine=ray yet; serve it with engine=process")
-        return serve_ray(cfg, app_kwargs)
+        return serve_ray(cfg, app_kwargs)  # each router replica loads it again
     router = load_router(cfg)
-    learning_loop(router, cfg)
-    autoscorer = build_autoscorer(router, cfg)
     warmup = bool(cfg.get("warmup", True))  # /ready: 503 until every backend has loaded (a second stdout line)
     app = create_app(
         router,
@@ -48,7 +50,7 @@ def serve(cfg) -> None:
         on_ready=lambda info: print(json.dumps({"ready": True, **info}), flush=True),
         artifact_path=str(cfg.artifact),
         local=local_settings(cfg),
-        autoscorer=autoscorer,
+        loop_scorer=scorer,
     )
     print(
         json.dumps(
@@ -81,49 +83,6 @@ def _reload_in_background(app) -> None:
             logging.getLogger("t2iroute").warning("SIGHUP reload failed, still serving the previous artifact: %s", e)
 
     threading.Thread(target=run, name="t2iroute-reload", daemon=True).start()
-
-
-def build_autoscorer(router, cfg):
-    """``autoscore.share > 0``: the scorer loaded now (one that cannot load stops the server
-    before it serves), its background worker started."""
-    from t2iroute.errors import ConfigError
-
-    opts = cfg.get("autoscore") or {}
-    share = float(opts.get("share", 0.0) or 0.0)
-    if share <= 0:
-        return None
-    if not cfg.get("log_dir"):
-        raise ConfigError(f"autoscore.share={share}: scores go to the decision log; give log_dir=DIR")
-    from t2iroute.paths import bundled_config
-    from t2iroute.scoring import load_scorer
-    from t2iroute.serving.autoscore import AutoScorer
-
-    name = str(opts.get("scorer", "clip"))
-    spec = bundled_config("scorer", name) or {"type": name}
-    scorer = load_scorer(spec, name)
-    try:
-        return AutoScorer(router, scorer, share=share, max_queue=int(opts.get("max_queue", 64)))
-    except ValueError as e:
-        raise ConfigError(f"autoscore.scorer={name}: {e}") from None
-
-
-def learning_loop(router, cfg) -> None:
-    """``log_dir``, ``log.*`` and ``explore`` on a loaded router."""
-    if cfg.get("log_dir"):
-        lg = cfg.get("log") or {}
-        router.log_decisions(
-            str(cfg.log_dir),
-            prompts=bool(lg.get("prompts", True)),
-            features=bool(lg.get("features", True)),
-            max_bytes=int(float(lg.get("max_mb", 256.0)) * 2**20),
-            max_files=int(lg.get("max_files", 8)),
-        )
-    explore = float(cfg.get("explore", 0.0) or 0.0)
-    if not 0.0 <= explore < 1.0:
-        from t2iroute.errors import ConfigError
-
-        raise ConfigError(f"explore={explore}: a probability in [0, 1)")
-    router.explore = explore
 
 
 def serve_ray(cfg, app_kwargs) -> None:

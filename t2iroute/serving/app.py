@@ -57,6 +57,9 @@ def create_app(
     artifact_path: str | None = None,
     local: dict | None = None,
     autoscorer=None,
+    loop: dict | None = None,
+    loop_scorer=None,
+    reload_poll_s: float = 0.0,
 ):
     """The FastAPI app serving ``router``. ``api_keys``: accepted bearer keys (None: no auth).
 
@@ -88,7 +91,12 @@ def create_app(
     ``artifact_path`` (and ``local``, the loading user's featurizer settings): the folder the
     router was loaded from, which ``POST /admin/reload`` loads again (:meth:`ServerState.reload`).
     ``autoscorer``: a :class:`~t2iroute.serving.autoscore.AutoScorer` offered every generation's
-    images (it scores a share in the background)."""
+    images (it scores a share in the background). ``loop``: the serving loop's settings
+    (:func:`t2iroute.serving.loop.loop_settings`: decision log, exploration, autoscore) applied
+    to ``router`` here, on either engine; ``loop_scorer``: its scorer already loaded.
+    ``reload_poll_s``: check the artifact folder's manifest checksum this often and reload when
+    it changes (0: only on ``POST /admin/reload``); every router replica of ``engine=ray`` polls
+    for itself."""
     from fastapi import FastAPI
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -112,7 +120,13 @@ def create_app(
         artifact_path=artifact_path,
         local=local,
     )
+    if loop:
+        from t2iroute.serving.loop import apply_loop
+
+        autoscorer = apply_loop(router, loop, scorer=loop_scorer) or autoscorer
     state.autoscorer = autoscorer
+    if reload_poll_s and float(reload_poll_s) > 0:
+        state.start_reload_poller(float(reload_poll_s))
     if autoscorer is not None:
         autoscorer.metrics = state.metrics
         autoscorer.router_of = lambda: state.router  # the router of the moment (reloads swap it)

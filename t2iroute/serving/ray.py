@@ -188,7 +188,11 @@ class RouterServer:
         }
         self.router = Router.load(artifact, backends=backends, local=dict(local or {}), expected_sha256=expected_sha256)
         self.router.warmup()
-        self._asgi = create_app(self.router, engine="ray", **dict(app_kwargs))
+        # the artifact folder is this machine's (the router runs here): POST /admin/reload and
+        # reload_poll_s load it again
+        self._asgi = create_app(
+            self.router, engine="ray", artifact_path=artifact, local=dict(local or {}), **dict(app_kwargs)
+        )
 
     def __serve_build_asgi_app__(self):
         return self._asgi

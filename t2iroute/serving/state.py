@@ -117,6 +117,35 @@ class ServerState:
         log.info("reloaded %s (sha256 %s) in %.2f s", self.artifact_path, info["sha256"], info["reload_s"])
         return info
 
+    def start_reload_poller(self, every_s: float) -> None:
+        """Reload whenever the artifact folder's ``manifest_sha256`` changes (checked every
+        ``every_s``): ``train`` replacing the folder is then enough, for every replica."""
+        if not self.artifact_path:
+            raise ValueError("reload_poll_s: the server was not started from an artifact folder")
+
+        def current() -> str | None:
+            import json
+
+            try:
+                return json.loads((Path(self.artifact_path) / "manifest.json").read_text()).get("manifest_sha256")
+            except (OSError, ValueError):
+                return None  # mid-swap or unreadable: look again next time
+
+        def run():
+            while True:
+                time.sleep(every_s)
+                sha = current()
+                if sha and sha != self.router.manifest.get("manifest_sha256"):
+                    try:
+                        self.reload()
+                    except Exception as e:  # noqa: BLE001 -- the old router keeps serving
+                        log.warning(
+                            "reload of %s failed, still serving the previous artifact: %s", self.artifact_path, e
+                        )
+                        time.sleep(max(every_s, 5.0))
+
+        threading.Thread(target=run, name="t2iroute-reload-poll", daemon=True).start()
+
     # -- the queue (generation and route requests together) ----------------------------------------
 
     def enter_queue(self) -> None:
