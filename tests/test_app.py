@@ -263,3 +263,48 @@ def test_the_default_scorer_is_the_backends_own_offline_metric():
     tiny = SimpleNamespace(backend_specs={"a": {"model": "tiny"}})
     other = SimpleNamespace(backend_specs={"a": {"model": "stabilityai/sd-turbo"}})
     assert [logic.default_scorer(r) for r in (testbed, tiny, other)] == ["testbed_check", "clip_tiny", None]
+
+
+def test_rating_the_side_by_side_images_records_feedback(monkeypatch, tiny_artifact, tmp_path):
+    from t2iroute.router.decisions import read_log
+
+    log_dir = tmp_path / "log"
+    monkeypatch.setenv("T2IROUTE_APP_LOG_DIR", str(log_dir))
+    at = _app(monkeypatch, tiny_artifact)
+    at.text_area(key="prompts").input("a cat").run()
+    at.button(key="generate").click().run()
+    assert not at.exception and not _errors(at)
+    at.number_input(key="rate_baseline").set_value(0.30)
+    at.number_input(key="rate_routed").set_value(0.40)
+    at.radio(key="rate_better").set_value("baseline")  # contradicts the scores: they swap around the mean
+    next(b for b in at.button if b.label == "Record feedback").click().run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert any("Recorded feedback" in s.value for s in at.success)
+    df = read_log(log_dir).set_index("id")
+    gen = at.session_state["generated"]
+    b, r = df.loc[gen["baseline"].id], df.loc[gen["routed"].id]
+    assert b.backend == "slow" and r.backend == gen["routed"].backend
+    assert b.score_user > r.score_user and b.score_user + r.score_user == pytest.approx(0.70)
+    # rated again "as scored": the same ids, replaced (idempotent per source), no new rows
+    at.radio(key="rate_better").set_value("as scored")
+    next(b for b in at.button if b.label == "Record feedback").click().run()
+    df = read_log(log_dir).set_index("id")
+    assert len(df) == 2 and df.loc[gen["routed"].id].score_user == pytest.approx(0.40)
+
+
+def test_without_a_log_folder_there_is_nothing_to_rate(monkeypatch, tiny_artifact):
+    monkeypatch.delenv("T2IROUTE_APP_LOG_DIR", raising=False)
+    at = _app(monkeypatch, tiny_artifact)
+    at.text_area(key="prompts").input("a cat").run()
+    at.button(key="generate").click().run()
+    assert not [b for b in at.button if b.label == "Record feedback"]
+    assert any("decision log folder" in c.value for c in at.caption)
+
+
+def test_preference_helpers():
+    assert logic.apply_preference([0.3, 0.4], "as scored", 0.1) == [0.3, 0.4]
+    assert logic.apply_preference([0.3, 0.4], "routed", 0.1) == [0.3, 0.4]  # already agrees
+    assert logic.apply_preference([0.3, 0.4], "baseline", 0.1) == pytest.approx([0.4, 0.3])
+    assert logic.apply_preference([0.3, 0.4], "the same", 0.1) == pytest.approx([0.35, 0.35])
+    with pytest.raises(ValueError, match="preference 'worse'"):
+        logic.apply_preference([0.3, 0.4], "worse", 0.1)

@@ -351,9 +351,14 @@ def test_serve_refuses_a_learning_loop_it_cannot_run_in_one_line(args, words, tm
 
 
 @pytest.mark.ray
-def test_the_ray_engine_logs_takes_feedback_and_reloads(tmp_path):
+def test_the_ray_engine_logs_takes_feedback_and_reloads_under_a_request_loop(tmp_path):
     """engine=ray: the router replica applies the same loop settings (decision log, feedback) and
-    reloads the artifact folder on POST /admin/reload."""
+    reloads the artifact folder on POST /admin/reload while the openai client keeps generating:
+    no request fails."""
+    import threading
+
+    import openai
+
     ray = pytest.importorskip("ray")
     from ray import serve
 
@@ -376,18 +381,42 @@ def test_the_ray_engine_logs_takes_feedback_and_reloads(tmp_path):
         fb = httpx.post(url + "/v1/feedback", json={"id": ids[1], "score": 30.0}, timeout=30)
         assert fb.status_code == 200 and fb.json()["replaced"] is False
         before = httpx.get(url + "/health").json()["artifact"]["sha256"]
-        make_tiny_router(specs=TINY_SPECS, lam=1.0).save(path)
-        rl = httpx.post(url + "/admin/reload", timeout=120)
-        assert rl.status_code == 200 and rl.json()["previous_sha256"] == before != rl.json()["sha256"]
-        assert httpx.get(url + "/health").json()["artifact"]["sha256"] == rl.json()["sha256"]
-        assert (
-            httpx.post(url + "/v1/images/generations", json={"prompt": "a blue square"}, timeout=120).status_code == 200
-        )
+        # the official openai client generates in a loop while the artifact is replaced and reloaded
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+        stop, answers, errors = threading.Event(), [], []
+
+        def loop():
+            while not stop.is_set():
+                try:
+                    answers.append(client.images.generate(model="router", prompt="two birds on a wire"))
+                except Exception as e:  # noqa: BLE001 -- counted: the test wants none
+                    errors.append(e)
+
+        workers = [threading.Thread(target=loop) for _ in range(2)]
+        for w in workers:
+            w.start()
+        try:
+            deadline = time.time() + 120
+            while len(answers) < 2 and not errors and time.time() < deadline:  # the loop is serving
+                time.sleep(0.05)
+            make_tiny_router(specs=TINY_SPECS, lam=1.0).save(path)
+            rl = httpx.post(url + "/admin/reload", timeout=120)
+            assert rl.status_code == 200 and rl.json()["previous_sha256"] == before != rl.json()["sha256"]
+            assert httpx.get(url + "/health").json()["artifact"]["sha256"] == rl.json()["sha256"]
+            n = len(answers)
+            while len(answers) < n + 2 and not errors and time.time() < deadline:  # served after the reload
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(120)
+        assert not errors, errors[:3]
+        assert len(answers) >= 4
     finally:
         serve.shutdown()
         ray.shutdown()
     df = read_log(tmp_path / "log").set_index("id")
-    assert set(ids) <= set(df.index) and len(df) == 3 and df.loc[ids[1], "score_user"] == 30.0
+    assert set(ids) <= set(df.index) and len(df) == 2 + len(answers) and df.loc[ids[1], "score_user"] == 30.0
     assert df["artifact"].nunique() == 2
 
 

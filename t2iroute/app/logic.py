@@ -29,6 +29,69 @@ def default_bench() -> str:
     return os.environ.get("T2IROUTE_APP_BENCH") or DEFAULT_BENCH
 
 
+def default_log_dir() -> str:
+    return os.environ.get("T2IROUTE_APP_LOG_DIR") or ""
+
+
+def attach_log(router, folder: str) -> str | None:
+    """Log the router's generations to ``folder`` (a decision log; empty: no log). Returns the
+    folder in use. The app's router is shared by its sessions, so is its log."""
+    folder = str(folder or "").strip()
+    if not folder:
+        router.log_decisions(None)
+        return None
+    path = str(Path(folder).expanduser().resolve())
+    current = getattr(router.decision_log, "dir", None)
+    if current is None or str(current) != path:
+        router.log_decisions(path)
+    return path
+
+
+def record_ratings(router, ratings: dict[str, float]) -> list[str]:
+    """Record a person's scores (metric units) for generated images as feedback (source ``user``);
+    ``ratings`` maps image id to score. Returns the ids recorded. Raises naming the image when a
+    score is not a finite number or the log does not hold the id."""
+    import math
+
+    for id, score in ratings.items():
+        if not isinstance(score, (int, float)) or not math.isfinite(float(score)):
+            raise ValueError(f"score for image {id}: a finite number is needed, got {score!r}")
+    for id, score in ratings.items():
+        router.feedback(id, float(score), source="user")
+    return list(ratings)
+
+
+def prediction_spread(decision) -> float:
+    """How far apart the router's predicted qualities of this prompt's backends lie (their
+    standard deviation; a small positive number when they coincide): the step a preference takes."""
+    import numpy as np
+
+    q = np.array([float(v) for v in decision.predicted_quality.values()], float)
+    q = q[np.isfinite(q)]
+    spread = float(q.std()) if len(q) > 1 else 0.0
+    return spread if spread > 0 else 1e-3
+
+
+PREFERENCES = ("as scored", "baseline", "routed", "the same")
+
+
+def apply_preference(scores: Sequence[float], better: str, spread: float) -> list[float]:
+    """The (baseline, routed) scores a person's preference implies: unchanged for ``as scored`` or
+    when the preferred image already scores higher; otherwise both placed ``spread`` apart around
+    their mean, the preferred one higher; ``the same``: both at their mean."""
+    if better not in PREFERENCES:
+        raise ValueError(f"preference {better!r}: use one of {list(PREFERENCES)}")
+    b, r = (float(x) for x in scores)
+    m = (b + r) / 2
+    if better == "the same":
+        return [m, m]
+    if better == "baseline" and not b > r:
+        return [m + spread / 2, m - spread / 2]
+    if better == "routed" and not r > b:
+        return [m - spread / 2, m + spread / 2]
+    return [b, r]
+
+
 def describe(e: BaseException) -> str:
     """One line for an error box: the type and the message."""
     return f"{type(e).__name__}: {' '.join(str(e).split())}"

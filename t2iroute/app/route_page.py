@@ -120,6 +120,18 @@ with st.sidebar:
             key="quality_floor",
             help=floor_help,
         )
+    log_dir = st.text_input(
+        "Decision log folder",
+        value=logic.default_log_dir(),
+        key="log_dir",
+        help="Images generated here are logged to this folder and can be rated below; "
+        "`t2iroute train ... feedback=FOLDER` learns from the ratings. Empty: no log.",
+    )
+    try:
+        log_dir = logic.attach_log(router, log_dir)
+    except logic.USER_ERRORS as e:
+        st.error(f"Cannot open the decision log: {logic.describe(e)}")
+        log_dir = None
     st.caption(
         f"{len(router.backend_names)} backends · metric `{router.metric}` "
         f"({'higher' if router.higher_is_better else 'lower'} is better) · "
@@ -266,3 +278,39 @@ if gen and gen["key"] == (artifact, d.prompt, seed):
             f"Routed latency is {r.latency_s / b.latency_s:.2f}x the baseline's{steps}; "
             f"routing itself took {r.route_s * 1e3:.1f} ms."
         )
+
+    if log_dir is None:
+        st.caption("Set a decision log folder in the sidebar to rate these images (feedback for retraining).")
+    else:
+        st.markdown("**Rate these images**")
+        with st.form("rate"):
+            r1, r2 = st.columns(2)
+            given = {}
+            for col, which in zip((r1, r2), ("baseline", "routed")):
+                res = gen[which]
+                guess = gen["scores"].get(which, res.decision.predicted_quality.get(res.backend, 0.0))
+                given[res.id] = col.number_input(
+                    f"{which.capitalize()} (`{res.backend}`): your {router.metric} score",
+                    value=float(guess),
+                    format="%.4f",
+                    key=f"rate_{which}",
+                )
+            better = st.radio(
+                "Which is better?",
+                list(logic.PREFERENCES),
+                horizontal=True,
+                key="rate_better",
+                help="Unless the preferred image already scores higher, a preference places the two "
+                "scores around their mean, one spread of this prompt's predicted qualities apart "
+                "(the same: both at the mean).",
+            )
+            if st.form_submit_button("Record feedback"):
+                ids = [gen["baseline"].id, gen["routed"].id]
+                try:
+                    scores = logic.apply_preference(
+                        [given[i] for i in ids], better, spread=logic.prediction_spread(gen["routed"].decision)
+                    )
+                    logic.record_ratings(router, dict(zip(ids, scores)))
+                    st.success(f"Recorded feedback for {ids[0]} and {ids[1]} in {log_dir}")
+                except logic.USER_ERRORS as e:
+                    st.error(f"Cannot record feedback: {logic.describe(e)}")

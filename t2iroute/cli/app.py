@@ -35,7 +35,7 @@ def run(argv: list[str]) -> int:
     from t2iroute.app import APP_FILE
 
     env = dict(os.environ)
-    for k in ("artifact", "bench"):
+    for k in ("artifact", "bench", "log_dir"):
         if opts[k]:
             env[f"T2IROUTE_APP_{k.upper()}"] = os.path.abspath(opts[k])
     cmd = [

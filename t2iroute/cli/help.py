@@ -16,6 +16,11 @@ APP_KEYS = {
         "a router artifact folder for the Route page (default: make demo's outputs/demo/testbed/router)",
     ),
     "bench": (None, "a t2iroute bench folder for the Benchmark page (default: outputs/demo/testbed-bench)"),
+    "log_dir": (
+        None,
+        "a decision log folder: images generated on the Route page are logged there and can be rated "
+        "(feedback for t2iroute train feedback=DIR)",
+    ),
     "port": ("8501", "the port to serve on"),
     "address": ("127.0.0.1", "the address to serve on (loopback by default)"),
 }
