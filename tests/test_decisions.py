@@ -412,11 +412,41 @@ def test_the_ray_engine_logs_takes_feedback_and_reloads_under_a_request_loop(tmp
                 w.join(120)
         assert not errors, errors[:3]
         assert len(answers) >= 4
+        n_loop = len(answers)
+        # the logging replica killed (SIGKILL: ray.kill) while requests are in flight: every
+        # answered image is in the log, and nothing in it is corrupt
+        replicas = [
+            a
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "SERVE_REPLICA" in a["name"] and "#router#" in a["name"]
+        ]
+        assert len(replicas) == 1, replicas
+        fired: list = []
+
+        def fire():
+            try:
+                fired.append(httpx.post(url + "/v1/images/generations", json={"prompt": "a green circle"}, timeout=60))
+            except httpx.HTTPError:
+                pass
+
+        ts = [threading.Thread(target=fire) for _ in range(6)]
+        for th in ts:
+            th.start()
+        time.sleep(0.3)
+        ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=False)
+        for th in ts:
+            th.join(90)
+        answered = [r.json()["t2iroute"]["id"] for r in fired if r.status_code == 200]
     finally:
         serve.shutdown()
         ray.shutdown()
+    import sqlite3
+
+    for p in (tmp_path / "log").glob("decisions*.sqlite"):
+        assert sqlite3.connect(p).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     df = read_log(tmp_path / "log").set_index("id")
-    assert set(ids) <= set(df.index) and len(df) == 2 + len(answers) and df.loc[ids[1], "score_user"] == 30.0
+    ids_loop = [a.model_extra["t2iroute"]["id"] for a in answers[:n_loop]]
+    assert set(ids) | set(ids_loop) | set(answered) <= set(df.index) and df.loc[ids[1], "score_user"] == 30.0
     assert df["artifact"].nunique() == 2
 
 
