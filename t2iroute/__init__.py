@@ -10,7 +10,15 @@ Public API (imports nothing heavy until used)::
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Router", "RouteDecision", "GenerateResult", "load_router", "__version__"]
+__all__ = [
+    "Router",
+    "RouteDecision",
+    "GenerateResult",
+    "RouterPipeline",
+    "RouterPipelineOutput",
+    "load_router",
+    "__version__",
+]
 
 
 def __getattr__(name):
@@ -18,6 +26,10 @@ def __getattr__(name):
         from t2iroute.router import core
 
         return getattr(core, name)
+    if name in ("RouterPipeline", "RouterPipelineOutput"):
+        from t2iroute.router import pipeline
+
+        return getattr(pipeline, name)
     if name == "load_router":
         from t2iroute.router.artifact import load_router
 

@@ -437,8 +437,12 @@ class DiffusersBackend:
                         ("denoised",) if "denoised" in getattr(pipe, "_callback_tensor_inputs", []) else ()
                     )
                     stopper = ConvergenceStopper(capture, self.steps, self.stop_config, inputs)
-                    kwargs["callback_on_step_end"] = stopper
-                    kwargs["callback_on_step_end_tensor_inputs"] = list(inputs)
+                    user = kwargs.get("callback_on_step_end")
+                    wanted = list(inputs) + [
+                        t for t in kwargs.get("callback_on_step_end_tensor_inputs") or [] if t not in inputs
+                    ]
+                    kwargs["callback_on_step_end"] = stopper if user is None else _chain(stopper, user)
+                    kwargs["callback_on_step_end_tensor_inputs"] = wanted
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     images = pipe(**kwargs).images
@@ -465,3 +469,16 @@ class DiffusersBackend:
             )
             for p, s, img in zip(ps, ss, images)
         ]
+
+
+def _chain(first, then):
+    """A step-end callback running ``first`` (early stopping) and then the caller's ``then`` on
+    the same step, each seeing the tensors the other returned."""
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        out = dict(callback_kwargs)
+        out.update(first(pipe, step, timestep, out) or {})
+        out.update(then(pipe, step, timestep, out) or {})
+        return out
+
+    return callback
