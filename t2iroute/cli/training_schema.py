@@ -152,6 +152,11 @@ class Replay(TrainingCommand):
         0.0, "the share of prompts sent to another backend than the greedy choice, uniformly", ge=0, le=1
     )
     autoscore: float = key(1.0, "the share of served images whose score is revealed (scored)", ge=0, le=1)
+    fill: Literal["complete", "mf"] = key(
+        "complete",
+        "how a predictor that needs complete rows first fills the missing cells: from itself fitted on the "
+        "complete rows (when 200 or more), or mf (the shared low-rank model)",
+    )
     out_dir: str = key(
         "outputs/replay/${data.name}-${metric}-seed${seed}",
         "the run folder: summary.json, replay.json, replay.png",

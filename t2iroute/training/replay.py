@@ -110,6 +110,7 @@ def run_replay(cfg) -> dict:
     stream_n, every = int(cfg["stream"]), int(cfg["retrain_every"])
     explore, share = float(cfg["explore"]), float(cfg["autoscore"])
     seed = int(cfg["seed"])
+    fill = str(cfg.get("fill", "complete"))
     if not (0.0 <= explore < 1.0):
         raise ConfigError(f"explore={explore}: a share in [0, 1)")
     if not (0.0 <= share <= 1.0):
@@ -148,7 +149,7 @@ def run_replay(cfg) -> dict:
             if len(rows) == 0:
                 return p.fit_without_table(X.shape[1])
             return p.fit(X[rows], Y, texts=list(M.prompts[rows]))
-        return fit_predictor(pcfg, X[rows], Y, featurizer, M.prompts[rows], **fitkw)
+        return fit_predictor(pcfg, X[rows], Y, featurizer, M.prompts[rows], fill=fill, **fitkw)
 
     def judge(pred, rows: np.ndarray) -> dict:
         a = _anchor(pred, rows)
@@ -246,6 +247,7 @@ def run_replay(cfg) -> dict:
         "retrain_every": every,
         "explore": explore,
         "autoscore": share,
+        "fill": fill,
         "n_test": int(len(te)),
         "n_pool": int(len(pool)),
         "start_prompts": int(n0),
