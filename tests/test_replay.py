@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from t2iroute.cli import main
@@ -77,3 +79,29 @@ def test_bad_replay_settings_are_one_line_naming_the_key(args, words, tmp_path, 
     rc = main(["replay", "data=custom", f"data.path={path}", "features=lexical", f"out_dir={tmp_path / 'r'}", *args])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and words in err, err
+
+
+def test_complete_rows_fill_starts_the_em_from_the_complete_rows():
+    from t2iroute.errors import ConfigError
+    from t2iroute.predictors import RidgePredictor
+    from t2iroute.training.train import complete_rows_fill, fit_predictor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 5))
+    Y = X[:, :3] @ rng.normal(size=(3, 3)) + rng.normal(scale=0.1, size=(500, 3))
+    B = Y.copy()
+    one = np.arange(200, 500)
+    keep = rng.integers(0, 3, len(one))
+    for i, j in zip(one, keep):  # rows 200-499: one served cell each
+        B[i, [c for c in range(3) if c != j]] = np.nan
+    assert complete_rows_fill(lambda: RidgePredictor(relative=False), X, Y) is None  # nothing missing
+    assert complete_rows_fill(lambda: RidgePredictor(relative=False), X, B, min_rows=201) is None  # 200 complete
+    fill = complete_rows_fill(lambda: RidgePredictor(relative=False), X, B)
+    want = RidgePredictor(relative=False).fit(X[:200], Y[:200]).predict(X)
+    assert np.allclose(fill, want)
+    spec = {"type": "ridge", "relative": False, "alpha": 1.0}
+    a = fit_predictor(spec, X, B, fill="complete").predict(X)
+    b = fit_predictor(spec, X, B, fill="mf").predict(X)
+    assert not np.allclose(a, b)
+    with pytest.raises(ConfigError, match="fill='em'"):
+        fit_predictor(spec, X, B, fill="em")

@@ -624,6 +624,8 @@ def run_train(cfg) -> Router:
         anchor=_anchor_setting(cfg),
         backends=M.backends,
         backend_specs=specs,
+        # served images are one cell each: fill the rest from the complete rows, as replay does
+        fill="complete" if cfg.get("feedback") else "mf",
     )
     anchor = anchor_of(cfg, M, tr, predictor)
     cal_idx = va if len(va) else tr[M.complete[tr]]
