@@ -37,11 +37,11 @@ __all__ = ["COMMANDS", "main", "register", "split_prompts"]
 
 log = logging.getLogger("t2iroute")
 
-_ARTIFACT_COMMANDS = ("route", "generate", "serve")  # Hydra's logging off: the command logs to stderr itself
+_ARTIFACT_COMMANDS = ("route", "generate", "serve", "mcp")  # Hydra's logging off: the command logs to stderr itself
 
 
 def _task(cmd: str):
-    from t2iroute.cli import route, serve, training
+    from t2iroute.cli import mcp, route, serve, training
 
     return {
         "bench": training.bench,
@@ -51,6 +51,7 @@ def _task(cmd: str):
         "route": route.route,
         "generate": route.generate,
         "serve": serve.serve,
+        "mcp": mcp.mcp,
     }[cmd]
 
 

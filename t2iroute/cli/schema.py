@@ -187,6 +187,23 @@ class Serve(ArtifactCommand):
     threads: Optional[int] = threads()
 
 
+@dataclass
+class Mcp(ArtifactCommand):
+    GROUPS: ClassVar[tuple[Group, ...]] = (_BACKENDS,)
+    ABOUT: ClassVar[str] = (
+        "the router as MCP tools for agents (generate_image, route, list_backends): t2iroute mcp artifact=DIR"
+    )
+    EXAMPLE: ClassVar[str] = "t2iroute mcp artifact=outputs/demo/testbed/router transport=http port=8765"
+    transport: Literal["stdio", "http"] = key(
+        "stdio", "stdio (the client starts this command) or http (streamable HTTP at http://HOST:PORT/mcp)"
+    )
+    host: str = key("127.0.0.1", "transport=http: the address to serve on (loopback by default)")
+    port: int = key(8765, "transport=http: the port", ge=1, le=65535)
+    max_route_prompts: int = key(256, "the most prompts one route call may hold", ge=1, le=100000)
+    verbose: bool = verbose()
+    threads: Optional[int] = threads()
+
+
 CONFIGS: dict[str, type[Command]] = {
     "bench": Bench,
     "train": Train,
@@ -195,6 +212,7 @@ CONFIGS: dict[str, type[Command]] = {
     "route": Route,
     "generate": Generate,
     "serve": Serve,
+    "mcp": Mcp,
 }
 
 
