@@ -63,6 +63,15 @@ def test_a_replay_can_start_from_the_prior_with_no_table(tmp_path, capsys):
     assert s["predictor"]["type"] == "prior"
 
 
+def test_a_prior_start_without_exploration_keeps_serving_what_it_cannot_refit(tmp_path, capsys):
+    """explore=0 from a flat prior serves one backend: the others never get a cell, so the router
+    is not refitted (and says why) rather than the replay failing."""
+    s, _ = _replay(tmp_path, capsys, "start=prior", "stream=200", "retrain_every=100", "explore=0")
+    assert len([b for b, n in s["served"]["by_backend"].items() if n]) == 1
+    assert all("not_refitted" in c and c["fit_s"] is None for c in s["checkpoints"][1:])
+    assert "no cell of" in s["checkpoints"][1]["not_refitted"]
+
+
 @pytest.mark.parametrize(
     "args, words",
     [

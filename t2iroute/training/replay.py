@@ -210,9 +210,13 @@ def run_replay(cfg) -> dict:
         Y[block[reveal], choice[reveal]] = M.scores[block[reveal], choice[reveal]]
         seen[block[reveal]] = True
         rows = np.flatnonzero(seen)
+        unseen = [M.backends[j] for j in np.flatnonzero(~np.isfinite(Y[rows]).any(axis=0))]
         t0 = time.perf_counter()
-        pred = fit(rows, Y[rows])
-        fit_s = time.perf_counter() - t0
+        if unseen:  # nothing teaches a backend never served (the prior with explore=0): keep the router
+            fit_s = None
+        else:
+            pred = fit(rows, Y[rows])
+            fit_s = time.perf_counter() - t0
         n_done = i0 + len(block)
         cp = {
             "streamed": int(n_done),
@@ -221,18 +225,20 @@ def run_replay(cfg) -> dict:
             "fit_s": fit_s,
             "serving_lambda": lam,
         }
+        if unseen:
+            cp["not_refitted"] = f"no cell of {', '.join(unseen)} yet"
         r = np.arange(n_done)
         s_idx = stream[:n_done]
         cp["regret_quality"] = float((oriented[s_idx, ref_choice[r]] - oriented[s_idx, served[r]]).sum())
         cp["extra_cost"] = float((M.costs[served[r]] - M.costs[ref_choice[r]]).sum())
         checkpoints.append(cp)
         log.info(
-            "replay: %d streamed, %d cells, %s%% saved (full table %s%%), fit %.1fs",
+            "replay: %d streamed, %d cells, %s%% saved (full table %s%%), %s",
             n_done,
             cp["cells"],
             _pct(cp["cost_saved_pct"]),
             _pct(full["cost_saved_pct"]),
-            fit_s,
+            f"fit {fit_s:.1f}s" if fit_s is not None else cp["not_refitted"] + ": not refitted",
         )
     final = checkpoints[-1]
     summary = {
