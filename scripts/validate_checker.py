@@ -5,7 +5,9 @@
 3. agreement with the hand-labelled images in ``t2iroute/data/testbed-labels`` (``checker.agreement``):
    all attributes, and those the person's labels decide; on all 170 images and on the even / odd
    halves; and on the second set ``t2iroute/data/testbed-labels-2`` (90 images the current weights
-   drew, labelled blind after the thresholds were set: held out) and on both sets together.
+   drew, labelled blind after the thresholds were set: held out), the third set
+   ``t2iroute/data/testbed-labels-3`` (72 more of the current weights, labelled blind: held out),
+   the held-out sets together (162 images), and every set together.
 
     python scripts/validate_checker.py --out docs/measurements/testbed-checker.json
     python scripts/validate_checker.py --compare /tmp/checker_v1.py [...]   # also score older checker files
@@ -22,6 +24,7 @@ from pathlib import Path
 
 LABELS1 = Path(__file__).resolve().parents[1] / "t2iroute" / "data" / "testbed-labels"
 LABELS2 = LABELS1.with_name("testbed-labels-2")  # drawn by the current weights; labelled blind, after the tuning
+LABELS3 = LABELS1.with_name("testbed-labels-3")  # more of the same, labelled blind by four other labellers
 
 
 def _load(path: str):
@@ -39,6 +42,10 @@ def figures(ck, n: int) -> dict:
     if (LABELS2 / "labels.jsonl").exists():
         out["labels2"] = C.agreement(LABELS2, checker=ck)
         out["labels_both"] = C.agreement([LABELS1, LABELS2], checker=ck)
+    if (LABELS3 / "labels.jsonl").exists():
+        out["labels3"] = C.agreement(LABELS3, checker=ck)
+        out["labels_held_out"] = C.agreement([LABELS2, LABELS3], checker=ck)
+        out["labels_every"] = C.agreement([LABELS1, LABELS2, LABELS3], checker=ck)
     return out
 
 
@@ -75,7 +82,13 @@ def main(argv=None) -> int:
             + f" (decided: even {f['labels']['even']['decided']['all_attributes']:.3f}, "
             f"odd {f['labels']['odd']['decided']['all_attributes']:.3f})"
         )
-        for key, title in (("labels2", "labels, second set (current weights)"), ("labels_both", "labels, both sets")):
+        for key, title in (
+            ("labels2", "labels, second set (current weights)"),
+            ("labels_both", "labels, first and second sets"),
+            ("labels3", "labels, third set (current weights)"),
+            ("labels_held_out", "labels, held out (second and third sets)"),
+            ("labels_every", "labels, every set"),
+        ):
             if key in f:
                 print(_line(title, f[key]))
     if a.out:
