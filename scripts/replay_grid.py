@@ -71,7 +71,7 @@ def main() -> int:
     p.add_argument("--data", default="cems10k")
     p.add_argument("--metric", default="clip")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--starts", nargs="+", default=["table:0.05", "prior"])
+    p.add_argument("--starts", nargs="*", default=["table:0.05", "prior"], help="none: only equal_cells runs")
     p.add_argument("--explore", type=float, nargs="+", default=[0.0, 0.05, 0.1])
     p.add_argument("--stream", type=int, default=4000)
     p.add_argument("--retrain-every", type=int, default=1000)
@@ -84,8 +84,13 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default="outputs/replay-grid")
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--existing-only", action="store_true", help="run nothing: aggregate the runs of the grid that have finished"
+    )
     args = p.parse_args()
     todo = runs(args)
+    if args.existing_only:
+        todo = [(n, k) for n, k in todo if (Path(args.out) / n / "summary.json").exists()]
     with ThreadPoolExecutor(args.jobs) as ex:
         done = list(ex.map(lambda nk: run_one(*nk, args), todo))
     rows, keep = [], []
@@ -106,18 +111,22 @@ def main() -> int:
         v = [0.0 if x is None else float(x) for x in vals]  # None: no saving at equal quality
         return float(np.mean(v)) if v else float("nan")
 
-    head = "| start | explore | " + " | ".join(f"after {n}" for n in [0, *args.checkpoints]) + " | full table |"
+    head = "| start | explore | seeds | " + " | ".join(f"after {n}" for n in [0, *args.checkpoints]) + " | full table |"
     rows.append(head)
-    rows.append("|" + "---|" * (len(args.checkpoints) + 4))
+    rows.append("|" + "---|" * (len(args.checkpoints) + 5))
     for (start, explore), ss in groups.items():
         full = mean(s["full_table"]["cost_saved_pct"] for s in ss)
         if start == "equal_cells":
             c0 = mean(at(s, 0)["cost_saved_pct"] for s in ss)
             cells = ss[0]["checkpoints"][0]["cells"]
-            rows.append(f"| complete rows, {cells} cells | - | {c0:.1f}% | | | | {full:.1f}% |")
+            seeds = ",".join(str(s["seed"]) for s in ss)
+            rows.append(f"| complete rows, {cells} cells | - | {seeds} | {c0:.1f}% | | | | {full:.1f}% |")
             continue
         cells = [mean((at(s, n) or {}).get("cost_saved_pct") for s in ss) for n in [0, *args.checkpoints]]
-        rows.append(f"| {start} | {explore:g} | " + " | ".join(f"{c:.1f}%" for c in cells) + f" | {full:.1f}% |")
+        seeds = ",".join(str(s["seed"]) for s in ss)
+        rows.append(
+            f"| {start} | {explore:g} | {seeds} | " + " | ".join(f"{c:.1f}%" for c in cells) + f" | {full:.1f}% |"
+        )
     table = "\n".join(rows)
     print(f"\n{args.data} {args.metric}, cost saved at equal quality on the test split, mean of seeds {args.seeds}")
     print("(no saving at equal quality counts as 0%)\n")
