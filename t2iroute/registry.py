@@ -40,6 +40,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
         "embedding": "t2iroute.features.embedding:SentenceEmbeddingFeaturizer",
         "lexical": "t2iroute.features.lexical:LexicalFeaturizer",
         "llm": "t2iroute.features.llm:LLMComplexityFeaturizer",
+        "static": "t2iroute.features.static:StaticEmbeddingFeaturizer",
     },
     "predictors": {
         "ridge": "t2iroute.predictors.linear:RidgePredictor",

@@ -84,12 +84,18 @@ class ComposedFeaturizer:
 
     @property
     def blocks_(self) -> dict[str, slice]:
-        """Column slice of each part, by part name."""
+        """Column slice of each part, by part name; without an ``embedding`` part, ``embedding``
+        also names the first part that is a text embedding (``text_embedding = True``, e.g.
+        ``static``), so predictors' ``block: embedding`` reads it."""
         out, start = {}, 0
         for p in self.parts:
             n = len(p.feature_names_)
             out[p.name] = slice(start, start + n)
             start += n
+        if "embedding" not in out:
+            alias = next((p.name for p in self.parts if getattr(p, "text_embedding", False)), None)
+            if alias is not None:
+                out["embedding"] = out[alias]
         return out
 
     def transform(self, prompts: Sequence[str]) -> np.ndarray:

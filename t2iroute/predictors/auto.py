@@ -72,12 +72,27 @@ def _objective(fig: dict) -> tuple[float, float]:
     return (-1e9 if saved is None else saved, -1e9 if gain is None else gain)
 
 
+def _route_ms(model, X: np.ndarray, texts) -> float:
+    """Milliseconds per prompt that ``model`` takes to predict the batch ``X`` (best of 3)."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model.predict(X, texts=texts)
+        best = min(best, time.perf_counter() - t0)
+    return 1000.0 * best / max(len(X), 1)
+
+
 class AutoPredictor(QualityPredictor):
     """Chooses among ``candidates`` (default: :data:`DEFAULT_CANDIDATES`) and shrinkage levels
     ``shrink`` by ``n_folds``-fold cross-validation on the routing objective (default 5 folds, 3
     from 2,000 rows; repeated ``n_repeats`` times with other folds, default 5 below 1,000 rows,
     else 1). Candidates apply between their ``min_rows`` and ``max_rows``. A candidate must
     save at least ``min_cost_saved_pct`` out of fold to count as beating the best single backend.
+
+    Speed counts only when asked: ``max_route_ms`` (milliseconds per prompt) leaves out every
+    candidate whose predictions take longer per prompt, measured on a batch of up to 1,000
+    held-out prompts on the training machine (the featurizer's time is not included: it is the
+    same for every candidate). Each candidate's ``route_ms`` is in ``selection_`` either way.
 
     ``fit(X, Y, texts=None, costs=..., higher_is_better=True)``: the backend costs are needed to
     judge routing (without them every backend counts as equally expensive and the objective is
@@ -98,7 +113,16 @@ class AutoPredictor(QualityPredictor):
         min_cost_saved_pct: float = 2.0,
         seed: int = 0,
         relative: bool = False,
+        max_route_ms: float | None = None,
     ):
+        if max_route_ms is not None and (
+            isinstance(max_route_ms, bool)
+            or not isinstance(max_route_ms, (int, float))
+            or not 0 < float(max_route_ms) < float("inf")
+        ):
+            raise ValueError(
+                f"auto predictor: max_route_ms must be a positive number of milliseconds, got {max_route_ms!r}"
+            )
         self.candidates = candidates
         self.n_folds = n_folds
         self.n_repeats = n_repeats
@@ -106,6 +130,7 @@ class AutoPredictor(QualityPredictor):
         self.min_cost_saved_pct = min_cost_saved_pct
         self.seed = seed
         self.relative = relative  # the chosen candidate handles its own targets
+        self.max_route_ms = None if max_route_ms is None else float(max_route_ms)
 
     @property
     def needs_texts(self):
@@ -216,10 +241,10 @@ class AutoPredictor(QualityPredictor):
                     P = np.zeros_like(Y)
                     for j, (a, b) in enumerate(rep):
                         fill = None if proto.handles_missing else fill_of(r, j, a)
-                        P[b] = np.asarray(
-                            clone(proto).fit(X[a], Y[a], texts=sub(a), fill=fill).predict(X[b], texts=sub(b))
-                        ).reshape(len(b), k)
+                        model = clone(proto).fit(X[a], Y[a], texts=sub(a), fill=fill)
+                        P[b] = np.asarray(model.predict(X[b], texts=sub(b))).reshape(len(b), k)
                     oof.append(P)
+                route_ms = _route_ms(model, X[b[:1000]], sub(b[:1000]))
             except Exception as e:  # noqa: BLE001 -- a candidate that cannot fit this table is skipped
                 log.info("auto predictor: candidate %s skipped (%s: %s)", cand["name"], type(e).__name__, e)
                 results.append({"name": cand["name"], "skipped": f"{type(e).__name__}: {e}"})
@@ -237,9 +262,23 @@ class AutoPredictor(QualityPredictor):
                         "cost_saved_pct": None if None in saved else float(np.mean(saved)),
                         "quality_gain_at_equal_cost": None if None in gain else float(np.mean(gain)),
                         "fit_s": time.perf_counter() - t0,
+                        "route_ms": route_ms,
                     }
                 )
         scored = [r for r in results if "skipped" not in r]
+        if self.max_route_ms is not None:
+            # a candidate too slow to route may still give the best-single baseline (shrink 0: no predictor)
+            fast = [r for r in scored if r["shrink"] == 0.0 or r["route_ms"] <= self.max_route_ms]
+            for r in scored:
+                r["too_slow"] = r["shrink"] > 0 and r["route_ms"] > self.max_route_ms
+            if scored and not any(r["shrink"] > 0 for r in fast):
+                log.warning(
+                    "auto predictor: every candidate takes more than max_route_ms=%g ms a prompt (fastest: %.3g "
+                    "ms); the router will route to the best single backend",
+                    self.max_route_ms,
+                    min(r["route_ms"] for r in scored),
+                )
+            scored = fast
         if not scored and not judgeable:
             c0 = self._candidates(n, missing)[0]
             scored = [{"name": c0["name"], "shrink": 0.0, "anchored": True, "cost_saved_pct": None}]
@@ -283,6 +322,7 @@ class AutoPredictor(QualityPredictor):
             "over a lambda grid, mean over repeats)",
             "candidates": results,
             "cv_s": time.perf_counter() - t_all,
+            "max_route_ms": self.max_route_ms,
             "n_rows": int(n),
             "n_complete_rows": int(complete.sum()),
             "observed_cells": int(np.isfinite(Y).sum()),
