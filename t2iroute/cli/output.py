@@ -45,17 +45,29 @@ class _ConsoleFilter(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A console handler on whatever ``sys.stderr`` is when it writes (not the one it was made
+    with: a stream replaced since, e.g. a closed capture, would fail every later log line)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def quiet_console(verbose: bool, *, own_handler: bool) -> None:
     from t2iroute.quiet import quiet_libraries
 
     quiet_libraries(verbose)  # diffusers' / transformers' bars and warnings (Ray workers get the flag too)
     root = logging.getLogger()
     if own_handler and not root.handlers:  # route, generate: no Hydra logging; in-process callers keep theirs
-        logging.basicConfig(
-            level=logging.INFO if verbose else logging.WARNING,
-            stream=sys.stderr,
-            format="%(levelname)s %(name)s: %(message)s",
-        )
+        h = _StderrHandler()
+        h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(h)
+        root.setLevel(logging.INFO if verbose else logging.WARNING)
     for h in root.handlers:  # the console: a stream handler on stderr (not a log file, not a test's capture)
         if (
             isinstance(h, logging.StreamHandler)
