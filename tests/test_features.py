@@ -24,6 +24,36 @@ def test_lexical_names_are_stable_and_counts_right():
     assert f.transform(["a white wall"])[0][f.feature_names_.index("n_words")] == 3
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    ["Two RED cats and a dog, holding hands", "Ⅷ KINGS in ÉCOLE", "İstanbul straße, no people", "", "1 2 3"],
+)
+def test_lexical_word_counts_and_fractions_by_definition(prompt):
+    """The counts as the feature names define them (the featurizer counts all word lists in one
+    pass and takes a shortcut for ASCII text: the same numbers)."""
+    from t2iroute.features import lexical as L
+
+    row = dict(zip(FEATURE_NAMES, L.lexical_features(prompt)))
+    words = L._WORD.findall(prompt.lower())
+    for name, words_of in [
+        ("n_conjunctions", L.CONJ),
+        ("n_number_words", L.NUMBER_WORDS),
+        ("n_colors", L.COLORS),
+        ("n_attributes", L.ATTRIBUTES),
+        ("n_text_words", L.TEXT_WORDS),
+        ("n_people", L.PEOPLE),
+        ("n_hands_faces", L.HANDS_FACES),
+        ("n_negations", L.NEGATION),
+    ]:
+        assert row[name] == sum(w in words_of for w in words), name
+    low = prompt.lower()
+    spatial = sum(low.count(p) for p in L.SPATIAL_PHRASES) + sum(w in L.SPATIAL_WORDS for w in words)
+    assert row["n_spatial"] == spatial
+    letters = [c for c in prompt if c.isalpha()]
+    assert row["frac_upper"] == (sum(c.isupper() for c in letters) / len(letters) if letters else 0.0)
+    assert row["frac_nonascii"] == (sum(ord(c) > 127 for c in prompt) / len(prompt) if prompt else 0.0)
+
+
 def test_compose_by_config_and_spec_roundtrip():
     f = build_featurizer({"lexical": {}})
     assert f.feature_names_[0] == "lexical:n_words"

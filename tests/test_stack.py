@@ -65,6 +65,34 @@ def test_tfidf_ridge_learns_words_and_roundtrips():
         p.predict(X[250:], texts=texts[:3])
 
 
+def test_tfidf_ridge_refit_predicts_from_the_new_coefficients():
+    """The transposed coefficients are cached for speed; a refit (or a loaded state) replaces them."""
+    texts, Y = _texts_and_targets()
+    X = np.zeros((len(texts), 1))
+    p = TfidfRidgePredictor(alphas=[1.0]).fit(X[:250], Y[:250], texts=texts[:250])
+    first = p.predict(X[250:], texts=texts[250:])
+    p.fit(X[:250], -Y[:250], texts=texts[:250])
+    fresh = TfidfRidgePredictor(alphas=[1.0]).fit(X[:250], -Y[:250], texts=texts[:250])
+    np.testing.assert_array_equal(p.predict(X[250:], texts=texts[250:]), fresh.predict(X[250:], texts=texts[250:]))
+    assert not np.allclose(first, fresh.predict(X[250:], texts=texts[250:]))
+
+
+def test_knn_stack_kernels_match_each_kernel_computed_alone():
+    """stack_features gathers the neighbours' rows once for every kernel: each column equals the
+    kernel computed on its own (the softmax ones are the plain prediction at that T and k)."""
+    rng = np.random.default_rng(1)
+    X, Y = rng.normal(size=(300, 6)), rng.normal(size=(300, 2))
+    kern = {"softmax": [[0.1, 20], [0.3, 50]], "inverse": [5]}
+    p = KNNPredictor(n_neighbors=10, relative=False, stack_kernels=kern).fit(X[:250], Y[:250])
+    F = p.stack_features(X[250:])
+    for j, (T, k) in enumerate(kern["softmax"]):
+        alone = KNNPredictor(n_neighbors=k, temperature=T, relative=False).fit(X[:250], Y[:250])
+        np.testing.assert_array_equal(F[:, 2 * j : 2 * j + 2], alone.predict(X[250:]))
+    sims, idx = p.neighbors(X[250:], 5)
+    w = 1.0 / (1.0 - sims + 1e-3)
+    np.testing.assert_allclose(F[:, 4:6], np.einsum("nk,nkj->nj", w / w.sum(1, keepdims=True), Y[:250][idx]))
+
+
 def test_knn_stack_kernels_shape():
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(100, 5)), rng.normal(size=(100, 3))

@@ -137,13 +137,35 @@ FEATURE_NAMES = (
 )
 
 
+_SENTENCE_SPLIT = re.compile(r"[,.;:!?]")
+_DIGITS = re.compile(r"\d+")
+_QUOTED = re.compile(r"[\"“”][^\"“”]+[\"“”]")
+_SINGLE_QUOTED = re.compile(r"(?<!\w)'[^']{2,}'(?!\w)")
+_BY_ARTIST = re.compile(r"\bby [a-z]")
+# the word lists counted per word, in feature order: one dictionary look-up per word
+_WORD_SETS = (CONJ, NUMBER_WORDS, COLORS, ATTRIBUTES, SPATIAL_WORDS, TEXT_WORDS, PEOPLE, HANDS_FACES, NEGATION)
+_WORD_LISTS = {w: tuple(i for i, s in enumerate(_WORD_SETS) if w in s) for w in frozenset().union(*_WORD_SETS)}
+
+
 def lexical_features(prompt: str) -> list[float]:
     text = str(prompt)
     low = text.lower()
     words = _WORD.findall(low)
     n = len(words)
     clip_tokens = len(_CLIP_PIECE.findall(low)) + 2  # + start/end tokens, roughly CLIP's BPE
-    letters = [c for c in text if c.isalpha()]
+    hits = [0] * len(_WORD_SETS)
+    for w in words:
+        for i in _WORD_LISTS.get(w, ()):
+            hits[i] += 1
+    conj, numbers, colors, attributes, spatial, text_words, people, hands, negations = hits
+    if text.isascii():  # an ASCII upper-case character is a letter
+        n_letters = sum(map(str.isalpha, text))
+        n_upper = sum(map(str.isupper, text))
+        nonascii = 0
+    else:
+        letters = [c for c in text if c.isalpha()]
+        n_letters, n_upper = len(letters), sum(c.isupper() for c in letters)
+        nonascii = sum(ord(c) > 127 for c in text)
     return [
         n,
         math.log1p(n),
@@ -151,22 +173,22 @@ def lexical_features(prompt: str) -> list[float]:
         clip_tokens,
         float(clip_tokens > 77),
         low.count(","),
-        len([s for s in re.split(r"[,.;:!?]", low) if s.strip()]),
-        sum(w in CONJ for w in words),
-        len(re.findall(r"\d+", low)),
-        sum(w in NUMBER_WORDS for w in words),
-        sum(w in COLORS for w in words),
-        sum(w in ATTRIBUTES for w in words),
-        sum(low.count(p) for p in SPATIAL_PHRASES) + sum(w in SPATIAL_WORDS for w in words),
-        len(re.findall(r"[\"“”][^\"“”]+[\"“”]", text)) + len(re.findall(r"(?<!\w)'[^']{2,}'(?!\w)", text)),
-        sum(w in TEXT_WORDS for w in words),
-        sum(low.count(p) for p in STYLE_PHRASES),
-        len(re.findall(r"\bby [a-z]", low)),
-        sum(w in PEOPLE for w in words),
-        sum(w in HANDS_FACES for w in words),
-        sum(w in NEGATION for w in words),
-        (sum(c.isupper() for c in letters) / len(letters)) if letters else 0.0,
-        (sum(ord(c) > 127 for c in text) / len(text)) if text else 0.0,
+        len([s for s in _SENTENCE_SPLIT.split(low) if s.strip()]),
+        conj,
+        len(_DIGITS.findall(low)),
+        numbers,
+        colors,
+        attributes,
+        sum(map(low.count, SPATIAL_PHRASES)) + spatial,
+        len(_QUOTED.findall(text)) + len(_SINGLE_QUOTED.findall(text)),
+        text_words,
+        sum(map(low.count, STYLE_PHRASES)),
+        len(_BY_ARTIST.findall(low)),
+        people,
+        hands,
+        negations,
+        (n_upper / n_letters) if n_letters else 0.0,
+        (nonascii / len(text)) if text else 0.0,
         (sum(map(len, words)) / n) if n else 0.0,
         (len(set(words)) / n) if n else 0.0,
     ]

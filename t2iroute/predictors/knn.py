@@ -60,13 +60,14 @@ class KNNPredictor(QualityPredictor):
             sims, idx = sims[:, 1:], idx[:, 1:]
         return sims, idx
 
-    def _weighted(self, sims, idx, temperature=None):
+    def _weighted(self, sims, idx, temperature=None, Yn=None):
+        """Weighted mean of the neighbours' rows; ``Yn``: ``Y_[idx]`` when already gathered."""
         if temperature:
             w = np.exp((sims - sims[:, :1]) / float(temperature))
         else:
             w = np.ones_like(sims)
         w = w / w.sum(axis=1, keepdims=True)
-        return np.einsum("nk,nkj->nj", w, self.Y_[idx])
+        return np.einsum("nk,nkj->nj", w, self.Y_[idx] if Yn is None else Yn)
 
     def _predict_core(self, X, texts=None):
         sims, idx = self.neighbors(X, int(self.n_neighbors))
@@ -87,12 +88,13 @@ class KNNPredictor(QualityPredictor):
         ks += [int(k) for k in kern.get("distance", [])] + ([200] if kern.get("density") else [])
         kmax = max(ks + [int(self.n_neighbors)])
         sims, idx = self.neighbors(np.asarray(X, dtype=np.float64), kmax)
+        Yn = self.Y_[idx]  # gathered once: each kernel reads its first k neighbours
         cols = []
         for T, k in kern.get("softmax", []):
-            cols.append(self._weighted(sims[:, : int(k)], idx[:, : int(k)], float(T)))
+            cols.append(self._weighted(sims[:, : int(k)], None, float(T), Yn[:, : int(k)]))
         for k in kern.get("inverse", []):
             w = 1.0 / (1.0 - sims[:, : int(k)] + 1e-3)
-            cols.append(np.einsum("nk,nkj->nj", w / w.sum(1, keepdims=True), self.Y_[idx[:, : int(k)]]))
+            cols.append(np.einsum("nk,nkj->nj", w / w.sum(1, keepdims=True), Yn[:, : int(k)]))
         for T in kern.get("density", []):
             cols.append(np.log(np.exp((sims[:, :200] - 1.0) / float(T)).sum(1, keepdims=True)))
         for k in kern.get("distance", []):
