@@ -77,6 +77,26 @@ def test_tfidf_ridge_refit_predicts_from_the_new_coefficients():
     assert not np.allclose(first, fresh.predict(X[250:], texts=texts[250:]))
 
 
+def test_tfidf_char_ngrams_by_word_are_scikit_learns_matrix(monkeypatch):
+    """The character TF-IDF is built from per-word n-gram counts (cached): the same matrix as the
+    vectorizer's own transform, bit for bit, on text with odd spacing, short words and non-ASCII,
+    with the word cache full or empty."""
+    texts, Y = _texts_and_targets()
+    X = np.zeros((len(texts), 1))
+    p = TfidfRidgePredictor(alphas=[1.0], char_ngrams=[1, 5]).fit(X[:250], Y[:250], texts=texts[:250])
+    odd = ["", "  ", "a", "ab cd\u00a0ef\tgh\n\nij", "İstanbul ÉCOLE straße ﬁne", "x" * 40, "a castle, a castle"]
+    docs = texts[250:] + odd
+    want = p.char_vec_.transform(docs)
+    for cap in (0, 3, 10**6):
+        monkeypatch.setattr(TfidfRidgePredictor, "WORD_CACHE", cap)
+        p._word_grams = (None, {})
+        for _ in range(2):  # cold, then from the cache
+            got = p._char_tfidf(docs)
+            assert (got.indptr == want.indptr).all() and (got.indices == want.indices).all()
+            assert (got.data == want.data).all() and got.shape == want.shape
+        assert len(p._word_grams[1]) <= cap
+
+
 def test_knn_stack_kernels_match_each_kernel_computed_alone():
     """stack_features gathers the neighbours' rows once for every kernel: each column equals the
     kernel computed on its own (the softmax ones are the plain prediction at that T and k)."""

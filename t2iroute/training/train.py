@@ -14,7 +14,7 @@ import pandas as pd
 from t2iroute.errors import ConfigError
 from t2iroute.features import build_featurizer
 from t2iroute.predictors import build_predictor, resolve_blocks
-from t2iroute.predictors.base import backend_means
+from t2iroute.predictors.base import QualityPredictor, backend_means
 from t2iroute.router.core import Router
 from t2iroute.router.policy import (
     FixedPolicy,
@@ -219,14 +219,15 @@ def _source_breakdown(q_hat, M: QualityMatrix, te, min_prompts: int = 20) -> dic
 
 
 def measure_throughput(router: Router, prompts: list[str], n_batch: int = 1000, n_single: int = 200) -> dict:
-    """Routing speed with a cold embedding cache (a fresh featurizer without cache)."""
+    """Routing speed with cold caches: a fresh featurizer without its embedding cache, and the
+    predictor as loaded from its state (no word n-grams remembered from evaluating the test part)."""
     featurizer = build_featurizer(router.featurizer.spec())
     for p in featurizer.parts:
         if hasattr(p, "cache"):
             p.cache = False
     r = Router(
         featurizer,
-        router.predictor,
+        QualityPredictor.from_state(*router.predictor.get_state()),
         router.backend_names,
         router.costs,
         policy=router.policy,
