@@ -84,7 +84,7 @@ def test_tfidf_char_ngrams_by_word_are_scikit_learns_matrix(monkeypatch):
     texts, Y = _texts_and_targets()
     X = np.zeros((len(texts), 1))
     p = TfidfRidgePredictor(alphas=[1.0], char_ngrams=[1, 5]).fit(X[:250], Y[:250], texts=texts[:250])
-    odd = ["", "  ", "a", "ab cd\u00a0ef\tgh\n\nij", "İstanbul ÉCOLE straße ﬁne", "x" * 40, "a castle, a castle"]
+    odd = ["", "  ", "a", "ab cd\u00a0ef\tgh\n\nij", "İstanbul ÉCOLE straße ﬁne", "x" * 40, "a castle, a castle", ""]
     docs = texts[250:] + odd
     want = p.char_vec_.transform(docs)
     for cap in (0, 3, 10**6):
@@ -166,3 +166,31 @@ def test_router_with_text_stack_roundtrips(table, tmp_path):
         [list(d.predicted_quality.values()) for d in again.route(prompts)],
         rtol=1e-9,
     )
+
+
+def test_batch_speedups_change_no_prediction(monkeypatch):
+    """A big batch computes the stack's bases in parallel threads and selects each kNN's
+    neighbours 256 query rows at a time: the predictions are those of one base after another and
+    of one selection over the whole batch, bit for bit."""
+    from t2iroute.predictors import knn
+
+    texts, Y = _texts_and_targets()
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(len(texts), 8))
+    base = [
+        {
+            "type": "knn",
+            "n_neighbors": 20,
+            "relative": False,
+            "stack_kernels": {"softmax": [[0.1, 20]], "inverse": [5]},
+        },
+        {"type": "tfidf_ridge", "relative": False, "alphas": [1.0]},
+        {"type": "ridge", "relative": False, "alpha": 1.0},
+    ]
+    p = StackPredictor(base=base, final=FAST_FINAL, n_folds=3).fit(X[:200], Y[:200], texts=texts[:200])
+    Xq = np.vstack([X[200:]] * 6)  # 600 rows: parallel, three selection blocks
+    tq = texts[200:] * 6
+    fast = p.predict(Xq, texts=tq)
+    monkeypatch.setattr(StackPredictor, "PARALLEL_ROWS", 10**9)
+    monkeypatch.setattr(knn, "CHUNK", 10**9)
+    np.testing.assert_array_equal(fast, p.predict(Xq, texts=tq))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from t2iroute.errors import ConfigError
@@ -53,10 +51,11 @@ class RidgePredictor(QualityPredictor):
         self.coef_ = state_array(arrays, "coef", (d, k))
 
 
-def _word_ngram_counts(word: str, lo: int, hi: int, vocab: dict) -> tuple[tuple[int, int], ...]:
-    """(vocabulary index, count) of the in-vocabulary ``char_wb`` n-grams of one word: the
-    n-grams of the word padded with a space each side, as scikit-learn's ``_char_wb_ngrams``
-    makes them (a word shorter than an n counts once, padded, and stops the longer n)."""
+def _word_ngram_indices(word: str, lo: int, hi: int, vocab: dict) -> np.ndarray:
+    """Vocabulary indices of the ``char_wb`` n-grams of one word that are in ``vocab``, repeats
+    kept: the n-grams of the word padded with a space each side, as scikit-learn's
+    ``_char_wb_ngrams`` makes them (a word shorter than an n counts once, padded, and stops the
+    longer n)."""
     w = " " + word + " "
     size = len(w)
     grams = []
@@ -64,7 +63,7 @@ def _word_ngram_counts(word: str, lo: int, hi: int, vocab: dict) -> tuple[tuple[
         grams += [w[i : i + n] for i in range(max(1, size - n + 1))]
         if size <= n:
             break
-    return tuple(Counter(j for j in map(vocab.get, grams) if j is not None).items())
+    return np.array([j for j in map(vocab.get, grams) if j is not None], dtype=np.int32)
 
 
 class TfidfRidgePredictor(QualityPredictor):
@@ -138,48 +137,41 @@ class TfidfRidgePredictor(QualityPredictor):
         C = self._char_tfidf(texts)
         return {"word": W, "char": C, "both": sparse.hstack([W, C]).tocsr()}
 
-    #: words whose character n-gram counts are kept (a prompt's words repeat across prompts)
-    WORD_CACHE = 20_000
+    #: words whose character n-grams are kept (a prompt's words repeat across prompts)
+    WORD_CACHE = 50_000
 
     def _char_tfidf(self, texts):
-        """``char_vec_.transform(texts)``, the same matrix, with each word's n-gram counts looked
-        up once: ``char_wb`` n-grams never cross a word boundary, so a prompt's counts are the sum
-        of its words'. Most of the time of routing a batch went to generating n-grams in Python."""
+        """``char_vec_.transform(texts)``, the same matrix, from each word's n-grams looked up
+        once: ``char_wb`` n-grams never cross a word boundary, so a prompt's counts are the sum of
+        its words'. Generating n-grams in Python was most of the time of routing a batch."""
         from scipy import sparse
 
         vec = self.char_vec_
         tfidf = getattr(vec, "_tfidf", None)  # scikit-learn's TF-IDF step of a fitted vectorizer
         if tfidf is None or vec.analyzer != "char_wb" or not vec.lowercase or vec.strip_accents or vec.binary:
             return vec.transform(texts)
+        if not texts or not all(isinstance(doc, str) for doc in texts):
+            return vec.transform(texts)  # scikit-learn's own answer for no text and what is not text
         if getattr(self, "_word_grams", (None,))[0] is not vec.vocabulary_:
             self._word_grams = (vec.vocabulary_, {})
         vocab, cache = self._word_grams
         lo, hi = vec.ngram_range
-        indices, counts, indptr = [], [], [0]
+        parts, words_per_doc = [], []
         for doc in texts:
-            if not isinstance(doc, str):
-                return vec.transform(texts)  # scikit-learn's own errors for what is not text
-            row: dict[int, int] = {}
-            for w in doc.lower().split():
+            words = doc.lower().split()
+            words_per_doc.append(len(words))
+            for w in words:
                 grams = cache.get(w)
                 if grams is None:
-                    grams = _word_ngram_counts(w, lo, hi, vocab)
+                    grams = _word_ngram_indices(w, lo, hi, vocab)
                     if len(cache) < self.WORD_CACHE:
                         cache[w] = grams
-                for j, c in grams:
-                    row[j] = row.get(j, 0) + c
-            indices.extend(row)
-            counts.extend(row.values())
-            indptr.append(len(indices))
-        X = sparse.csr_matrix(
-            (
-                np.asarray(counts, dtype=np.intc),
-                np.asarray(indices, dtype=np.int32),
-                np.asarray(indptr, dtype=np.int32),
-            ),
-            shape=(len(texts), len(vocab)),
-            dtype=vec.dtype,
-        )
+                parts.append(grams)
+        cols = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        per_word = np.fromiter(map(len, parts), np.int64, len(parts))
+        rows = np.repeat(np.repeat(np.arange(len(texts)), words_per_doc), per_word)
+        # COO to CSR sums the repeated (row, column) pairs: the counts, in canonical order
+        X = sparse.coo_matrix((np.ones(len(cols), vec.dtype), (rows, cols)), shape=(len(texts), len(vocab))).tocsr()
         X.sort_indices()
         return tfidf.transform(X, copy=False)
 

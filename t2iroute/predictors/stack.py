@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from t2iroute.predictors.base import (
@@ -91,8 +94,16 @@ class StackPredictor(QualityPredictor):
         Z = self._stack_input(X, oof)
         self.finals_ = [f.fit(Z, Y) for f in self._finals()]
 
+    #: batches at least this large compute the bases' features in parallel threads
+    PARALLEL_ROWS = 256
+
     def _predict_core(self, X, texts=None):
-        feats = [b.stack_features(X, texts=texts) for b in self.bases_]
+        threads = min(len(self.bases_), os.cpu_count() or 1)
+        if threads < 2 or len(X) < self.PARALLEL_ROWS:
+            feats = [b.stack_features(X, texts=texts) for b in self.bases_]
+        else:  # the kNN's numpy work releases the GIL, the TF-IDF's n-gram counting holds it: they overlap
+            with ThreadPoolExecutor(threads, thread_name_prefix="t2iroute-stack") as pool:
+                feats = list(pool.map(lambda b: b.stack_features(X, texts=texts), self.bases_))
         Z = self._stack_input(X, feats)
         return np.mean([np.asarray(f.predict(Z)).reshape(len(X), -1) for f in self.finals_], axis=0)
 
