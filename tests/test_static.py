@@ -105,3 +105,15 @@ def test_auto_weighs_speed_only_when_asked(caplog):
     assert "max_route_ms" in caplog.text
     with pytest.raises(ValueError, match="max_route_ms must be a positive number"):
         AutoPredictor(max_route_ms=0)
+
+
+def test_blocks_of_prompts_embed_as_one(monkeypatch):
+    """A batch is embedded a block of prompts at a time (bounded temporaries): the same vectors,
+    bit for bit, as one block, empty prompts included."""
+    f = StaticEmbeddingFeaturizer(dim=64)
+    prompts = [f"{i} red kites over a park at dusk" if i % 7 else "" for i in range(40)]
+    monkeypatch.setattr(StaticEmbeddingFeaturizer, "BLOCK", 3)
+    small = f.transform(prompts)
+    monkeypatch.setattr(StaticEmbeddingFeaturizer, "BLOCK", 10**6)
+    np.testing.assert_array_equal(small, f.transform(prompts))
+    assert not small[0].any() and np.allclose(np.linalg.norm(small[1:7], axis=1), 1.0)

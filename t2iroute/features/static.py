@@ -11,7 +11,7 @@ wheel does not have), and loading a router never contacts a server.
 Why these and not vectors distilled from the bundled MiniLM: WordLlama's were trained for this
 use on far more text than a distillation here would see, and keeping them a dependency keeps a
 16 MB file out of this repository. A prompt embeds in microseconds: routing a batch is bound by the
-predictor, not the featurizer (``docs/results.md``, static embeddings).
+predictor, not the featurizer (``docs/predictors.md``, static embeddings).
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ class StaticEmbeddingFeaturizer:
     text_embedding = True
     LOCAL_KEYS: frozenset = frozenset()
 
+    #: prompts embedded per block
+    BLOCK = 256
+
     def __init__(self, vectors: str = "wordllama:l2_supercat", dim: int = MAX_DIM, max_tokens: int = 77):
         if vectors not in VECTORS:
             raise ConfigError(f"static featurizer: vectors '{vectors}' is not one of {sorted(VECTORS)}")
@@ -92,15 +95,19 @@ class StaticEmbeddingFeaturizer:
         if not prompts:
             return out
         matrix, tokenizer = _load(self.vectors)
-        ids = [e.ids[: self.max_tokens] for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
-        lengths = np.fromiter((len(i) for i in ids), np.int64, len(ids))
-        rows = np.flatnonzero(lengths)
-        if len(rows):
-            flat = np.fromiter((t for i in ids for t in i), np.int64, int(lengths.sum()))
-            starts = np.concatenate([[0], np.cumsum(lengths[rows])[:-1]])
-            sums = np.add.reduceat(matrix[flat, : self.dim], starts, axis=0)
-            norms = np.linalg.norm(sums, axis=1, keepdims=True)
-            out[rows] = sums / np.maximum(norms, 1e-12)  # the mean's direction: the sum's
+        encoded = tokenizer.encode_batch(prompts, add_special_tokens=False)
+        for s in range(0, len(prompts), self.BLOCK):
+            # a block at a time: the gathered token vectors of 1,000 long prompts are ~40 MB, which
+            # the allocator maps fresh (and faults in) on every call; a block's stay on the heap
+            ids = [e.ids[: self.max_tokens] for e in encoded[s : s + self.BLOCK]]
+            lengths = np.fromiter((len(i) for i in ids), np.int64, len(ids))
+            rows = np.flatnonzero(lengths)
+            if len(rows):
+                flat = np.fromiter((t for i in ids for t in i), np.int64, int(lengths.sum()))
+                starts = np.concatenate([[0], np.cumsum(lengths[rows])[:-1]])
+                sums = np.add.reduceat(matrix[flat, : self.dim], starts, axis=0)
+                norms = np.linalg.norm(sums, axis=1, keepdims=True)
+                out[s + rows] = sums / np.maximum(norms, 1e-12)  # the mean's direction: the sum's
         return out
 
     def spec(self) -> dict[str, Any]:
