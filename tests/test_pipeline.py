@@ -35,6 +35,7 @@ def pipe(tiny_artifact):
     return p
 
 
+@pytest.mark.heavy  # ~30-45 s on 2 cores: in `make test-heavy` (.ci/run), keeping `make test` under 10 min
 def test_a_diffusers_script_runs_unchanged_but_for_the_class_name(tmp_path, tiny_artifact):
     from t2iroute.testing.pipelines import build_pipeline
 

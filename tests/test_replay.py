@@ -23,6 +23,7 @@ def _replay(tmp_path, capsys, *extra, n_prompts=500, seed=1):
     return json.loads((out / "summary.json").read_text()), json.loads(cap.out)
 
 
+@pytest.mark.heavy  # ~30-45 s on 2 cores: in `make test-heavy` (.ci/run), keeping `make test` under 10 min
 def test_only_the_served_cell_is_revealed_and_the_router_learns_from_it(tmp_path, capsys):
     s, brief = _replay(tmp_path, capsys, "start=table:0.05", "stream=300", "retrain_every=100", "explore=0.1")
     n0, k = s["start_prompts"], len(s["backends"])
@@ -46,6 +47,7 @@ def test_only_the_served_cell_is_revealed_and_the_router_learns_from_it(tmp_path
     assert (tmp_path / "r" / "replay.png").stat().st_size > 0
 
 
+@pytest.mark.heavy  # ~30-45 s on 2 cores: in `make test-heavy` (.ci/run), keeping `make test` under 10 min
 def test_autoscore_reveals_a_share_and_the_same_seed_replays_the_same(tmp_path, capsys):
     a, _ = _replay(tmp_path, capsys, "start=table:0.05", "stream=200", "retrain_every=100", "autoscore=0.5")
     n0k = a["start_prompts"] * len(a["backends"])
